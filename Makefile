@@ -1,0 +1,69 @@
+# kvraft — developer entry points (SPEC.md §5). `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kvraft-installed
+PYTEST := $(PY) -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help install protos lint test test-fast sim run bench bench-compare chaos docker-up docker-down clean
+
+help:
+	@echo "make run          start a local 5-node cluster on loopback (Ctrl-C stops it)"
+	@echo "make test         create .venv if needed, install, run the whole test suite"
+	@echo "make test-fast    the quick tiers only (no slow, cluster, docker, chaos tests)"
+	@echo "make lint         ruff over the package and the tests"
+	@echo "make sim SEEDS=N  randomized Raft simulation over N seeds (SEED=S replays one)"
+	@echo "make bench        the project's benchmarks, printing a table"
+	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
+	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster"
+	@echo "make docker-down  stop it (VOLUMES=1 also removes the data)"
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstall when the package metadata or a .proto changes; the build compiles the protos.
+$(STAMP): $(PY) pyproject.toml setup.py protos/*.proto protos/compile.py
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+protos: $(STAMP)
+	$(PY) protos/compile.py
+
+lint: install
+	$(PY) -m ruff check kvraft tests
+
+test: install lint
+	$(PYTEST) tests/raft --cov=kvraft.raft --cov-report=term --cov-fail-under=90
+	$(PYTEST) tests --ignore=tests/raft
+
+test-fast: install
+	$(PYTEST) tests -m "not slow and not cluster and not docker and not chaos"
+
+SEEDS ?= 1000
+sim: install
+	@echo "make sim: the randomized simulation has not landed yet (issue: Raft core)"; exit 1
+
+run: install
+	@echo "make run: the node has not landed yet (issue: kvraft node)"; exit 1
+
+bench: install
+	@echo "make bench: no benchmarks have landed yet"; exit 1
+
+bench-compare: install
+	@echo "make bench-compare: not landed yet (issue: performance)"; exit 1
+
+chaos: install
+	@echo "make chaos: not landed yet (issue: fault injection)"; exit 1
+
+docker-up:
+	@echo "make docker-up: not landed yet (issue: deployment)"; exit 1
+
+docker-down:
+	@echo "make docker-down: not landed yet (issue: deployment)"; exit 1
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .coverage kvraft/proto/*_pb2*.py kvraft/proto/*_pb2.pyi
