@@ -1,0 +1,200 @@
+"""What the leader knows about one peer's log, and how it replicates to it.
+
+Thesis §3.5 gives the leader a `nextIndex` and `matchIndex` per follower. Flow control
+adds a state (the design of etcd/raft-rs):
+
+* Probe: the leader does not know where the follower's log diverges. It sends one
+  append per heartbeat interval and waits for the answer (`paused`), backing
+  `next_idx` off on each rejection (thesis §3.5, with the fast backtracking hint).
+* Replicate: the logs match up to `matched`; the leader streams appends optimistically,
+  advancing `next_idx` as it sends, bounded by the `Inflights` window.
+* Snapshot: the entries the follower needs are compacted; the leader sent a snapshot
+  (thesis §5.3) and sends nothing else until the follower reports it applied.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from kvraft.raft.tracker.inflights import Inflights
+
+# Index 0 is never a log index (logs start at 1): used for "no request" / "none".
+INVALID_INDEX = 0
+
+
+class ProgressState(enum.Enum):
+    """How the leader currently replicates to a peer."""
+
+    Probe = 0
+    Replicate = 1
+    Snapshot = 2
+
+
+class Progress:
+    """The leader's view of one peer (voter or learner)."""
+
+    __slots__ = (
+        "committed_index",
+        "ins",
+        "matched",
+        "next_idx",
+        "paused",
+        "pending_request_snapshot",
+        "pending_snapshot",
+        "recent_active",
+        "state",
+    )
+
+    def __init__(self, next_idx: int, ins_size: int) -> None:
+        # Thesis §3.5 matchIndex: the highest index known to be replicated on the peer.
+        self.matched: int = 0
+        # Thesis §3.5 nextIndex: the index of the next entry to send.
+        self.next_idx: int = next_idx
+        self.state: ProgressState = ProgressState.Probe
+        # In Probe state: an append is outstanding, wait for its answer or a heartbeat.
+        self.paused: bool = False
+        # In Snapshot state: the index of the snapshot being sent.
+        self.pending_snapshot: int = 0
+        # The follower asked for a snapshot at least this recent (request_snapshot).
+        self.pending_request_snapshot: int = INVALID_INDEX
+        # Thesis §6.2 check-quorum: heard from the peer during the last election timeout.
+        self.recent_active: bool = False
+        self.ins: Inflights = Inflights(ins_size)
+        # The commit index the peer last reported (heartbeat / append responses).
+        self.committed_index: int = 0
+
+    def __repr__(self) -> str:
+        return (f"Progress(state={self.state.name}, matched={self.matched}, "
+                f"next_idx={self.next_idx}, paused={self.paused}, "
+                f"pending_snapshot={self.pending_snapshot}, "
+                f"recent_active={self.recent_active}, inflights={self.ins.count()})")
+
+    def reset(self, next_idx: int) -> None:
+        """Start over, as a new leader does for every peer (thesis §3.5: nextIndex is
+        initialised just past the leader's last entry, matchIndex to 0)."""
+        self.matched = 0
+        self.next_idx = next_idx
+        self.state = ProgressState.Probe
+        self.paused = False
+        self.pending_snapshot = 0
+        self.pending_request_snapshot = INVALID_INDEX
+        self.recent_active = False
+        self.ins.reset()
+
+    def _reset_state(self, state: ProgressState) -> None:
+        self.paused = False
+        self.pending_snapshot = 0
+        self.state = state
+        self.ins.reset()
+
+    def become_probe(self) -> None:
+        """Go back to probing for the point where the logs match."""
+        if self.state is ProgressState.Snapshot:
+            # The snapshot, if the follower applied it, makes everything up to its
+            # index present; probe from there rather than from an older match.
+            pending = self.pending_snapshot
+            self._reset_state(ProgressState.Probe)
+            self.next_idx = max(self.matched + 1, pending + 1)
+        else:
+            self._reset_state(ProgressState.Probe)
+            self.next_idx = self.matched + 1
+
+    def become_replicate(self) -> None:
+        """The logs match up to `matched`: stream from just past it."""
+        self._reset_state(ProgressState.Replicate)
+        self.next_idx = self.matched + 1
+
+    def become_snapshot(self, snapshot_idx: int) -> None:
+        """Thesis §5.3: the entries the peer needs are gone; a snapshot is on its way."""
+        self._reset_state(ProgressState.Snapshot)
+        self.pending_snapshot = snapshot_idx
+
+    def snapshot_failure(self) -> None:
+        """The snapshot was not delivered; `become_probe` will then retry from matched."""
+        self.pending_snapshot = 0
+
+    def is_snapshot_caught_up(self) -> bool:
+        """In Snapshot state, the peer has acknowledged an index covering the snapshot."""
+        return (self.state is ProgressState.Snapshot
+                and self.matched >= self.pending_snapshot)
+
+    def maybe_update(self, n: int) -> bool:
+        """The peer acknowledged index `n` (a successful append response).
+
+        Returns whether `matched` advanced; a stale acknowledgement changes nothing
+        except that `next_idx` never lags behind `n + 1`.
+        """
+        updated = self.matched < n
+        if updated:
+            self.matched = n
+            self.resume()
+        if self.next_idx < n + 1:
+            self.next_idx = n + 1
+        return updated
+
+    def update_committed(self, committed_index: int) -> None:
+        if committed_index > self.committed_index:
+            self.committed_index = committed_index
+
+    def optimistic_update(self, n: int) -> None:
+        """Replicate state: entries up to `n` were sent; the next append starts after."""
+        self.next_idx = n + 1
+
+    def update_state(self, last: int) -> None:
+        """Account for an append whose last entry is `last` having just been sent."""
+        if self.state is ProgressState.Replicate:
+            self.optimistic_update(last)
+            self.ins.add(last)
+        elif self.state is ProgressState.Probe:
+            # One probe at a time: wait for its answer (or the next heartbeat).
+            self.pause()
+        else:
+            raise AssertionError(f"sending entries to a peer in Snapshot state: {self!r}")
+
+    def maybe_decr_to(self, rejected: int, match_hint: int, request_snapshot: int) -> bool:
+        """The peer rejected the append that followed index `rejected` (thesis §3.5
+        consistency check); `match_hint` is the peer's last index that may match
+        (fast backtracking). Returns False when the rejection is stale and ignored.
+
+        A non-zero `request_snapshot` means the peer asks for a snapshot at least that
+        recent instead of entries.
+        """
+        if self.state is ProgressState.Replicate:
+            # Appends are pipelined, so a rejection of an index already known to match
+            # answers an old message: ignore it, unless it carries a snapshot request.
+            if rejected < self.matched or (
+                    rejected == self.matched and request_snapshot == INVALID_INDEX):
+                return False
+            if request_snapshot == INVALID_INDEX:
+                self.next_idx = self.matched + 1
+            else:
+                self.pending_request_snapshot = request_snapshot
+            return True
+
+        # Probe (or Snapshot): only the answer to the outstanding probe counts, i.e.
+        # a rejection of exactly next_idx - 1.
+        if self.next_idx - 1 != rejected and request_snapshot == INVALID_INDEX:
+            return False
+        if request_snapshot == INVALID_INDEX:
+            # Thesis §3.5 backtracking, accelerated: jump to the follower's hint, but
+            # never forward past the rejected index and never below index 1.
+            self.next_idx = max(min(rejected, match_hint + 1), 1)
+        elif self.pending_request_snapshot == INVALID_INDEX:
+            self.pending_request_snapshot = request_snapshot
+        self.resume()
+        return True
+
+    def is_paused(self) -> bool:
+        """Whether the leader must hold appends to this peer for now."""
+        state = self.state
+        if state is ProgressState.Probe:
+            return self.paused
+        if state is ProgressState.Replicate:
+            return self.ins.full()
+        return True  # Snapshot: wait for the snapshot's outcome
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
