@@ -1,0 +1,640 @@
+"""The Python client of a kvraft cluster (SPEC §4).
+
+    with Client(["127.0.0.1:2379", "127.0.0.1:22379"]) as kv:
+        kv.put("greeting", "hello")
+        assert kv.get("greeting") == b"hello"
+
+Keys and values are bytes; a str is encoded as UTF-8. Every call has a deadline (the
+client's `timeout`, or the call's own `timeout=`) that covers all its attempts.
+
+Failover. Any member answers any request (SPEC §2), so the client sends each call to
+the member it believes leads (learned from `ResponseHeader.leader_id`, which saves the
+follower's forwarding hop), else to the endpoint that answered last, and moves to the
+next endpoint when one fails:
+
+- Reads (`get`, `scan`, `status`, `member_list`) are idempotent: they move on after a
+  connection failure, UNAVAILABLE, or a per-attempt deadline, until the call's deadline.
+  A read attempt gets a share of the remaining time, so one frozen member cannot eat
+  the whole deadline.
+- Writes (`put`, `delete`, `cas`, `batch`, member changes, leader transfer) move on
+  only when the request certainly was not applied: the connection was never
+  established (gRPC failed before sending), or the server marked its UNAVAILABLE
+  answer with the trailing metadata `kvraft-retry-safe: 1` (it rejected the request
+  before proposing it). Any other failure of a write — a deadline, a connection lost
+  after sending, an unmarked UNAVAILABLE — leaves its outcome unknown: the entry may
+  still commit. Retrying it could apply it twice (a CAS would then report failure for
+  its own success, a delete would report `False`), so the error is raised with
+  `outcome_unknown=True` and the caller decides (read back, then retry).
+
+Errors are typed exceptions carrying the gRPC status code (`KvraftError.code`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+
+from kvraft.proto import kvraft_pb2 as pb
+from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+
+DEFAULT_ENDPOINT = "127.0.0.1:2379"
+DEFAULT_TIMEOUT_S = 5.0
+# Trailing metadata a server sets on an UNAVAILABLE answer to a write it rejected
+# before proposing it (no leader known, shutting down): the write was not applied and
+# never will be, so the client may send it elsewhere. See docs/INTERFACES.md.
+RETRY_SAFE_METADATA_KEY = "kvraft-retry-safe"
+# A read attempt waits at least this long before the client gives up on that member.
+READ_ATTEMPT_MIN_S = 0.5
+# Pause between rounds over every endpoint (all unavailable, e.g. during an election),
+# doubling up to the cap; bounded overall by the call's deadline.
+ROUND_BACKOFF_INITIAL_S = 0.05
+ROUND_BACKOFF_MAX_S = 0.5
+# Scan pages followed for one scan() call; a server page cap of 10,000 keys makes this
+# 10 million keys, far past what a store "for small, critical state" holds.
+SCAN_PAGES_MAX = 1000
+# Channels kept open to addresses outside the endpoint list (status of other members).
+EXTRA_CHANNELS_MAX = 64
+UINT64_MAX = (1 << 64) - 1
+UINT32_MAX = (1 << 32) - 1
+# gRPC reconnect backoff: the default climbs to 120 s, which would keep a restarted
+# member out of rotation for minutes.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+# Phrases of gRPC's own UNAVAILABLE errors raised before a request leaves the client:
+# no connection could be established, or the name did not resolve.
+_NOT_SENT_PHRASES = (
+    "failed to connect to all addresses",
+    "dns resolution failed",
+    "name resolution failure",
+)
+
+Bytesish: TypeAlias = bytes | bytearray | memoryview | str
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class KvraftError(Exception):
+    """A call failed. `code` is the gRPC status code (None for client-side errors),
+    `endpoint` the member that answered last, and `outcome_unknown` is True when a
+    write may or may not have been applied."""
+
+    code: grpc.StatusCode | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        endpoint: str | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.endpoint = endpoint
+        self.outcome_unknown = outcome_unknown
+
+
+class InvalidArgument(KvraftError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(KvraftError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(KvraftError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(KvraftError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(KvraftError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(KvraftError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+_ERROR_BY_CODE: dict[grpc.StatusCode, type[KvraftError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, Unavailable, DeadlineExceeded, FailedPrecondition,
+                NotFound, AlreadyExists)
+}
+
+
+def error_for(
+    code: grpc.StatusCode, message: str, *, endpoint: str | None = None,
+    outcome_unknown: bool = False,
+) -> KvraftError:
+    """The typed exception for a gRPC status code (KvraftError for codes without one)."""
+    cls = _ERROR_BY_CODE.get(code, KvraftError)
+    return cls(message, code=code, endpoint=endpoint, outcome_unknown=outcome_unknown)
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    peer_address: str
+    client_address: str
+    learner: bool
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One member's answer to Status: its header and its view of the cluster."""
+
+    member_id: int
+    leader_id: int
+    term: int
+    applied_index: int
+    role: str
+    commit_index: int
+    last_index: int
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class CasResult:
+    succeeded: bool
+    found: bool
+    current: bytes | None  # the key's value after the call (None when absent)
+
+
+@dataclass(frozen=True)
+class Put:
+    """A put inside `Client.batch`."""
+
+    key: Bytesish
+    value: Bytesish
+
+
+@dataclass(frozen=True)
+class Delete:
+    """A delete inside `Client.batch`."""
+
+    key: Bytesish
+
+
+BatchOp: TypeAlias = Put | Delete | tuple
+
+
+def to_bytes(value: Bytesish, what: str = "value") -> bytes:
+    """bytes as is; str as UTF-8; anything else is a TypeError naming `what`."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def parse_endpoint(text: str) -> str:
+    """Validate one HOST:PORT (IPv6 as [::1]:PORT); return it stripped.
+
+    Raises ValueError with a one-line reason."""
+    endpoint = text.strip()
+    host, sep, port_text = endpoint.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"malformed address {text!r}: expected HOST:PORT")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"malformed address {text!r}: unclosed '[' in IPv6 host")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"malformed address {text!r}: bad IPv6 host") from None
+    elif ":" in host or any(c.isspace() or c in "/@?#[]" for c in host):
+        raise ValueError(f"malformed address {text!r}: expected HOST:PORT")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"malformed address {text!r}: port must be 1-65535")
+    return endpoint
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
+    """A comma-separated string or a list of HOST:PORT, validated, duplicates dropped."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    parsed: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"an endpoint must be a str, not {type(item).__name__}")
+        if not item.strip():
+            raise ValueError("empty endpoint in the endpoint list")
+        endpoint = parse_endpoint(item)
+        if endpoint not in parsed:
+            parsed.append(endpoint)
+    if not parsed:
+        raise ValueError("no endpoints given")
+    return parsed
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix` (b"" = no end)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b""
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _Channel:
+    """One gRPC channel and the stubs over it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        self.kv = pb_grpc.KVStub(self.channel)
+        self.cluster = pb_grpc.ClusterStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _not_sent(err: grpc.RpcError) -> bool:
+    """True when gRPC failed the call before the request left this process."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (err.details() or "").lower()
+    return any(phrase in details for phrase in _NOT_SENT_PHRASES)
+
+
+def _marked_retry_safe(err: grpc.RpcError) -> bool:
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_SAFE_METADATA_KEY and value in ("1", b"1"):
+            return True
+    return False
+
+
+class Client:
+    """A connection to a kvraft cluster through one or more of its members.
+
+    Safe to share between threads: gRPC channels are thread-safe and the little state
+    the client keeps (who leads, who answered last) sits behind a lock."""
+
+    def __init__(
+        self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        if not timeout or timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self.endpoints: tuple[str, ...] = tuple(parse_endpoints(endpoints))
+        self.timeout = float(timeout)
+        self._lock = threading.Lock()
+        self._channels: dict[str, _Channel] = {}
+        self._extra: dict[str, _Channel] = {}  # insertion-ordered, bounded
+        self._closed = False
+        self._preferred = 0  # index into endpoints of the member that answered last
+        self._leader_id = 0
+        self._member_at: dict[str, int] = {}  # endpoint -> member id, from headers
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels = [*self._channels.values(), *self._extra.values()]
+            self._channels.clear()
+            self._extra.clear()
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ KV
+
+    def put(self, key: Bytesish, value: Bytesish, *, timeout: float | None = None) -> None:
+        request = pb.PutRequest(key=to_bytes(key, "key"), value=to_bytes(value, "value"))
+        self._call("kv", "Put", request, write=True, timeout=timeout)
+
+    def get(
+        self, key: Bytesish, serializable: bool = False, *, timeout: float | None = None
+    ) -> bytes | None:
+        """The key's value, or None when it does not exist. serializable=True reads the
+        answering member's local state (possibly stale) instead of a ReadIndex round."""
+        request = pb.GetRequest(key=to_bytes(key, "key"), consistency=_consistency(serializable))
+        response = self._call("kv", "Get", request, write=False, timeout=timeout)
+        return response.value if response.found else None
+
+    def delete(self, key: Bytesish, *, timeout: float | None = None) -> bool:
+        """Delete the key; True when it existed."""
+        request = pb.DeleteRequest(key=to_bytes(key, "key"))
+        return self._call("kv", "Delete", request, write=True, timeout=timeout).deleted
+
+    def scan(
+        self,
+        start: Bytesish = b"",
+        end: Bytesish = b"",
+        limit: int = 0,
+        *,
+        serializable: bool = False,
+        timeout: float | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Keys in [start, end) in order (end b"" = to the end), at most `limit` (0 = all).
+
+        The client follows the server's pages; each page is its own read, so a scan
+        over several pages is not one snapshot."""
+        return self.scan_page(start, end, limit, serializable=serializable,
+                              timeout=timeout)[0]
+
+    def scan_page(
+        self,
+        start: Bytesish = b"",
+        end: Bytesish = b"",
+        limit: int = 0,
+        *,
+        serializable: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Like scan, also returning whether keys remain in the range past `limit`."""
+        if not isinstance(limit, int) or not 0 <= limit <= UINT32_MAX:
+            raise ValueError(f"limit must be an integer in 0..{UINT32_MAX}, got {limit!r}")
+        next_start = to_bytes(start, "start")
+        end_b = to_bytes(end, "end")
+        deadline = self._deadline(timeout)
+        kvs: list[tuple[bytes, bytes]] = []
+        for _ in range(SCAN_PAGES_MAX):
+            want = limit - len(kvs) if limit else 0
+            request = pb.ScanRequest(start=next_start, end=end_b, limit=want,
+                                     consistency=_consistency(serializable))
+            response = self._call("kv", "Scan", request, write=False, deadline=deadline)
+            kvs.extend((kv.key, kv.value) for kv in response.kvs)
+            if not response.more:
+                return kvs, False
+            if limit and len(kvs) >= limit:
+                return kvs[:limit], True
+            if not response.kvs:  # more=True with an empty page would loop forever
+                raise KvraftError("the server returned an empty scan page marked 'more'")
+            next_start = response.kvs[-1].key + b"\x00"  # the next key after the last
+        raise KvraftError(f"scan stopped after {SCAN_PAGES_MAX} pages; pass a limit")
+
+    def cas(
+        self, key: Bytesish, expected: Bytesish | None, value: Bytesish, *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Write `value` iff the key's value equals `expected` (None: iff the key does
+        not exist). True when it wrote."""
+        return self.compare_and_swap(key, expected, value, timeout=timeout).succeeded
+
+    def compare_and_swap(
+        self, key: Bytesish, expected: Bytesish | None, value: Bytesish, *,
+        timeout: float | None = None,
+    ) -> CasResult:
+        """cas() with the server's report of the key's current value."""
+        request = pb.CompareAndSwapRequest(key=to_bytes(key, "key"), value=to_bytes(value))
+        if expected is not None:
+            request.expected = to_bytes(expected, "expected")
+        response = self._call("kv", "CompareAndSwap", request, write=True, timeout=timeout)
+        current = response.current if response.found else None
+        return CasResult(succeeded=response.succeeded, found=response.found, current=current)
+
+    def batch(self, ops: Iterable[BatchOp], *, timeout: float | None = None) -> list[bool]:
+        """Apply puts and deletes atomically, in order, as one Raft entry.
+
+        Each op is Put(key, value), Delete(key), ("put", key, value) or ("delete", key).
+        Returns, for each delete in order, whether its key existed."""
+        request = pb.BatchRequest()
+        for op in ops:
+            request.ops.append(_batch_op(op))
+        return list(self._call("kv", "Batch", request, write=True, timeout=timeout).deleted)
+
+    # ------------------------------------------------------------------ cluster
+
+    def status(self, endpoint: str | None = None, *, timeout: float | None = None) -> NodeStatus:
+        """The Status of the member at `endpoint` (any HOST:PORT, not only one of the
+        client's endpoints), or of whichever endpoint answers first when None."""
+        if endpoint is None:
+            response = self._call("cluster", "Status", pb.StatusRequest(), write=False,
+                                  timeout=timeout)
+        else:
+            response = self._call_one(parse_endpoint(endpoint), "cluster", "Status",
+                                      pb.StatusRequest(), timeout=timeout)
+        header = response.header
+        self._learn_members(response.members)
+        return NodeStatus(
+            member_id=header.member_id, leader_id=header.leader_id, term=header.term,
+            applied_index=header.applied_index, role=response.role,
+            commit_index=response.commit_index, last_index=response.last_index,
+            members=tuple(_member(m) for m in response.members),
+        )
+
+    def member_list(self, *, timeout: float | None = None) -> list[Member]:
+        return list(self.status(timeout=timeout).members)
+
+    def member_add(
+        self, member_id: int, peer_address: str, client_address: str = "", *,
+        learner: bool = False, timeout: float | None = None,
+    ) -> list[Member]:
+        """Add a member (or, with learner=False, promote the learner `member_id`).
+        Returns the members after the change."""
+        request = pb.AddMemberRequest(id=_member_id(member_id), peer_address=peer_address,
+                                      client_address=client_address, learner=learner)
+        response = self._call("cluster", "AddMember", request, write=True, timeout=timeout)
+        return [_member(m) for m in response.members]
+
+    def member_remove(self, member_id: int, *, timeout: float | None = None) -> list[Member]:
+        request = pb.RemoveMemberRequest(id=_member_id(member_id))
+        response = self._call("cluster", "RemoveMember", request, write=True, timeout=timeout)
+        return [_member(m) for m in response.members]
+
+    def transfer_leader(self, to: int, *, timeout: float | None = None) -> None:
+        request = pb.TransferLeaderRequest(to=_member_id(to))
+        self._call("cluster", "TransferLeader", request, write=True, timeout=timeout)
+
+    @property
+    def leader_id(self) -> int:
+        """The leader named by the latest answer (0 when unknown)."""
+        return self._leader_id
+
+    # ------------------------------------------------------------------ internals
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
+
+    def _channel(self, endpoint: str) -> _Channel:
+        with self._lock:
+            if self._closed:
+                raise KvraftError("the client is closed")
+            channel = self._channels.get(endpoint) or self._extra.get(endpoint)
+            if channel is None:
+                channel = _Channel(endpoint)
+                if endpoint in self.endpoints:
+                    self._channels[endpoint] = channel
+                else:
+                    self._extra[endpoint] = channel
+                    if len(self._extra) > EXTRA_CHANNELS_MAX:
+                        oldest = next(iter(self._extra))
+                        self._extra.pop(oldest).close()
+            return channel
+
+    def _order(self) -> list[str]:
+        """Endpoints to try: the known leader first, then from the last that answered."""
+        with self._lock:
+            n = len(self.endpoints)
+            order = [self.endpoints[(self._preferred + i) % n] for i in range(n)]
+            if self._leader_id:
+                for endpoint, member_id in self._member_at.items():
+                    if member_id == self._leader_id and endpoint in order:
+                        order.remove(endpoint)
+                        order.insert(0, endpoint)
+                        break
+        return order
+
+    def _learn(self, endpoint: str, header: pb.ResponseHeader) -> None:
+        with self._lock:
+            if endpoint in self.endpoints:
+                self._preferred = self.endpoints.index(endpoint)
+                if header.member_id:
+                    self._member_at[endpoint] = header.member_id
+            self._leader_id = header.leader_id
+
+    def _learn_members(self, members: Iterable[pb.Member]) -> None:
+        """Map our endpoints to member ids by the client addresses members publish."""
+        with self._lock:
+            for m in members:
+                if m.client_address in self.endpoints:
+                    self._member_at[m.client_address] = m.id
+
+    def _forget(self, endpoint: str) -> None:
+        """The member at `endpoint` failed: stop preferring it as the leader."""
+        with self._lock:
+            if self._leader_id and self._member_at.get(endpoint) == self._leader_id:
+                self._leader_id = 0
+
+    def _call(
+        self, service: str, method: str, request: Any, *, write: bool,
+        timeout: float | None = None, deadline: float | None = None,
+    ) -> Any:
+        """Send `request` with failover (see the module docstring) until the deadline."""
+        if deadline is None:
+            deadline = self._deadline(timeout)
+        backoff_s = ROUND_BACKOFF_INITIAL_S
+        last: KvraftError | None = None
+        while True:
+            order = self._order()
+            for position, endpoint in enumerate(order):
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                attempt_s = remaining_s
+                if not write:
+                    # Share the time left among the endpoints not yet tried this round.
+                    share_s = remaining_s / (len(order) - position)
+                    attempt_s = min(remaining_s, max(share_s, READ_ATTEMPT_MIN_S))
+                stub = getattr(self._channel(endpoint), service)
+                try:
+                    response = getattr(stub, method)(request, timeout=attempt_s)
+                except grpc.RpcError as err:
+                    last, retry = self._classify(err, endpoint, write, deadline)
+                    if not retry:
+                        raise last from None
+                    self._forget(endpoint)
+                    continue
+                self._learn(endpoint, response.header)
+                return response
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            # Every endpoint failed this round (e.g. an election): pause, then go again.
+            time.sleep(min(remaining_s, backoff_s * (0.5 + random.random())))
+            backoff_s = min(backoff_s * 2, ROUND_BACKOFF_MAX_S)
+        if last is None:
+            last = DeadlineExceeded("the deadline passed before any endpoint was tried")
+        raise last
+
+    def _classify(
+        self, err: grpc.RpcError, endpoint: str, write: bool, deadline: float
+    ) -> tuple[KvraftError, bool]:
+        """The exception for a failed attempt, and whether another endpoint may be tried."""
+        code = err.code()
+        details = err.details() or code.name.lower()
+        if _not_sent(err):
+            message = f"{endpoint} is unreachable ({details})"
+            return error_for(code, message, endpoint=endpoint), True
+        if write:
+            if code == grpc.StatusCode.UNAVAILABLE and _marked_retry_safe(err):
+                return error_for(code, details, endpoint=endpoint), True
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                        grpc.StatusCode.INTERNAL):
+                message = f"{details} (at {endpoint}; the write may or may not have applied)"
+                return error_for(code, message, endpoint=endpoint, outcome_unknown=True), False
+            return error_for(code, details, endpoint=endpoint), False
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return error_for(code, f"{details} (at {endpoint})", endpoint=endpoint), True
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The attempt's share of the deadline passed; the call's may not have.
+            retry = time.monotonic() < deadline
+            return error_for(code, f"{details} (at {endpoint})", endpoint=endpoint), retry
+        return error_for(code, details, endpoint=endpoint), False
+
+    def _call_one(
+        self, endpoint: str, service: str, method: str, request: Any, *,
+        timeout: float | None = None,
+    ) -> Any:
+        """One attempt at one endpoint, no failover."""
+        deadline = self._deadline(timeout)
+        stub = getattr(self._channel(endpoint), service)
+        try:
+            response = getattr(stub, method)(request, timeout=deadline - time.monotonic())
+        except grpc.RpcError as err:
+            raise self._classify(err, endpoint, False, deadline)[0] from None
+        self._learn(endpoint, response.header)
+        return response
+
+
+def _consistency(serializable: bool) -> int:
+    return pb.SERIALIZABLE if serializable else pb.LINEARIZABLE
+
+
+def _member_id(member_id: int) -> int:
+    if isinstance(member_id, bool) or not isinstance(member_id, int):
+        raise TypeError(f"a member id must be an int, not {type(member_id).__name__}")
+    if not 0 < member_id <= UINT64_MAX:
+        raise ValueError(f"a member id must be a positive 64-bit integer, got {member_id}")
+    return member_id
+
+
+def _member(m: pb.Member) -> Member:
+    return Member(id=m.id, peer_address=m.peer_address, client_address=m.client_address,
+                  learner=m.learner)
+
+
+def _batch_op(op: BatchOp) -> pb.BatchOp:
+    if isinstance(op, Put):
+        return pb.BatchOp(put=pb.PutRequest(key=to_bytes(op.key, "key"),
+                                            value=to_bytes(op.value)))
+    if isinstance(op, Delete):
+        return pb.BatchOp(delete=pb.DeleteRequest(key=to_bytes(op.key, "key")))
+    if isinstance(op, tuple) and len(op) == 3 and op[0] == "put":
+        return pb.BatchOp(put=pb.PutRequest(key=to_bytes(op[1], "key"), value=to_bytes(op[2])))
+    if isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+        return pb.BatchOp(delete=pb.DeleteRequest(key=to_bytes(op[1], "key")))
+    raise TypeError(f"a batch op is Put, Delete, ('put', k, v) or ('delete', k), not {op!r}")
