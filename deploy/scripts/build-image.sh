@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Build the kvraft image with no container registry at hand, once per source state.
+#
+#   1. the base image: deploy/scripts/build-base-image.sh (debootstrap + docker import),
+#      skipped when its tag exists;
+#   2. wheels of the project and of every dependency, built on the host with pip into
+#      deploy/.build/wheels (the host reaches PyPI; the build inside Docker does not);
+#   3. `docker build` with INSTALL_FROM=wheels.
+# The image is tagged with a hash of everything that goes into it (sources, Dockerfile,
+# base image id), so a second run finds kvraft:<hash> and builds nothing.
+#
+# usage: build-image.sh            prints the image tag (kvraft:<hash>) as its last line
+# env:   KVRAFT_BASE_IMAGE (default kvraft-base:bookworm), KVRAFT_IMAGE_REPO (default
+#        kvraft), PYTHON (default python3; must match the base image's Python minor)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+base="${KVRAFT_BASE_IMAGE:-kvraft-base:bookworm}"
+repo="${KVRAFT_IMAGE_REPO:-kvraft}"
+python="${PYTHON:-python3}"
+build_dir="deploy/.build"
+wheels_dir="$build_dir/wheels"
+log() { echo "build-image: $*" >&2; }
+
+# Everything the image is made of, in a stable order, without build output.
+source_files() {
+  {
+    find kvraft -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+      ! -name '*_pb2.py' ! -name '*_pb2_grpc.py' ! -name '*_pb2.pyi'
+    find protos -type f ! -path '*/__pycache__/*'
+    echo pyproject.toml; echo setup.py; echo MANIFEST.in; echo README.md
+  } | LC_ALL=C sort
+}
+image_files() {
+  printf '%s\n' .dockerignore deploy/Dockerfile deploy/docker-entrypoint.sh deploy/healthcheck.py
+}
+
+bash deploy/scripts/build-base-image.sh "$base" >&2
+base_id="$(docker image inspect -f '{{.Id}}' "$base")"
+
+hash="$({ source_files; image_files; } | tr '\n' '\0' | xargs -0 sha256sum --
+        echo "base $base_id")"
+hash="$(printf '%s\n' "$hash" | sha256sum | cut -c1-16)"
+tag="$repo:$hash"
+
+if docker image inspect "$tag" >/dev/null 2>&1; then
+  log "image $tag already built"
+  docker tag "$tag" "$repo:latest"
+  echo "$tag"
+  exit 0
+fi
+
+# The wheels must fit the image's interpreter (cp3XX tags).
+want="$(docker run --rm --entrypoint python3 "$base" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+have="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ "$want" != "$have" ]; then
+  log "the base image runs Python $want but $python is $have: set PYTHON=python$want"
+  exit 1
+fi
+
+if [ "$(cat "$wheels_dir/.source-hash" 2>/dev/null)" != "$hash" ]; then
+  # Build from a copy of the sources: building in the tree would write build/ and the
+  # generated protos into a working tree others may be using.
+  src="$build_dir/src"
+  rm -rf "$src"; mkdir -p "$src" "$wheels_dir"
+  source_files | tar -cf - -T - | tar -xf - -C "$src"
+  rm -f "$wheels_dir"/kvraft-*.whl "$wheels_dir/.source-hash"
+  log "building wheels with $python into $wheels_dir"
+  "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheels_dir" "./$src" >&2
+  rm -rf "$src"
+  echo "$hash" > "$wheels_dir/.source-hash"
+fi
+
+log "docker build $tag from $base"
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
+  --file deploy/Dockerfile \
+  --build-arg BASE_IMAGE="$base" \
+  --build-arg INSTALL_FROM=wheels \
+  --build-arg WHEELS_DIR="$wheels_dir" \
+  --label org.kvraft.source-hash="$hash" \
+  --tag "$tag" --tag "$repo:latest" \
+  . >&2
+# The legacy builder keeps the build stage as an untagged image; drop it.
+docker image prune --force --filter label=org.kvraft.stage=build >/dev/null
+echo "$tag"

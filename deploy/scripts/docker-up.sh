@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make docker-up`: build what is missing (base image, wheels, image; see build-image.sh),
+# start the 5-node cluster of deploy/docker-compose.yml, wait for a leader (bounded) and
+# print how to reach it.
+#
+# env: DOCKER_COMPOSE (default: "docker compose" when the plugin exists, else
+#      docker-compose), COMPOSE_PROJECT_NAME (default kvraft), LEADER_TIMEOUT_S (60),
+#      KVRAFT_HOST_PORT_N / KVRAFT_HOST_IP (see the compose file)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+if [ -z "${DOCKER_COMPOSE:-}" ]; then
+  if docker compose version >/dev/null 2>&1; then DOCKER_COMPOSE="docker compose"
+  else DOCKER_COMPOSE=docker-compose; fi
+fi
+project="${COMPOSE_PROJECT_NAME:-kvraft}"
+leader_timeout_s="${LEADER_TIMEOUT_S:-60}"
+compose() { $DOCKER_COMPOSE -p "$project" -f deploy/docker-compose.yml "$@"; }
+
+docker info >/dev/null 2>&1 || { echo "docker-up: the Docker engine is not reachable" >&2; exit 1; }
+
+KVRAFT_IMAGE="$(bash deploy/scripts/build-image.sh | tail -n1)"
+export KVRAFT_IMAGE
+echo "docker-up: starting project $project with $KVRAFT_IMAGE"
+compose up --detach --no-build
+
+# Wait until some node knows a leader (Cluster.Status, asked inside the container so the
+# host needs no Python packages).
+deadline=$((SECONDS + leader_timeout_s))
+view=""
+until view="$(compose exec -T kvraft1 kvraft-healthcheck --leader 2>/dev/null)"; do
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "docker-up: no leader after ${leader_timeout_s}s; last lines of each node's log:" >&2
+    compose logs --tail=15 >&2 || true
+    exit 1
+  fi
+  sleep 1
+done
+leader="$(sed -n 's/.*leader=\([0-9]*\).*/\1/p' <<<"$view")"
+
+ip="${KVRAFT_HOST_IP:-127.0.0.1}"
+endpoints=""
+for n in 1 2 3 4 5; do
+  var="KVRAFT_HOST_PORT_$n"
+  endpoints="${endpoints:+$endpoints,}$ip:${!var:-2379$n}"
+done
+cat <<MSG
+docker-up: the 5-node cluster is up; node $leader is the leader ($view).
+  client endpoints:  $endpoints   (node N on port 2379N)
+  from the host:     KVRAFT_ENDPOINTS=$endpoints kvraft put greeting hello
+                     KVRAFT_ENDPOINTS=$endpoints kvraft status
+  inside the network: $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml exec kvraft1 kvraft get greeting
+  logs:              $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml logs -f
+  stop:              make docker-down   (VOLUMES=1 also removes the data)
+MSG
