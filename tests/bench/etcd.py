@@ -1,0 +1,196 @@
+"""etcd for the side-by-side benchmark: its v3 protos, a local cluster, a load driver.
+
+etcd's .proto files come from Debian's golang-etcd-server-dev (the same 3.4 release as
+the etcd-server package). They carry gogoproto and google.api annotations that only
+matter to Go code generation; those are stripped and the rest is compiled with
+grpc_tools at benchmark time into a cache directory — nothing generated is committed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+ETCD_SRC = Path("/usr/share/gocode/src/go.etcd.io/etcd")
+PROTOS = {  # path in the Debian package -> import path used by rpc.proto
+    "mvcc/mvccpb/kv.proto": "etcd/mvcc/mvccpb/kv.proto",
+    "auth/authpb/auth.proto": "etcd/auth/authpb/auth.proto",
+    "etcdserver/etcdserverpb/rpc.proto": "etcd/etcdserver/etcdserverpb/rpc.proto",
+}
+CACHE_DIR = Path(tempfile.gettempdir()) / "kvraft-bench-etcd-proto"
+START_TIMEOUT_S = 30.0
+DEBIAN_PACKAGES = ("etcd-server", "golang-etcd-server-dev")
+
+
+def ensure_installed() -> None:
+    """Installs Debian's etcd packages when missing (the benchmark runs as root here)."""
+    if shutil.which("etcd") and (ETCD_SRC / "etcdserver/etcdserverpb/rpc.proto").exists():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", *DEBIAN_PACKAGES], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def _strip_go_annotations(text: str) -> str:
+    text = re.sub(r'^import "(gogoproto/gogo|google/api/annotations)\.proto";\n', "", text,
+                  flags=re.M)
+    text = re.sub(r"^option \(gogoproto\.[^;]*;\n", "", text, flags=re.M)
+    text = re.sub(r"\s*\[\s*\(gogoproto\.[^\]]*\]", "", text)
+    # rpc X(A) returns (B) { option (google.api.http) = { ... }; }  ->  rpc X(A) returns (B);
+    # The option bodies nest braces (additional_bindings), so match braces, not a regex.
+    out, pos = [], 0
+    opener = re.compile(r"\)\s*\{\s*option \(google\.api\.http\)")
+    while (m := opener.search(text, pos)) is not None:
+        out.append(text[pos:m.start()] + ");")
+        depth, i = 1, text.index("{", m.start())
+        while depth:
+            i += 1
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+        pos = i + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def compiled_proto_path() -> Path:
+    """Compiles etcd's KV protos once per content hash; returns the dir for sys.path."""
+    digest = hashlib.sha256()
+    for src in PROTOS:
+        digest.update((ETCD_SRC / src).read_bytes())
+    out = CACHE_DIR / digest.hexdigest()[:16]
+    if (out / "etcd/etcdserver/etcdserverpb/rpc_pb2_grpc.py").exists():
+        return out
+    from grpc_tools import protoc
+
+    staging = Path(tempfile.mkdtemp(prefix="etcd-proto-"))
+    try:
+        src_root = staging / "src"
+        for src, dest in PROTOS.items():
+            target = src_root / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_strip_go_annotations((ETCD_SRC / src).read_text()))
+        gen = staging / "gen"
+        gen.mkdir()
+        args = ["protoc", f"-I{src_root}", f"--python_out={gen}", f"--grpc_python_out={gen}",
+                *[str(src_root / d) for d in PROTOS.values()]]
+        if protoc.main(args) != 0:
+            raise RuntimeError("compiling etcd's protos failed")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.move(str(gen), str(out))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _import_rpc():
+    path = str(compiled_proto_path())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from etcd.etcdserver.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    return rpc_pb2, rpc_pb2_grpc
+
+
+class EtcdDriver:
+    """Load driver for etcd's v3 KV API: Put, and Range (linearizable by default)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._pb, grpc_mod = _import_rpc()
+        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._stub = grpc_mod.KVStub(self._channel)
+
+    async def put(self, key: bytes, value: bytes, timeout_s: float) -> None:
+        await self._stub.Put(self._pb.PutRequest(key=key, value=value), timeout=timeout_s)
+
+    async def get(self, key: bytes, timeout_s: float) -> None:
+        await self._stub.Range(self._pb.RangeRequest(key=key), timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EtcdCluster:
+    """A local etcd cluster on loopback, data under `base_dir` (same disk as kvraft's)."""
+
+    size: int
+    base_dir: Path
+    client_ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(f"127.0.0.1:{p}" for p in self.client_ports)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self) -> None:
+        peer_ports = [free_port() for _ in range(self.size)]
+        self.client_ports = [free_port() for _ in range(self.size)]
+        initial = ",".join(f"e{i}=http://127.0.0.1:{peer_ports[i]}" for i in range(self.size))
+        for i in range(self.size):
+            data = self.base_dir / f"etcd{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            log = open(self.base_dir / f"etcd{i}.log", "wb")  # noqa: SIM115 - owned by proc
+            cmd = [
+                "etcd", "--name", f"e{i}", "--data-dir", str(data),
+                "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"bench-{os.getpid()}",
+                "--quota-backend-bytes", str(8 * 1024**3), "--log-level", "error",
+            ]
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        rpc_pb2, rpc_grpc = _import_rpc()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for ep in self.endpoints:
+            while True:
+                try:
+                    with grpc.insecure_channel(ep) as ch:
+                        rpc_grpc.KVStub(ch).Put(rpc_pb2.PutRequest(key=b"ready", value=b"1"),
+                                                timeout=2)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"etcd at {ep} not ready after "
+                                           f"{START_TIMEOUT_S:.0f} s") from None
+                    time.sleep(0.2)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
