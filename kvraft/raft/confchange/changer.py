@@ -180,8 +180,6 @@ def _check_invariants(cfg: Configuration, prs: _ProgressIds) -> None:
     for peer_id in sorted(cfg.learners):
         if cfg.voters.contains(peer_id):
             raise ConfChangeError(f"{peer_id} is both a learner and a voter")
-    if not cfg.is_joint():
-        if cfg.learners_next:
-            raise ConfChangeError("learners_next is set outside a joint configuration")
-        if cfg.auto_leave:
-            raise ConfChangeError("auto_leave is set outside a joint configuration")
+    # (learners_next outside a joint configuration is caught above: no outgoing voters.)
+    if not cfg.is_joint() and cfg.auto_leave:
+        raise ConfChangeError("auto_leave is set outside a joint configuration")
