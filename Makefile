@@ -56,8 +56,12 @@ bench: install
 	  found=1; echo "== $$f"; $(PY) "$$f"; done; \
 	  [ $$found = 1 ] || { echo "make bench: no benchmarks have landed yet"; exit 1; }
 
+# kvraft vs etcd vs a bare gRPC echo server; BENCH_ARGS narrows the matrix, e.g.
+# make bench-compare BENCH_ARGS="--nodes 3 --clients 64 --repeats 1"
+BENCH_ARGS ?=
 bench-compare: install
-	@echo "make bench-compare: not landed yet (issue: performance)"; exit 1
+	@mkdir -p .run
+	$(PY) -m tests.bench.compare --markdown BENCHMARKS.md --json .run/bench-compare.json $(BENCH_ARGS)
 
 chaos: install
 	@echo "make chaos: not landed yet (issue: fault injection)"; exit 1

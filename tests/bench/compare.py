@@ -1,0 +1,264 @@
+"""kvraft side by side with etcd (and a bare gRPC echo server), same machine, same run.
+
+    python -m tests.bench.compare [--nodes 3,5] [--clients 1,16,64,256] [--values 100,4096]
+                                  [--ops put,get] [--repeats 3] [--duration 5]
+                                  [--markdown BENCHMARKS.md] [--json bench.json]
+
+Every cell (system, nodes, op, value size, clients) runs `repeats` times through the one
+load generator (kvraft.bench.loadgen); the table shows min / median / max ops/s, the
+median run's p50 / p99 / max latency, the CPU the generator and the servers used, and
+kvraft ÷ etcd per cell. The echo row is the ceiling of a Python unary RPC here.
+Run by `make bench-compare`; never part of `make test` (timings are not asserted).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from kvraft.bench.loadgen import LoadResult, LoadSpec, run_load
+from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc
+from tests.bench.etcd import EtcdCluster, ensure_installed, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KVRAFT = ROOT / ".venv" / "bin" / "kvraft"
+READY_TIMEOUT_S = 60.0
+PRELOAD_CLIENTS = 32
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of live processes, from /proc (clock ticks -> seconds)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class System:
+    name: str
+    nodes: int
+    endpoints: tuple[str, ...]
+    pids: list[int]
+    driver: str
+
+
+def _wait_kvraft_ready(endpoints: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for ep in endpoints:
+        while True:
+            try:
+                with grpc.insecure_channel(ep) as ch:
+                    kvraft_pb2_grpc.KVStub(ch).Put(
+                        kvraft_pb2.PutRequest(key=b"ready", value=b"1"), timeout=3)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"kvraft at {ep} not ready") from None
+                time.sleep(0.2)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def kvraft_cluster(nodes: int, base: Path) -> Iterator[System]:
+    peer = [free_port() for _ in range(nodes)]
+    client = [free_port() for _ in range(nodes)]
+    initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(nodes))
+    procs = []
+    try:
+        for i in range(nodes):
+            log = open(base / f"kvraft{i + 1}.log", "wb")  # noqa: SIM115 - owned by proc
+            procs.append(subprocess.Popen(
+                [str(KVRAFT), "serve", "--id", str(i + 1), "--data-dir",
+                 str(base / f"kvraft{i + 1}"), "--listen", f"127.0.0.1:{client[i]}",
+                 "--peer-listen", f"127.0.0.1:{peer[i]}", "--initial-cluster", initial,
+                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        endpoints = tuple(f"127.0.0.1:{p}" for p in client)
+        _wait_kvraft_ready(endpoints)
+        yield System("kvraft", nodes, endpoints, [p.pid for p in procs], "kvraft")
+    finally:
+        _stop(procs)
+
+
+@contextmanager
+def etcd_cluster(nodes: int, base: Path) -> Iterator[System]:
+    cluster = EtcdCluster(nodes, base)
+    try:
+        cluster.start()
+        yield System("etcd", nodes, cluster.endpoints, cluster.pids,
+                     "tests.bench.etcd:EtcdDriver")
+    finally:
+        cluster.stop()
+
+
+@contextmanager
+def echo_server(base: Path) -> Iterator[System]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.bench.echo_server", "--port",
+                             str(port)], cwd=ROOT)
+    try:
+        _wait_kvraft_ready((f"127.0.0.1:{port}",))
+        yield System("echo", 1, (f"127.0.0.1:{port}",), [proc.pid], "kvraft")
+    finally:
+        _stop([proc])
+
+
+@dataclass
+class Cell:
+    system: str
+    nodes: int
+    op: str
+    value_size: int
+    clients: int
+    runs: list[dict]
+
+    def median_run(self) -> dict:
+        ordered = sorted(self.runs, key=lambda r: r["ops_per_s"])
+        return ordered[len(ordered) // 2]
+
+    def ops(self) -> list[float]:
+        return [r["ops_per_s"] for r in self.runs]
+
+
+def measure(system: System, args: argparse.Namespace) -> list[Cell]:
+    cells = []
+    for value_size in args.values:
+        # Reads need keys that exist: write every key once per value size.
+        run_load(LoadSpec(endpoints=system.endpoints, clients=PRELOAD_CLIENTS, duration_s=0.1,
+                          value_size=value_size, keys=args.keys, read_ratio=1.0,
+                          driver=system.driver, preload=True))
+        for op in args.ops:
+            for clients in args.clients:
+                cell = Cell(system.name, system.nodes, op, value_size, clients, [])
+                for _ in range(args.repeats):
+                    cpu0 = cpu_seconds(system.pids)
+                    result: LoadResult = run_load(LoadSpec(
+                        endpoints=system.endpoints, clients=clients,
+                        duration_s=args.duration, value_size=value_size, keys=args.keys,
+                        read_ratio=1.0 if op == "get" else 0.0, driver=system.driver))
+                    run = result.to_dict()
+                    run["server_cpu_s"] = cpu_seconds(system.pids) - cpu0
+                    cell.runs.append(run)
+                med = cell.median_run()
+                print(f"  {system.name}-{system.nodes} {op} {value_size}B c={clients}: "
+                      f"{statistics.median(cell.ops()):,.0f} ops/s  "
+                      f"p50 {med['latency']['p50_ms']:.2f} ms  "
+                      f"errors {sum(med['errors'].values())}", flush=True)
+                cells.append(cell)
+    return cells
+
+
+def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
+    etcd = {(c.nodes, c.op, c.value_size, c.clients): statistics.median(c.ops())
+            for c in cells if c.system == "etcd"}
+    lines = [
+        "# kvraft vs etcd",
+        "",
+        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on "
+        f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()},"
+        f" Python {platform.python_version()}), by `make bench-compare` "
+        f"({args.duration:g} s per run, {args.repeats} runs per cell, {args.keys} keys, "
+        "clients spread over all members, linearizable reads on both).",
+        "",
+        "| system | nodes | op | value | clients | ops/s min | median | max | p50 ms | "
+        "p99 ms | max ms | gen CPU s | server CPU s | ÷ etcd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        med = c.median_run()
+        ops = c.ops()
+        base = etcd.get((c.nodes, c.op, c.value_size, c.clients))
+        ratio = f"{statistics.median(ops) / base:.2f}" if base and c.system == "kvraft" else ""
+        lat = med["latency"]
+        lines.append(
+            f"| {c.system} | {c.nodes} | {c.op} | {c.value_size} | {c.clients} | "
+            f"{min(ops):,.0f} | {statistics.median(ops):,.0f} | {max(ops):,.0f} | "
+            f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['max_ms']:.2f} | "
+            f"{med['generator_cpu_s']:.1f} | {med['server_cpu_s']:.1f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=_int_list, default=[3, 5])
+    p.add_argument("--clients", type=_int_list, default=[1, 16, 64, 256])
+    p.add_argument("--values", type=_int_list, default=[100, 4096])
+    p.add_argument("--ops", type=lambda s: s.split(","), default=["put", "get"])
+    p.add_argument("--systems", type=lambda s: s.split(","), default=["kvraft", "etcd", "echo"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument("--markdown", type=Path)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if "etcd" in args.systems:
+        ensure_installed()
+    if not KVRAFT.exists() and "kvraft" in args.systems:
+        print(f"error: {KVRAFT} missing; run `make install` first", file=sys.stderr)
+        return 2
+    cells: list[Cell] = []
+    base = Path(tempfile.mkdtemp(prefix="kvraft-compare-", dir=ROOT / ".run"
+                                 if (ROOT / ".run").is_dir() else None))
+    try:
+        for nodes in args.nodes:
+            for name, starter in (("kvraft", kvraft_cluster), ("etcd", etcd_cluster)):
+                if name not in args.systems:
+                    continue
+                workdir = base / f"{name}-{nodes}"
+                workdir.mkdir()
+                print(f"== {name}, {nodes} nodes", flush=True)
+                with starter(nodes, workdir) as system:
+                    cells += measure(system, args)
+        if "echo" in args.systems:
+            print("== echo (Python unary RPC ceiling)", flush=True)
+            with echo_server(base) as system:
+                cells += measure(system, args)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    table = markdown(cells, args)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps([c.__dict__ for c in cells], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
