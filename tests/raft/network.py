@@ -18,6 +18,7 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvraft.raft import (
     Config,
@@ -29,6 +30,11 @@ from kvraft.raft import (
     StepPeerNotFound,
     eraftpb,
 )
+
+if TYPE_CHECKING:
+    from kvraft.raft.raft import Raft
+
+    from kvraft.raft.storage import RaftState
 
 # Bounds on every loop the harness runs, so a livelock fails a test instead of hanging it.
 STABILIZE_ROUNDS_MAX = 10_000
@@ -71,7 +77,8 @@ class StateMachine:
     state machine would.
     """
 
-    applied: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # idx, term, type, data
+    # (index, term, entry type, data) of every applied entry, contiguous from base_index + 1
+    applied: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     base_index: int = 0  # index covered by the snapshot this state was restored from
     conf_state: eraftpb.ConfState = field(default_factory=eraftpb.ConfState)
 
@@ -115,7 +122,7 @@ class SimStorage:
         self.truncated_below: list[int] = []  # first index of each suffix replaced by append
 
     # -- Storage protocol (what the Raft core reads) --
-    def initial_state(self):  # noqa: ANN201 - RaftState of the implementation
+    def initial_state(self) -> RaftState:
         return self.mem.initial_state()
 
     def entries(self, low: int, high: int, max_size: int | None = None) -> list[eraftpb.Entry]:
@@ -331,7 +338,8 @@ class Network:
         assert raw is not None, f"node {node_id} is down"
         return raw
 
-    def raft(self, node_id: int):  # noqa: ANN201 - the implementation's Raft
+    def raft(self, node_id: int) -> Raft:
+        """The node's Raft state machine (SPEC §1 introspection attributes)."""
         return self.node(node_id).raft
 
     def ids(self) -> list[int]:
