@@ -1,0 +1,115 @@
+"""The binary encoding of replicated commands and member contexts (protos/command.proto).
+
+Every encoded value starts with a one-byte encoding version, so a future format can be
+introduced while old entries still sit in logs and snapshots: a decoder refuses a
+version it does not know instead of misreading the bytes.
+
+Commands are what a node proposes as the data of a normal Raft entry; member contexts
+are what it passes as the context of a conf-change entry (`RawNode.propose_conf_change`),
+so every node learns each member's addresses from the replicated log.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from kvraft.proto import command_pb2 as pb
+
+COMMAND_VERSION = 1
+MEMBERS_VERSION = 1
+
+Command = pb.Command
+MemberInfo = pb.MemberInfo
+
+
+class CommandDecodeError(ValueError):
+    """Bytes that are not a command (or member context) this version can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """What every node knows about one member of the cluster."""
+
+    id: int
+    peer_address: str = ""
+    client_address: str = ""
+    learner: bool = False
+
+    def to_proto(self) -> pb.MemberInfo:
+        return pb.MemberInfo(id=self.id, peer_address=self.peer_address,
+                             client_address=self.client_address, learner=self.learner)
+
+    @classmethod
+    def from_proto(cls, info: pb.MemberInfo) -> MemberRecord:
+        return cls(info.id, info.peer_address, info.client_address, info.learner)
+
+
+# --- commands -------------------------------------------------------------------------
+def encode_command(command: pb.Command) -> bytes:
+    """Version byte + the Command protobuf: the data of a normal Raft entry."""
+    return bytes((COMMAND_VERSION,)) + command.SerializeToString()
+
+
+def put_command(key: bytes, value: bytes, request_id: int = 0) -> bytes:
+    return encode_command(pb.Command(request_id=request_id, put=pb.Put(key=key, value=value)))
+
+
+def delete_command(key: bytes, request_id: int = 0) -> bytes:
+    return encode_command(pb.Command(request_id=request_id, delete=pb.Delete(key=key)))
+
+
+def cas_command(key: bytes, expected: bytes | None, value: bytes, request_id: int = 0) -> bytes:
+    """`expected=None` means "only if the key does not exist" (SPEC §2)."""
+    cas = pb.CompareAndSwap(key=key, value=value)
+    if expected is not None:
+        cas.expected = expected
+    return encode_command(pb.Command(request_id=request_id, cas=cas))
+
+
+def batch_command(ops: list[tuple[bytes, bytes | None]], request_id: int = 0) -> bytes:
+    """`ops` in order: (key, value) is a put, (key, None) a delete."""
+    batch = pb.Batch()
+    for key, value in ops:
+        op = batch.ops.add()
+        if value is None:
+            op.delete.key = key
+        else:
+            op.put.key = key
+            op.put.value = value
+    return encode_command(pb.Command(request_id=request_id, batch=batch))
+
+
+def decode_command(data: bytes) -> pb.Command:
+    """Parse the data of a normal entry; raises CommandDecodeError on anything else."""
+    if not data:
+        raise CommandDecodeError("empty command")
+    if data[0] != COMMAND_VERSION:
+        raise CommandDecodeError(f"unknown command encoding version {data[0]}")
+    try:
+        command = pb.Command.FromString(data[1:])
+    except DecodeError as e:
+        raise CommandDecodeError(f"malformed command: {e}") from e
+    if command.WhichOneof("op") is None:
+        raise CommandDecodeError("command without an operation")
+    return command
+
+
+# --- member contexts of conf-change entries -------------------------------------------
+def encode_members(members: list[MemberRecord]) -> bytes:
+    """The context of a conf-change entry: the members the change adds or updates."""
+    msg = pb.MemberInfoList(members=[m.to_proto() for m in members])
+    return bytes((MEMBERS_VERSION,)) + msg.SerializeToString()
+
+
+def decode_members(context: bytes) -> list[MemberRecord]:
+    """Inverse of encode_members; an empty context carries no member information."""
+    if not context:
+        return []
+    if context[0] != MEMBERS_VERSION:
+        raise CommandDecodeError(f"unknown member context version {context[0]}")
+    try:
+        msg = pb.MemberInfoList.FromString(context[1:])
+    except DecodeError as e:
+        raise CommandDecodeError(f"malformed member context: {e}") from e
+    return [MemberRecord.from_proto(m) for m in msg.members]

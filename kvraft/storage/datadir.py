@@ -1,0 +1,249 @@
+"""A node's data directory: identity record, exclusive lock, and the LevelDB.
+
+    <dir>/META   one line of JSON: format, format version, node id, cluster id, crc32
+    <dir>/LOCK   flock'ed while a process uses the directory; holds that process's pid
+    <dir>/db/    the node's LevelDB (see keys.py for its layout)
+    <dir>/snap/  snapshots being received or waiting to be installed
+
+Every refusal is a DataDirError whose message is one line naming the directory and the
+reason, so the CLI can print it as is. Nothing here ever resets or recreates a
+directory that holds state: a damaged or foreign directory is reported, not repaired.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import zlib
+from pathlib import Path
+from types import TracebackType
+
+import plyvel
+
+from kvraft.storage import keys
+
+FORMAT_NAME = "kvraft-data-dir"
+FORMAT_VERSION = 1
+META_NAME = "META"
+LOCK_NAME = "LOCK"
+DB_NAME = "db"
+SNAP_DIR_NAME = "snap"
+META_BYTES_MAX = 4096
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used. str(e) is one line: the directory and why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # one line, whatever the cause says
+        super().__init__(f"data directory {self.path}: {self.reason}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: old or new, never torn."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _meta_crc(node_id: int, cluster_id: int, version: int) -> int:
+    return zlib.crc32(f"{FORMAT_NAME}:{version}:{node_id}:{cluster_id}".encode())
+
+
+class DataDir:
+    """An opened, locked data directory of one node. Use `DataDir.open`."""
+
+    def __init__(self, path: Path, node_id: int, cluster_id: int, db: plyvel.DB,
+                 lock_fd: int, is_new: bool) -> None:
+        self.path = path
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.db = db
+        self.is_new = is_new  # True when the directory held no Raft state when opened
+        self._lock_fd: int | None = lock_fd
+
+    @property
+    def snap_dir(self) -> Path:
+        return self.path / SNAP_DIR_NAME
+
+    # --- opening ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, node_id: int, *, create: bool = True) -> DataDir:
+        """Open (and with `create`, make) the data directory of node `node_id`.
+
+        Refuses, with a DataDirError: a directory of another node or of an unknown
+        format version, one locked by a running process, a damaged one (unreadable
+        META, a database without META, LevelDB corruption, an unfinished snapshot
+        install whose staged file is gone).
+        """
+        if node_id <= 0:
+            raise DataDirError(path, f"node id must be a positive integer, got {node_id}")
+        path = Path(path).absolute()
+        if path.exists() and not path.is_dir():
+            raise DataDirError(path, "exists but is not a directory")
+        if not path.exists():
+            if not create:
+                raise DataDirError(path, "does not exist")
+            try:
+                path.mkdir(parents=True)
+            except OSError as e:
+                raise DataDirError(path, f"cannot be created: {e.strerror}") from e
+        lock_fd = cls._lock(path)
+        try:
+            return cls._open_locked(path, node_id, create, lock_fd)
+        except BaseException:
+            os.close(lock_fd)  # releases the flock
+            raise
+
+    @staticmethod
+    def _lock(path: Path) -> int:
+        try:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DataDirError(path, f"cannot open the lock file: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirError(
+                path, f"is locked by another running process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    @classmethod
+    def _open_locked(cls, path: Path, node_id: int, create: bool, lock_fd: int) -> DataDir:
+        meta_path = path / META_NAME
+        db_path = path / DB_NAME
+        if meta_path.exists():
+            meta_node, cluster_id = cls._read_meta(path)
+            if meta_node != node_id:
+                raise DataDirError(
+                    path, f"belongs to node {meta_node}, not node {node_id}"
+                )
+            if not (db_path / "CURRENT").exists():
+                raise DataDirError(path, "is damaged: META is present but the database "
+                                         f"{DB_NAME}/ is missing")
+        else:
+            if db_path.exists():
+                raise DataDirError(path, "is damaged: a database is present but META "
+                                         "is missing")
+            if not create:
+                raise DataDirError(path, "holds no kvraft data (no META record)")
+            cluster_id = 0
+            cls._write_meta(path, node_id, cluster_id)
+        db = cls._open_db(path, db_path)
+        try:
+            is_new = next(db.iterator(prefix=keys.RAFT_PREFIX, include_value=False),
+                          None) is None
+            datadir = cls(path, node_id, cluster_id, db, lock_fd, is_new)
+            (path / SNAP_DIR_NAME).mkdir(exist_ok=True)
+            # Imported here: snapshot.py builds on this module.
+            from kvraft.storage.snapshot import recover_unfinished_install
+            recover_unfinished_install(datadir)
+        except BaseException:
+            db.close()
+            raise
+        return datadir
+
+    @staticmethod
+    def _open_db(path: Path, db_path: Path) -> plyvel.DB:
+        try:
+            return plyvel.DB(str(db_path), create_if_missing=True, paranoid_checks=True)
+        except plyvel.CorruptionError as e:
+            raise DataDirError(path, f"is damaged: LevelDB reports corruption: {e}") from e
+        except plyvel.Error as e:
+            raise DataDirError(path, f"cannot open the database: {e}") from e
+
+    @staticmethod
+    def _read_meta(path: Path) -> tuple[int, int]:
+        try:
+            raw = (path / META_NAME).read_bytes()[: META_BYTES_MAX + 1]
+        except OSError as e:
+            raise DataDirError(path, f"is damaged: META is unreadable: {e.strerror}") from e
+        try:
+            if len(raw) > META_BYTES_MAX:
+                raise ValueError("too large")
+            meta = json.loads(raw)
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+                raise ValueError("not a kvraft META record")
+            version = meta["version"]
+            node_id = meta["node_id"]
+            cluster_id = meta["cluster_id"]
+            crc = meta["crc32"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataDirError(path, f"is damaged: META is unreadable ({e})") from e
+        if version != FORMAT_VERSION:
+            raise DataDirError(
+                path, f"has unknown format version {version} (this kvraft reads "
+                      f"version {FORMAT_VERSION})"
+            )
+        if crc != _meta_crc(node_id, cluster_id, version):
+            raise DataDirError(path, "is damaged: META fails its checksum")
+        return node_id, cluster_id
+
+    @staticmethod
+    def _write_meta(path: Path, node_id: int, cluster_id: int) -> None:
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "node_id": node_id,
+            "cluster_id": cluster_id,
+            "crc32": _meta_crc(node_id, cluster_id, FORMAT_VERSION),
+        }
+        try:
+            write_file_atomically(path / META_NAME, (json.dumps(meta) + "\n").encode())
+        except OSError as e:
+            raise DataDirError(path, f"cannot write META: {e.strerror}") from e
+
+    # --- identity -----------------------------------------------------------------------
+    def set_cluster_id(self, cluster_id: int) -> None:
+        """Record the cluster this directory belongs to; refuse another cluster's."""
+        assert cluster_id > 0, "cluster id must be positive"
+        if self.cluster_id == cluster_id:
+            return
+        if self.cluster_id != 0:
+            raise DataDirError(
+                self.path, f"belongs to cluster {self.cluster_id:x}, not cluster "
+                           f"{cluster_id:x}"
+            )
+        self._write_meta(self.path, self.node_id, cluster_id)
+        self.cluster_id = cluster_id
+
+    # --- closing ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database and release the lock. Idempotent."""
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(Exception):
+            self.db.close()
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd is None
+
+    def __enter__(self) -> DataDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,400 @@
+"""`LevelDBStorage`: the durable Raft log, implementing `kvraft.raft.Storage`.
+
+Its answers are those of `kvraft.raft.MemStorage` (raft-rs semantics) for the same
+sequence of writes — the property tests hold it to that — plus durability:
+
+* `persist()` writes one Ready — an applied snapshot, the truncation of a conflicting
+  suffix, new entries, the hard state — as ONE LevelDB WriteBatch with sync=True: one
+  fsync per Ready however many entries it carries (group commit). When it returns, all
+  of it is on disk and the caller may send the Ready's persisted messages (thesis §3.8:
+  a server must not answer before its log and vote are durable).
+* The log position just before the first held entry (the "offset": last compacted entry
+  or applied snapshot) is kept with its term, so term(first_index() - 1) is answerable.
+* `term()` is served from an in-memory array of the terms of every held entry (the log
+  is bounded by compaction); recent `entries()` from a bounded tail cache.
+
+Threading: one writer at a time (`persist`, `compact`, `set_conf_state`, `initialize`,
+snapshot installs — serialised by an internal lock, so they may come from different
+threads), readers from any thread. A reader sees a write only once it has returned; the
+Raft core never reads indexes it has not yet been told are persisted, so a read never
+needs to wait for an fsync in progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from array import array
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import plyvel
+from google.protobuf.message import Message
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.raft.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kvraft.raft.storage import RaftState, limit_size
+from kvraft.storage import keys
+from kvraft.storage.compaction import CompactionPolicy
+from kvraft.storage.datadir import DataDir, DataDirError
+from kvraft.storage.log_cache import LogTailCache
+
+_M = TypeVar("_M", bound=Message)
+SnapshotProvider = Callable[[int, int], eraftpb.Snapshot]
+COMPACT_DELETE_BATCH_KEYS = 1024  # keys per (unsynced) batch when dropping compacted entries
+
+
+def snapshot_log_ops(db: plyvel.DB, batch: plyvel.WriteBatch,
+                     meta: eraftpb.SnapshotMetadata) -> eraftpb.HardState:
+    """Add to `batch` what applying a snapshot does to the Raft log: drop every entry,
+    move the offset to the snapshot, commit it, adopt its configuration (raft-rs
+    apply_snapshot). Returns the resulting hard state. Used by `persist` and by the
+    state machine's snapshot install, which must change log and data atomically."""
+    for key in db.iterator(prefix=keys.LOG_PREFIX, include_value=False):
+        batch.delete(key)
+    hs = eraftpb.HardState()
+    raw = db.get(keys.HARD_STATE)
+    if raw is not None:
+        hs.ParseFromString(raw)
+    hs.term = max(hs.term, meta.term)
+    hs.commit = meta.index
+    batch.put(keys.HARD_STATE, hs.SerializeToString())
+    batch.put(keys.LOG_OFFSET, keys.pack_index_term(meta.index, meta.term))
+    batch.put(keys.SNAPSHOT_META, meta.SerializeToString())
+    batch.put(keys.CONF_STATE, meta.conf_state.SerializeToString())
+    return hs
+
+
+class LevelDBStorage:
+    """The Raft log of one node, in its data directory's LevelDB."""
+
+    def __init__(self, datadir: DataDir, *, cache_entries_max: int = 4096,
+                 cache_bytes_max: int = 16 << 20) -> None:
+        self._datadir = datadir
+        self._db: plyvel.DB = datadir.db
+        self._lock = threading.Lock()        # guards the in-memory view below
+        self._write_lock = threading.RLock()  # one writer at a time
+        self._cache = LogTailCache(cache_entries_max, cache_bytes_max)
+        self._snapshot_provider: SnapshotProvider | None = None
+        self._hard_state = eraftpb.HardState()
+        self._snapshot_meta = eraftpb.SnapshotMetadata()
+        self._offset_index = 0
+        self._offset_term = 0
+        # Term and encoded size of every held entry: _terms[i] is entry offset+1+i's.
+        self._terms = array("Q")
+        self._sizes = array("Q")
+        self._log_bytes = 0
+        with self._write_lock:
+            self._load()
+
+    # --- loading ------------------------------------------------------------------------
+    def _damaged(self, reason: str) -> DataDirError:
+        return DataDirError(self._datadir.path, f"is damaged: {reason}")
+
+    def _parse(self, msg_type: type[_M], raw: bytes, what: str) -> _M:
+        try:
+            return msg_type.FromString(raw)
+        except Exception as e:  # protobuf raises DecodeError or RuntimeWarning-ish errors
+            raise self._damaged(f"{what} record is unreadable ({e})") from e
+
+    def _load(self) -> None:
+        """(Re)build the in-memory view from LevelDB and check the log is whole."""
+        db = self._db
+        hs = eraftpb.HardState()
+        snap = eraftpb.SnapshotMetadata()
+        raw = db.get(keys.HARD_STATE)
+        if raw is not None:
+            hs = self._parse(eraftpb.HardState, raw, "hard state")
+        raw = db.get(keys.SNAPSHOT_META)
+        if raw is not None:
+            snap = self._parse(eraftpb.SnapshotMetadata, raw, "snapshot metadata")
+        offset_index = offset_term = 0
+        raw = db.get(keys.LOG_OFFSET)
+        if raw is not None:
+            try:
+                offset_index, offset_term = keys.unpack_index_term(raw)
+            except ValueError as e:
+                raise self._damaged(f"log offset record is unreadable ({e})") from e
+        self._drop_compacted_keys(0, offset_index + 1)  # leftovers of an interrupted compaction
+        terms = array("Q")
+        sizes = array("Q")
+        tail: list[tuple[int, bytes]] = []
+        expected = offset_index + 1
+        for key, value in db.iterator(prefix=keys.LOG_PREFIX):
+            index = keys.log_index(key)
+            if index != expected:
+                raise self._damaged(f"the Raft log has a gap: entry {expected} is missing "
+                                    f"(next held entry is {index})")
+            entry = self._parse(eraftpb.Entry, value, f"log entry {index}")
+            if entry.index != index:
+                raise self._damaged(f"log entry stored at {index} says index {entry.index}")
+            terms.append(entry.term)
+            sizes.append(len(value))
+            tail.append((index, value))
+            if len(tail) > 2 * self._cache.entries_max:
+                del tail[: self._cache.entries_max]
+            expected += 1
+        last = expected - 1
+        if hs.commit > last:
+            raise self._damaged(f"hard state commits index {hs.commit} but the log ends "
+                                f"at {last}")
+        with self._lock:
+            self._hard_state = hs
+            self._snapshot_meta = snap
+            self._offset_index, self._offset_term = offset_index, offset_term
+            self._terms, self._sizes = terms, sizes
+            self._log_bytes = sum(sizes)
+            self._cache.clear()
+            self._cache.append([eraftpb.Entry.FromString(v) for _, v in tail],
+                               [len(v) for _, v in tail])
+
+    def reload(self) -> None:
+        """Re-read everything from LevelDB (after a snapshot install wrote the log)."""
+        with self._write_lock:
+            self._load()
+
+    # --- the Storage protocol -----------------------------------------------------------
+    def initial_state(self) -> RaftState:
+        raw = self._db.get(keys.CONF_STATE)
+        cs = eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
+        with self._lock:
+            hs = eraftpb.HardState()
+            hs.CopyFrom(self._hard_state)
+        return RaftState(hs, cs)
+
+    def first_index(self) -> int:
+        return self._offset_index + 1
+
+    def last_index(self) -> int:
+        with self._lock:
+            return self._offset_index + len(self._terms)
+
+    def term(self, idx: int) -> int:
+        with self._lock:
+            if idx == self._offset_index:
+                return self._offset_term
+            if idx < self._offset_index:
+                raise CompactedError()
+            pos = idx - self._offset_index - 1
+            if pos >= len(self._terms):
+                raise UnavailableError()
+            return self._terms[pos]
+
+    def entries(self, low: int, high: int, max_size: int | None = None) -> list[eraftpb.Entry]:
+        with self._lock:
+            if low <= self._offset_index:
+                raise CompactedError()
+            last = self._offset_index + len(self._terms)
+            if high > last + 1:
+                raise AssertionError(f"entries [{low}, {high}) out of bound, last index {last}")
+            if low >= high:
+                return []
+            cached = self._cache.slice(low, high)
+            if cached is not None:
+                return limit_size(cached, max_size)
+            # A slow follower's catch-up: read from LevelDB, stopping at max_size. Done
+            # under the lock so a concurrent compaction cannot delete keys mid-read.
+            out: list[eraftpb.Entry] = []
+            size = 0
+            for value in self._db.iterator(start=keys.log_key(low), stop=keys.log_key(high),
+                                           include_key=False):
+                size += len(value)
+                if max_size is not None and size > max_size and out:
+                    break
+                out.append(eraftpb.Entry.FromString(value))
+            assert out and out[0].index == low, f"log read at {low} found {out[:1]}"
+            return out
+
+    def snapshot(self, request_index: int, to: int) -> eraftpb.Snapshot:
+        """The state machine's newest snapshot, via the provider the node installs
+        (`set_snapshot_provider`); without one, MemStorage's answer (a snapshot at the
+        commit index, for tests)."""
+        provider = self._snapshot_provider
+        if provider is not None:
+            return provider(request_index, to)
+        with self._lock:
+            snap = eraftpb.Snapshot()
+            meta = snap.metadata
+            meta.index = self._hard_state.commit
+            if meta.index == self._offset_index:
+                meta.term = self._offset_term
+            elif meta.index > self._offset_index:
+                meta.term = self._terms[meta.index - self._offset_index - 1]
+            else:
+                meta.term = self._snapshot_meta.term
+        meta.conf_state.CopyFrom(self.initial_state().conf_state)
+        if meta.index < request_index:
+            meta.index = request_index
+        return snap
+
+    # --- extras the node uses -----------------------------------------------------------
+    def hard_state(self) -> eraftpb.HardState:
+        with self._lock:
+            hs = eraftpb.HardState()
+            hs.CopyFrom(self._hard_state)
+            return hs
+
+    def log_bytes(self) -> int:
+        """Encoded size of the held entries (for the compaction policy)."""
+        return self._log_bytes
+
+    def set_snapshot_provider(self, fn: SnapshotProvider | None) -> None:
+        """`fn(request_index, to)` answers `snapshot()`: typically
+        `KVStateMachine.raft_snapshot`, whose data is a small descriptor."""
+        self._snapshot_provider = fn
+
+    # --- writes -------------------------------------------------------------------------
+    def initialize(self, conf_state: eraftpb.ConfState) -> None:
+        """Record the founding configuration of a fresh directory (MemStorage's
+        initialize_with_conf_state): the log stays empty at index 0."""
+        with self._write_lock:
+            assert not self.initial_state().initialized(), "storage is already initialized"
+            assert self.last_index() == 0, "storage already holds a log"
+            meta = eraftpb.SnapshotMetadata()
+            meta.conf_state.CopyFrom(conf_state)
+            batch = self._db.write_batch(sync=True)
+            batch.put(keys.CONF_STATE, conf_state.SerializeToString())
+            batch.put(keys.SNAPSHOT_META, meta.SerializeToString())
+            batch.write()
+            with self._lock:
+                self._snapshot_meta = meta
+
+    def set_conf_state(self, cs: eraftpb.ConfState) -> None:
+        """Persist the configuration (synced). Prefer passing `on_conf_change` to
+        `KVStateMachine.apply`, which writes it atomically with the applied index."""
+        with self._write_lock:
+            self._db.put(keys.CONF_STATE, cs.SerializeToString(), sync=True)
+
+    def persist(self, entries: list[eraftpb.Entry], hard_state: eraftpb.HardState | None,
+                snapshot: eraftpb.Snapshot | None = None) -> None:
+        """Make one Ready durable with a single synced write (group commit).
+
+        In order: apply `snapshot` (if its index > 0; raises SnapshotOutOfDateError if
+        it is older than the log's offset), truncate the suffix that conflicts with
+        `entries` and append them, set `hard_state`. Nothing to write, no fsync.
+        """
+        has_snapshot = snapshot is not None and snapshot.metadata.index > 0
+        if not entries and hard_state is None and not has_snapshot:
+            return
+        with self._write_lock:
+            with self._lock:
+                offset_index, offset_term = self._offset_index, self._offset_term
+                last = offset_index + len(self._terms)
+                hs = eraftpb.HardState()
+                hs.CopyFrom(self._hard_state)
+            batch = self._db.write_batch(sync=True)
+            snap_meta = None
+            if has_snapshot:
+                assert snapshot is not None
+                snap_meta = snapshot.metadata
+                if offset_index + 1 > snap_meta.index:
+                    raise SnapshotOutOfDateError()
+                hs = snapshot_log_ops(self._db, batch, snap_meta)
+                offset_index, offset_term, last = snap_meta.index, snap_meta.term, snap_meta.index
+            encoded: list[bytes] = []
+            if entries:
+                first_new = entries[0].index
+                assert first_new > offset_index, (
+                    f"overwrite compacted raft logs, compacted {offset_index}, "
+                    f"append {first_new}")
+                assert first_new <= last + 1, (
+                    f"raft logs should be continuous, last index {last}, "
+                    f"new appended {first_new}")
+                new_last = first_new + len(entries) - 1
+                for i, entry in enumerate(entries):
+                    assert entry.index == first_new + i, "appended entries must be contiguous"
+                    data = entry.SerializeToString()
+                    encoded.append(data)
+                    batch.put(keys.log_key(entry.index), data)
+                for index in range(new_last + 1, last + 1):  # the rest of the conflicting suffix
+                    batch.delete(keys.log_key(index))
+            if hard_state is not None:
+                hs = eraftpb.HardState()
+                hs.CopyFrom(hard_state)
+                batch.put(keys.HARD_STATE, hs.SerializeToString())
+            batch.write()
+            with self._lock:
+                self._hard_state = hs
+                if snap_meta is not None:
+                    self._snapshot_meta = eraftpb.SnapshotMetadata()
+                    self._snapshot_meta.CopyFrom(snap_meta)
+                    self._offset_index, self._offset_term = offset_index, offset_term
+                    self._terms, self._sizes, self._log_bytes = array("Q"), array("Q"), 0
+                    self._cache.clear()
+                if entries:
+                    keep = entries[0].index - self._offset_index - 1
+                    self._log_bytes -= sum(self._sizes[keep:])
+                    del self._terms[keep:]
+                    del self._sizes[keep:]
+                    sizes = [len(d) for d in encoded]
+                    self._terms.extend(e.term for e in entries)
+                    self._sizes.extend(sizes)
+                    self._log_bytes += sum(sizes)
+                    self._cache.append(list(entries), sizes)
+
+    def compact(self, compact_index: int) -> None:
+        """Drop the entries before `compact_index`, which becomes first_index().
+
+        The caller guarantees the state machine has applied `compact_index - 1` (its
+        effects then become durable with this method's synced write, by LevelDB's
+        sequential WAL) and that it is committed. Only the new offset is written under
+        the writer lock; the old keys are deleted afterwards in small batches, so
+        appends are not held up (a crash in between leaves garbage that `_load` removes).
+        """
+        with self._write_lock:
+            with self._lock:
+                first = self._offset_index + 1
+                last = self._offset_index + len(self._terms)
+                commit = self._hard_state.commit
+            if compact_index <= first:
+                return
+            assert compact_index <= last + 1, (
+                f"compact {compact_index} past last index {last} + 1")
+            assert compact_index - 1 <= commit, (
+                f"compact {compact_index} would drop uncommitted entries (commit {commit})")
+            new_offset_term = self.term(compact_index - 1)
+            self._db.put(keys.LOG_OFFSET,
+                         keys.pack_index_term(compact_index - 1, new_offset_term), sync=True)
+            with self._lock:
+                drop = compact_index - first
+                self._log_bytes -= sum(self._sizes[:drop])
+                del self._terms[:drop]
+                del self._sizes[:drop]
+                self._offset_index, self._offset_term = compact_index - 1, new_offset_term
+                self._cache.drop_before(compact_index)
+        self._drop_compacted_keys(first, compact_index)
+
+    def maybe_compact(self, applied_index: int, policy: CompactionPolicy) -> int | None:
+        """Compact as `policy` says, given the state machine's applied index; returns
+        the new first index, or None when nothing was dropped."""
+        with self._lock:
+            first = self._offset_index + 1
+            commit = self._hard_state.commit
+        target = policy.compact_index(first, min(applied_index, commit), self._log_bytes)
+        if target is None:
+            return None
+        self.compact(target)
+        return target
+
+    def _drop_compacted_keys(self, low: int, high: int) -> None:
+        """Delete log keys in [low, high) — entries already below the offset."""
+        batch_keys: list[bytes] = []
+        for key in self._db.iterator(start=keys.log_key(low), stop=keys.log_key(high),
+                                     include_value=False):
+            batch_keys.append(key)
+            if len(batch_keys) >= COMPACT_DELETE_BATCH_KEYS:
+                self._delete_keys(batch_keys)
+                batch_keys = []
+        if batch_keys:
+            self._delete_keys(batch_keys)
+
+    def _delete_keys(self, batch_keys: list[bytes]) -> None:
+        with self._db.write_batch() as batch:
+            for key in batch_keys:
+                batch.delete(key)
+
+    @contextlib.contextmanager
+    def exclusive_write(self) -> Iterator[None]:
+        """Hold off every other writer (used by the snapshot install's final write,
+        which rewrites the log together with the state machine)."""
+        with self._write_lock:
+            yield

@@ -1,0 +1,351 @@
+"""State-machine snapshots: a streamed image of the data at one applied index.
+
+Sending side: `SnapshotHandle` wraps a LevelDB snapshot (a consistent, point-in-time
+view that costs nothing to take and lets applies continue) and produces the image as
+a stream of byte chunks of a bounded size — never the data set in memory.
+
+Receiving side: `SnapshotReceiver` writes the chunks to a file in `<data-dir>/snap/`,
+checking the stream as it arrives; `finish()` fsyncs it and returns a `StagedSnapshot`.
+
+Installing (`install_staged`) replaces the state machine AND the Raft log atomically
+(thesis §5.3: a follower that receives a snapshot discards its log): a durable
+"installing" marker is written first; then the old data is cleared and the staged
+image loaded in bounded batches; a final synced batch sets the applied index, applies
+the snapshot to the Raft log and removes the marker. If the process dies in between,
+`DataDir.open` finds the marker and redoes the install from the staged file, so after
+any crash the store is entirely old (no marker yet) or entirely new.
+
+Stream format (version 1):
+    header   MAGIC, u32 length, SnapshotMetadata
+    record   u8 tag (1 = key/value, 2 = member), u32 key length, u32 value length,
+             key, value   (a member's key is its 8-byte id, its value a MemberInfo)
+    trailer  u8 0xFF, u64 record count, u32 crc32 of every byte before the trailer
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import plyvel
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.storage import keys
+from kvraft.storage.datadir import DataDir, DataDirError, fsync_dir
+
+if TYPE_CHECKING:
+    from kvraft.storage.log_store import LevelDBStorage
+
+MAGIC = b"KVRSNAP\x01"
+TAG_KV = 1
+TAG_MEMBER = 2
+TAG_END = 0xFF
+_LEN = struct.Struct(">I")
+_RECORD = struct.Struct(">BII")
+_TRAILER = struct.Struct(">BQI")
+METADATA_BYTES_MAX = 1 << 20
+RECORD_KEY_BYTES_MAX = 1 << 20
+RECORD_VALUE_BYTES_MAX = 256 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
+INSTALL_BATCH_BYTES = 4 << 20  # bytes of puts per (unsynced) batch while installing
+CLEAR_BATCH_KEYS = 10_000      # deletes per (unsynced) batch while clearing old data
+READ_BLOCK_BYTES = 1 << 20
+STAGED_SUFFIX = ".snap"
+PARTIAL_SUFFIX = ".part"
+
+
+class SnapshotStreamError(ValueError):
+    """The bytes received are not a well-formed snapshot stream for this metadata."""
+
+
+# --- sending ----------------------------------------------------------------------------
+class SnapshotHandle:
+    """A consistent image of the state machine at `metadata.index`.
+
+    Holds a LevelDB snapshot until `close()`; any number of `chunks()` streams may be
+    read from it (one per follower being sent the snapshot).
+    """
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self._snapshot = db.snapshot()
+        raw = self._snapshot.get(keys.APPLIED)
+        index, term = keys.unpack_index_term(raw) if raw is not None else (0, 0)
+        self.metadata = eraftpb.SnapshotMetadata(index=index, term=term)
+        raw = self._snapshot.get(keys.CONF_STATE)
+        if raw is not None:
+            self.metadata.conf_state.ParseFromString(raw)
+        self._closed = False
+
+    def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+        """The stream, as chunks of exactly `chunk_bytes` (the last one shorter)."""
+        assert chunk_bytes > 0
+        assert not self._closed, "snapshot handle is closed"
+        meta = self.metadata.SerializeToString()
+        out = bytearray(MAGIC + _LEN.pack(len(meta)) + meta)
+        crc = zlib.crc32(out)
+        count = 0
+        sources = (
+            (TAG_KV, keys.KV_PREFIX),
+            (TAG_MEMBER, keys.MEMBER_PREFIX),
+        )
+        for tag, prefix in sources:
+            strip = len(prefix)
+            with self._snapshot.iterator(prefix=prefix) as it:
+                for key, value in it:
+                    record = _RECORD.pack(tag, len(key) - strip, len(value)) + key[strip:] + value
+                    crc = zlib.crc32(record, crc)
+                    out += record
+                    count += 1
+                    while len(out) >= chunk_bytes:
+                        yield bytes(out[:chunk_bytes])
+                        del out[:chunk_bytes]
+        out += _TRAILER.pack(TAG_END, count, crc)
+        while out:
+            yield bytes(out[:chunk_bytes])
+            del out[:chunk_bytes]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._snapshot.close()
+
+    def __enter__(self) -> SnapshotHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- parsing ----------------------------------------------------------------------------
+class StreamParser:
+    """Incremental parser of the stream; `feed()` returns the complete records so far."""
+
+    def __init__(self, expected: eraftpb.SnapshotMetadata | None = None) -> None:
+        self._expected = expected
+        self._buf = bytearray()
+        self._crc = 0
+        self.metadata: eraftpb.SnapshotMetadata | None = None
+        self.count = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, bytes]]:
+        if self.done and data:
+            raise SnapshotStreamError("data after the end of the snapshot stream")
+        self._buf += data
+        records: list[tuple[int, bytes, bytes]] = []
+        buf = self._buf
+        pos = 0
+        if self.metadata is None:
+            head = len(MAGIC) + _LEN.size
+            if len(buf) < head:
+                return records
+            if bytes(buf[: len(MAGIC)]) != MAGIC:
+                raise SnapshotStreamError("not a kvraft snapshot stream (bad magic)")
+            (meta_len,) = _LEN.unpack_from(buf, len(MAGIC))
+            if meta_len > METADATA_BYTES_MAX:
+                raise SnapshotStreamError(f"snapshot metadata of {meta_len} bytes")
+            if len(buf) < head + meta_len:
+                return records
+            meta = eraftpb.SnapshotMetadata.FromString(bytes(buf[head: head + meta_len]))
+            exp = self._expected
+            if exp is not None and (meta.index, meta.term) != (exp.index, exp.term):
+                raise SnapshotStreamError(
+                    f"stream is of snapshot {meta.index}/{meta.term}, expected "
+                    f"{exp.index}/{exp.term}")
+            self.metadata = meta
+            pos = head + meta_len
+            self._crc = zlib.crc32(buf[:pos])
+        while not self.done and len(buf) - pos >= _RECORD.size:
+            tag = buf[pos]
+            if tag == TAG_END:
+                if len(buf) - pos < _TRAILER.size:
+                    break
+                _, count, crc = _TRAILER.unpack_from(buf, pos)
+                if count != self.count or crc != self._crc:
+                    raise SnapshotStreamError(
+                        f"snapshot stream fails its check: {self.count} records, crc "
+                        f"{self._crc:08x}; trailer says {count}, {crc:08x}")
+                pos += _TRAILER.size
+                self.done = True
+                break
+            if tag not in (TAG_KV, TAG_MEMBER):
+                raise SnapshotStreamError(f"unknown record tag {tag}")
+            _, key_len, value_len = _RECORD.unpack_from(buf, pos)
+            if key_len > RECORD_KEY_BYTES_MAX or value_len > RECORD_VALUE_BYTES_MAX:
+                raise SnapshotStreamError(f"record of {key_len}+{value_len} bytes")
+            end = pos + _RECORD.size + key_len + value_len
+            if len(buf) < end:
+                break
+            self._crc = zlib.crc32(memoryview(buf)[pos:end], self._crc)
+            key_start = pos + _RECORD.size
+            records.append((tag, bytes(buf[key_start: key_start + key_len]),
+                            bytes(buf[key_start + key_len: end])))
+            self.count += 1
+            pos = end
+        del buf[:pos]
+        if self.done and buf:
+            raise SnapshotStreamError("data after the end of the snapshot stream")
+        return records
+
+
+# --- receiving --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StagedSnapshot:
+    """A complete, checked, durable snapshot file waiting to be installed."""
+
+    path: Path
+    metadata: eraftpb.SnapshotMetadata
+    record_count: int
+
+
+class SnapshotReceiver:
+    """Stages an incoming snapshot stream in `<data-dir>/snap/`. Bounded memory: the
+    parser holds at most one record plus one chunk."""
+
+    def __init__(self, datadir: DataDir, metadata: eraftpb.SnapshotMetadata,
+                 *, bytes_max: int = 64 << 30) -> None:
+        self._datadir = datadir
+        self.metadata = eraftpb.SnapshotMetadata()
+        self.metadata.CopyFrom(metadata)
+        self._bytes_max = bytes_max
+        self._bytes = 0
+        name = f"{metadata.index:020d}-{metadata.term:020d}-{uuid.uuid4().hex[:8]}"
+        self._partial = datadir.snap_dir / (name + PARTIAL_SUFFIX)
+        self._staged = datadir.snap_dir / (name + STAGED_SUFFIX)
+        self._file = open(self._partial, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._parser = StreamParser(expected=metadata)
+
+    def write(self, chunk: bytes) -> None:
+        self._bytes += len(chunk)
+        if self._bytes > self._bytes_max:
+            self.abort()
+            raise SnapshotStreamError(f"snapshot larger than {self._bytes_max} bytes")
+        try:
+            self._parser.feed(chunk)
+        except SnapshotStreamError:
+            self.abort()
+            raise
+        self._file.write(chunk)
+
+    def finish(self) -> StagedSnapshot:
+        if not self._parser.done:
+            self.abort()
+            raise SnapshotStreamError("snapshot stream ended before its trailer")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self._staged)
+        fsync_dir(self._staged.parent)
+        return StagedSnapshot(self._staged, self.metadata, self._parser.count)
+
+    def abort(self) -> None:
+        """Drop what was received (idempotent)."""
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._partial.unlink()
+
+
+def iter_staged_records(path: Path, expected: eraftpb.SnapshotMetadata
+                        ) -> Iterator[tuple[int, bytes, bytes]]:
+    parser = StreamParser(expected=expected)
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK_BYTES):
+            yield from parser.feed(block)
+    if not parser.done:
+        raise SnapshotStreamError(f"staged snapshot {path} is truncated")
+
+
+# --- installing -------------------------------------------------------------------------
+def _encode_marker(staged_name: str, meta: eraftpb.SnapshotMetadata) -> bytes:
+    raw = meta.SerializeToString()
+    return _LEN.pack(len(raw)) + raw + staged_name.encode()
+
+
+def _decode_marker(value: bytes) -> tuple[str, eraftpb.SnapshotMetadata]:
+    (meta_len,) = _LEN.unpack_from(value, 0)
+    meta = eraftpb.SnapshotMetadata.FromString(value[_LEN.size: _LEN.size + meta_len])
+    return value[_LEN.size + meta_len:].decode(), meta
+
+
+def _clear_prefix(db: plyvel.DB, prefix: bytes) -> None:
+    batch = db.write_batch()
+    pending = 0
+    with db.iterator(prefix=prefix, include_value=False) as it:
+        for key in it:
+            batch.delete(key)
+            pending += 1
+            if pending >= CLEAR_BATCH_KEYS:
+                batch.write()
+                batch, pending = db.write_batch(), 0
+    batch.write()
+
+
+def install_staged(datadir: DataDir, staged: StagedSnapshot,
+                   log_store: LevelDBStorage | None) -> None:
+    """Replace state machine and Raft log by `staged`, atomically across crashes."""
+    assert staged.path.parent == datadir.snap_dir, "staged snapshot outside the data dir"
+    datadir.db.put(keys.INSTALLING, _encode_marker(staged.path.name, staged.metadata),
+                   sync=True)
+    _redo_install(datadir, staged.path, staged.metadata, log_store)
+
+
+def _redo_install(datadir: DataDir, path: Path, meta: eraftpb.SnapshotMetadata,
+                  log_store: LevelDBStorage | None) -> None:
+    from kvraft.storage.log_store import snapshot_log_ops
+
+    db = datadir.db
+    _clear_prefix(db, keys.KV_PREFIX)
+    _clear_prefix(db, keys.MEMBER_PREFIX)
+    batch = db.write_batch()
+    pending_bytes = 0
+    for tag, key, value in iter_staged_records(path, meta):
+        full_key = (keys.KV_PREFIX + key) if tag == TAG_KV else (keys.MEMBER_PREFIX + key)
+        batch.put(full_key, value)
+        pending_bytes += len(full_key) + len(value)
+        if pending_bytes >= INSTALL_BATCH_BYTES:
+            batch.write()
+            batch, pending_bytes = db.write_batch(), 0
+    batch.write()
+    writers = log_store.exclusive_write() if log_store is not None else contextlib.nullcontext()
+    with writers:
+        final = db.write_batch(sync=True)
+        final.put(keys.APPLIED, keys.pack_index_term(meta.index, meta.term))
+        snapshot_log_ops(db, final, meta)
+        final.delete(keys.INSTALLING)
+        final.write()
+        if log_store is not None:
+            log_store.reload()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def recover_unfinished_install(datadir: DataDir) -> None:
+    """At open: finish an install a crash interrupted; drop stale partial files."""
+    marker = datadir.db.get(keys.INSTALLING)
+    keep: str | None = None
+    if marker is not None:
+        try:
+            keep, meta = _decode_marker(marker)
+        except Exception as e:
+            raise DataDirError(datadir.path, f"is damaged: snapshot install marker is "
+                                             f"unreadable ({e})") from e
+        path = datadir.snap_dir / keep
+        if not path.exists():
+            raise DataDirError(datadir.path, f"is damaged: an interrupted snapshot install "
+                                             f"needs {path}, which is missing")
+        try:
+            _redo_install(datadir, path, meta, None)
+        except SnapshotStreamError as e:
+            raise DataDirError(datadir.path, f"is damaged: staged snapshot {path} is "
+                                             f"unreadable ({e})") from e
+        keep = None
+    for stale in datadir.snap_dir.iterdir():
+        if stale.name != keep and stale.suffix in (STAGED_SUFFIX, PARTIAL_SUFFIX):
+            stale.unlink()
