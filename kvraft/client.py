@@ -76,6 +76,7 @@ _CHANNEL_OPTIONS = [
 _NOT_SENT_PHRASES = (
     "failed to connect to all addresses",
     "dns resolution failed",
+    "errors resolving",
     "name resolution failure",
 )
 
@@ -278,6 +279,11 @@ def _not_sent(err: grpc.RpcError) -> bool:
         return False
     details = (err.details() or "").lower()
     return any(phrase in details for phrase in _NOT_SENT_PHRASES)
+
+
+def _short_reason(details: str) -> str:
+    """gRPC's connect errors end with the OS's reason ("...: Connection refused")."""
+    return details.rsplit(": ", 1)[-1].strip(" []").lower() or details
 
 
 def _marked_retry_safe(err: grpc.RpcError) -> bool:
@@ -537,6 +543,7 @@ class Client:
             deadline = self._deadline(timeout)
         backoff_s = ROUND_BACKOFF_INITIAL_S
         last: KvraftError | None = None
+        failures: dict[str, str] = {}  # endpoint -> its latest failure, for the report
         while True:
             order = self._order()
             for position, endpoint in enumerate(order):
@@ -555,6 +562,7 @@ class Client:
                     last, retry = self._classify(err, endpoint, write, deadline)
                     if not retry:
                         raise last from None
+                    failures[endpoint] = last.message
                     self._forget(endpoint)
                     continue
                 self._learn(endpoint, response.header)
@@ -566,7 +574,11 @@ class Client:
             time.sleep(min(remaining_s, backoff_s * (0.5 + random.random())))
             backoff_s = min(backoff_s * 2, ROUND_BACKOFF_MAX_S)
         if last is None:
-            last = DeadlineExceeded("the deadline passed before any endpoint was tried")
+            raise DeadlineExceeded("the deadline passed before any endpoint was tried")
+        if len(failures) > 1:
+            summary = "; ".join(failures.values())
+            raise error_for(last.code or grpc.StatusCode.UNAVAILABLE,
+                            f"no member answered in time: {summary}", endpoint=last.endpoint)
         raise last
 
     def _classify(
@@ -576,7 +588,7 @@ class Client:
         code = err.code()
         details = err.details() or code.name.lower()
         if _not_sent(err):
-            message = f"{endpoint} is unreachable ({details})"
+            message = f"{endpoint} is unreachable ({_short_reason(details)})"
             return error_for(code, message, endpoint=endpoint), True
         if write:
             if code == grpc.StatusCode.UNAVAILABLE and _marked_retry_safe(err):

@@ -1,0 +1,633 @@
+"""The `kvraft` command line (SPEC §3): `serve` runs a node; the other commands are
+clients of a running cluster (kvraft.client).
+
+Every option also reads the environment as KVRAFT_<OPTION> (KVRAFT_DATA_DIR,
+KVRAFT_ENDPOINTS, ...). Every failure prints ONE line on stderr, `error: <what>`, and
+exits non-zero (never a traceback; KVRAFT_DEBUG=1 shows one for unexpected errors):
+
+    0  done
+    1  a negative answer: `get` found no key, `cas` did not swap; `serve` could not start
+    2  bad usage: a missing, malformed or conflicting flag or argument
+    3  the cluster refused or failed the request (its gRPC status, in words)
+    4  a write's outcome is unknown (deadline passed or connection lost after sending):
+       read the key back before retrying
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from kvraft import __version__
+from kvraft.cli_format import escape_bytes, format_table
+from kvraft.client import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_TIMEOUT_S,
+    UINT32_MAX,
+    UINT64_MAX,
+    Client,
+    KvraftError,
+    Member,
+    NodeStatus,
+    parse_endpoint,
+    parse_endpoints,
+    prefix_end,
+)
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_USAGE = 2
+EXIT_REQUEST_FAILED = 3
+EXIT_OUTCOME_UNKNOWN = 4
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+DEFAULT_NODE_ID = 1
+DEFAULT_DATA_DIR = "./kvraft-data"
+DEFAULT_LISTEN = DEFAULT_ENDPOINT
+DEFAULT_PEER_LISTEN = "127.0.0.1:2380"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# `kvraft status` asks every member at once; clusters are 3-7 members, this bounds it.
+STATUS_PARALLEL_MAX = 16
+STATUS_MEMBER_TIMEOUT_S = 2.0
+# `kvraft leader transfer` polls Status until the new leader shows, this often.
+TRANSFER_POLL_S = 0.1
+
+
+class CliError(click.ClickException):
+    """A one-line failure with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_NEGATIVE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- params
+
+
+class AddressType(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        try:
+            return parse_endpoint(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class EndpointsType(click.ParamType):
+    name = "HOST:PORT[,HOST:PORT...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_endpoints(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class MemberIdType(click.ParamType):
+    name = "ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
+            return value
+        text = str(value).strip()
+        if not text.isdigit() or not 0 < int(text) <= UINT64_MAX:
+            self.fail(f"invalid member id {value!r}: expected a positive integer", param, ctx)
+        return int(text)
+
+
+class InitialClusterType(click.ParamType):
+    name = "ID=HOST:PORT[,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_initial_cluster(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+ADDRESS = AddressType()
+ENDPOINTS = EndpointsType()
+MEMBER_ID = MemberIdType()
+INITIAL_CLUSTER = InitialClusterType()
+
+
+def parse_initial_cluster(text: str) -> dict[int, str]:
+    """`1=host:2380,2=host:2381` -> {1: "host:2380", 2: "host:2381"}; ValueError if bad."""
+    cluster: dict[int, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        member, sep, address = item.partition("=")
+        if not sep:
+            raise ValueError(f"malformed member {item!r}: expected ID=HOST:PORT")
+        member = member.strip()
+        if not member.isdigit() or not 0 < int(member) <= UINT64_MAX:
+            raise ValueError(f"invalid member id {member!r} in {item!r}: "
+                             "expected a positive integer")
+        member_id = int(member)
+        if member_id in cluster:
+            raise ValueError(f"member id {member_id} is listed twice")
+        address = parse_endpoint(address)
+        if address in cluster.values():
+            raise ValueError(f"address {address} is listed twice")
+        cluster[member_id] = address
+    return cluster
+
+
+def _client_options(fn: Callable) -> Callable:
+    """--endpoints and --timeout, shared by every client command."""
+    fn = click.option(
+        "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
+        default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
+        help="Deadline of the whole command, failover included.",
+    )(fn)
+    return click.option(
+        "--endpoints", type=ENDPOINTS, envvar="KVRAFT_ENDPOINTS", default=DEFAULT_ENDPOINT,
+        show_default=True, help="Members to talk to (env KVRAFT_ENDPOINTS).",
+    )(fn)
+
+
+def _connect(endpoints: list[str], timeout: float) -> Client:
+    return Client(endpoints, timeout=timeout)
+
+
+def _key_bytes(text: str) -> bytes:
+    # os.fsencode undoes the surrogate escapes Python uses for argv bytes that are not
+    # UTF-8, so any key typed (or scripted) reaches the server byte for byte.
+    return os.fsencode(text)
+
+
+def _err(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- root
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Exit codes: 0 done; 1 no such key / cas not swapped / serve failed; 2 bad usage; "
+    "3 request failed; 4 write outcome unknown. Every option reads KVRAFT_<OPTION> from "
+    "the environment.",
+)
+@click.version_option(__version__, prog_name="kvraft")
+def cli() -> None:
+    """kvraft: a replicated key-value store on Raft."""
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@cli.command()
+@click.option("--id", "node_id", type=MEMBER_ID, envvar="KVRAFT_ID", default=DEFAULT_NODE_ID,
+              show_default=True, help="This node's member id (a positive integer).")
+@click.option("--data-dir", envvar="KVRAFT_DATA_DIR", default=DEFAULT_DATA_DIR,
+              show_default=True, help="Where the node keeps its Raft log and data.")
+@click.option("--listen", type=ADDRESS, envvar="KVRAFT_LISTEN", default=DEFAULT_LISTEN,
+              show_default=True, help="Client address (KV, Cluster, health, reflection).")
+@click.option("--peer-listen", type=ADDRESS, envvar="KVRAFT_PEER_LISTEN",
+              default=DEFAULT_PEER_LISTEN, show_default=True,
+              help="Address for the peers' Raft traffic.")
+@click.option("--initial-cluster", type=INITIAL_CLUSTER, envvar="KVRAFT_INITIAL_CLUSTER",
+              default=None, help="Founding members' peer addresses, this node's included; "
+              "read only when the data dir is new. [default: ID=PEER-LISTEN, one node]")
+@click.option("--join", is_flag=True, envvar="KVRAFT_JOIN",
+              help="Start empty and wait to be added with `kvraft member add`.")
+@click.option("--metrics-listen", type=ADDRESS, envvar="KVRAFT_METRICS_LISTEN", default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              envvar="KVRAFT_LOG_LEVEL", default="info", show_default=True)
+@click.option("--advertise-client", type=ADDRESS, envvar="KVRAFT_ADVERTISE_CLIENT",
+              default=None, help="Client address published to members. [default: --listen]")
+@click.option("--advertise-peer", type=ADDRESS, envvar="KVRAFT_ADVERTISE_PEER", default=None,
+              help="Peer address others dial. [default: this node's --initial-cluster "
+              "entry, else --peer-listen]")
+def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
+          initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
+          log_level: str, advertise_client: str | None, advertise_peer: str | None) -> int:
+    """Run a node until SIGTERM or SIGINT (Ctrl-C).
+
+    With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
+    ./kvraft-data."""
+    if join and initial_cluster is not None:
+        raise click.UsageError("--join and --initial-cluster are mutually exclusive: a "
+                               "joining node learns the members from the cluster")
+    if listen == peer_listen:
+        raise click.UsageError(f"--listen and --peer-listen must differ (both {listen})")
+    if metrics_listen is not None and metrics_listen in (listen, peer_listen):
+        raise click.UsageError(f"--metrics-listen {metrics_listen} is already used by "
+                               "--listen or --peer-listen")
+    if initial_cluster is None:
+        initial_cluster = {} if join else {node_id: advertise_peer or peer_listen}
+    elif node_id not in initial_cluster:
+        raise click.UsageError(f"--initial-cluster does not list this node's id {node_id} "
+                               "(pass --join to join an existing cluster)")
+    try:
+        from kvraft.server import NodeConfig, ServeError, run_node
+    except ImportError as e:
+        raise CliError(f"the node is not available in this build ({e})") from None
+    config = NodeConfig(
+        node_id=node_id, data_dir=data_dir, listen=listen, peer_listen=peer_listen,
+        initial_cluster=initial_cluster, join=join, metrics_listen=metrics_listen,
+        log_level=log_level.upper(), advertise_client=advertise_client,
+        advertise_peer=advertise_peer or initial_cluster.get(node_id),
+    )
+    try:
+        config.validate()
+        return run_node(config)
+    except ServeError as e:
+        raise CliError(_one_line(str(e))) from None
+    except OSError as e:
+        raise CliError(_one_line(f"cannot serve: {e}")) from None
+
+
+# --------------------------------------------------------------------------- KV
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value")
+@_client_options
+def put(key: str, value: str, endpoints: list[str], timeout: float) -> int:
+    """Set KEY to VALUE (use `--` before a VALUE that starts with '-')."""
+    with _connect(endpoints, timeout) as kv:
+        kv.put(_key_bytes(key), _key_bytes(value))
+    click.echo("OK")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--serializable", is_flag=True,
+              help="Read the answering member's local state (may be stale; no quorum round).")
+@_client_options
+def get(key: str, serializable: bool, endpoints: list[str], timeout: float) -> int:
+    """Print KEY's value on stdout (exit 1 if there is no such key)."""
+    with _connect(endpoints, timeout) as kv:
+        value = kv.get(_key_bytes(key), serializable=serializable)
+    if value is None:
+        _err(f"key not found: {escape_bytes(_key_bytes(key))}")
+        return EXIT_NEGATIVE
+    out = click.get_binary_stream("stdout")
+    out.write(value + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("key")
+@_client_options
+def delete(key: str, endpoints: list[str], timeout: float) -> int:
+    """Delete KEY; prints 'deleted' or 'not found'."""
+    with _connect(endpoints, timeout) as kv:
+        existed = kv.delete(_key_bytes(key))
+    click.echo("deleted" if existed else "not found")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("start", required=False)
+@click.argument("end", required=False)
+@click.option("--prefix", default=None, help="Every key starting with P (not with START/END).")
+@click.option("--limit", type=click.IntRange(0, UINT32_MAX), default=0, show_default=True,
+              help="At most N keys (0: no limit).")
+@click.option("--keys-only", is_flag=True, help="Print keys without values.")
+@click.option("--serializable", is_flag=True, help="Read local state (may be stale).")
+@_client_options
+def scan(start: str | None, end: str | None, prefix: str | None, limit: int, keys_only: bool,
+         serializable: bool, endpoints: list[str], timeout: float) -> int:
+    """List keys in [START, END) in order, one `KEY<TAB>VALUE` line each.
+
+    Without END: to the last key; without START: from the first. Tabs, newlines,
+    backslashes and bytes that are not UTF-8 are printed escaped (\\t \\n \\\\ \\xNN)."""
+    if prefix is not None:
+        if start is not None:
+            raise click.UsageError("--prefix cannot be combined with START or END")
+        start_b = _key_bytes(prefix)
+        end_b = prefix_end(start_b)
+    else:
+        start_b = _key_bytes(start or "")
+        end_b = _key_bytes(end or "")
+    with _connect(endpoints, timeout) as kv:
+        kvs, more = kv.scan_page(start_b, end_b, limit, serializable=serializable)
+    lines = [escape_bytes(k) if keys_only else f"{escape_bytes(k)}\t{escape_bytes(v)}"
+             for k, v in kvs]
+    if lines:
+        click.echo("\n".join(lines))
+    if more:
+        click.echo(f"(stopped at --limit {limit}; more keys follow)", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("args", nargs=-1, metavar="KEY EXPECTED NEW")
+@click.option("--expect-absent", is_flag=True,
+              help="Swap only if KEY does not exist; then give KEY NEW only.")
+@_client_options
+def cas(args: tuple[str, ...], expect_absent: bool, endpoints: list[str],
+        timeout: float) -> int:
+    """Set KEY to NEW iff its value is EXPECTED (or, with --expect-absent, iff it does
+    not exist: `kvraft cas --expect-absent KEY NEW`). Exit 1 when not swapped."""
+    if expect_absent:
+        if len(args) == 3:
+            raise click.UsageError("--expect-absent cannot be combined with EXPECTED: "
+                                   "give KEY NEW")
+        if len(args) != 2:
+            raise click.UsageError(f"cas --expect-absent takes KEY NEW, got {len(args)} "
+                                   "argument(s)")
+        key, new = args
+        expected: bytes | None = None
+    else:
+        if len(args) != 3:
+            raise click.UsageError(f"cas takes KEY EXPECTED NEW (or --expect-absent KEY NEW),"
+                                   f" got {len(args)} argument(s)")
+        key, expected_text, new = args
+        expected = _key_bytes(expected_text)
+    with _connect(endpoints, timeout) as kv:
+        result = kv.compare_and_swap(_key_bytes(key), expected, _key_bytes(new))
+    if result.succeeded:
+        click.echo("OK")
+        return EXIT_OK
+    if result.current is None:
+        _err("cas failed: the key does not exist")
+    else:
+        _err(f"cas failed: the current value is {escape_bytes(result.current)}")
+    return EXIT_NEGATIVE
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def _status_rows(statuses: list[tuple[Member, NodeStatus | None]]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for member, st in statuses:
+        if st is None:
+            role = "learner, unreachable" if member.learner else "unreachable"
+            rows.append([member.id, member.client_address or "-", member.peer_address,
+                         role, "-", "-", "-", "-"])
+        else:
+            rows.append([member.id, member.client_address or "-", member.peer_address,
+                         st.role, st.term, st.leader_id or "-", st.commit_index,
+                         st.applied_index])
+    return rows
+
+
+def _status_json(member: Member, st: NodeStatus | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": member.id, "client_address": member.client_address,
+                           "peer_address": member.peer_address, "learner": member.learner,
+                           "reachable": st is not None}
+    if st is not None:
+        out.update(role=st.role, term=st.term, leader=st.leader_id,
+                   commit=st.commit_index, applied=st.applied_index, last_index=st.last_index)
+    return out
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per member.")
+@_client_options
+def status(as_json: bool, endpoints: list[str], timeout: float) -> int:
+    """A table of members: id, addresses, role, term, leader, commit, applied.
+
+    Asks one endpoint for the member list, then every member for its own Status."""
+    with _connect(endpoints, timeout) as kv:
+        first = kv.status()
+        members = sorted(first.members, key=lambda m: m.id)
+        if not members:
+            members = [Member(first.member_id, "", kv.endpoints[0], False)]
+
+        def ask(member: Member) -> NodeStatus | None:
+            if member.id == first.member_id:
+                return first
+            if not member.client_address:
+                return None
+            try:
+                return kv.status(member.client_address,
+                                 timeout=min(timeout, STATUS_MEMBER_TIMEOUT_S))
+            except (KvraftError, ValueError):
+                return None
+
+        workers = min(len(members), STATUS_PARALLEL_MAX)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            answers = list(pool.map(ask, members))
+    pairs = list(zip(members, answers, strict=True))
+    if as_json:
+        click.echo(json.dumps([_status_json(m, st) for m, st in pairs], indent=2))
+    else:
+        header = ["ID", "CLIENT", "PEER", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]
+        click.echo(format_table(header, _status_rows(pairs)))
+    return EXIT_OK
+
+
+def _print_members(members: list[Member], as_json: bool) -> None:
+    members = sorted(members, key=lambda m: m.id)
+    if as_json:
+        click.echo(json.dumps([m.__dict__ for m in members], indent=2))
+        return
+    rows = [[m.id, m.peer_address, m.client_address or "-", "yes" if m.learner else "no"]
+            for m in members]
+    click.echo(format_table(["ID", "PEER", "CLIENT", "LEARNER"], rows))
+
+
+@cli.group()
+def member() -> None:
+    """List, add, promote and remove members."""
+
+
+@member.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_client_options
+def member_list(as_json: bool, endpoints: list[str], timeout: float) -> int:
+    """The cluster's members and their addresses."""
+    with _connect(endpoints, timeout) as kv:
+        _print_members(kv.member_list(), as_json)
+    return EXIT_OK
+
+
+@member.command("add")
+@click.argument("member_id", metavar="ID", type=MEMBER_ID)
+@click.option("--peer-address", type=ADDRESS, required=True,
+              help="Where the new member serves Raft traffic (its --peer-listen).")
+@click.option("--client-address", type=ADDRESS, required=True,
+              help="Where it serves clients (its --listen).")
+@click.option("--learner", is_flag=True,
+              help="Add as a non-voting learner (promote later with `member promote`).")
+@_client_options
+def member_add(member_id: int, peer_address: str, client_address: str, learner: bool,
+               endpoints: list[str], timeout: float) -> int:
+    """Add member ID; then start it with `kvraft serve --join --id ID ...`."""
+    with _connect(endpoints, timeout) as kv:
+        members = kv.member_add(member_id, peer_address, client_address, learner=learner)
+    click.echo(f"member {member_id} added" + (" as a learner" if learner else ""))
+    _print_members(members, False)
+    return EXIT_OK
+
+
+@member.command("promote")
+@click.argument("member_id", metavar="ID", type=MEMBER_ID)
+@_client_options
+def member_promote(member_id: int, endpoints: list[str], timeout: float) -> int:
+    """Make the learner ID a voter."""
+    with _connect(endpoints, timeout) as kv:
+        current = {m.id: m for m in kv.member_list()}
+        learner = current.get(member_id)
+        if learner is None:
+            raise CliError(f"member {member_id} is not in the cluster", EXIT_REQUEST_FAILED)
+        if not learner.learner:
+            raise CliError(f"member {member_id} is already a voter", EXIT_REQUEST_FAILED)
+        members = kv.member_add(member_id, learner.peer_address, learner.client_address,
+                                learner=False)
+    click.echo(f"member {member_id} promoted to voter")
+    _print_members(members, False)
+    return EXIT_OK
+
+
+@member.command("remove")
+@click.argument("member_id", metavar="ID", type=MEMBER_ID)
+@_client_options
+def member_remove(member_id: int, endpoints: list[str], timeout: float) -> int:
+    """Remove member ID from the cluster."""
+    with _connect(endpoints, timeout) as kv:
+        members = kv.member_remove(member_id)
+    click.echo(f"member {member_id} removed")
+    _print_members(members, False)
+    return EXIT_OK
+
+
+@cli.group()
+def leader() -> None:
+    """Leadership."""
+
+
+@leader.command("transfer")
+@click.argument("member_id", metavar="ID", type=MEMBER_ID)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait (within --timeout) until ID leads.")
+@_client_options
+def leader_transfer(member_id: int, wait: bool, endpoints: list[str], timeout: float) -> int:
+    """Ask the leader to hand leadership to member ID."""
+    deadline = time.monotonic() + timeout
+    with _connect(endpoints, timeout) as kv:
+        kv.transfer_leader(member_id)
+        if not wait:
+            click.echo(f"leadership transfer to {member_id} requested")
+            return EXIT_OK
+        leader_id = 0
+        while time.monotonic() < deadline:
+            try:
+                leader_id = kv.status(timeout=max(deadline - time.monotonic(), 0.01)).leader_id
+            except KvraftError:
+                leader_id = 0
+            if leader_id == member_id:
+                click.echo(f"member {member_id} is the leader")
+                return EXIT_OK
+            time.sleep(min(TRANSFER_POLL_S, max(deadline - time.monotonic(), 0)))
+    raise CliError(f"member {member_id} did not take over within {timeout:g} s "
+                   f"(leader: {leader_id or 'unknown'})", EXIT_REQUEST_FAILED)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@cli.command()
+@click.option("--clients", type=click.IntRange(min=1, max=10_000), default=16,
+              show_default=True, help="Concurrent closed-loop clients.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS")
+@click.option("--value-size", type=click.IntRange(min=0, max=1 << 20), default=100,
+              show_default=True, metavar="BYTES")
+@click.option("--keys", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Key space size.")
+@click.option("--read-ratio", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of operations that are linearizable gets.")
+@click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
+              help="Load processes (0: one per CPU).")
+@click.option("--preload", is_flag=True, help="Write every key once before measuring.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_client_options
+def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio: float,
+          workers: int, preload: bool, as_json: bool, endpoints: list[str],
+          timeout: float) -> int:
+    """Load the cluster and print throughput and latency percentiles."""
+    try:
+        from kvraft.bench.loadgen import LoadError, LoadSpec, print_progress, run_load
+    except ImportError:
+        raise CliError("bench is not available yet in this build") from None
+    spec = LoadSpec(endpoints=tuple(endpoints), clients=clients, duration_s=duration,
+                    value_size=value_size, keys=keys, read_ratio=read_ratio, workers=workers,
+                    request_timeout_s=timeout, preload=preload)
+    try:
+        result = run_load(spec, progress=None if as_json else print_progress)
+    except (LoadError, ValueError) as e:
+        raise CliError(f"bench: {_one_line(str(e))}", EXIT_REQUEST_FAILED) from None
+    finally:
+        if not as_json:
+            click.echo("", err=True)  # end the progress line
+    click.echo(result.to_json() if as_json else result.format_table())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _describe(err: KvraftError) -> str:
+    word = err.code.name.lower().replace("_", " ") if err.code is not None else "failed"
+    return _one_line(f"{word}: {err.message}")
+
+
+def _silence_stdout() -> None:
+    """stdout's reader went away (`kvraft scan | head`): drop further output quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: run the command and return its exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="kvraft", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else "kvraft --help")
+        return EXIT_OK
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "kvraft"
+        _err(f"{_one_line(e.format_message())} (see '{command} --help')")
+        return EXIT_USAGE
+    except click.ClickException as e:
+        _err(_one_line(e.format_message()))
+        return e.exit_code
+    except KvraftError as e:
+        _err(_describe(e))
+        return EXIT_OUTCOME_UNKNOWN if e.outcome_unknown else EXIT_REQUEST_FAILED
+    except (click.Abort, KeyboardInterrupt):
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as e:
+        if os.environ.get("KVRAFT_DEBUG"):
+            raise
+        _err(_one_line(f"internal error: {type(e).__name__}: {e}"))
+        return EXIT_INTERNAL
+    return result if isinstance(result, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from tests.client.conftest import dead_endpoint, fake_cluster
+
+__all__ = ["dead_endpoint", "fake_cluster"]

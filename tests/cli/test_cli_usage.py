@@ -1,0 +1,137 @@
+"""Bad usage of `kvraft` (SPEC §3): each missing, malformed or conflicting flag or
+argument is ONE `error:` line on stderr with exit 2 — checked through the real console
+script — and the pure helpers behind the parsing and the output."""
+from __future__ import annotations
+
+import pytest
+
+from kvraft.cli import main, parse_initial_cluster
+from kvraft.cli_format import escape_bytes, format_table
+from tests.cli.helpers import assert_one_error_line, run_kvraft
+
+BAD_USAGE = [
+    # (argv, a phrase the error line must contain)
+    (["put"], "Missing argument 'KEY'"),
+    (["put", "k"], "Missing argument 'VALUE'"),
+    (["put", "k", "v", "extra"], "unexpected extra argument"),
+    (["get", "k", "--bogus"], "No such option"),
+    (["frobnicate"], "No such command"),
+    (["get", "k", "--endpoints", "nohostport"], "malformed address 'nohostport'"),
+    (["get", "k", "--endpoints", "h:0"], "port must be 1-65535"),
+    (["get", "k", "--endpoints", "h:99999"], "port must be 1-65535"),
+    (["get", "k", "--endpoints", "a:1,,b:2"], "empty endpoint"),
+    (["get", "k", "--timeout", "0"], "--timeout"),
+    (["get", "k", "--timeout", "soon"], "--timeout"),
+    (["scan", "a", "--prefix", "p"], "--prefix cannot be combined with START or END"),
+    (["scan", "--limit", "-1"], "--limit"),
+    (["scan", "a", "b", "c"], "unexpected extra argument"),
+    (["cas", "k", "v"], "cas takes KEY EXPECTED NEW"),
+    (["cas", "k", "a", "b", "c"], "cas takes KEY EXPECTED NEW"),
+    (["cas", "--expect-absent", "k", "old", "new"], "--expect-absent cannot be combined"),
+    (["cas", "--expect-absent", "k"], "cas --expect-absent takes KEY NEW"),
+    (["member", "remove", "0"], "invalid member id '0'"),
+    (["member", "remove", "-3"], "No such option"),
+    (["member", "remove", "abc"], "invalid member id 'abc'"),
+    (["member", "remove", str(1 << 64)], "invalid member id"),
+    (["member", "add", "4", "--client-address", "h:1"], "Missing option '--peer-address'"),
+    (["member", "add", "4", "--peer-address", "h", "--client-address", "h:1"],
+     "malformed address 'h'"),
+    (["member", "frob"], "No such command"),
+    (["leader", "transfer"], "Missing argument 'ID'"),
+    (["leader", "transfer", "x"], "invalid member id 'x'"),
+    (["serve", "--id", "0"], "invalid member id '0'"),
+    (["serve", "--id", "two"], "invalid member id 'two'"),
+    (["serve", "--listen", "localhost"], "malformed address 'localhost'"),
+    (["serve", "--peer-listen", "[::1:2380"], "malformed address"),
+    (["serve", "--listen", "127.0.0.1:5000", "--peer-listen", "127.0.0.1:5000"],
+     "--listen and --peer-listen must differ"),
+    (["serve", "--metrics-listen", "127.0.0.1:2379"], "--metrics-listen 127.0.0.1:2379 is"),
+    (["serve", "--initial-cluster", "1=h:1,1=h:2"], "member id 1 is listed twice"),
+    (["serve", "--initial-cluster", "1=h:1,2=h:1"], "address h:1 is listed twice"),
+    (["serve", "--initial-cluster", "1:h:1"], "expected ID=HOST:PORT"),
+    (["serve", "--initial-cluster", "x=h:1"], "invalid member id 'x'"),
+    (["serve", "--initial-cluster", "0=h:1"], "invalid member id '0'"),
+    (["serve", "--initial-cluster", "1=h:1,"], "expected ID=HOST:PORT"),
+    (["serve", "--id", "3", "--initial-cluster", "1=h:1,2=h:2"],
+     "does not list this node's id 3"),
+    (["serve", "--join", "--initial-cluster", "1=h:1"], "mutually exclusive"),
+    (["serve", "--log-level", "loud"], "--log-level"),
+    (["bench", "--clients", "0"], "--clients"),
+    (["bench", "--read-ratio", "1.5"], "--read-ratio"),
+    (["bench", "--duration", "0"], "--duration"),
+]
+
+
+@pytest.mark.parametrize(("argv", "phrase"), BAD_USAGE, ids=[" ".join(a) for a, _ in BAD_USAGE])
+def test_bad_usage_is_one_line_exit_2_in_process(argv: list[str], phrase: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and phrase in err, err
+    assert "--help" in err  # points at the command's help
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "phrase"),
+    [
+        (["put", "k"], {}, "Missing argument 'VALUE'"),
+        (["scan", "a", "--prefix", "p"], {}, "--prefix cannot be combined"),
+        (["serve"], {"KVRAFT_ID": "x"}, "invalid member id 'x'"),
+        (["serve"], {"KVRAFT_LISTEN": "nope"}, "malformed address 'nope'"),
+        (["serve"], {"KVRAFT_JOIN": "1", "KVRAFT_INITIAL_CLUSTER": "1=h:1"},
+         "mutually exclusive"),
+        (["serve"], {"KVRAFT_INITIAL_CLUSTER": "2=h:1"}, "does not list this node's id 1"),
+        (["serve"], {"KVRAFT_LOG_LEVEL": "chatty"}, "--log-level"),
+        (["get", "k"], {"KVRAFT_ENDPOINTS": "a:1,b"}, "malformed address 'b'"),
+    ],
+)
+def test_bad_usage_through_the_console_script(argv: list[str], env: dict[str, str],
+                                              phrase: str) -> None:
+    """The installed script, flags and KVRAFT_* variables alike: one line, exit 2."""
+    line = assert_one_error_line(run_kvraft(*argv, env=env), exit_code=2)
+    assert phrase in line
+
+
+def test_help_and_version_succeed() -> None:
+    helped = run_kvraft("--help")
+    assert helped.returncode == 0 and b"serve" in helped.stdout and b"Exit codes" in helped.stdout
+    bare = run_kvraft()
+    assert bare.returncode == 0 and b"Commands:" in bare.stdout
+    version = run_kvraft("--version")
+    assert version.returncode == 0 and version.stdout.startswith(b"kvraft, version ")
+    serve_help = run_kvraft("serve", "--help")
+    for flag in (b"--id", b"--data-dir", b"--listen", b"--peer-listen", b"--initial-cluster",
+                 b"--join", b"--metrics-listen", b"--log-level"):
+        assert flag in serve_help.stdout
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def test_parse_initial_cluster() -> None:
+    assert parse_initial_cluster("1=127.0.0.1:2380, 2=node-2:2380,3=[::1]:2380") == {
+        1: "127.0.0.1:2380", 2: "node-2:2380", 3: "[::1]:2380"}
+    for bad in ("", "1=", "=h:1", "1=h", "1=h:1;2=h:2"):
+        with pytest.raises(ValueError):
+            parse_initial_cluster(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"plain", "plain"),
+        ("grüße".encode(), "grüße"),
+        (b"a\tb\nc\rd", "a\\tb\\nc\\rd"),
+        (b"back\\slash", "back\\\\slash"),
+        (b"\x00\x1b\x7f", "\\x00\\x1b\\x7f"),
+        (b"\xff\xfe", "\\xff\\xfe"),
+    ],
+)
+def test_escape_bytes(raw: bytes, shown: str) -> None:
+    assert escape_bytes(raw) == shown
+
+
+def test_format_table_aligns_columns() -> None:
+    assert format_table(["ID", "ROLE"], [[1, "leader"], [10, "follower"]]).splitlines() == [
+        "ID  ROLE", "1   leader", "10  follower"]
