@@ -1,0 +1,125 @@
+"""The node's configuration (`NodeConfig`), its validation, and the cluster id.
+
+`kvraft serve` (kvraft.cli) parses options into a NodeConfig; everything here is pure
+and fails with `ServeError`, whose message is one line the CLI prints as is.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_KEY_BYTES = 4096
+MIB = 1 << 20
+
+
+class ServeError(Exception):
+    """A node cannot start: bad data directory, unusable address or bad config.
+
+    str(e) is one line meant for the operator, without a traceback."""
+
+
+def parse_address(address: str, what: str = "address") -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT) or raise ServeError naming `what`."""
+    if not isinstance(address, str) or ":" not in address:
+        raise ServeError(f"malformed {what} {address!r}: expected HOST:PORT")
+    host, _, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as e:
+            raise ServeError(f"malformed {what} {address!r}: bad IPv6 host") from e
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise ServeError(f"malformed {what} {address!r}: expected HOST:PORT")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ServeError(f"malformed {what} {address!r}: port must be 1-65535")
+    return host, int(port_text)
+
+
+def cluster_id_for(initial_cluster: dict[int, str]) -> int:
+    """A cluster id every founding member derives alike from --initial-cluster.
+
+    It is non-zero and fits a uint64; two clusters with different founding members or
+    addresses get different ids (with overwhelming probability)."""
+    canonical = ",".join(f"{i}={initial_cluster[i]}" for i in sorted(initial_cluster))
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+@dataclass
+class NodeConfig:
+    """Everything one `kvraft serve` process needs; see docs/INTERFACES.md."""
+
+    node_id: int
+    data_dir: str | Path
+    listen: str
+    peer_listen: str
+    initial_cluster: dict[int, str] = field(default_factory=dict)
+    join: bool = False
+    metrics_listen: str | None = None
+    log_level: str = "INFO"
+    advertise_client: str | None = None
+    advertise_peer: str | None = None
+    # Raft timing. Thesis §3.4: the election timeout must be well above the broadcast
+    # time; with 100 ms ticks an election fires after 1-2 s of silence, which rides out
+    # a loaded 2-core machine without needless elections.
+    tick_interval_s: float = 0.1
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = MIB
+    max_batch_bytes: int = 4 * MIB
+    default_deadline_s: float = 5.0
+    snapshot_entries: int = 10_000
+    snapshot_keep_entries: int = 1_000
+    snapshot_chunk_bytes: int = MIB
+    peer_queue_messages_max: int = 4096
+    peer_batch_bytes_max: int = 16 * MIB
+    scan_page_max: int = 10_000
+
+    @property
+    def client_address(self) -> str:
+        return self.advertise_client or self.listen
+
+    @property
+    def peer_address(self) -> str:
+        return self.advertise_peer or self.peer_listen
+
+    def validate(self) -> None:
+        if not isinstance(self.node_id, int) or self.node_id <= 0:
+            raise ServeError(f"node id must be a positive integer, got {self.node_id!r}")
+        parse_address(self.listen, "--listen address")
+        parse_address(self.peer_listen, "--peer-listen address")
+        if self.metrics_listen:
+            parse_address(self.metrics_listen, "--metrics-listen address")
+        if self.advertise_client:
+            parse_address(self.advertise_client, "client address")
+        if self.advertise_peer:
+            parse_address(self.advertise_peer, "peer address")
+        if self.listen == self.peer_listen:
+            raise ServeError(f"--listen and --peer-listen must differ (both {self.listen})")
+        for member_id, address in self.initial_cluster.items():
+            if not isinstance(member_id, int) or member_id <= 0:
+                raise ServeError(
+                    f"--initial-cluster: member id must be positive, got {member_id!r}")
+            parse_address(address, f"--initial-cluster address of member {member_id}")
+        if not self.join:
+            if not self.initial_cluster:
+                raise ServeError("--initial-cluster is empty (or pass --join)")
+            if self.node_id not in self.initial_cluster:
+                raise ServeError(
+                    f"--initial-cluster does not list this node's id {self.node_id}"
+                    " (pass --join to join an existing cluster)"
+                )
+        if self.tick_interval_s <= 0 or self.heartbeat_tick <= 0:
+            raise ServeError("tick interval and heartbeat ticks must be positive")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ServeError("election ticks must exceed heartbeat ticks")
+        if self.max_value_bytes <= 0 or self.max_batch_bytes <= 0 or self.max_key_bytes <= 0:
+            raise ServeError("size limits must be positive")
+        if self.default_deadline_s <= 0:
+            raise ServeError("the default deadline must be positive")
+        if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
+            raise ServeError("snapshot thresholds must be positive")

@@ -1,0 +1,677 @@
+"""The node runtime: one asyncio event loop owns the RawNode and drives its Ready loop.
+
+The loop sleeps until something happens — a tick is due, peer messages arrived, a
+client queued a proposal or a read — and then runs one *round*:
+
+1. step every inbound message, tick as often as due, propose every queued write (all
+   writes queued since the last round land in the same Ready, so they share one fsync),
+   issue one ReadIndex for every read queued since the last round;
+2. take the Ready: send `messages()` at once (thesis §10.2.1: the leader may send
+   AppendEntries before its own write is durable);
+3. on the persistence thread, write entries + hard state (+ snapshot) in ONE synced
+   batch, then apply the committed entries;
+4. send `persisted_messages()` (votes and append acks only after the write is durable,
+   thesis §3.8), complete waiters, advance, and handle the LightReady the same way.
+
+Client calls never touch Raft directly: they queue work and await a waiter (waiters.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from kvraft import raft
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.raft import Config, RawNode, StateRole
+
+from . import storage_adapter as sa
+from .config import NodeConfig
+from .metrics import NodeMetrics
+from .transport import PeerTransport
+from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, unavailable
+
+log = logging.getLogger("kvraft.server.node")
+
+PENDING_PROPOSALS_MAX = 20_000
+PENDING_READS_MAX = 20_000
+INBOUND_MESSAGES_MAX = 50_000
+SNAPSHOT_HANDLES_KEPT = 2
+MAX_SIZE_PER_MSG_BYTES = 1 << 20
+MAX_INFLIGHT_MSGS = 256
+
+ROLE_NAMES = {
+    StateRole.Leader: "leader",
+    StateRole.Follower: "follower",
+    StateRole.Candidate: "candidate",
+    StateRole.PreCandidate: "pre-candidate",
+}
+
+
+class Node:
+    """One member of the cluster: Raft + storage + transport, owned by the event loop."""
+
+    def __init__(self, config: NodeConfig, store: sa.Store, metrics: NodeMetrics) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.store = store
+        self.metrics = metrics
+        self.cluster_id = store.datadir.cluster_id
+        raft_config = Config(
+            id=self.id,
+            election_tick=config.election_tick,
+            heartbeat_tick=config.heartbeat_tick,
+            applied=store.sm.applied_index,
+            max_size_per_msg=MAX_SIZE_PER_MSG_BYTES,
+            max_inflight_msgs=MAX_INFLIGHT_MSGS,
+            # Thesis §9.6 (pre-vote) keeps a partitioned node from disrupting the
+            # cluster when it returns; §6.2 (check-quorum) makes a leader that lost
+            # its majority step down, so clients are told UNAVAILABLE, not left waiting.
+            pre_vote=True,
+            check_quorum=True,
+        )
+        self.raw = RawNode(raft_config, store.log)
+        self.transport = PeerTransport(
+            self.id, config.peer_address, lambda: self.cluster_id, self, metrics,
+            queue_messages_max=config.peer_queue_messages_max,
+            batch_bytes_max=config.peer_batch_bytes_max,
+        )
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._ticks_due = 0
+        self._tick_count = 0
+        self._inbound: list[eraftpb.Message] = []
+        self._unreachable: set[int] = set()
+        self._snapshot_reports: list[tuple[int, bool]] = []
+        self._queued: list[Proposal] = []
+        self._proposals: dict[int, Proposal] = {}          # request id -> waiter
+        self._conf_proposals: dict[int, Proposal] = {}     # ConfChange.id -> waiter
+        self._by_index: dict[int, Proposal] = {}           # leader-side log index -> waiter
+        self._reads_queued: list[ReadWaiter] = []
+        self._read_rounds: dict[bytes, ReadRound] = {}
+        self._read_ctx = itertools.count(1)
+        self._read_ctx_prefix = secrets.token_bytes(8)
+        self._staged: dict[tuple[int, int], Any] = {}      # (index, term) -> StagedSnapshot
+        self._refused_conf_changes: dict[int, str] = {}
+        self._transfers: list[int] = []
+        self._leader_id = 0
+        self._role = self.raw.raft.state
+        self._published = False
+        self._last_compact_index = 0
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
+        self._conf_ids = _ids_of(self._conf_state)
+        self._extra_addresses: dict[int, str] = dict(config.initial_cluster)
+        self._leader_waiters: list[ReadWaiter] = []
+        self.store.log.set_snapshot_provider(store.sm.raft_snapshot)
+        self._refresh_addresses()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ticker(), name="raft-ticker"),
+            loop.create_task(self._run(), name="raft-loop"),
+        ]
+
+    @property
+    def fatal(self) -> BaseException | None:
+        return self._fatal
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Fail every waiter UNAVAILABLE, stop the loop after its current round."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._fail_all(unavailable("the node is shutting down"))
+        self._wake.set()
+        for task in self._tasks:
+            if task.get_name() == "raft-ticker":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+        self._stopped.set()
+
+    async def _ticker(self) -> None:
+        interval_s = self.config.tick_interval_s
+        next_at = time.monotonic()
+        while True:
+            next_at += interval_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            self._ticks_due += 1
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    break
+                await self._round()
+        except Exception as e:
+            # A failed round (disk error, broken invariant) must not leave a half-alive
+            # node answering clients: record it, fail everyone, and let run_node exit.
+            log.critical("node %d: event loop failed: %s", self.id, e, exc_info=True)
+            self._fatal = e
+            self._stopping = True
+            self._fail_all(unavailable("the node failed"))
+            self._stopped.set()
+
+    # ------------------------------------------------------- inputs (event loop only)
+    def deliver(self, messages: list[eraftpb.Message]) -> None:
+        if len(self._inbound) + len(messages) > INBOUND_MESSAGES_MAX:
+            return  # overloaded: drop; Raft retransmits
+        self._inbound.extend(messages)
+        self._wake.set()
+
+    def report_unreachable(self, peer_id: int) -> None:
+        self._unreachable.add(peer_id)
+        self._wake.set()
+
+    def report_snapshot(self, peer_id: int, ok: bool) -> None:
+        self._snapshot_reports.append((peer_id, ok))
+        self._wake.set()
+
+    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> None:
+        meta = msg.snapshot.metadata
+        for key in list(self._staged):
+            sa.discard_staged(self._staged.pop(key))
+        self._staged[(meta.index, meta.term)] = staged
+        self.deliver([msg])
+
+    def is_member(self, peer_id: int) -> bool:
+        return peer_id in self._conf_ids
+
+    def accept_cluster(self, cluster_id: int) -> bool:
+        """A joining node adopts the cluster id of the first member that talks to it."""
+        if self.cluster_id == 0 and cluster_id != 0:
+            if not self.config.join:
+                return False
+            self.cluster_id = cluster_id
+            self.store.datadir.set_cluster_id(cluster_id)
+            log.info("node %d: joined cluster %016x", self.id, cluster_id)
+        return cluster_id == self.cluster_id
+
+    def learn_address(self, peer_id: int, address: str) -> None:
+        if address and self.transport.address_of(peer_id) is None and peer_id != self.id:
+            self._extra_addresses[peer_id] = address
+            self._refresh_addresses()
+
+    # ------------------------------------------------------- client-facing API
+    def header(self) -> tuple[int, int, int, int]:
+        r = self.raw.raft
+        return self.id, r.leader_id, r.term, self.store.sm.applied_index
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def propose(self, request_id: int, data: bytes, timeout_s: float) -> Any:
+        """Replicate a command; return its ApplyResult once applied on this node."""
+        if self._stopping:
+            raise unavailable("the node is shutting down")
+        if len(self._proposals) >= PENDING_PROPOSALS_MAX:
+            raise unavailable("too many writes in flight")
+        p = Proposal(request_id=request_id, data=data)
+        assert request_id not in self._proposals
+        self._proposals[request_id] = p
+        self._queued.append(p)
+        self._wake.set()
+        return await self._await(p, timeout_s, self._forget_proposal)
+
+    async def propose_conf_change(self, cc: eraftpb.ConfChange, timeout_s: float) -> Any:
+        if self._stopping:
+            raise unavailable("the node is shutting down")
+        p = Proposal(request_id=cc.id, conf_change=cc)
+        self._conf_proposals[cc.id] = p
+        self._queued.append(p)
+        self._wake.set()
+        return await self._await(p, timeout_s, self._forget_proposal)
+
+    async def read_index(self, timeout_s: float) -> None:
+        """Return once this node has applied everything committed when the read began."""
+        if self._stopping:
+            raise unavailable("the node is shutting down")
+        if len(self._reads_queued) >= PENDING_READS_MAX:
+            raise unavailable("too many reads in flight")
+        w = ReadWaiter()
+        self._reads_queued.append(w)
+        self.metrics.reads_in_flight.inc()
+        self._wake.set()
+        try:
+            await self._await(w, timeout_s, None)
+        finally:
+            self.metrics.reads_in_flight.dec()
+
+    async def transfer_leader(self, to: int, timeout_s: float) -> None:
+        if to not in self._conf_ids or to in self._learners():
+            raise NodeError(grpc.StatusCode.FAILED_PRECONDITION, f"{to} is not a voting member")
+        deadline = time.monotonic() + timeout_s
+        while self.raw.raft.leader_id != to:
+            if self._stopping:
+                raise unavailable("the node is shutting down")
+            if self.raw.raft.leader_id != 0:
+                self._transfers.append(to)
+                self._wake.set()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise unavailable(f"leadership did not move to {to} before the deadline")
+            w = ReadWaiter()
+            self._leader_waiters.append(w)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(w.future, min(remaining, self._election_timeout_s()))
+
+    def status(self) -> dict[str, Any]:
+        r = self.raw.raft
+        role = ROLE_NAMES.get(r.state, str(r.state))
+        if self.id in self._learners():
+            role = "learner"
+        return {
+            "role": role,
+            "commit_index": r.raft_log.committed,
+            "last_index": r.raft_log.last_index(),
+        }
+
+    def members(self) -> list[Any]:
+        return self.store.sm.members()
+
+    def member_ids(self) -> set[int]:
+        return set(self._conf_ids)
+
+    def learner_ids(self) -> set[int]:
+        return self._learners()
+
+    def pending_conf_change(self) -> bool:
+        r = self.raw.raft
+        pending = getattr(r, "pending_conf_index", 0)
+        return r.state == StateRole.Leader and pending > r.raft_log.applied
+
+    async def _await(self, w: Any, timeout_s: float, forget: Any) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(w.future), timeout_s)
+        except TimeoutError:
+            raise unavailable("no leader or quorum before the deadline") from None
+        finally:
+            if not w.future.done():
+                w.fail(unavailable("abandoned"))
+            if forget is not None:
+                forget(w)
+
+    def _forget_proposal(self, p: Proposal) -> None:
+        if p.conf_change is not None:
+            self._conf_proposals.pop(p.request_id, None)
+        else:
+            self._proposals.pop(p.request_id, None)
+        if p.index and self._by_index.get(p.index) is p:
+            del self._by_index[p.index]
+        self.metrics.proposals_in_flight.set(len(self._proposals))
+
+    def _fail_all(self, error: NodeError) -> None:
+        for p in itertools.chain(self._proposals.values(), self._conf_proposals.values()):
+            p.fail(error)
+        for w in self._reads_queued:
+            w.fail(error)
+        for rr in self._read_rounds.values():
+            for w in rr.waiters:
+                w.fail(error)
+        for w in self._leader_waiters:
+            w.resolve()
+        self._queued.clear()
+        self._reads_queued.clear()
+        self._read_rounds.clear()
+        self._leader_waiters.clear()
+
+    # ------------------------------------------------------------------ the round
+    async def _round(self) -> None:
+        raw = self.raw
+        inbound, self._inbound = self._inbound, []
+        for msg in inbound:
+            try:
+                raw.step(msg)
+            except raft.RaftError as e:
+                log.debug("node %d: dropped %s from %d: %s", self.id, msg.msg_type, msg.from_, e)
+        for peer_id in self._unreachable:
+            raw.report_unreachable(peer_id)
+        self._unreachable.clear()
+        for peer_id, ok in self._snapshot_reports:
+            raw.report_snapshot(
+                peer_id, raft.SnapshotStatus.Finish if ok else raft.SnapshotStatus.Failure
+            )
+        self._snapshot_reports.clear()
+
+        transfers, self._transfers = self._transfers, []
+        for to in transfers:
+            raw.transfer_leader(to)
+
+        ticks, self._ticks_due = self._ticks_due, 0
+        for _ in range(min(ticks, self.config.election_tick)):
+            raw.tick()
+        if ticks:
+            self._tick_count += ticks
+            self._on_ticks()
+
+        queued, self._queued = self._queued, []
+        for p in queued:
+            if p.future.done():
+                continue
+            self._propose_one(p)
+        self.metrics.proposals_in_flight.set(len(self._proposals))
+
+        if self._reads_queued:
+            waiters, self._reads_queued = self._reads_queued, []
+            ctx = self._read_ctx_prefix + next(self._read_ctx).to_bytes(8, "big")
+            self._read_rounds[ctx] = ReadRound(ctx, waiters, self._tick_count)
+            raw.read_index(ctx)
+
+        if raw.has_ready():
+            await self._handle_ready()
+            if raw.has_ready():
+                self._wake.set()
+        self._serve_reads()
+        self._update_gauges()
+
+    def _propose_one(self, p: Proposal) -> None:
+        raw = self.raw
+        try:
+            if p.conf_change is not None:
+                raw.propose_conf_change(b"", p.conf_change)
+            else:
+                raw.propose(b"", p.data)
+        except raft.ProposalDropped:
+            p.fail(unavailable("no leader to take the write" if raw.raft.leader_id == 0
+                               else "the leader dropped the write"))
+            return
+        if raw.raft.state == StateRole.Leader:
+            # On the leader the entry was appended at the tail: remember where, so a
+            # different entry applied at that index (a new leader truncated ours)
+            # fails this waiter at once instead of at its deadline.
+            p.index = raw.raft.raft_log.last_index()
+            old = self._by_index.get(p.index)
+            if old is not None and old is not p:
+                old.fail(unavailable("the write was overwritten by a new leader"))
+            self._by_index[p.index] = p
+
+    def _on_ticks(self) -> None:
+        # ReadIndex requests are dropped silently when there is no leader or the leader
+        # has not yet committed an entry of its term (thesis §6.4); re-ask for rounds
+        # that got no answer within half an election timeout.
+        retry_ticks = max(2, self.config.election_tick // 2)
+        for rr in list(self._read_rounds.values()):
+            if not rr.live():
+                del self._read_rounds[rr.context]
+            elif rr.index < 0 and self._tick_count - rr.issued_tick >= retry_ticks:
+                rr.issued_tick = self._tick_count
+                self.raw.read_index(rr.context)
+        self._maybe_publish_self()
+
+    async def _handle_ready(self) -> None:
+        raw = self.raw
+        rd = raw.ready()
+        ss = rd.ss()
+        if ss is not None:
+            self._on_soft_state(ss.leader_id, ss.raft_state)
+        for rs in rd.take_read_states():
+            rr = self._read_rounds.get(rs.request_ctx)
+            if rr is not None and rr.index < 0:
+                rr.index = rs.index
+        self.transport.send(rd.take_messages())
+
+        snapshot = rd.snapshot()
+        if snapshot is not None and snapshot.metadata.index == 0:
+            snapshot = None
+        staged = None
+        if snapshot is not None:
+            key = (snapshot.metadata.index, snapshot.metadata.term)
+            staged = self._staged.pop(key, None)
+            assert staged is not None, f"snapshot {key} in Ready was never staged"
+        entries = rd.take_entries()
+        hs = rd.hs()
+        committed = rd.take_committed_entries()
+        persisted_messages = rd.take_persisted_messages()
+        results = await asyncio.to_thread(
+            self._persist_and_apply, entries, hs, snapshot, staged, committed
+        )
+        if snapshot is not None:
+            self.metrics.snapshots_installed.inc()
+            self._set_conf_state(snapshot.metadata.conf_state)
+            log.info("node %d: installed snapshot at index %d term %d (term %d)",
+                     self.id, snapshot.metadata.index, snapshot.metadata.term, raw.raft.term)
+            self._refresh_addresses()
+        self.transport.send(persisted_messages)
+        self._on_applied(committed, results)
+
+        light = raw.advance(rd)
+        self.transport.send(light.take_messages())
+        committed = light.take_committed_entries()
+        if committed:
+            results = await asyncio.to_thread(self._apply, committed)
+            self._on_applied(committed, results)
+        raw.advance_apply()
+        self._maybe_compact()
+
+    # ------------------------------------------------ persistence thread (no Raft here)
+    def _persist_and_apply(
+        self,
+        entries: list[eraftpb.Entry],
+        hs: eraftpb.HardState | None,
+        snapshot: eraftpb.Snapshot | None,
+        staged: Any,
+        committed: list[eraftpb.Entry],
+    ) -> list[Any]:
+        if snapshot is not None:
+            # Replaces the data and the Raft log together, crash-atomically (storage
+            # snapshot.py); the log part of this Ready's snapshot is then in place.
+            self.store.sm.install_snapshot(staged, self.store.log)
+        if entries or hs is not None:
+            t0 = time.perf_counter()
+            self.store.log.persist(list(entries), hs)
+            self.metrics.fsync_latency.observe(time.perf_counter() - t0)
+            self.metrics.ready_entries.observe(len(entries))
+        return self._apply(committed) if committed else []
+
+    def _apply(self, committed: list[eraftpb.Entry]) -> list[Any]:
+        t0 = time.perf_counter()
+        results = self.store.sm.apply(list(committed), self._apply_conf_change_in_thread)
+        self.metrics.apply_latency.observe(time.perf_counter() - t0)
+        return results
+
+    # ------------------------------------------------------------ after apply
+    def _apply_conf_change_in_thread(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
+        """KVStateMachine.apply's callback: apply a committed conf change to Raft; the
+        state machine writes the returned ConfState with the applied index."""
+        if entry.entry_type == eraftpb.EntryConfChange:
+            cc: Any = eraftpb.ConfChange.FromString(entry.data)
+        else:
+            cc = eraftpb.ConfChangeV2.FromString(entry.data)
+        try:
+            return self.raw.apply_conf_change(cc)
+        except raft.RaftError as e:
+            # Every node refuses the same change the same way (it is deterministic).
+            self._refused_conf_changes[entry.index] = str(e)
+            return self._conf_state
+
+    def _on_applied(self, committed: list[eraftpb.Entry], results: list[Any]) -> None:
+        by_index = {r.index: r for r in results}
+        for entry in committed:
+            waiter = self._by_index.pop(entry.index, None)
+            result = by_index.get(entry.index)
+            if result is None:
+                continue  # applied before a restart
+            if entry.entry_type == eraftpb.EntryNormal:
+                p = self._proposals.get(result.request_id) if result.request_id else None
+                if p is not None:
+                    p.resolve(result)
+            else:
+                p = self._conf_proposals.get(result.request_id) if result.request_id else None
+                self._on_conf_change_applied(entry, result, p)
+            if waiter is not None and waiter is not p:
+                if waiter.conf_change is not None:
+                    waiter.fail(NodeError(grpc.StatusCode.FAILED_PRECONDITION,
+                                          "another member change was in progress"))
+                else:
+                    waiter.fail(unavailable("the write was overwritten by a new leader"))
+
+    def _on_conf_change_applied(self, entry: eraftpb.Entry, result: Any,
+                                p: Proposal | None) -> None:
+        refused = self._refused_conf_changes.pop(entry.index, None)
+        if refused is not None:
+            log.warning("node %d: member change at index %d refused: %s",
+                        self.id, entry.index, refused)
+            if p is not None:
+                p.fail(NodeError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"member change refused: {refused}"))
+            return
+        cs = result.conf_state if result.conf_state is not None else self._conf_state
+        self._set_conf_state(cs)
+        self._refresh_addresses()
+        if entry.entry_type == eraftpb.EntryConfChange:
+            cc = eraftpb.ConfChange.FromString(entry.data)
+            what = {eraftpb.AddNode: "voter", eraftpb.RemoveNode: "removed",
+                    eraftpb.AddLearnerNode: "learner"}.get(cc.change_type, "changed")
+            log.info("node %d: member change at index %d: node %d %s (term %d);"
+                     " voters %s learners %s", self.id, entry.index, cc.node_id, what,
+                     self.raw.raft.term, sorted(cs.voters), sorted(cs.learners))
+            if cc.change_type == eraftpb.RemoveNode and cc.node_id == self.id:
+                log.warning("node %d: this node was removed from the cluster", self.id)
+        if p is not None:
+            p.resolve(cs)
+
+    def _on_soft_state(self, leader_id: int, role: Any) -> None:
+        term = self.raw.raft.term
+        if role != self._role:
+            if role == StateRole.Leader:
+                log.info("node %d: election won, leader at term %d", self.id, term)
+            elif self._role in (StateRole.Candidate, StateRole.PreCandidate):
+                log.info("node %d: election lost or abandoned at term %d, now %s",
+                         self.id, term, ROLE_NAMES.get(role, role))
+            elif self._role == StateRole.Leader:
+                log.info("node %d: stepped down at term %d", self.id, term)
+            self._role = role
+        if leader_id != self._leader_id:
+            log.info("node %d: leader changed %d -> %d at term %d",
+                     self.id, self._leader_id, leader_id, term)
+            self.metrics.leader_changes.inc()
+            if leader_id == 0:
+                # No leader: nothing queued will be committed soon. Tell clients now
+                # (UNAVAILABLE) rather than at their deadline. The outcome of a write
+                # that already reached a log stays unknown, as after any timeout.
+                self._fail_in_flight(unavailable("lost the leader"))
+            self._leader_id = leader_id
+            for w in self._leader_waiters:
+                w.resolve()
+            self._leader_waiters.clear()
+
+    def _fail_in_flight(self, error: NodeError) -> None:
+        for p in list(self._proposals.values()) + list(self._conf_proposals.values()):
+            p.fail(error)
+        for rr in self._read_rounds.values():
+            for w in rr.waiters:
+                w.fail(error)
+        self._read_rounds.clear()
+
+    def _serve_reads(self) -> None:
+        applied = self.store.sm.applied_index
+        for ctx, rr in list(self._read_rounds.items()):
+            if 0 <= rr.index <= applied:
+                for w in rr.waiters:
+                    w.resolve()
+                del self._read_rounds[ctx]
+
+    def _update_gauges(self) -> None:
+        r = self.raw.raft
+        m = self.metrics
+        m.term.set(r.term)
+        m.commit_index.set(r.raft_log.committed)
+        m.applied_index.set(self.store.sm.applied_index)
+        m.is_leader.set(1 if r.state == StateRole.Leader else 0)
+
+    def _election_timeout_s(self) -> float:
+        return self.config.election_tick * self.config.tick_interval_s
+
+    # ------------------------------------------------------ membership & addresses
+    def _set_conf_state(self, cs: eraftpb.ConfState) -> None:
+        self._conf_state = cs
+        self._conf_ids = _ids_of(cs)
+
+    def _learners(self) -> set[int]:
+        return set(self._conf_state.learners) | set(self._conf_state.learners_next)
+
+    def _refresh_addresses(self) -> None:
+        addresses = dict(self._extra_addresses)
+        for m in self.store.sm.members():
+            if m.peer_address:
+                addresses[m.id] = m.peer_address
+        self.transport.set_addresses(addresses)
+
+    def _maybe_publish_self(self) -> None:
+        """Once a leader exists, make sure the replicated member record of this node
+        carries its current client and peer addresses (founding members start with
+        peer addresses only; an operator may restart a node with a new --listen)."""
+        if self._published or self._leader_id == 0 or self._stopping:
+            return
+        if self._tick_count % max(1, self.config.election_tick) != 0:
+            return
+        if self.id not in self._conf_ids:
+            return
+        mine = next((m for m in self.store.sm.members() if m.id == self.id), None)
+        learner = self.id in self._learners()
+        if (mine is not None and mine.client_address == self.config.client_address
+                and mine.peer_address == self.config.peer_address):
+            self._published = True
+            return
+        if any(p.conf_change is not None for p in self._conf_proposals.values()):
+            return
+        cc = sa.member_conf_change(
+            self.id, self.config.peer_address, self.config.client_address, learner,
+            add=True, cc_id=sa.new_request_id(),
+        )
+        p = Proposal(request_id=cc.id, conf_change=cc)
+        self._conf_proposals[cc.id] = p
+        self._queued.append(p)
+        loop = asyncio.get_running_loop()
+
+        def forget() -> None:
+            if not p.future.done():
+                p.fail(unavailable("publish timed out"))
+            self._forget_proposal(p)
+
+        loop.call_later(self._election_timeout_s() * 2, forget)
+
+    # ----------------------------------------------------------------- snapshots
+    def snapshot_chunks(self, msg: eraftpb.Message) -> Iterator[bytes]:
+        meta = msg.snapshot.metadata
+        handle = self.store.sm.snapshot_handle(meta.index, meta.term)
+        if handle is None:
+            raise RuntimeError(f"no snapshot image at index {meta.index} term {meta.term}")
+        return iter(handle.chunks(self.config.snapshot_chunk_bytes))
+
+    def _maybe_compact(self) -> None:
+        """Thesis §5.1: once the state machine holds the effect of the log up to
+        `applied`, entries well behind it can go; a trailing window stays so a follower
+        a little behind catches up from the log instead of a full snapshot."""
+        applied = self.store.sm.applied_index
+        if applied - self.store.log.first_index() < self.store.policy.snapshot_entries:
+            return
+        first = self.store.log.maybe_compact(applied, self.store.policy)
+        if first is not None:
+            self.metrics.snapshots_created.inc()
+            log.info("node %d: compacted the log: first index now %d (applied %d, term %d)",
+                     self.id, first, applied, self.raw.raft.term)
+
+
+def _ids_of(cs: eraftpb.ConfState) -> set[int]:
+    return set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing) | set(cs.learners_next)

@@ -1,0 +1,131 @@
+"""`run_node`: open the data directory, start the node and its gRPC servers, serve until
+SIGTERM/SIGINT, then shut down cleanly (docs/INTERFACES.md, "kvraft.server")."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc, peer_pb2_grpc
+
+from . import storage_adapter as sa
+from .config import NodeConfig, ServeError
+from .kv_service import ClusterService, KVService
+from .metrics import NodeMetrics
+from .node import Node
+from .peer_service import PeerService
+from .transport import CHANNEL_OPTIONS, GRPC_MESSAGE_BYTES_MAX
+
+log = logging.getLogger("kvraft.server")
+
+SHUTDOWN_GRACE_S = 2.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    try:
+        logging.getLogger("kvraft").setLevel(level.upper())
+    except ValueError as e:
+        raise ServeError(f"unknown log level {level!r}") from e
+
+
+def run_node(config: NodeConfig) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the node failed.
+
+    Raises ServeError (one line) when the node cannot start."""
+    config.validate()
+    configure_logging(config.log_level)
+    return asyncio.run(_serve(config))
+
+
+def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
+    # Let oversized requests reach the handler, so they get INVALID_ARGUMENT with a
+    # reason instead of the transport's RESOURCE_EXHAUSTED.
+    limit = max(config.max_batch_bytes, config.max_value_bytes) * 2 + (1 << 20)
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ServeError(f"cannot listen on {what} {address}: {e}") from None
+    if port == 0:
+        raise ServeError(f"cannot listen on {what} {address}: address unusable or in use")
+
+
+async def _serve(config: NodeConfig) -> int:
+    store = sa.open_store(config)
+    try:
+        metrics = NodeMetrics()
+        node = Node(config, store, metrics)
+        client_server = grpc.aio.server(options=_client_server_options(config))
+        peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+        kvraft_pb2_grpc.add_KVServicer_to_server(KVService(node, config, metrics), client_server)
+        kvraft_pb2_grpc.add_ClusterServicer_to_server(
+            ClusterService(node, config, metrics), client_server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
+        reflection.enable_server_reflection(
+            [
+                kvraft_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+                kvraft_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
+            client_server,
+        )
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), peer_server)
+        _bind(peer_server, config.peer_listen, "--peer-listen")
+        _bind(client_server, config.listen, "--listen")
+        if config.metrics_listen:
+            try:
+                metrics.serve(config.metrics_listen)
+            except OSError as e:
+                raise ServeError(
+                    f"cannot listen on --metrics-listen {config.metrics_listen}: {e.strerror}"
+                ) from None
+        await peer_server.start()
+        node.start()
+        await client_server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in ("kvraft.KV", "kvraft.Cluster"):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node %d: serving clients on %s, peers on %s (cluster %016x)%s",
+                 config.node_id, config.listen, config.peer_listen, node.cluster_id,
+                 " — waiting to be added" if config.join and not node.member_ids() else "")
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        stopped_task = loop.create_task(node.wait_stopped())
+        stop_task = loop.create_task(stop.wait())
+        await asyncio.wait({stopped_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        stopped_task.cancel()
+        log.info("node %d: shutting down", config.node_id)
+        await health_servicer.enter_graceful_shutdown()
+        # Stop accepting and fail everything in flight with UNAVAILABLE together.
+        await asyncio.gather(
+            client_server.stop(SHUTDOWN_GRACE_S), node.stop(),
+        )
+        await peer_server.stop(0.2)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("node %d: stopped", config.node_id)
+        return 1 if node.fatal is not None else 0
+    finally:
+        store.close()

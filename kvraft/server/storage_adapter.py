@@ -1,0 +1,158 @@
+"""The server's use of kvraft.storage: opening and bootstrapping a node's store, and
+building the commands and conf changes it proposes.
+
+Bootstrap (a founding member's fresh data directory): the founding configuration is
+written as the first log entries — one committed AddNode conf change per founding
+member, at term 1, each carrying that member's peer address — exactly as etcd
+bootstraps a cluster. Every founding member writes identical entries, so their logs
+agree (Log Matching), and a member added later that replays the log from index 1 learns
+the founding configuration and addresses from the log itself instead of needing a
+snapshot (with an empty initial log it would believe itself the only voter).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.storage import commands
+from kvraft.storage.commands import MemberRecord
+from kvraft.storage.compaction import CompactionPolicy
+from kvraft.storage.datadir import DataDir, DataDirError
+from kvraft.storage.log_store import LevelDBStorage
+from kvraft.storage.snapshot import SnapshotReceiver
+from kvraft.storage.state_machine import KVStateMachine
+
+from .config import NodeConfig, ServeError, cluster_id_for
+
+log = logging.getLogger("kvraft.server")
+
+BOOTSTRAP_TERM = 1
+
+
+@dataclass
+class Store:
+    datadir: DataDir
+    log: LevelDBStorage
+    sm: KVStateMachine
+    policy: CompactionPolicy
+
+    def close(self) -> None:
+        self.sm.close()
+        self.datadir.close()
+
+
+def new_request_id() -> int:
+    """Random 63-bit ids: unique across nodes and restarts without coordination."""
+    return secrets.randbits(63) or 1
+
+
+def bootstrap_entries(initial_cluster: dict[int, str]) -> list[eraftpb.Entry]:
+    entries = []
+    for index, member_id in enumerate(sorted(initial_cluster), start=1):
+        cc = eraftpb.ConfChange(change_type=eraftpb.AddNode, node_id=member_id)
+        entries.append(eraftpb.Entry(
+            entry_type=eraftpb.EntryConfChange, term=BOOTSTRAP_TERM, index=index,
+            data=cc.SerializeToString(),
+            context=commands.encode_members([MemberRecord(member_id, initial_cluster[member_id])]),
+        ))
+    return entries
+
+
+def open_store(config: NodeConfig) -> Store:
+    try:
+        datadir = DataDir.open(config.data_dir, config.node_id)
+    except DataDirError as e:
+        raise ServeError(str(e)) from None
+    try:
+        log_store = LevelDBStorage(datadir)
+        sm = KVStateMachine(datadir, scan_page_entries_max=config.scan_page_max)
+        if datadir.is_new and not config.join:
+            cluster_id = cluster_id_for(config.initial_cluster)
+            if datadir.cluster_id not in (0, cluster_id):
+                raise ServeError(f"data directory {datadir.path} belongs to another cluster")
+            entries = bootstrap_entries(config.initial_cluster)
+            hs = eraftpb.HardState(term=BOOTSTRAP_TERM, vote=0, commit=len(entries))
+            log_store.persist(entries, hs)
+            datadir.set_cluster_id(cluster_id)
+            log.info("node %d: bootstrapped cluster %016x with members %s", config.node_id,
+                     cluster_id, sorted(config.initial_cluster))
+        _repair_commit(log_store, sm)
+        policy = CompactionPolicy(
+            snapshot_entries=config.snapshot_entries,
+            trailing_entries=min(config.snapshot_keep_entries, config.snapshot_entries - 1),
+        )
+        return Store(datadir, log_store, sm, policy)
+    except DataDirError as e:
+        datadir.close()
+        raise ServeError(str(e)) from None
+    except BaseException:
+        datadir.close()
+        raise
+
+
+def _repair_commit(log_store: LevelDBStorage, sm: KVStateMachine) -> None:
+    """The state machine only applies committed entries, but the commit index learned
+    from a LightReady is not written with them; after a crash the durable hard state
+    may say less. Raise it to the applied index, so Raft never sees applied > commit."""
+    hs = log_store.hard_state()
+    if sm.applied_index > hs.commit:
+        assert sm.applied_index <= log_store.last_index(), (
+            f"applied {sm.applied_index} beyond the log's last index {log_store.last_index()}")
+        hs.commit = sm.applied_index
+        log_store.persist([], hs)
+
+
+# --- commands ---------------------------------------------------------------------------
+def encode_put(request_id: int, key: bytes, value: bytes) -> bytes:
+    return commands.put_command(key, value, request_id)
+
+
+def encode_delete(request_id: int, key: bytes) -> bytes:
+    return commands.delete_command(key, request_id)
+
+
+def encode_cas(request_id: int, key: bytes, expected: bytes | None, value: bytes) -> bytes:
+    return commands.cas_command(key, expected, value, request_id)
+
+
+def encode_batch(request_id: int, ops: list[tuple[str, bytes, bytes]]) -> bytes:
+    return commands.batch_command(
+        [(key, value if kind == "put" else None) for kind, key, value in ops], request_id
+    )
+
+
+def member_conf_change(member_id: int, peer_address: str, client_address: str,
+                       learner: bool, *, add: bool, cc_id: int) -> eraftpb.ConfChange:
+    """A simple conf change whose context carries the member's addresses, so every
+    node records them when it applies the entry."""
+    if not add:
+        change_type = eraftpb.RemoveNode
+    elif learner:
+        change_type = eraftpb.AddLearnerNode
+    else:
+        change_type = eraftpb.AddNode
+    context = b""
+    if add:
+        context = commands.encode_members(
+            [MemberRecord(member_id, peer_address, client_address, learner)]
+        )
+    return eraftpb.ConfChange(id=cc_id, change_type=change_type, node_id=member_id,
+                              context=context)
+
+
+def snapshot_receiver(store: Store, snapshot: eraftpb.Snapshot) -> SnapshotReceiver:
+    return store.sm.receive_snapshot(snapshot.metadata)
+
+
+def abort_receiver(receiver: SnapshotReceiver) -> None:
+    receiver.abort()
+
+
+def discard_staged(staged: object) -> None:
+    path = getattr(staged, "path", None)
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

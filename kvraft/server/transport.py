@@ -1,0 +1,258 @@
+"""The peer transport: Raft messages between nodes over gRPC (protos/peer.proto).
+
+Outbound, each peer has one sender task that owns one long-lived client stream; every
+message queued while the previous batch was being written goes into the next batch, so
+a busy round costs one write per peer, not one per message. Queues are bounded: when a
+peer is slow or gone the oldest messages are dropped and Raft retransmits (thesis §3.5:
+AppendEntries is idempotent and retried). A broken stream is reported to Raft with
+`report_unreachable` (the leader falls back to probing) and re-opened after a capped
+exponential backoff.
+
+Snapshots travel on their own stream (`SendSnapshot`), one at a time per peer, so a
+large transfer never delays heartbeats.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Protocol
+
+import grpc
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.proto import peer_pb2, peer_pb2_grpc
+
+from .metrics import NodeMetrics
+
+log = logging.getLogger("kvraft.server.transport")
+
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
+GRPC_MESSAGE_BYTES_MAX = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect quickly after a peer restarts; our own backoff caps the rate.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
+]
+
+
+class TransportEvents(Protocol):
+    """What the transport reports back to the node (all called on the event loop)."""
+
+    def report_unreachable(self, peer_id: int) -> None: ...
+    def report_snapshot(self, peer_id: int, ok: bool) -> None: ...
+    def snapshot_chunks(self, msg: eraftpb.Message) -> Iterator[bytes]: ...
+
+
+class _PeerSender:
+    """One peer's bounded queue and the task that streams it."""
+
+    def __init__(self, owner: PeerTransport, peer_id: int, address: str) -> None:
+        self.owner = owner
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: collections.deque[eraftpb.Message] = collections.deque()
+        self.has_data = asyncio.Event()
+        self.reachable = True
+        self.channel: grpc.aio.Channel | None = None
+        self.snapshot_task: asyncio.Task[None] | None = None
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"peer-sender-{peer_id}"
+        )
+
+    def enqueue(self, msg: eraftpb.Message) -> None:
+        if len(self.queue) >= self.owner.queue_messages_max:
+            self.queue.popleft()
+            self.owner.metrics.peer_dropped.labels(str(self.peer_id)).inc()
+        self.queue.append(msg)
+        self.has_data.set()
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return self.channel
+
+    def _take_batch(self) -> peer_pb2.MessageBatch:
+        batch = peer_pb2.MessageBatch(
+            cluster_id=self.owner.cluster_id(), from_id=self.owner.node_id,
+            from_address=self.owner.own_address,
+        )
+        size = 0
+        while self.queue and (size == 0 or size < self.owner.batch_bytes_max):
+            msg = self.queue.popleft()
+            size += msg.ByteSize()
+            batch.messages.append(msg)
+        self.owner.metrics.peer_queue_depth.labels(str(self.peer_id)).set(len(self.queue))
+        return batch
+
+    async def _run(self) -> None:
+        backoff_s = BACKOFF_MIN_S
+        while True:
+            await self.has_data.wait()
+            call = None
+            try:
+                stub = peer_pb2_grpc.PeerStub(self._channel())
+                call = stub.Send()
+                while True:
+                    if not self.queue:
+                        self.has_data.clear()
+                        await self.has_data.wait()
+                    await call.write(self._take_batch())
+                    if not self.reachable:
+                        self.reachable = True
+                        log.info("node %d: peer %d recovered at %s",
+                                 self.owner.node_id, self.peer_id, self.address)
+                    backoff_s = BACKOFF_MIN_S
+            except asyncio.CancelledError:
+                if call is not None:
+                    call.cancel()
+                raise
+            except Exception as e:  # any failure of the stream: report, back off, retry
+                if call is not None:
+                    call.cancel()
+                self.queue.clear()
+                self.owner.metrics.peer_queue_depth.labels(str(self.peer_id)).set(0)
+                self.owner.metrics.peer_unreachable.labels(str(self.peer_id)).inc()
+                self.owner.events.report_unreachable(self.peer_id)
+                if self.reachable:
+                    self.reachable = False
+                    log.warning("node %d: peer %d unreachable at %s: %s",
+                                self.owner.node_id, self.peer_id, self.address,
+                                _one_line(e))
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    def send_snapshot(self, msg: eraftpb.Message) -> None:
+        if self.snapshot_task is not None and not self.snapshot_task.done():
+            # One snapshot at a time; Raft asks again after report_snapshot(Failure).
+            self.owner.events.report_snapshot(self.peer_id, False)
+            return
+        self.snapshot_task = asyncio.get_running_loop().create_task(
+            self._send_snapshot(msg), name=f"snapshot-to-{self.peer_id}"
+        )
+
+    async def _send_snapshot(self, msg: eraftpb.Message) -> None:
+        ok = False
+        index = msg.snapshot.metadata.index
+        try:
+            chunks = self.owner.events.snapshot_chunks(msg)
+            stub = peer_pb2_grpc.PeerStub(self._channel())
+            reply = await stub.SendSnapshot(self._snapshot_stream(msg, chunks))
+            ok = reply.accepted
+            if ok:
+                log.info("node %d: snapshot at index %d sent to peer %d",
+                         self.owner.node_id, index, self.peer_id)
+            else:
+                log.warning("node %d: peer %d refused snapshot at index %d: %s",
+                            self.owner.node_id, self.peer_id, index, reply.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("node %d: sending snapshot at index %d to peer %d failed: %s",
+                        self.owner.node_id, index, self.peer_id, _one_line(e))
+        self.owner.metrics.snapshots_sent.labels("ok" if ok else "failed").inc()
+        self.owner.events.report_snapshot(self.peer_id, ok)
+
+    async def _snapshot_stream(
+        self, msg: eraftpb.Message, chunks: Iterator[bytes]
+    ) -> AsyncIterator[peer_pb2.SnapshotChunk]:
+        cluster_id, node_id = self.owner.cluster_id(), self.owner.node_id
+        yield peer_pb2.SnapshotChunk(cluster_id=cluster_id, from_id=node_id, message=msg)
+        while True:
+            # Chunks come from a LevelDB iterator: read them off the event loop.
+            data = await asyncio.to_thread(next, chunks, None)
+            if data is None:
+                break
+            yield peer_pb2.SnapshotChunk(cluster_id=cluster_id, from_id=node_id, data=data)
+        yield peer_pb2.SnapshotChunk(cluster_id=cluster_id, from_id=node_id, last=True)
+
+    async def close(self) -> None:
+        for task in (self.task, self.snapshot_task):
+            if task is not None:
+                task.cancel()
+        for task in (self.task, self.snapshot_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.channel is not None:
+            await self.channel.close()
+
+
+class PeerTransport:
+    """Routes outbound Raft messages to per-peer senders."""
+
+    def __init__(
+        self,
+        node_id: int,
+        own_address: str,
+        cluster_id: Callable[[], int],
+        events: TransportEvents,
+        metrics: NodeMetrics,
+        *,
+        queue_messages_max: int,
+        batch_bytes_max: int,
+    ) -> None:
+        assert queue_messages_max > 0 and batch_bytes_max > 0
+        self.node_id = node_id
+        self.own_address = own_address
+        self.cluster_id = cluster_id
+        self.events = events
+        self.metrics = metrics
+        self.queue_messages_max = queue_messages_max
+        self.batch_bytes_max = batch_bytes_max
+        self._peers: dict[int, _PeerSender] = {}
+        self._addresses: dict[int, str] = {}
+
+    def set_addresses(self, addresses: dict[int, str]) -> None:
+        """Make the set of peers exactly `addresses` (this node excluded)."""
+        wanted = {i: a for i, a in addresses.items() if i != self.node_id and a}
+        for peer_id in list(self._peers):
+            if wanted.get(peer_id) != self._peers[peer_id].address:
+                sender = self._peers.pop(peer_id)
+                asyncio.get_running_loop().create_task(sender.close())
+        self._addresses = wanted
+
+    def address_of(self, peer_id: int) -> str | None:
+        return self._addresses.get(peer_id)
+
+    def _sender(self, peer_id: int) -> _PeerSender | None:
+        sender = self._peers.get(peer_id)
+        if sender is None:
+            address = self._addresses.get(peer_id)
+            if address is None:
+                return None
+            sender = self._peers[peer_id] = _PeerSender(self, peer_id, address)
+        return sender
+
+    def send(self, messages: list[eraftpb.Message]) -> None:
+        for msg in messages:
+            sender = self._sender(msg.to)
+            if sender is None:
+                if msg.msg_type == eraftpb.MsgSnapshot:
+                    self.events.report_snapshot(msg.to, False)
+                else:
+                    self.events.report_unreachable(msg.to)
+                continue
+            if msg.msg_type == eraftpb.MsgSnapshot:
+                sender.send_snapshot(msg)
+            else:
+                sender.enqueue(msg)
+
+    async def close(self) -> None:
+        senders, self._peers = list(self._peers.values()), {}
+        await asyncio.gather(*(s.close() for s in senders), return_exceptions=True)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}".replace("\n", " ")
+    return (str(e) or type(e).__name__).replace("\n", " ")

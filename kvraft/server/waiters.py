@@ -1,0 +1,82 @@
+"""Waiters: the futures that client calls await while Raft works for them.
+
+Every waiter ends exactly once — with its result, or with a `NodeError` carrying the
+gRPC status the client gets — and is removed from every index when it ends, so nothing
+leaks however the call ends (applied, dropped, truncated, deadline, cancel, shutdown).
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+
+class NodeError(Exception):
+    """A request failed with a gRPC status code (SPEC §2)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def unavailable(message: str) -> NodeError:
+    return NodeError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def _new_future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class Proposal:
+    """A write (or member change) waiting for its entry to be applied on this node."""
+
+    request_id: int
+    data: bytes = b""
+    conf_change: Any = None            # eraftpb.ConfChange for member changes
+    future: asyncio.Future[Any] = field(default_factory=_new_future)
+    index: int = 0                     # log index, known when proposed on the leader
+
+    def resolve(self, result: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, error: NodeError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+            # Nobody may await a failed waiter (its call was cancelled): mark the
+            # exception retrieved so asyncio does not warn.
+            self.future.exception()
+
+
+@dataclass(eq=False)
+class ReadWaiter:
+    """A linearizable read waiting for ReadIndex and then for applied >= that index."""
+
+    future: asyncio.Future[None] = field(default_factory=_new_future)
+
+    def resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, error: NodeError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()
+
+
+@dataclass(eq=False)
+class ReadRound:
+    """One ReadIndex request (thesis §6.4) shared by every read queued before it."""
+
+    context: bytes
+    waiters: list[ReadWaiter]
+    issued_tick: int
+    index: int = -1                    # set when the ReadState arrives
+
+    def live(self) -> list[ReadWaiter]:
+        self.waiters = [w for w in self.waiters if not w.future.done()]
+        return self.waiters

@@ -1,0 +1,343 @@
+"""A reusable harness for clusters of real `kvraft serve` processes on loopback.
+
+    with LocalCluster.start(3) as cluster:      # or the `cluster3` fixture
+        leader = cluster.wait_leader()
+        cluster.kv(leader).Put(pb.PutRequest(key=b"k", value=b"v"), timeout=5)
+        cluster.kill9(leader)                    # SIGKILL by PID
+        cluster.wait_leader(exclude={leader})
+        cluster.restart(leader)
+
+Every node gets free loopback ports (bound to port 0 by the harness), its own data
+directory under one temp dir, and a log file (`cluster.log_tail(id)`). `close()` —
+called by the context manager even when a test fails — resumes paused nodes, kills
+every process it started (by PID) and removes the temp dir.
+
+Nodes start with `kvraft serve` when the CLI provides it, else `python -m kvraft.server`
+(same flags). Set KVRAFT_TEST_TICK_S to change the tick interval of test nodes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from kvraft.proto import kvraft_pb2 as pb
+from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+START_TIMEOUT_S = 30.0
+LEADER_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+RPC_TIMEOUT_S = 5.0
+POLL_INTERVAL_S = 0.05
+
+
+class ClusterError(AssertionError):
+    """A harness wait timed out or a node misbehaved; the message carries log tails."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    """`kvraft serve` through the CLI module when it has one, else the server's own."""
+    try:
+        import kvraft.cli as cli
+
+        group = getattr(cli, "cli", None) or getattr(cli, "main", None)
+        commands = getattr(group, "commands", {})
+        if "serve" in commands:
+            return [sys.executable, "-c",
+                    "import sys; from kvraft.cli import main; sys.exit(main())", "serve"]
+    except Exception:
+        pass
+    return [sys.executable, "-m", "kvraft.server"]
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
+               on_timeout: Callable[[], str] | None = None) -> T:
+    """Poll `condition` until it returns something truthy; raise after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (grpc.RpcError, OSError) as e:
+            last_error = e
+        if time.monotonic() >= deadline:
+            detail = on_timeout() if on_timeout else ""
+            raise ClusterError(f"timed out after {timeout_s}s waiting for {what}"
+                               f" (last error: {last_error})\n{detail}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+@dataclass
+class NodeProcess:
+    """One node: its identity, addresses, data dir and (when running) its process."""
+
+    id: int
+    data_dir: Path
+    client_address: str
+    peer_address: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    channel: grpc.Channel | None = None
+    starts: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def grpc_channel(self) -> grpc.Channel:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.client_address)
+        return self.channel
+
+    def close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+
+class LocalCluster:
+    def __init__(self, root: Path, tick_s: float | None = None,
+                 extra_args: Iterable[str] = ()) -> None:
+        self.root = root
+        self.nodes: dict[int, NodeProcess] = {}
+        self.initial_cluster: dict[int, str] = {}
+        self.tick_s = tick_s if tick_s is not None else float(
+            os.environ.get("KVRAFT_TEST_TICK_S", "0.05"))
+        self.extra_args = list(extra_args)
+        self.command = serve_command()
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, n: int, **kwargs: Any) -> Iterator[LocalCluster]:
+        root = Path(tempfile.mkdtemp(prefix="kvraft-cluster-"))
+        cluster = cls(root, **kwargs)
+        try:
+            for node_id in range(1, n + 1):
+                cluster.define(node_id)
+            cluster.initial_cluster = {i: nd.peer_address for i, nd in cluster.nodes.items()}
+            for node_id in cluster.nodes:
+                cluster.launch(node_id)
+            for node_id in cluster.nodes:
+                cluster.wait_serving(node_id)
+            yield cluster
+        finally:
+            cluster.close()
+
+    def define(self, node_id: int) -> NodeProcess:
+        assert node_id not in self.nodes, f"node {node_id} already defined"
+        node_dir = self.root / f"node{node_id}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        node = NodeProcess(
+            id=node_id,
+            data_dir=node_dir / "data",
+            client_address=f"127.0.0.1:{free_port()}",
+            peer_address=f"127.0.0.1:{free_port()}",
+            log_path=node_dir / "node.log",
+        )
+        self.nodes[node_id] = node
+        return node
+
+    def launch(self, node_id: int, *, join: bool = False, extra_args: Iterable[str] = ()) -> None:
+        node = self.nodes[node_id]
+        assert not node.running(), f"node {node_id} is already running"
+        initial = self.initial_cluster or {node_id: node.peer_address}
+        args = [
+            *self.command,
+            "--id", str(node_id),
+            "--data-dir", str(node.data_dir),
+            "--listen", node.client_address,
+            "--peer-listen", node.peer_address,
+            "--initial-cluster", ",".join(f"{i}={a}" for i, a in sorted(initial.items())),
+            *(["--join"] if join else []),
+            *self.extra_args, *extra_args, *node.extra_args,
+        ]
+        env = dict(os.environ)
+        env["KVRAFT_TICK_INTERVAL"] = str(self.tick_s)
+        with open(node.log_path, "ab") as log_file:
+            log_file.write(f"=== start #{node.starts + 1}: {' '.join(args)}\n".encode())
+            log_file.flush()
+            node.proc = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )
+        node.starts += 1
+        node.paused = False
+
+    # -------------------------------------------------------------- process control
+    def wait_serving(self, node_id: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        node = self.nodes[node_id]
+
+        def up() -> bool:
+            if not node.running():
+                code = node.proc.returncode if node.proc else None
+                raise ClusterError(f"node {node_id} exited with {code}:\n{self.log_tail(node_id)}")
+            self.status(node_id, timeout_s=1.0)
+            return True
+
+        wait_until(up, timeout_s, f"node {node_id} to serve", lambda: self.log_tail(node_id))
+
+    def kill9(self, node_id: int) -> None:
+        """SIGKILL by PID: no clean shutdown, like a power cut of the process."""
+        node = self.nodes[node_id]
+        assert node.proc is not None
+        node.close_channel()
+        if node.running():
+            os.kill(node.proc.pid, signal.SIGKILL)
+        node.proc.wait(timeout=STOP_TIMEOUT_S)
+        node.paused = False
+
+    def terminate(self, node_id: int, sig: int = signal.SIGTERM) -> int:
+        """A clean stop (SIGTERM/SIGINT); returns the exit code."""
+        node = self.nodes[node_id]
+        assert node.proc is not None
+        node.close_channel()
+        if node.paused:
+            self.resume(node_id)
+        if node.running():
+            os.kill(node.proc.pid, sig)
+        try:
+            return node.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(timeout=STOP_TIMEOUT_S)
+            raise ClusterError(
+                f"node {node_id} ignored signal {sig}:\n{self.log_tail(node_id)}") from None
+
+    def pause(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        assert node.running()
+        os.kill(node.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        node.paused = True
+
+    def resume(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.paused and node.running():
+            os.kill(node.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        node.paused = False
+
+    def restart(self, node_id: int, *, join: bool = False, wait: bool = True) -> None:
+        node = self.nodes[node_id]
+        if node.running():
+            self.kill9(node_id)
+        self.launch(node_id, join=join)
+        if wait:
+            self.wait_serving(node_id)
+
+    def wipe(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        assert not node.running(), "stop the node before wiping its data"
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+
+    def running_ids(self) -> list[int]:
+        return [i for i, n in sorted(self.nodes.items()) if n.running() and not n.paused]
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.close_channel()
+            if node.proc is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                if node.paused:
+                    os.kill(node.proc.pid, signal.SIGCONT)
+                if node.proc.poll() is None:
+                    os.kill(node.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=STOP_TIMEOUT_S)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ clients
+    def kv(self, node_id: int) -> pb_grpc.KVStub:
+        return pb_grpc.KVStub(self.nodes[node_id].grpc_channel())
+
+    def cluster_stub(self, node_id: int) -> pb_grpc.ClusterStub:
+        return pb_grpc.ClusterStub(self.nodes[node_id].grpc_channel())
+
+    def status(self, node_id: int, timeout_s: float = RPC_TIMEOUT_S) -> pb.StatusResponse:
+        return self.cluster_stub(node_id).Status(pb.StatusRequest(), timeout=timeout_s)
+
+    def put(self, node_id: int, key: bytes, value: bytes, timeout_s: float = RPC_TIMEOUT_S) -> None:
+        self.kv(node_id).Put(pb.PutRequest(key=key, value=value), timeout=timeout_s)
+
+    def get(self, node_id: int, key: bytes, *, serializable: bool = False,
+            timeout_s: float = RPC_TIMEOUT_S) -> bytes | None:
+        consistency = pb.SERIALIZABLE if serializable else pb.LINEARIZABLE
+        r = self.kv(node_id).Get(pb.GetRequest(key=key, consistency=consistency), timeout=timeout_s)
+        return r.value if r.found else None
+
+    def leader_views(self, ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Each reachable node's view of the leader (0 = none)."""
+        views = {}
+        for node_id in ids if ids is not None else self.running_ids():
+            try:
+                views[node_id] = self.status(node_id, timeout_s=1.0).header.leader_id
+            except grpc.RpcError:
+                views[node_id] = -1
+        return views
+
+    def wait_leader(self, ids: Iterable[int] | None = None, *, exclude: Iterable[int] = (),
+                    timeout_s: float = LEADER_TIMEOUT_S) -> int:
+        """Wait until every node in `ids` (default: all running) agrees on one leader,
+        not in `exclude`, and that leader says it leads; return its id."""
+        excluded = set(exclude)
+
+        def agreed() -> int | None:
+            members = [i for i in (ids if ids is not None else self.running_ids())
+                       if i not in excluded]
+            views = self.leader_views(members)
+            leaders = set(views.values())
+            if len(leaders) != 1:
+                return None
+            (leader,) = leaders
+            if leader <= 0 or leader in excluded or leader not in self.nodes:
+                return None
+            if self.status(leader, timeout_s=1.0).role != "leader":
+                return None
+            return leader
+
+        return wait_until(agreed, timeout_s, "an agreed leader",
+                          lambda: f"views: {self.leader_views()}\n{self.all_log_tails()}")
+
+    def wait_applied(self, node_id: int, index: int, timeout_s: float = LEADER_TIMEOUT_S) -> None:
+        wait_until(lambda: self.status(node_id, timeout_s=1.0).header.applied_index >= index,
+                   timeout_s, f"node {node_id} to apply index {index}",
+                   lambda: self.log_tail(node_id))
+
+    # ------------------------------------------------------------------ logs
+    def log_tail(self, node_id: int, lines: int = 40) -> str:
+        path = self.nodes[node_id].log_path
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"(no log for node {node_id})"
+        return f"--- node {node_id} log tail ---\n" + "\n".join(text)
+
+    def all_log_tails(self, lines: int = 20) -> str:
+        return "\n".join(self.log_tail(i, lines) for i in sorted(self.nodes))
