@@ -15,7 +15,12 @@ from kvraft.raft.errors import (
     StorageError,
     UnavailableError,
 )
+from kvraft.raft.raft import Raft, StateRole
+from kvraft.raft.raw_node import LightReady, RawNode, Ready, SnapshotStatus
+from kvraft.raft.read_only import ReadState
+from kvraft.raft.status import SoftState, Status
 from kvraft.raft.storage import MemStorage, RaftState, Storage
+from kvraft.raft.tracker import ProgressState
 
 __all__ = [
     "NO_LIMIT",
@@ -23,14 +28,24 @@ __all__ = [
     "ConfChangeError",
     "Config",
     "ConfigInvalid",
+    "LightReady",
     "LogTemporarilyUnavailableError",
     "MemStorage",
+    "ProgressState",
     "ProposalDropped",
+    "Raft",
     "RaftError",
     "RaftState",
+    "RawNode",
     "ReadOnlyOption",
+    "ReadState",
+    "Ready",
     "SnapshotOutOfDateError",
+    "SnapshotStatus",
     "SnapshotTemporarilyUnavailableError",
+    "SoftState",
+    "StateRole",
+    "Status",
     "StepLocalMsg",
     "StepPeerNotFound",
     "Storage",
