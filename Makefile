@@ -47,8 +47,12 @@ SEEDS ?= 1000
 sim: install
 	@echo "make sim: the randomized simulation has not landed yet (issue: Raft core)"; exit 1
 
+# A local cluster on loopback in the foreground; data and logs in $(RUN_DIR) (reused by the
+# next run). Ctrl-C stops every node.
+RUN_DIR ?= .run
+NODES ?= 5
 run: install
-	@echo "make run: the node has not landed yet (issue: kvraft node)"; exit 1
+	@$(PY) -m kvraft.devcluster --nodes $(NODES) --dir $(RUN_DIR)
 
 # Every tests/bench/bench_*.py is a standalone benchmark script that prints a table.
 bench: install

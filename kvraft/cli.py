@@ -207,7 +207,8 @@ def cli() -> None:
               default=None, help="Founding members' peer addresses, this node's included; "
               "read only when the data dir is new. [default: ID=PEER-LISTEN, one node]")
 @click.option("--join", is_flag=True, envvar="KVRAFT_JOIN",
-              help="Start empty and wait to be added with `kvraft member add`.")
+              help="Start empty and wait to be added with `kvraft member add` "
+              "(--initial-cluster then need not list this node).")
 @click.option("--metrics-listen", type=ADDRESS, envvar="KVRAFT_METRICS_LISTEN", default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
@@ -217,16 +218,23 @@ def cli() -> None:
 @click.option("--advertise-peer", type=ADDRESS, envvar="KVRAFT_ADVERTISE_PEER", default=None,
               help="Peer address others dial. [default: this node's --initial-cluster "
               "entry, else --peer-listen]")
+@click.option("--tick-interval", type=click.FloatRange(min=0.001, max=10.0),
+              envvar="KVRAFT_TICK_INTERVAL", default=0.1, show_default=True,
+              metavar="SECONDS", help="Raft tick; elections fire after 10-20 ticks.")
+@click.option("--snapshot-entries", type=click.IntRange(min=1), envvar="KVRAFT_SNAPSHOT_ENTRIES",
+              default=10_000, show_default=True,
+              help="Snapshot and compact the log after this many applied entries.")
+@click.option("--snapshot-keep-entries", type=click.IntRange(min=0),
+              envvar="KVRAFT_SNAPSHOT_KEEP_ENTRIES", default=1_000, show_default=True,
+              help="Log entries kept behind a snapshot for slow followers.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
-          log_level: str, advertise_client: str | None, advertise_peer: str | None) -> int:
+          log_level: str, advertise_client: str | None, advertise_peer: str | None,
+          tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
     ./kvraft-data."""
-    if join and initial_cluster is not None:
-        raise click.UsageError("--join and --initial-cluster are mutually exclusive: a "
-                               "joining node learns the members from the cluster")
     if listen == peer_listen:
         raise click.UsageError(f"--listen and --peer-listen must differ (both {listen})")
     if metrics_listen is not None and metrics_listen in (listen, peer_listen):
@@ -234,7 +242,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
                                "--listen or --peer-listen")
     if initial_cluster is None:
         initial_cluster = {} if join else {node_id: advertise_peer or peer_listen}
-    elif node_id not in initial_cluster:
+    elif not join and node_id not in initial_cluster:
         raise click.UsageError(f"--initial-cluster does not list this node's id {node_id} "
                                "(pass --join to join an existing cluster)")
     try:
@@ -246,6 +254,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         initial_cluster=initial_cluster, join=join, metrics_listen=metrics_listen,
         log_level=log_level.upper(), advertise_client=advertise_client,
         advertise_peer=advertise_peer or initial_cluster.get(node_id),
+        tick_interval_s=tick_interval, snapshot_entries=snapshot_entries,
+        snapshot_keep_entries=snapshot_keep_entries,
     )
     try:
         config.validate()
