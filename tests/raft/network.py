@@ -33,7 +33,6 @@ from kvraft.raft import (
 
 if TYPE_CHECKING:
     from kvraft.raft.raft import Raft
-
     from kvraft.raft.storage import RaftState
 
 # Bounds on every loop the harness runs, so a livelock fails a test instead of hanging it.
@@ -74,13 +73,29 @@ class StateMachine:
 
     Not durable on its own: after a crash it is rebuilt from the storage's snapshot
     and by re-applying the committed log, as an application without its own durable
-    state machine would.
+    state machine would. For the same reason the storage's ConfState is only ever the
+    configuration as of its snapshot (set when compacting or installing a snapshot):
+    a restarted RawNode starts from it and re-applies the later conf-change entries.
     """
 
     # (index, term, entry type, data) of every applied entry, contiguous from base_index + 1
     applied: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     base_index: int = 0  # index covered by the snapshot this state was restored from
     conf_state: eraftpb.ConfState = field(default_factory=eraftpb.ConfState)
+    # (index, configuration from that index on), for compacting below the applied index
+    conf_history: list[tuple[int, eraftpb.ConfState]] = field(default_factory=list)
+
+    def set_conf(self, index: int, cs: eraftpb.ConfState) -> None:
+        self.conf_history.append((index, self.conf_state))
+        self.conf_state = cs
+
+    def conf_at(self, index: int) -> eraftpb.ConfState:
+        """The configuration in force once `index` is applied."""
+        assert index <= self.applied_index
+        for changed_at, before in self.conf_history:
+            if changed_at > index:
+                return before
+        return self.conf_state
 
     @property
     def applied_index(self) -> int:
@@ -189,9 +204,13 @@ class SimStorage:
         assert self.mem.first_index() == index + 1
         for i in [i for i in self.mirror if i <= index]:
             del self.mirror[i]
-        self.snap_data = sm.encode()
+        cs = sm.conf_at(index)
+        self.mem.set_conf_state(cs)  # a restart resumes from the snapshot's configuration
+        self.snap_data = StateMachine(
+            applied=[a for a in sm.applied if a[0] <= index], base_index=sm.base_index
+        ).encode()
         self.snap_meta = eraftpb.SnapshotMetadata(index=index, term=term)
-        self.snap_meta.conf_state.CopyFrom(sm.conf_state)
+        self.snap_meta.conf_state.CopyFrom(cs)
 
     def hard_state(self) -> eraftpb.HardState:
         return self.mem.initial_state().hard_state
@@ -294,6 +313,7 @@ class Network:
         self.sent: list[eraftpb.Message] = []  # every message handed to the network
         self.record_sent = True
         self.applied_hooks: list[Callable[[SimNode, eraftpb.Entry], None]] = []
+        self.batch_hooks: list[Callable[[SimNode, list[eraftpb.Entry]], None]] = []
         self.restore_hooks: list[Callable[[SimNode, StateMachine], None]] = []
         self.step_errors: list[tuple[int, Exception]] = []
         cs = conf_state(voters, learners)
@@ -529,6 +549,10 @@ class Network:
         return True
 
     def _apply(self, node: SimNode, entries: Iterable[eraftpb.Entry]) -> None:
+        entries = list(entries)
+        if entries:
+            for batch_hook in self.batch_hooks:
+                batch_hook(node, entries)
         for e in entries:
             sm = node.sm
             if e.index <= sm.applied_index:
@@ -542,13 +566,11 @@ class Network:
             if e.entry_type == eraftpb.EntryConfChange:
                 cc = eraftpb.ConfChange()
                 cc.ParseFromString(e.data)
-                sm.conf_state = node.raw.apply_conf_change(cc)
-                node.storage.set_conf_state(sm.conf_state)
+                sm.set_conf(e.index, node.raw.apply_conf_change(cc))
             elif e.entry_type == eraftpb.EntryConfChangeV2:
                 cc2 = eraftpb.ConfChangeV2()
                 cc2.ParseFromString(e.data)
-                sm.conf_state = node.raw.apply_conf_change(cc2)
-                node.storage.set_conf_state(sm.conf_state)
+                sm.set_conf(e.index, node.raw.apply_conf_change(cc2))
             sm.applied.append((e.index, e.term, int(e.entry_type), bytes(e.data)))
             for hook in self.applied_hooks:
                 hook(node, e)
