@@ -197,6 +197,7 @@ class Raft:
         self.read_only = ReadOnly(config.read_only_option)
         self.pending_read_index_messages: list[eraftpb.Message] = []
         self.uncommitted_state = UncommittedState(config.max_uncommitted_size)
+        self.bcast_append_pending: bool = False
 
         conf_state = raft_state.conf_state
         confchange.restore(self.prs, self.raft_log.last_index(), conf_state)
@@ -353,6 +354,19 @@ class Raft:
             m.context = ctx
         self.send(m)
 
+    def request_bcast_append(self) -> None:
+        """Send appends to every peer, but only when the application next collects
+        messages (RawNode.ready / has_ready): proposals and commit updates arriving
+        in between then travel together, one MsgAppend per peer instead of one per
+        event (the effect of batch_append, without waiting for a queued message)."""
+        self.bcast_append_pending = True
+
+    def flush_pending_appends(self) -> None:
+        if self.bcast_append_pending:
+            self.bcast_append_pending = False
+            if self.state is StateRole.Leader:
+                self.bcast_append()
+
     def bcast_append(self) -> None:
         self_id = self.id
         for peer_id in self.prs.progress:
@@ -400,7 +414,7 @@ class Raft:
             self.pending_conf_index = self.raft_log.last_index()
             self.logger.info("initiating automatic transition out of joint configuration %r",
                              self.prs.conf)
-            self.bcast_append()
+            self.request_bcast_append()
 
     def append_entry(self, es: list[eraftpb.Entry]) -> bool:
         """Leader: give entries our term and the next indexes and append them. The
@@ -426,7 +440,7 @@ class Raft:
             # §10.2.1: the leader's own copy counts towards a quorum once it is durable.
             if (pr is not None and pr.maybe_update(index) and self.maybe_commit()
                     and self.should_bcast_commit()):
-                self.bcast_append()
+                self.request_bcast_append()
 
     def on_persist_snap(self, index: int) -> None:
         self.raft_log.maybe_persist_snap(index)
@@ -446,6 +460,7 @@ class Raft:
         self.read_only = ReadOnly(self.read_only.option)
         self.pending_read_index_messages = []
         self.pending_request_snapshot = INVALID_INDEX
+        self.bcast_append_pending = False
         log = self.raft_log
         next_idx = log.last_index() + 1
         self_id = self.id
@@ -604,7 +619,7 @@ class Raft:
                 self.campaign(CAMPAIGN_ELECTION)
             else:
                 self.become_leader()
-                self.bcast_append()
+                self.request_bcast_append()
         elif result is VoteResult.Lost:
             # A pre-vote rejection may carry a future term; stay at ours.
             self.become_follower(self.term, INVALID_ID)
@@ -797,7 +812,7 @@ class Raft:
                 self.pending_conf_index = self.raft_log.last_index() + i + 1
         if not self.append_entry(entries):
             raise ProposalDropped("the uncommitted size limit is reached")
-        self.bcast_append()
+        self.request_bcast_append()
 
     def handle_read_index(self, m: eraftpb.Message) -> None:
         if not self.commit_to_current_term():
@@ -878,7 +893,7 @@ class Raft:
             pr.ins.free_to(m.index)
         if self.maybe_commit():
             if self.should_bcast_commit():
-                self.bcast_append()
+                self.request_bcast_append()
         elif old_paused:
             # It may have missed our commit index while paused.
             self.send_append(m.from_)
@@ -1170,7 +1185,7 @@ class Raft:
             return cs
         if self.maybe_commit():
             # The quorum changed and moved the commit index: tell everyone.
-            self.bcast_append()
+            self.request_bcast_append()
         else:
             # New peers need the log; others may have missed nothing, but probing is
             # cheap and empty sends are suppressed.

@@ -50,15 +50,16 @@ class RaftLog:
 
     # --- positions ------------------------------------------------------------------
     def first_index(self) -> int:
-        idx = self.unstable.maybe_first_index()
-        return idx if idx is not None else self.store.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.metadata.index + 1
+        return self.store.first_index()
 
     def last_index(self) -> int:
+        # The unstable part always starts right after the last durable entry (or the
+        # unstable snapshot), so it alone determines the last index.
         unstable = self.unstable
-        if unstable.entries:
-            return unstable.offset + len(unstable.entries) - 1
-        idx = unstable.maybe_last_index()
-        return idx if idx is not None else self.store.last_index()
+        return unstable.offset + len(unstable.entries) - 1
 
     def term(self, idx: int) -> int:
         """Term of the entry at `idx`; 0 outside [first_index - 1, last_index].
@@ -66,15 +67,16 @@ class RaftLog:
         Raises CompactedError if Storage compacted `idx` away meanwhile.
         """
         unstable = self.unstable
-        # Fast path: the unstable tail, where the leader's recent entries live.
         pos = idx - unstable.offset
-        if 0 <= pos < len(unstable.entries):
-            return unstable.entries[pos].term
-        if idx < self.first_index() - 1 or idx > self.last_index():
+        if pos >= 0:
+            # The unstable tail (where a leader's recent entries live), or past the end.
+            entries = unstable.entries
+            return entries[pos].term if pos < len(entries) else 0
+        snap = unstable.snapshot
+        if snap is not None:
+            return snap.metadata.term if idx == snap.metadata.index else 0
+        if idx < self.store.first_index() - 1:
             return 0
-        term = unstable.maybe_term(idx)
-        if term is not None:
-            return term
         return self.store.term(idx)
 
     def term_or_zero(self, idx: int) -> int:

@@ -266,6 +266,7 @@ class RawNode:
     # --- output -----------------------------------------------------------------------
     def has_ready(self) -> bool:
         raft = self.raft
+        raft.flush_pending_appends()
         if raft.msgs or raft.read_states:
             return True
         log = raft.raft_log
@@ -281,6 +282,7 @@ class RawNode:
     def ready(self) -> Ready:
         """The next batch of work. Call `advance*` with it before the next `ready()`."""
         raft = self.raft
+        raft.flush_pending_appends()
         log = raft.raft_log
         self._max_number += 1
         rd = Ready(self._max_number)
@@ -358,6 +360,7 @@ class RawNode:
 
     def _gen_light_ready(self) -> LightReady:
         raft = self.raft
+        raft.flush_pending_appends()
         light = LightReady()
         committed = raft.raft_log.next_entries_since(self._commit_since_index,
                                                      raft.max_committed_size_per_ready)
