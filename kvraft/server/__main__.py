@@ -5,7 +5,6 @@ kept for debugging the server without the CLI layer."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .config import NodeConfig, ServeError
@@ -32,10 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--join", action="store_true")
     p.add_argument("--metrics-listen")
     p.add_argument("--log-level", default="INFO")
-    p.add_argument("--tick-interval", type=float,
-                   default=float(os.environ.get("KVRAFT_TICK_INTERVAL", "0.1")))
-    p.add_argument("--snapshot-entries", type=int, default=10_000)
-    p.add_argument("--snapshot-keep-entries", type=int, default=1_000)
     args = p.parse_args(argv)
     try:
         config = NodeConfig(
@@ -43,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
             peer_listen=args.peer_listen,
             initial_cluster=parse_initial_cluster(args.initial_cluster),
             join=args.join, metrics_listen=args.metrics_listen, log_level=args.log_level,
-            tick_interval_s=args.tick_interval, snapshot_entries=args.snapshot_entries,
-            snapshot_keep_entries=args.snapshot_keep_entries,
         )
         return run_node(config)
     except ServeError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def cluster_id_for(initial_cluster: dict[int, str]) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise ServeError(f"{name} must be a number") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise ServeError(f"{name} must be an integer") from None
+
+
 @dataclass
 class NodeConfig:
     """Everything one `kvraft serve` process needs; see docs/INTERFACES.md."""
@@ -65,15 +80,20 @@ class NodeConfig:
     # Raft timing. Thesis §3.4: the election timeout must be well above the broadcast
     # time; with 100 ms ticks an election fires after 1-2 s of silence, which rides out
     # a loaded 2-core machine without needless elections.
-    tick_interval_s: float = 0.1
+    # KVRAFT_TICK_INTERVAL / KVRAFT_SNAPSHOT_ENTRIES / KVRAFT_SNAPSHOT_KEEP_ENTRIES
+    # override the defaults (tests use short ticks and early compaction).
+    tick_interval_s: float = field(
+        default_factory=lambda: _env_float("KVRAFT_TICK_INTERVAL", 0.1))
     election_tick: int = 10
     heartbeat_tick: int = 2
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MIB
     max_batch_bytes: int = 4 * MIB
     default_deadline_s: float = 5.0
-    snapshot_entries: int = 10_000
-    snapshot_keep_entries: int = 1_000
+    snapshot_entries: int = field(
+        default_factory=lambda: _env_int("KVRAFT_SNAPSHOT_ENTRIES", 10_000))
+    snapshot_keep_entries: int = field(
+        default_factory=lambda: _env_int("KVRAFT_SNAPSHOT_KEEP_ENTRIES", 1_000))
     snapshot_chunk_bytes: int = MIB
     peer_queue_messages_max: int = 4096
     peer_batch_bytes_max: int = 16 * MIB

@@ -105,6 +105,7 @@ class Node:
         self._leader_id = 0
         self._role = self.raw.raft.state
         self._published = False
+        self._next_publish_tick = 0
         self._last_compact_index = 0
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -555,9 +556,9 @@ class Node:
         if role != self._role:
             if role == StateRole.Leader:
                 log.info("node %d: election won, leader at term %d", self.id, term)
-            elif self._role in (StateRole.Candidate, StateRole.PreCandidate):
-                log.info("node %d: election lost or abandoned at term %d, now %s",
-                         self.id, term, ROLE_NAMES.get(role, role))
+            elif self._role in (StateRole.Candidate, StateRole.PreCandidate) and \
+                    role == StateRole.Follower:
+                log.info("node %d: election lost at term %d", self.id, term)
             elif self._role == StateRole.Leader:
                 log.info("node %d: stepped down at term %d", self.id, term)
             self._role = role
@@ -623,8 +624,12 @@ class Node:
         peer addresses only; an operator may restart a node with a new --listen)."""
         if self._published or self._leader_id == 0 or self._stopping:
             return
-        if self._tick_count % max(1, self.config.election_tick) != 0:
+        if self._tick_count < self._next_publish_tick:
             return
+        # Founding members publish at once; retries (another member change was in
+        # the way) are spread out with jitter so the members do not collide again.
+        self._next_publish_tick = self._tick_count + self.config.election_tick + \
+            secrets.randbelow(self.config.election_tick)
         if self.id not in self._conf_ids:
             return
         mine = next((m for m in self.store.sm.members() if m.id == self.id), None)

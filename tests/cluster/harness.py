@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class NodeProcess:
     data_dir: Path
     client_address: str
     peer_address: str
+    metrics_address: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
@@ -124,13 +126,14 @@ class NodeProcess:
 
 class LocalCluster:
     def __init__(self, root: Path, tick_s: float | None = None,
-                 extra_args: Iterable[str] = ()) -> None:
+                 extra_args: Iterable[str] = (), env: dict[str, str] | None = None) -> None:
         self.root = root
         self.nodes: dict[int, NodeProcess] = {}
         self.initial_cluster: dict[int, str] = {}
         self.tick_s = tick_s if tick_s is not None else float(
             os.environ.get("KVRAFT_TEST_TICK_S", "0.05"))
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.command = serve_command()
 
     # -------------------------------------------------------------- construction
@@ -160,6 +163,7 @@ class LocalCluster:
             data_dir=node_dir / "data",
             client_address=f"127.0.0.1:{free_port()}",
             peer_address=f"127.0.0.1:{free_port()}",
+            metrics_address=f"127.0.0.1:{free_port()}",
             log_path=node_dir / "node.log",
         )
         self.nodes[node_id] = node
@@ -175,12 +179,14 @@ class LocalCluster:
             "--data-dir", str(node.data_dir),
             "--listen", node.client_address,
             "--peer-listen", node.peer_address,
-            "--initial-cluster", ",".join(f"{i}={a}" for i, a in sorted(initial.items())),
-            *(["--join"] if join else []),
+            "--metrics-listen", node.metrics_address,
+            *(["--join"] if join else [
+                "--initial-cluster", ",".join(f"{i}={a}" for i, a in sorted(initial.items()))]),
             *self.extra_args, *extra_args, *node.extra_args,
         ]
         env = dict(os.environ)
         env["KVRAFT_TICK_INTERVAL"] = str(self.tick_s)
+        env.update(self.env)
         with open(node.log_path, "ab") as log_file:
             log_file.write(f"=== start #{node.starts + 1}: {' '.join(args)}\n".encode())
             log_file.flush()
@@ -280,6 +286,11 @@ class LocalCluster:
     def cluster_stub(self, node_id: int) -> pb_grpc.ClusterStub:
         return pb_grpc.ClusterStub(self.nodes[node_id].grpc_channel())
 
+    def metrics_text(self, node_id: int, timeout_s: float = RPC_TIMEOUT_S) -> str:
+        url = f"http://{self.nodes[node_id].metrics_address}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.read().decode()
+
     def status(self, node_id: int, timeout_s: float = RPC_TIMEOUT_S) -> pb.StatusResponse:
         return self.cluster_stub(node_id).Status(pb.StatusRequest(), timeout=timeout_s)
 
@@ -341,3 +352,16 @@ class LocalCluster:
 
     def all_log_tails(self, lines: int = 20) -> str:
         return "\n".join(self.log_tail(i, lines) for i in sorted(self.nodes))
+
+
+def retry_unavailable(fn: Callable[[], T], timeout_s: float = LEADER_TIMEOUT_S) -> T:
+    """Call `fn` until it does not fail with UNAVAILABLE (a leader election on a loaded
+    machine); any other error, or UNAVAILABLE past `timeout_s`, propagates."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                raise
+        time.sleep(POLL_INTERVAL_S)
