@@ -4,6 +4,8 @@ codes for bad input, health, reflection, metrics, leader transfer, and leader fa
 The tests share one cluster; the failover test runs last and leaves it whole again."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,7 +18,7 @@ from .harness import LocalCluster, retry_unavailable, wait_until
 pytestmark = pytest.mark.cluster
 
 
-def code_of(call) -> grpc.StatusCode:  # noqa: ANN001 - a bound stub method + args
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code()
