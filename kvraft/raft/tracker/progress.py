@@ -30,6 +30,11 @@ class ProgressState(enum.Enum):
     Snapshot = 2
 
 
+# Module-level aliases for the hot paths (no enum-class attribute lookup per call).
+_PROBE = ProgressState.Probe
+_REPLICATE = ProgressState.Replicate
+
+
 class Progress:
     """The leader's view of one peer (voter or learner)."""
 
@@ -142,10 +147,11 @@ class Progress:
 
     def update_state(self, last: int) -> None:
         """Account for an append whose last entry is `last` having just been sent."""
-        if self.state is ProgressState.Replicate:
-            self.optimistic_update(last)
+        state = self.state
+        if state is _REPLICATE:
+            self.next_idx = last + 1  # optimistic_update, inlined: hot path
             self.ins.add(last)
-        elif self.state is ProgressState.Probe:
+        elif state is _PROBE:
             # One probe at a time: wait for its answer (or the next heartbeat).
             self.pause()
         else:
@@ -187,10 +193,10 @@ class Progress:
     def is_paused(self) -> bool:
         """Whether the leader must hold appends to this peer for now."""
         state = self.state
-        if state is ProgressState.Probe:
-            return self.paused
-        if state is ProgressState.Replicate:
+        if state is _REPLICATE:
             return self.ins.full()
+        if state is _PROBE:
+            return self.paused
         return True  # Snapshot: wait for the snapshot's outcome
 
     def pause(self) -> None:

@@ -113,12 +113,20 @@ class ProgressTracker:
         both halves while joint). Learners' progress never counts (§4.2.1). The caller
         still checks the entry's term (§3.6.2)."""
         progress = self.progress
+        voters = self.conf.voters
+        incoming = voters.incoming.ids
+        if not voters.outgoing.ids and len(incoming) > 1 and progress.keys() >= incoming:
+            # Hot path (every append response on the leader): a simple majority, every
+            # voter tracked. Same rule as MajorityConfig.committed_index, inlined.
+            matched = sorted([progress[peer_id].matched for peer_id in incoming],
+                             reverse=True)
+            return matched[len(matched) // 2]
 
-        def matched(peer_id: int) -> int | None:
+        def acked(peer_id: int) -> int | None:
             pr = progress.get(peer_id)
             return pr.matched if pr is not None else None
 
-        return self.conf.voters.committed_index(matched)
+        return voters.committed_index(acked)
 
     def reset_votes(self) -> None:
         self.votes.clear()
