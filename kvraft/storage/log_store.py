@@ -268,9 +268,11 @@ class LevelDBStorage:
                 snapshot: eraftpb.Snapshot | None = None) -> None:
         """Make one Ready durable with a single synced write (group commit).
 
-        In order: apply `snapshot` (if its index > 0; raises SnapshotOutOfDateError if
-        it is older than the log's offset), truncate the suffix that conflicts with
-        `entries` and append them, set `hard_state`. Nothing to write, no fsync.
+        In order: apply `snapshot` (if its index > 0 and it is not the snapshot
+        `KVStateMachine.install_snapshot` just installed; raises SnapshotOutOfDateError
+        if it is not newer than the log's offset, as MemStorage does), truncate the
+        suffix that conflicts with `entries` and append them, set `hard_state`.
+        Nothing to write, no fsync.
         """
         has_snapshot = snapshot is not None and snapshot.metadata.index > 0
         if not entries and hard_state is None and not has_snapshot:
@@ -283,6 +285,8 @@ class LevelDBStorage:
                 hs.CopyFrom(self._hard_state)
             batch = self._db.write_batch(sync=True)
             snap_meta = None
+            if has_snapshot and self._is_installed(snapshot):
+                has_snapshot = False  # KVStateMachine.install_snapshot already applied it
             if has_snapshot:
                 assert snapshot is not None
                 snap_meta = snapshot.metadata
@@ -330,6 +334,15 @@ class LevelDBStorage:
                     self._sizes.extend(sizes)
                     self._log_bytes += sum(sizes)
                     self._cache.append(list(entries), sizes)
+
+    def _is_installed(self, snapshot: eraftpb.Snapshot | None) -> bool:
+        """The snapshot is the one the log already starts from: a state-machine
+        install applied it to the log together with the data."""
+        assert snapshot is not None
+        meta = snapshot.metadata
+        with self._lock:
+            return (meta.index, meta.term) == (self._offset_index, self._offset_term) == (
+                self._snapshot_meta.index, self._snapshot_meta.term) and not self._terms
 
     def compact(self, compact_index: int) -> None:
         """Drop the entries before `compact_index`, which becomes first_index().
