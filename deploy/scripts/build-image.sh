@@ -83,4 +83,9 @@ DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
   . >&2
 # The legacy builder keeps the build stage as an untagged image; drop it.
 docker image prune --force --filter label=org.kvraft.stage=build >/dev/null
+# Older builds are superseded; keep those a container still uses (rm refuses them).
+docker image ls --filter label=org.kvraft.source-hash --format '{{.Repository}}:{{.Tag}}' "$repo" |
+  while read -r old; do
+    [ "$old" = "$tag" ] || [ "$old" = "$repo:latest" ] || docker image rm "$old" >/dev/null 2>&1 || true
+  done
 echo "$tag"
