@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -245,6 +246,10 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     elif not join and node_id not in initial_cluster:
         raise click.UsageError(f"--initial-cluster does not list this node's id {node_id} "
                                "(pass --join to join an existing cluster)")
+    for flag, address in (("--listen", listen), ("--peer-listen", peer_listen),
+                          ("--metrics-listen", metrics_listen)):
+        if address is not None:
+            _check_bindable(flag, address)
     try:
         from kvraft.server import NodeConfig, ServeError, run_node
     except ImportError as e:
@@ -264,6 +269,27 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         raise CliError(_one_line(str(e))) from None
     except OSError as e:
         raise CliError(_one_line(f"cannot serve: {e}")) from None
+
+
+def _check_bindable(flag: str, address: str) -> None:
+    """Fail early, in one line and before the data dir is touched, when a listen
+    address is taken or not local. The node binds again for real (a port can still be
+    taken in between; the node then reports it)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return  # unresolvable here: let the node report it
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            probe.bind(sockaddr)
+        except OSError as e:
+            raise CliError(f"cannot listen on {flag} {address}: "
+                           f"{(e.strerror or str(e)).lower()}") from None
 
 
 # --------------------------------------------------------------------------- KV

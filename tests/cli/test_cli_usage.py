@@ -3,6 +3,8 @@ argument is ONE `error:` line on stderr with exit 2 — checked through the real
 script — and the pure helpers behind the parsing and the output."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from kvraft.cli import main, parse_initial_cluster
@@ -136,3 +138,15 @@ def test_escape_bytes(raw: bytes, shown: str) -> None:
 def test_format_table_aligns_columns() -> None:
     assert format_table(["ID", "ROLE"], [[1, "leader"], [10, "follower"]]).splitlines() == [
         "ID  ROLE", "1   leader", "10  follower"]
+
+
+def test_serve_on_a_taken_port_is_one_line_before_any_data_dir(tmp_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = run_kvraft("serve", "--peer-listen", taken, "--listen", "127.0.0.1:1",
+                            cwd=tmp_path)
+    line = assert_one_error_line(result, exit_code=1)
+    assert line.startswith("error: cannot listen on --") and "127.0.0.1:" in line
+    assert not (tmp_path / "kvraft-data").exists()
