@@ -63,6 +63,8 @@ def _free_ports(count: int) -> list[int]:
 def _port_free(address: str) -> bool:
     host, _, port = address.rpartition(":")
     with socket.socket() as s:
+        # As gRPC binds: connections of a just-stopped run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError:
