@@ -372,6 +372,11 @@ class Node:
             self._propose_one(p)
         self.metrics.proposals_in_flight.set(len(self._proposals))
 
+        if self._reads_queued and raw.raft.leader_id == 0:
+            # Raft drops a ReadIndex when no leader is known: say so now, as for writes.
+            for w in self._reads_queued:
+                w.fail(unavailable("no leader to confirm the read"))
+            self._reads_queued.clear()
         if self._reads_queued:
             waiters, self._reads_queued = self._reads_queued, []
             ctx = self._read_ctx_prefix + next(self._read_ctx).to_bytes(8, "big")
