@@ -10,7 +10,9 @@ LightReady. Messages are delivered in order with no loss; the network is a queue
 Rows: proposals submitted 1 and 64 per Ready round (the leader's Ready then carries
 that many new entries), pipelined — a round never waits for earlier proposals to
 commit, so the Inflights window (max_inflight_msgs) bounds what is in flight. A
-proposal counts once it has been applied on all three nodes.
+proposal counts once it has been applied on all three nodes. The nodes run with
+`batch_append=True` (appends to one peer queued in the same Ready travel as one
+message), as a throughput-minded application would configure them.
 
     .venv/bin/python tests/bench/bench_raft.py                  # the table
     .venv/bin/python tests/bench/bench_raft.py --profile 64     # cProfile of one row
