@@ -307,9 +307,11 @@ def _window(ops: Sequence[Op], t0_s: float, t_s: float) -> list[Op]:
 @dataclasses.dataclass
 class Violation:
     key: bytes
-    window: list[Op]  # the smallest window that cannot be linearized
+    window: list[Op]  # the smallest window that cannot be linearized, as recorded
     window_start_s: float
     window_end_s: float
+    # ops of the window the check treated as open (still running at its start or end)
+    treated_open: set[int] = dataclasses.field(default_factory=set)
 
     def describe(self, t0_s: float = 0.0) -> str:
         lines = [
@@ -317,7 +319,9 @@ class Violation:
             f"[{self.window_start_s - t0_s:.4f} s, {self.window_end_s - t0_s:.4f} s] "
             "(from any initial value):"
         ]
-        lines += ["  " + op.describe(t0_s) for op in sorted(self.window, key=_by_invoke)]
+        for op in sorted(self.window, key=_by_invoke):
+            note = "   (open at the window's edge)" if op.id in self.treated_open else ""
+            lines.append("  " + op.describe(t0_s) + note)
         return "\n".join(lines)
 
 
@@ -354,8 +358,7 @@ def _smallest_window(key: bytes, ops: Sequence[Op], initial: bytes | None) -> Vi
     # The window from the first invocation may pass from an UNKNOWN start (the known
     # initial value matters); then the witness is the whole prefix.
     if _linearizable(_window(ops, starts[0], t_s), UNKNOWN, possible):
-        window = _prefix(ops, t_s)
-        return Violation(key, window, starts[0], t_s)
+        return _violation(key, ops, _prefix(ops, t_s), starts[0], t_s)
     lo, hi = 0, len(starts) - 1  # find the latest start whose window still fails
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -364,7 +367,15 @@ def _smallest_window(key: bytes, ops: Sequence[Op], initial: bytes | None) -> Vi
         else:
             lo = mid
     t0_s = starts[lo]
-    return Violation(key, _window(ops, t0_s, t_s), t0_s, t_s)
+    return _violation(key, ops, _window(ops, t0_s, t_s), t0_s, t_s)
+
+
+def _violation(
+    key: bytes, ops: Sequence[Op], window: Sequence[Op], t0_s: float, t_s: float
+) -> Violation:
+    recorded = {op.id: op for op in ops}
+    treated_open = {op.id for op in window if op != recorded[op.id]}
+    return Violation(key, [recorded[op.id] for op in window], t0_s, t_s, treated_open)
 
 
 def check(history: Iterable[Op], initial: bytes | None = None) -> Result:

@@ -102,6 +102,7 @@ def remove_leftovers() -> list[str]:
     processes inside them; their veths, bridge and firewall rules go with them.
     Returns the names removed."""
     removed = []
+    runs: set[str] = set()
     pattern = re.compile(rf"^{re.escape(NS_PREFIX)}([0-9a-f]+)-(\d+)-")
     for ns in _namespaces():
         m = pattern.match(ns)
@@ -110,6 +111,13 @@ def remove_leftovers() -> list[str]:
         _kill_namespace_processes(ns)
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(ns)
+        runs.add(m.group(1))
+    # A namespace goes away only when its last process has; do not wait for that to
+    # remove the root namespace's end of the client link.
+    for run_id in runs:
+        root_link = f"{LINK_PREFIX}{run_id}r"
+        if _run(["ip", "link", "show", root_link], check=False).returncode == 0:
+            _run(["ip", "link", "del", root_link], check=False)
     return removed
 
 
