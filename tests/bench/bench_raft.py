@@ -96,6 +96,15 @@ class Cluster:
         self.apply(node_id, light.take_committed_entries())
         node.advance_apply()
 
+    def check_logs_match(self) -> None:
+        """Sanity check after a run (untimed): every node holds the same committed log."""
+        committed = min(node.raft.raft_log.committed for node in self.nodes.values())
+        logs = [
+            [(e.index, e.term, e.data) for e in self.stores[i].entries(1, committed + 1)]
+            for i in NODE_IDS
+        ]
+        assert logs[0] == logs[1] == logs[2], "committed logs differ between nodes"
+
     def apply(self, node_id: int, entries: list[eraftpb.Entry]) -> None:
         count = 0
         for entry in entries:
@@ -129,6 +138,7 @@ def run(proposals: int, per_ready: int, payload_bytes: int,
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     assert all(count == proposals for count in applied.values()), applied
+    cluster.check_logs_match()
     return elapsed, cpu
 
 
