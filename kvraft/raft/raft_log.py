@@ -204,27 +204,27 @@ class RaftLog:
         self.applied = idx
 
     def maybe_persist(self, index: int, term: int) -> bool:
-        """Entries up to (index, term) are durable. Ignored when the entry at `index`
-        was replaced meanwhile (a newer, not yet durable entry or snapshot now sits
-        there), since then what became durable is not what the log holds."""
-        unstable = self.unstable
-        first_update_index = (unstable.snapshot.metadata.index
-                              if unstable.snapshot is not None else unstable.offset)
-        if (self.persisted < index < first_update_index
-                and self._store_term_or_zero(index) == term):
-            self.persisted = index
-            return True
-        return False
+        """Entries up to (index, term) are durable: drop them from the unstable part.
+        Ignored when the entry at `index` was replaced meanwhile (then what became
+        durable is not what the log holds). The caller guarantees that no write still
+        outstanding rewrites an index <= `index`."""
+        if index <= self.persisted or self.term_or_zero(index) != term:
+            return False
+        assert index < self.unstable.offset_in_progress, (
+            f"persisted {index} was never handed out (in progress "
+            f"{self.unstable.offset_in_progress})"
+        )
+        self.persisted = index
+        self.unstable.stable_entries(index, term)
+        return True
 
     def maybe_persist_snap(self, index: int) -> bool:
         """The snapshot at `index` is durable."""
+        self.unstable.stable_snap(index)
         if index <= self.persisted:
             return False
         assert index <= self.committed, (
             f"snapshot index {index} > committed {self.committed}"
-        )
-        assert index < self.unstable.offset, (
-            f"snapshot index {index} >= unstable offset {self.unstable.offset}"
         )
         self.persisted = index
         return True
@@ -242,11 +242,12 @@ class RaftLog:
     def unstable_snapshot(self) -> eraftpb.Snapshot | None:
         return self.unstable.snapshot
 
-    def stable_entries(self, index: int, term: int) -> None:
-        self.unstable.stable_entries(index, term)
+    def next_unstable_entries(self) -> list[eraftpb.Entry]:
+        """Entries to hand to the application for writing in the next Ready."""
+        return self.unstable.next_entries()
 
-    def stable_snap(self, index: int) -> None:
-        self.unstable.stable_snap(index)
+    def next_unstable_snapshot(self) -> eraftpb.Snapshot | None:
+        return self.unstable.next_snapshot()
 
     def has_next_entries_since(self, since_idx: int) -> bool:
         """Whether entries after `since_idx` are committed and durable here."""

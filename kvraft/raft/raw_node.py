@@ -55,6 +55,7 @@ class _ReadyRecord:
     """What one Ready asked the application to persist: its last entry and snapshot."""
 
     number: int
+    first_index: int = 0                       # of its entries, 0 when none
     last_entry: tuple[int, int] | None = None  # (index, term)
     snapshot: tuple[int, int] | None = None    # (index, term)
 
@@ -270,7 +271,7 @@ class RawNode:
         if raft.msgs or raft.read_states:
             return True
         log = raft.raft_log
-        if log.unstable.entries or log.unstable.snapshot is not None:
+        if log.unstable.has_next_entries() or log.unstable.next_snapshot() is not None:
             return True
         prev_ss = self._prev_ss
         if raft.state is not prev_ss.raft_state or raft.leader_id != prev_ss.leader_id:
@@ -302,7 +303,7 @@ class RawNode:
         if raft.read_states:
             rd._read_states, raft.read_states = raft.read_states, []
 
-        snap = log.unstable.snapshot
+        snap = log.unstable.next_snapshot()
         if snap is not None:
             meta = snap.metadata
             rd._snapshot = snap
@@ -316,9 +317,11 @@ class RawNode:
             record.snapshot = (meta.index, meta.term)
             rd._must_sync = True
 
-        if log.unstable.entries:
-            rd._entries = list(log.unstable.entries)
-            last = rd._entries[-1]
+        entries = log.unstable.next_entries()
+        if entries:
+            rd._entries = entries
+            last = entries[-1]
+            record.first_index = entries[0].index
             record.last_entry = (last.index, last.term)
             rd._must_sync = True
 
@@ -351,12 +354,9 @@ class RawNode:
             f"advance with Ready {rd._number}, but the last Ready is "
             f"{self._records[-1].number if self._records else None}"
         )
-        record = self._records[-1]
-        log = self.raft.raft_log
-        if record.snapshot is not None:
-            log.stable_snap(record.snapshot[0])
-        if record.last_entry is not None:
-            log.stable_entries(*record.last_entry)
+        # Its entries and snapshot are being written now; they stay in memory (and
+        # readable) until on_persist_ready says they are durable.
+        self.raft.raft_log.unstable.accept_in_progress()
 
     def _gen_light_ready(self) -> LightReady:
         raft = self.raft
@@ -412,6 +412,16 @@ class RawNode:
         if snap_index:
             self.raft.on_persist_snap(snap_index)
         if index:
+            # A write still outstanding (or not even handed out) may rewrite a suffix of
+            # what just became durable: only the prefix before it is durable for good.
+            log = self.raft.raft_log
+            limit = log.unstable.offset_in_progress - 1
+            for pending in records:
+                if pending.first_index:
+                    limit = min(limit, pending.first_index - 1)
+            if index > limit:
+                index = limit
+                term = log.term_or_zero(index)
             self.raft.on_persist_entries(index, term)
 
     def advance_apply(self) -> None:

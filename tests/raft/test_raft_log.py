@@ -160,10 +160,12 @@ def test_next_entries_wait_for_commit_and_persistence() -> None:
     assert not log.has_next_entries()
     log.commit_to(5)
     assert [e.index for e in log.next_entries()] == [1, 2, 3]
-    log.stable_entries(5, 4)
-    assert log.maybe_persist(5, 4) is False  # storage does not hold them yet
+    log.unstable.accept_in_progress()  # handed out in a Ready, being written
+    assert not log.maybe_persist(5, 3)  # not the entry the log holds
     log.store.append(ents((4, 4), (5, 4)))
     assert log.maybe_persist(5, 4)
+    assert log.unstable_entries() == [] and log.unstable.offset == 6
+    assert not log.maybe_persist(5, 4)  # already durable
     assert [e.index for e in log.next_entries()] == [1, 2, 3, 4, 5]
     log.applied_to(3)
     assert [e.index for e in log.next_entries()] == [4, 5]
@@ -198,13 +200,16 @@ def test_slice_of_compacted_entries_raises() -> None:
 
 
 def test_maybe_persist_ignores_replaced_entries() -> None:
-    # The entry at 3 was persisted with term 3, but the unstable log now starts at 3
-    # with a newer entry: the durable write does not cover what the log holds.
-    log = log_with(BASE)
-    log.persisted = 2
-    log.unstable.truncate_and_append(ents((3, 5)))
-    assert not log.maybe_persist(3, 3)
-    assert log.persisted == 2
+    # Entries 4, 5 (term 4) were handed out for writing, then replaced from 5 by a new
+    # leader's entry: the write of (5, 4) does not cover what the log now holds.
+    log = log_with(BASE, [(4, 4), (5, 4)])
+    log.unstable.accept_in_progress()
+    log.append(ents((5, 5)))
+    assert log.unstable.offset_in_progress == 5
+    assert not log.maybe_persist(5, 4)
+    assert log.persisted == 3
+    assert log.maybe_persist(4, 4)
+    assert [e.index for e in log.unstable_entries()] == [5]
 
 
 def test_restore_replaces_the_log_with_a_snapshot() -> None:
@@ -216,11 +221,11 @@ def test_restore_replaces_the_log_with_a_snapshot() -> None:
     assert (log.committed, log.first_index(), log.last_index(), log.term(10)) == (10, 11, 10, 5)
     assert log.persisted == 3
     assert log.snapshot(10, 2) is snap
-    log.stable_snap(10)
+    log.unstable.accept_in_progress()
     log.store.apply_snapshot(snap)
     assert log.maybe_persist_snap(10)
     assert not log.maybe_persist_snap(10)
-    assert log.persisted == 10
+    assert log.persisted == 10 and log.unstable_snapshot() is None
 
 
 def test_restore_below_commit_is_refused() -> None:

@@ -54,21 +54,31 @@ def test_maybe_term(u: Unstable, idx: int, term: int | None) -> None:
     assert u.maybe_term(idx) == term
 
 
-def test_stable_entries_moves_the_offset() -> None:
+def test_entries_stay_until_durable() -> None:
     u = unstable(5, ents((5, 1), (6, 1)))
-    u.stable_entries(6, 1)
-    assert (u.offset, u.entries) == (7, [])
-    u = unstable(5, ents((5, 1), (6, 2)))
-    with pytest.raises(AssertionError):
-        u.stable_entries(6, 1)  # not the last entry we hold: a newer one replaced it
+    assert [e.index for e in u.next_entries()] == [5, 6]
+    u.accept_in_progress()
+    assert u.next_entries() == [] and not u.has_next_entries()
+    assert u.maybe_term(6) == 1  # still readable while being written
+    u.truncate_and_append(ents((7, 1)))
+    assert [e.index for e in u.next_entries()] == [7]
+    assert u.stable_entries(6, 1)
+    assert (u.offset, [e.index for e in u.entries]) == (7, [7])
+    assert not u.stable_entries(6, 1)  # already dropped
+    assert not u.stable_entries(7, 2)  # not the entry we hold
+    assert u.stable_entries(7, 1)
+    assert (u.offset, u.entries, u.offset_in_progress) == (8, [], 8)
 
 
 def test_stable_snap_and_restore() -> None:
     u = unstable(5, ents((5, 1)))
     u.restore(snapshot(8, 2))
     assert (u.offset, u.entries, u.snapshot.metadata.index) == (9, [], 8)
-    with pytest.raises(AssertionError):
-        u.stable_snap(7)
+    assert u.next_snapshot() is u.snapshot
+    u.accept_in_progress()
+    assert u.next_snapshot() is None and u.snapshot is not None
+    u.stable_snap(7)  # not ours: ignored
+    assert u.snapshot is not None
     u.stable_snap(8)
     assert u.snapshot is None
 
