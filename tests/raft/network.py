@@ -14,6 +14,7 @@ back with only what its storage had persisted. All randomness comes from one see
 """
 from __future__ import annotations
 
+import copy
 import json
 import random
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from kvraft.raft import (
     MemStorage,
     ProposalDropped,
     RawNode,
+    SnapshotStatus,
     SnapshotTemporarilyUnavailableError,
     StateRole,
     StepPeerNotFound,
@@ -127,9 +129,18 @@ class SimStorage:
     follower restored from it continues the same applied sequence.
     """
 
-    def __init__(self, cs: eraftpb.ConfState | None) -> None:
+    def __init__(self, cs: eraftpb.ConfState | None, async_persist: bool = False) -> None:
         self.mem = MemStorage.new_with_conf_state(cs) if cs is not None else MemStorage()
-        self.mirror: dict[int, tuple[int, int, bytes]] = {}
+        # In async mode the Raft core reads its entries from storage as soon as the
+        # Ready is handed back (advance_append_async), before they are durable: `mem` is
+        # what is readable, `durable` what survives a crash (fed by persist()).
+        self.durable: MemStorage | None = copy.deepcopy(self.mem) if async_persist else None
+        self.durable_snap: tuple[bytes, eraftpb.SnapshotMetadata] | None = None
+        self.reverted = False  # set by a crash that lost non-durable writes
+        # Persisted log as plain tuples: mirror[k] is the entry at mirror_base + 1 + k.
+        self.mirror: list[tuple[int, int, bytes]] = []
+        self.mirror_base = 0
+        self.version = 0  # bumped whenever the persisted log changes
         self.snap_data = b""
         self.snap_meta = eraftpb.SnapshotMetadata()
         self.state_fn: Callable[[], StateMachine] | None = None
@@ -172,13 +183,20 @@ class SimStorage:
         if not entries:
             return
         first = entries[0].index
-        if first <= max(self.mirror, default=0):
+        if first <= self.mirror_last():
             self.truncated_below.append(first)
-            for i in [i for i in self.mirror if i >= first]:
-                del self.mirror[i]
+            del self.mirror[first - self.mirror_base - 1 :]
         self.mem.append(entries)
-        for e in entries:
-            self.mirror[e.index] = entry_key(e)
+        assert first == self.mirror_last() + 1, "storage accepted a gap"
+        self.mirror.extend(entry_key(e) for e in entries)
+        self.version += 1
+
+    def mirror_last(self) -> int:
+        return self.mirror_base + len(self.mirror)
+
+    def mirror_get(self, index: int) -> tuple[int, int, bytes] | None:
+        k = index - self.mirror_base - 1
+        return self.mirror[k] if 0 <= k < len(self.mirror) else None
 
     def set_hardstate(self, hs: eraftpb.HardState) -> None:
         self.mem.set_hardstate(hs)
@@ -191,7 +209,9 @@ class SimStorage:
 
     def apply_snapshot(self, snap: eraftpb.Snapshot) -> None:
         self.mem.apply_snapshot(snap)
-        self.mirror.clear()
+        self.mirror = []
+        self.mirror_base = snap.metadata.index
+        self.version += 1
         self.snap_data = bytes(snap.data)
         self.snap_meta = eraftpb.SnapshotMetadata()
         self.snap_meta.CopyFrom(snap.metadata)
@@ -202,8 +222,12 @@ class SimStorage:
         term = self.mem.term(index)
         self.mem.compact(index + 1)  # MemStorage.compact(i) keeps i as the first entry
         assert self.mem.first_index() == index + 1
-        for i in [i for i in self.mirror if i <= index]:
-            del self.mirror[i]
+        if self.durable is not None:
+            assert self.durable.last_index() >= index, "compacting past the durable log"
+            self.durable.compact(index + 1)
+        del self.mirror[: index - self.mirror_base]
+        self.mirror_base = index
+        self.version += 1
         cs = sm.conf_at(index)
         self.mem.set_conf_state(cs)  # a restart resumes from the snapshot's configuration
         self.snap_data = StateMachine(
@@ -211,9 +235,41 @@ class SimStorage:
         ).encode()
         self.snap_meta = eraftpb.SnapshotMetadata(index=index, term=term)
         self.snap_meta.conf_state.CopyFrom(cs)
+        if self.durable is not None:
+            self.durable.set_conf_state(cs)
+            self.durable_snap = (self.snap_data, self.snap_meta)
 
     def hard_state(self) -> eraftpb.HardState:
         return self.mem.initial_state().hard_state
+
+    # -- durability (async mode) --
+    def make_durable(self, task: WriteTask) -> None:
+        """The write of one Ready reached the disk."""
+        if self.durable is None:
+            return
+        if task.snapshot is not None:
+            self.durable.apply_snapshot(task.snapshot)
+            meta = eraftpb.SnapshotMetadata()
+            meta.CopyFrom(task.snapshot.metadata)
+            self.durable_snap = (bytes(task.snapshot.data), meta)
+        self.durable.append(task.entries)
+        if task.hs is not None:
+            self.durable.set_hardstate(task.hs)
+
+    def lose_volatile(self) -> None:
+        """A crash: everything not yet durable is gone."""
+        if self.durable is None:
+            return
+        self.mem = self.durable
+        self.durable = copy.deepcopy(self.mem)
+        if self.durable_snap is not None:
+            self.snap_data, self.snap_meta = self.durable_snap
+        first, last = self.mem.first_index(), self.mem.last_index()
+        self.mirror_base = first - 1
+        self.mirror = [entry_key(e) for e in self.mem.entries(first, last + 1)] if (
+            last >= first) else []
+        self.version += 1
+        self.reverted = True
 
 
 @dataclass
@@ -265,11 +321,14 @@ class SimNode:
         else:
             self.sm = StateMachine(conf_state=self._initial_conf_state())
         self.net.on_restore(self, self.sm)
-        self.raw = RawNode(self.net.make_config(self.id), self.storage)
+        # The core's only randomness (election timeouts) is seeded per node incarnation.
+        rng = random.Random(f"{self.net.seed}/{self.id}/{self.restart_count}")
+        self.raw = RawNode(self.net.make_config(self.id), self.storage, rng=rng)
 
     def crash(self) -> None:
         self.raw = None
         self.pending_writes.clear()
+        self.storage.lose_volatile()
         self.restart_count += 1
 
 
@@ -309,6 +368,12 @@ class Network:
         self.dup_rate = 0.0
         self.delay_max = 0  # delivery rounds
         self.reorder = False
+        # Like a real transport, report to the sender whether each MsgSnapshot arrived
+        # (report_snapshot Finish / Failure); without it a leader whose snapshot was lost
+        # waits in ProgressState.Snapshot forever. Reports are stepped at the next
+        # delivery, never in the middle of the sender's Ready.
+        self.report_snapshots = True
+        self.pending_reports: list[tuple[int, int, SnapshotStatus]] = []
         # observations
         self.sent: list[eraftpb.Message] = []  # every message handed to the network
         self.record_sent = True
@@ -328,7 +393,7 @@ class Network:
     def add_node(self, node_id: int, cs: eraftpb.ConfState | None = None) -> SimNode:
         """A node with storage bootstrapped to `cs` (None: empty, it waits for a leader)."""
         assert node_id not in self.nodes, f"node {node_id} exists"
-        node = SimNode(self, node_id, SimStorage(cs))
+        node = SimNode(self, node_id, SimStorage(cs, self.async_persist))
         self.nodes[node_id] = node
         node.start()
         return node
@@ -344,8 +409,10 @@ class Network:
             eraftpb.Entry(index=i + 1, term=t, data=f"e{i + 1}t{t}".encode())
             for i, t in enumerate(log_terms)
         ]
+        hs = eraftpb.HardState(term=term, vote=vote, commit=commit)
         node.storage.append(entries)
-        node.storage.set_hardstate(eraftpb.HardState(term=term, vote=vote, commit=commit))
+        node.storage.set_hardstate(hs)
+        node.storage.make_durable(WriteTask(0, entries, hs, None, []))
         node.start()
 
     def on_restore(self, node: SimNode, sm: StateMachine) -> None:
@@ -427,6 +494,9 @@ class Network:
 
     def crash(self, node_id: int) -> None:
         self.nodes[node_id].crash()
+        for env in self.queue:
+            if env.msg.to == node_id:
+                self._snapshot_outcome(env.msg, delivered=False)
         self.queue = [e for e in self.queue if e.msg.to != node_id]
 
     def restart(self, node_id: int) -> None:
@@ -449,6 +519,7 @@ class Network:
             if self.record_sent:
                 self.sent.append(msg)
             if self._dropped(msg):
+                self._snapshot_outcome(msg, delivered=False)
                 continue
             self._enqueue(msg)
             if self.dup_rate > 0 and self.rng.random() < self.dup_rate:
@@ -467,10 +538,22 @@ class Network:
         self.sent = []
         return out
 
+    def _snapshot_outcome(self, msg: eraftpb.Message, delivered: bool) -> None:
+        if self.report_snapshots and msg.msg_type == eraftpb.MsgSnapshot:
+            status = SnapshotStatus.Finish if delivered else SnapshotStatus.Failure
+            self.pending_reports.append((msg.from_, msg.to, status))
+
+    def flush_reports(self) -> None:
+        reports, self.pending_reports = self.pending_reports, []
+        for sender, to, status in reports:
+            if self.nodes[sender].alive:
+                self.node(sender).report_snapshot(to, status)
+
     def deliverable(self) -> list[Envelope]:
         return [e for e in self.queue if e.deliver_at <= self.now]
 
     def deliver_one(self) -> bool:
+        self.flush_reports()
         ready = self.deliverable()
         if not ready:
             return False
@@ -482,7 +565,9 @@ class Network:
     def deliver(self, msg: eraftpb.Message) -> None:
         node = self.nodes.get(msg.to)
         if node is None or not node.alive or (msg.from_, msg.to) in self.cut_links:
+            self._snapshot_outcome(msg, delivered=False)
             return
+        self._snapshot_outcome(msg, delivered=True)
         try:
             node.raw.step(msg)
         except (StepPeerNotFound, ProposalDropped) as err:
@@ -513,13 +598,13 @@ class Network:
         entries = list(rd.take_entries())
         hs = rd.hs()
         persisted = list(rd.take_persisted_messages())
+        task = WriteTask(rd.number(), entries, hs, snap if has_snap else None, persisted)
+        self._write(node, task)  # readable by the core from now on
         if self.async_persist:
-            node.pending_writes.append(
-                WriteTask(rd.number(), entries, hs, snap if has_snap else None, persisted)
-            )
+            node.pending_writes.append(task)  # durable only once persist() runs
             raw.advance_append_async(rd)
+            raw.advance_apply()  # the committed entries above were applied
             return True
-        self._write(node, WriteTask(rd.number(), entries, hs, snap if has_snap else None, []))
         self.send(persisted)
         light = raw.advance(rd)
         commit = light.commit_index()
@@ -543,7 +628,7 @@ class Network:
         if not node.alive or not node.pending_writes:
             return False
         task = node.pending_writes.pop(0)
-        self._write(node, task)
+        node.storage.make_durable(task)
         self.send(task.persisted_messages)
         node.raw.on_persist_ready(task.number)
         return True
@@ -594,8 +679,9 @@ class Network:
         for _ in range(rounds_max):
             for node_id in self.alive_ids():
                 self.process(node_id)
-            if not self.queue:
+            if not self.queue and not self.pending_reports:
                 return
+            self.flush_reports()
             while self.deliver_one():
                 pass
             self.now += 1

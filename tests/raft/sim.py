@@ -1,0 +1,494 @@
+"""Randomized simulation of 3- and 5-node Raft clusters on the deterministic network.
+
+Each seed picks a cluster size, Raft options and fault rates, then runs a chaotic phase
+(random ticks, deliveries, drops, duplicates, delays, reordering, partitions,
+crash-restarts, compactions, proposals, ReadIndex requests, leader transfers) while
+checking after every step the safety properties of the Raft paper (Figure 3):
+
+- Election Safety: at most one leader per term;
+- Log Matching: two logs with an entry of the same index and term agree up to it;
+- committed entries never change (State Machine Safety), and every node's applied
+  sequence is a prefix of one sequence;
+- Leader Completeness: an entry committed in term t is in the log of every leader of a
+  later term;
+- ReadIndex: a read index is at least every commit index seen before the read began.
+
+Then it heals everything and checks liveness: a new proposal commits and is applied on
+every node within a bounded number of ticks. A run is a pure function of its seed:
+
+    python -m tests.raft.sim --seeds 200        # seeds 0..199
+    python -m tests.raft.sim --seed 17 -v       # replay one seed with a trace
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from kvraft.raft import (
+    ProposalDropped,
+    StateRole,
+    eraftpb,
+)
+from tests.raft.network import (
+    DEFAULT_ELECTION_TICK,
+    InvariantViolation,
+    Network,
+    SimNode,
+    StateMachine,
+    entry_key,
+)
+
+CHAOS_STEPS = 3000
+LIVENESS_TICKS_MAX = 30 * DEFAULT_ELECTION_TICK  # after healing, to elect and commit
+TOTALS: dict[str, int] = {}  # summed statistics of the passing seeds of this process
+LIVENESS_RETRY_TICKS = 5 * DEFAULT_ELECTION_TICK
+REPLAY = "python -m tests.raft.sim --seed {seed} -v   (or: make sim SEED={seed})"
+
+
+@dataclass
+class Params:
+    """Everything a seed decides before the run starts."""
+
+    seed: int
+    size: int
+    pre_vote: bool
+    check_quorum: bool
+    async_persist: bool
+    drop_rate: float
+    dup_rate: float
+    delay_max: int
+    reorder: bool
+    compaction: bool
+    max_inflight_msgs: int
+    max_size_per_msg: int
+    batch_append: bool
+    skip_bcast_commit: bool
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Params:
+        r = random.Random(f"params-{seed}")
+        return cls(
+            seed=seed,
+            size=3 if seed % 2 == 0 else 5,
+            pre_vote=r.random() < 0.5,
+            check_quorum=r.random() < 0.5,
+            async_persist=r.random() < 0.5,
+            drop_rate=r.choice([0.0, 0.02, 0.1]),
+            dup_rate=r.choice([0.0, 0.05]),
+            delay_max=r.choice([0, 0, 2, 5]),
+            reorder=r.random() < 0.5,
+            compaction=r.random() < 0.5,
+            max_inflight_msgs=r.choice([1, 3, 256]),
+            max_size_per_msg=r.choice([0, 1, 1024]),
+            batch_append=r.random() < 0.3,
+            skip_bcast_commit=r.random() < 0.3,
+        )
+
+    def config(self) -> dict[str, object]:
+        return {
+            "pre_vote": self.pre_vote,
+            "check_quorum": self.check_quorum,
+            "max_inflight_msgs": self.max_inflight_msgs,
+            "max_size_per_msg": self.max_size_per_msg,
+            "batch_append": self.batch_append,
+            "skip_bcast_commit": self.skip_bcast_commit,
+        }
+
+
+@dataclass
+class Checker:
+    """The safety properties, checked incrementally so every step can afford them."""
+
+    net: Network
+    leader_of_term: dict[int, int] = field(default_factory=dict)
+    # index -> (term, type, data) of every entry known committed, and the lowest term of
+    # a node that saw it committed (the entry was committed in that term or earlier).
+    canonical: dict[int, tuple[int, int, bytes]] = field(default_factory=dict)
+    commit_term: dict[int, int] = field(default_factory=dict)
+    commit_checked: dict[int, int] = field(default_factory=dict)
+    max_commit: int = 0
+    log_versions: dict[int, int] = field(default_factory=dict)
+    leader_checked: dict[int, tuple] = field(default_factory=dict)
+    reads: dict[bytes, int] = field(default_factory=dict)  # ctx -> minimum read index
+    reads_done: int = 0
+
+    def __post_init__(self) -> None:
+        self.net.applied_hooks.append(self.on_apply)
+        self.net.restore_hooks.append(self.on_restore)
+
+    def fail(self, what: str) -> None:
+        raise InvariantViolation(what)
+
+    def observe(self, index: int, key: tuple[int, int, bytes], term: int, who: str) -> None:
+        known = self.canonical.get(index)
+        if known is None:
+            self.canonical[index] = key
+            self.commit_term[index] = term
+        elif known != key:
+            self.fail(f"committed entry {index} changed: {known[:2]} then {key[:2]} ({who})")
+        elif term < self.commit_term[index]:
+            self.commit_term[index] = term
+
+    # -- hooks -------------------------------------------------------------------------
+    def on_apply(self, node: SimNode, e: eraftpb.Entry) -> None:
+        term = node.raw.raft.term
+        self.observe(e.index, entry_key(e), term, f"applied by node {node.id}")
+
+    def on_restore(self, node: SimNode, sm: StateMachine) -> None:
+        for expected, (i, t, k, d) in enumerate(sm.applied, start=1):
+            if i != expected:
+                self.fail(f"node {node.id} restored a state machine with a gap at {expected}")
+            known = self.canonical.get(i)
+            if known is not None and known != (t, k, d):
+                self.fail(f"node {node.id} restored entry {i} that differs from the committed")
+        if sm.applied and sm.applied[-1][0] != sm.base_index:
+            self.fail(f"node {node.id} restored a snapshot at {sm.base_index} whose state "
+                      f"ends at {sm.applied[-1][0]}")
+
+    def on_read_index(self, ctx: bytes) -> None:
+        self.reads[ctx] = self.max_commit
+
+    # -- the properties ------------------------------------------------------------------
+    def check(self) -> None:
+        net = self.net
+        alive = [net.nodes[i] for i in net.alive_ids()]
+        for node in alive:
+            raft = node.raw.raft
+            if raft.state == StateRole.Leader:
+                first = self.leader_of_term.setdefault(raft.term, node.id)
+                if first != node.id:
+                    self.fail(f"two leaders in term {raft.term}: {first} and {node.id}")
+            self._check_commit(node)
+            self._check_reads(node)
+        self._check_log_matching()
+        for node in alive:
+            if node.raw.raft.state == StateRole.Leader:
+                self._check_leader_completeness(node)
+
+    def _check_commit(self, node: SimNode) -> None:
+        raft = node.raw.raft
+        committed = raft.raft_log.committed
+        if committed < raft.raft_log.applied:
+            self.fail(f"node {node.id} applied {raft.raft_log.applied} > committed {committed}")
+        self.max_commit = max(self.max_commit, committed)
+        st = node.storage
+        checked = self.commit_checked.get(node.id, 0)
+        if st.reverted:  # a crash lost non-durable entries; they may come back later
+            st.reverted = False
+            checked = min(checked, st.mirror_last())
+        for below in st.truncated_below:
+            if below <= checked:
+                self.fail(f"node {node.id} truncated its log at {below}, "
+                          f"below the committed index {checked}")
+        st.truncated_below.clear()
+        i = max(checked, st.mirror_base) + 1
+        top = min(committed, st.mirror_last())
+        while i <= top:
+            key = st.mirror[i - st.mirror_base - 1]
+            if raft.raft_log.term(i) != key[0]:
+                break  # the persisted entry is about to be replaced by an unstable one
+            self.observe(i, key, raft.term, f"log of {node.id}")
+            i += 1
+        self.commit_checked[node.id] = max(checked, i - 1)
+
+    def _check_reads(self, node: SimNode) -> None:
+        for rs in node.read_states:
+            ctx = bytes(rs.request_ctx)
+            if ctx not in self.reads:
+                self.fail(f"node {node.id} got a ReadState for unknown request {ctx!r}")
+            if rs.index < self.reads[ctx]:
+                self.fail(f"read {ctx!r} got index {rs.index} but {self.reads[ctx]} was "
+                          "already committed when it started")
+            self.reads_done += 1
+        node.read_states.clear()
+
+    def _check_log_matching(self) -> None:
+        nodes = [self.net.nodes[i] for i in self.net.ids()]  # crashed nodes' disks too
+        versions = {n.id: n.storage.version for n in nodes}
+        if versions == self.log_versions:
+            return
+        changed = {i for i, v in versions.items() if self.log_versions.get(i) != v}
+        self.log_versions = versions
+        for x, a in enumerate(nodes):
+            for b in nodes[x + 1 :]:
+                if a.id in changed or b.id in changed:
+                    self._match_pair(a, b)
+
+    def _match_pair(self, a: SimNode, b: SimNode) -> None:
+        sa, sb = a.storage, b.storage
+        lo = max(sa.mirror_base, sb.mirror_base) + 1
+        i = min(sa.mirror_last(), sb.mirror_last())
+        while i >= lo and sa.mirror_get(i)[0] != sb.mirror_get(i)[0]:
+            i -= 1
+        if i < lo:
+            return
+        seg_a = sa.mirror[lo - sa.mirror_base - 1 : i - sa.mirror_base]
+        seg_b = sb.mirror[lo - sb.mirror_base - 1 : i - sb.mirror_base]
+        if seg_a != seg_b:
+            bad = next(k for k in range(len(seg_a)) if seg_a[k] != seg_b[k]) + lo
+            self.fail(f"log matching: nodes {a.id} and {b.id} agree on the term at {i} "
+                      f"but differ at {bad}")
+
+    def _check_leader_completeness(self, node: SimNode) -> None:
+        raft = node.raw.raft
+        stamp = (raft.term, raft.raft_log.last_index(), len(self.canonical))
+        if self.leader_checked.get(node.id) == stamp:
+            return
+        self.leader_checked[node.id] = stamp
+        first = node.storage.first_index()
+        for index, key in self.canonical.items():
+            if self.commit_term[index] >= raft.term or index < first:
+                continue
+            have = raft.raft_log.term(index) if index <= raft.raft_log.last_index() else None
+            if have != key[0]:
+                self.fail(f"leader {node.id} of term {raft.term} lacks committed entry "
+                          f"{index} (term {key[0]}, committed by term "
+                          f"{self.commit_term[index]}); it has term {have}")
+
+
+class Simulation:
+    def __init__(self, seed: int, steps: int = CHAOS_STEPS, verbose: bool = False) -> None:
+        self.p = Params.from_seed(seed)
+        self.steps = steps
+        self.verbose = verbose
+        self.rng = random.Random(seed)
+        self.net = Network(range(1, self.p.size + 1), seed=seed,
+                           async_persist=self.p.async_persist, auto_persist=False,
+                           **self.p.config())
+        self.check = Checker(self.net)
+        self.proposals = 0
+        self.reads = 0
+        self.ticks = 0
+        self.trace: list[str] = []
+
+    def log(self, line: str) -> None:
+        if self.verbose:
+            print(f"[{self.net.now:5d}] {line}")
+
+    # -- chaos ---------------------------------------------------------------------------
+    def apply_faults(self) -> None:
+        self.net.drop_rate = self.p.drop_rate
+        self.net.dup_rate = self.p.dup_rate
+        self.net.delay_max = self.p.delay_max
+        self.net.reorder = self.p.reorder
+
+    # Relative weights of the chaos actions: mostly time passing, messages flowing and
+    # Readys processed; faults are rarer so that the cluster also makes progress.
+    WEIGHTS: ClassVar[dict[str, float]] = {
+        "tick_all": 20, "tick_one": 5, "deliver": 30, "ready": 20, "persist": 8,
+        "propose": 8, "read_index": 3, "transfer": 0.3, "partition": 0.4, "cut_one_way": 0.2,
+        "heal": 1, "crash": 0.25, "restart": 1, "compact": 1,
+    }
+
+    def random_action(self) -> None:
+        names = list(self.WEIGHTS)
+        action = self.rng.choices(names, weights=[self.WEIGHTS[n] for n in names])[0]
+        getattr(self, f"do_{action}")()
+
+    def _pick_alive(self) -> int | None:
+        alive = self.net.alive_ids()
+        return self.rng.choice(alive) if alive else None
+
+    def do_tick_all(self) -> None:
+        for i in self.net.alive_ids():
+            self.net.node(i).tick()
+        self.net.now += 1
+        self.ticks += 1
+        self.log("tick all")
+
+    def do_tick_one(self) -> None:
+        i = self._pick_alive()
+        if i is not None:
+            self.net.node(i).tick()
+            self.log(f"tick {i}")
+
+    def do_deliver(self) -> None:
+        for _ in range(self.rng.randint(1, 4)):
+            self.net.deliver_one()
+
+    def do_ready(self) -> None:
+        i = self._pick_alive()
+        if i is not None:
+            self.net.handle_ready(i)
+
+    def do_persist(self) -> None:
+        i = self._pick_alive()
+        if i is not None:
+            if self.net.async_persist:
+                self.net.persist(i)
+            else:
+                self.net.handle_ready(i)
+
+    def do_propose(self) -> None:
+        i = self._pick_alive()
+        if i is None:
+            return
+        self.proposals += 1
+        data = f"s{self.p.seed}-p{self.proposals}".encode()
+        try:
+            self.net.node(i).propose(b"", data)
+            self.log(f"propose {data!r} at {i}")
+        except ProposalDropped:
+            self.log(f"propose at {i}: dropped")
+
+    def do_read_index(self) -> None:
+        i = self._pick_alive()
+        if i is None:
+            return
+        self.reads += 1
+        ctx = f"r{self.reads}".encode()
+        self.check.on_read_index(ctx)
+        try:
+            self.net.node(i).read_index(ctx)
+            self.log(f"read_index {ctx!r} at {i}")
+        except ProposalDropped:
+            pass
+
+    def do_transfer(self) -> None:
+        leader = self.net.leader()
+        if leader is not None:
+            to = self.rng.choice([i for i in self.net.ids() if i != leader])
+            self.net.node(leader).transfer_leader(to)
+            self.log(f"transfer leader {leader} -> {to}")
+
+    def do_partition(self) -> None:
+        ids = self.net.ids()
+        self.net.cut_links.clear()
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) // 2)
+        self.net.partition(ids[:cut], ids[cut:])
+        self.log(f"partition {sorted(ids[:cut])} | {sorted(ids[cut:])}")
+
+    def do_cut_one_way(self) -> None:
+        a, b = self.rng.sample(self.net.ids(), 2)
+        self.net.cut_one_way(a, b)
+        self.log(f"cut {a} -> {b}")
+
+    def do_heal(self) -> None:
+        self.net.cut_links.clear()
+        self.log("heal links")
+
+    def do_crash(self) -> None:
+        alive = self.net.alive_ids()
+        if len(alive) > 1:
+            i = self.rng.choice(alive)
+            self.net.crash(i)
+            self.log(f"crash {i}")
+
+    def do_restart(self) -> None:
+        down = [i for i in self.net.ids() if not self.net.nodes[i].alive]
+        if down:
+            i = self.rng.choice(down)
+            self.net.restart(i)
+            self.log(f"restart {i}")
+
+    def do_compact(self) -> None:
+        i = self._pick_alive()
+        if not self.p.compaction or i is None:
+            return
+        node = self.net.nodes[i]
+        if node.sm.applied_index > node.storage.first_index():
+            idx = self.rng.randint(node.storage.first_index(), node.sm.applied_index)
+            self.net.compact(i, idx)
+            self.log(f"compact {i} to {idx}")
+
+    # -- liveness ------------------------------------------------------------------------
+    def heal_and_check_liveness(self) -> int:
+        net = self.net
+        net.heal()
+        for i in net.ids():
+            if not net.nodes[i].alive:
+                net.restart(i)
+        net.auto_persist = True
+        net.stabilize()
+        self.check.check()
+        data = f"s{self.p.seed}-final".encode()
+        proposed = False
+        last_try = -LIVENESS_RETRY_TICKS
+        for tick in range(LIVENESS_TICKS_MAX):
+            leader = net.leader()
+            # A proposal can be lost with a leader that is deposed before replicating it;
+            # the client then retries, as a real one would.
+            if leader is not None and tick - last_try >= LIVENESS_RETRY_TICKS:
+                try:
+                    net.node(leader).propose(b"", data)
+                    proposed = True
+                    last_try = tick
+                    self.log(f"final proposal at {leader}")
+                except ProposalDropped:
+                    pass  # e.g. a leader transfer still in progress
+            net.tick()
+            self.check.check()
+            if proposed and all(data in net.applied_data(i) for i in net.ids()):
+                return tick
+        states = {i: (net.role(i).name, net.term(i), net.committed(i)) for i in net.ids()}
+        raise InvariantViolation(
+            f"liveness: after healing, the proposal was not applied everywhere within "
+            f"{LIVENESS_TICKS_MAX} ticks (proposed={proposed}); nodes: {states}")
+
+    def run(self) -> dict[str, int]:
+        self.apply_faults()
+        self.check.check()
+        for _ in range(self.steps):
+            self.random_action()
+            self.check.check()
+        ticks = self.heal_and_check_liveness()
+        return {
+            "committed": len(self.check.canonical),
+            "reads": self.check.reads_done,
+            "terms": len(self.check.leader_of_term),
+            "chaos_ticks": self.ticks,
+            "crashes": sum(n.restart_count for n in self.net.nodes.values()),
+            "liveness_ticks": ticks,
+        }
+
+
+def run_seed(seed: int, steps: int = CHAOS_STEPS, verbose: bool = False) -> str | None:
+    """Run one seed; None if every property held, else the failure with a replay line."""
+    try:
+        stats = Simulation(seed, steps, verbose).run()
+        if verbose:
+            print(f"seed {seed}: {stats}")
+        for k, v in stats.items():
+            TOTALS[k] = TOTALS.get(k, 0) + v
+    except Exception as err:
+        detail = (traceback.format_exc() if verbose else
+                  "".join(traceback.format_exception_only(type(err), err))).strip()
+        return (f"seed {seed} FAILED ({Params.from_seed(seed)}): {detail}\n"
+                f"  replay: {REPLAY.format(seed=seed)}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.raft.sim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--seeds", type=int, default=100, help="run seeds FIRST..FIRST+N-1")
+    group.add_argument("--seed", type=int, help="run exactly this seed")
+    ap.add_argument("--first", type=int, default=0, help="first seed of --seeds")
+    ap.add_argument("--steps", type=int, default=CHAOS_STEPS, help="chaos steps per seed")
+    ap.add_argument("-v", "--verbose", action="store_true", help="trace every action")
+    args = ap.parse_args(argv)
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    started = time.monotonic()
+    failures = []
+    for seed in seeds:
+        if args.seed is not None:
+            print(Params.from_seed(seed))
+        failure = run_seed(seed, args.steps, args.verbose)
+        if failure:
+            failures.append(failure)
+            print(failure, flush=True)
+    elapsed = time.monotonic() - started
+    print(f"{len(seeds) - len(failures)}/{len(seeds)} seeds passed in {elapsed:.1f}s; "
+          f"totals over passing seeds: {TOTALS}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
