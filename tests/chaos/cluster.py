@@ -26,6 +26,8 @@ PEER_PORT = 2380
 STOP_TIMEOUT_S = 10.0
 STATUS_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.1
+SNAPSHOT_ENTRIES = 1000
+SNAPSHOT_KEEP_ENTRIES = 100
 
 
 def kvraft_executable() -> str | None:
@@ -50,6 +52,10 @@ def kvraft_serve_argv(cluster: Cluster, index: int) -> list[str]:
         "--peer-listen", cluster.peer_address(index),
         "--initial-cluster", cluster.initial_cluster(),
         "--log-level", "info",
+        # Small snapshots, so that a node back from a kill or a partition is often
+        # brought up to date by a snapshot rather than by log entries.
+        "--snapshot-entries", str(SNAPSHOT_ENTRIES),
+        "--snapshot-keep-entries", str(SNAPSHOT_KEEP_ENTRIES),
     ]
 
 
