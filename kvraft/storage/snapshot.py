@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -69,10 +70,14 @@ class SnapshotHandle:
     """A consistent image of the state machine at `metadata.index`.
 
     Holds a LevelDB snapshot until `close()`; any number of `chunks()` streams may be
-    read from it (one per follower being sent the snapshot).
+    read from it (one per follower being sent the snapshot). Closing while streams are
+    still being read releases the LevelDB snapshot when the last of them ends.
     """
 
     def __init__(self, db: plyvel.DB) -> None:
+        self._lock = threading.Lock()
+        self._active_streams = 0
+        self._released = False
         self._snapshot = db.snapshot()
         raw = self._snapshot.get(keys.APPLIED)
         index, term = keys.unpack_index_term(raw) if raw is not None else (0, 0)
@@ -85,7 +90,17 @@ class SnapshotHandle:
     def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
         """The stream, as chunks of exactly `chunk_bytes` (the last one shorter)."""
         assert chunk_bytes > 0
-        assert not self._closed, "snapshot handle is closed"
+        with self._lock:
+            assert not self._closed, "snapshot handle is closed"
+            self._active_streams += 1
+        try:
+            yield from self._stream(chunk_bytes)
+        finally:
+            with self._lock:
+                self._active_streams -= 1
+            self._release_if_done()
+
+    def _stream(self, chunk_bytes: int) -> Iterator[bytes]:
         meta = self.metadata.SerializeToString()
         out = bytearray(MAGIC + _LEN.pack(len(meta)) + meta)
         crc = zlib.crc32(out)
@@ -111,9 +126,21 @@ class SnapshotHandle:
             del out[:chunk_bytes]
 
     def close(self) -> None:
-        if not self._closed:
+        """No new streams; the LevelDB snapshot goes once running streams end."""
+        with self._lock:
             self._closed = True
-            self._snapshot.close()
+        self._release_if_done()
+
+    def _release_if_done(self) -> None:
+        with self._lock:
+            if not self._closed or self._active_streams or self._released:
+                return
+            self._released = True
+        self._snapshot.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> SnapshotHandle:
         return self

@@ -304,16 +304,22 @@ class KVStateMachine:
         """
         if self.applied_index < request_index:
             raise SnapshotTemporarilyUnavailableError()
-        handle = self.create_snapshot()
-        meta = handle.metadata
         with self._handles_lock:
-            old = self._handles.pop((meta.index, meta.term), None)
-            if old is not None:
-                old.close()
-            self._handles[(meta.index, meta.term)] = handle
-            while len(self._handles) > self._snapshot_handles_max:
-                _, evicted = self._handles.popitem(last=False)
-                evicted.close()
+            handle = self._handles.get((self.applied_index, self.applied_term))
+            if handle is not None:  # nothing applied since: share the image
+                self._handles.move_to_end((self.applied_index, self.applied_term))
+            else:
+                handle = self.create_snapshot()
+                meta = handle.metadata
+                old = self._handles.pop((meta.index, meta.term), None)
+                if old is not None:
+                    old.close()
+                self._handles[(meta.index, meta.term)] = handle
+                # An evicted image still being streamed lives until its streams end.
+                while len(self._handles) > self._snapshot_handles_max:
+                    _, evicted = self._handles.popitem(last=False)
+                    evicted.close()
+        meta = handle.metadata
         descriptor = cpb.SnapshotDescriptor(
             format_version=SNAPSHOT_DESCRIPTOR_VERSION, index=meta.index, term=meta.term,
             from_node=self._datadir.node_id, cluster_id=self._datadir.cluster_id)

@@ -103,9 +103,10 @@ class StoragesAgree(RuleBasedStateMachine):
         self.ldb.compact(index)
 
     @rule(data=st.data(), voters=st.lists(st.integers(1, 5), min_size=1, max_size=3,
-                                          unique=True))
-    def apply_snapshot(self, data: st.DataObject, voters: list[int]) -> None:
-        """A follower restoring a snapshot; an older one is refused by both."""
+                                          unique=True), then_append=st.integers(0, 3))
+    def apply_snapshot(self, data: st.DataObject, voters: list[int], then_append: int) -> None:
+        """A follower restoring a snapshot, in a Ready that may also carry the entries
+        that follow it; an older snapshot is refused by both."""
         index = data.draw(st.integers(max(0, self.offset - 2), self.mem.last_index() + 5),
                           label="snapshot index")
         if index == 0:
@@ -119,8 +120,13 @@ class StoragesAgree(RuleBasedStateMachine):
         snap.metadata.index = index
         snap.metadata.term = term
         snap.metadata.conf_state.voters.extend(voters)
+        terms = [max(term, 1)] * then_append
+        payloads = [b"after-snapshot"] * then_append
         mem_result = outcome(self.mem.apply_snapshot, snap)
-        ldb_result = outcome(self.ldb.persist, [], None, snap)
+        if mem_result[0] == "ok":
+            self.mem.append(entry_list(index + 1, terms, payloads))
+        ldb_result = outcome(self.ldb.persist, entry_list(index + 1, terms, payloads), None,
+                             snap)
         assert mem_result == ldb_result
         if mem_result[0] == "raises":
             assert mem_result[1] == SnapshotOutOfDateError.__name__

@@ -109,6 +109,20 @@ def test_raft_snapshot_provider_keeps_images_for_the_sender(datadir: DataDir) ->
     assert sm.snapshot_handle(10, 1) is None  # evicted: at most 2 kept
     handle = sm.snapshot_handle(12, 1)
     assert handle is not None and handle.metadata == snaps[2].metadata
+    fill(sm, store, 14, 1)
+    assert store.snapshot(0, 3).metadata == store.snapshot(0, 4).metadata  # shared image
+    assert sm.snapshot_handle(11, 1) is None and sm.snapshot_handle(12, 1) is handle
+    stream = handle.chunks(64)
+    first_chunk = next(stream)
+    fill(sm, store, 15, 1)
+    store.snapshot(0, 2)  # evicts (12, 1) while its stream is being read
+    assert sm.snapshot_handle(12, 1) is None and handle.closed
+    rest = b"".join(stream)  # the running stream still completes
+    receiver = sm.receive_snapshot(handle.metadata)
+    receiver.write(first_chunk + rest)
+    assert receiver.finish().record_count == 12
+    with pytest.raises(AssertionError, match="closed"):
+        next(handle.chunks(64))
     sm.close()
 
 
