@@ -27,6 +27,7 @@ from .waiters import NodeError
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
+RETRY_SAFE_KEY = "kvraft-retry-safe"
 NO_DEADLINE_S = 1e6   # grpc reports a huge time_remaining when the client set none
 
 
@@ -68,7 +69,8 @@ class _Base:
         timeout_s, client_deadline = self._deadline(context)
         try:
             if self.node.stopping:
-                raise NodeError(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
+                raise NodeError(grpc.StatusCode.UNAVAILABLE, "the node is shutting down",
+                                retry_safe=True)
             return await body(timeout_s)
         except NodeError as e:
             code = e.code
@@ -76,7 +78,8 @@ class _Base:
                     e.message.startswith("no leader or quorum before the deadline"):
                 # The client's own deadline passed: the write's outcome is unknown.
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-            await context.abort(code, e.message)
+            trailers = ((RETRY_SAFE_KEY, "1"),) if e.retry_safe else ()
+            await context.abort(code, e.message, trailing_metadata=trailers)
             raise AssertionError("abort returns by raising") from None
         except BaseException:
             if code == grpc.StatusCode.OK:

@@ -224,9 +224,9 @@ class Node:
     async def propose(self, request_id: int, data: bytes, timeout_s: float) -> Any:
         """Replicate a command; return its ApplyResult once applied on this node."""
         if self._stopping:
-            raise unavailable("the node is shutting down")
+            raise unavailable("the node is shutting down", retry_safe=True)
         if len(self._proposals) >= PENDING_PROPOSALS_MAX:
-            raise unavailable("too many writes in flight")
+            raise unavailable("too many writes in flight", retry_safe=True)
         p = Proposal(request_id=request_id, data=data)
         assert request_id not in self._proposals
         self._proposals[request_id] = p
@@ -236,7 +236,7 @@ class Node:
 
     async def propose_conf_change(self, cc: eraftpb.ConfChange, timeout_s: float) -> Any:
         if self._stopping:
-            raise unavailable("the node is shutting down")
+            raise unavailable("the node is shutting down", retry_safe=True)
         p = Proposal(request_id=cc.id, conf_change=cc)
         self._conf_proposals[cc.id] = p
         self._queued.append(p)
@@ -246,9 +246,9 @@ class Node:
     async def read_index(self, timeout_s: float) -> None:
         """Return once this node has applied everything committed when the read began."""
         if self._stopping:
-            raise unavailable("the node is shutting down")
+            raise unavailable("the node is shutting down", retry_safe=True)
         if len(self._reads_queued) >= PENDING_READS_MAX:
-            raise unavailable("too many reads in flight")
+            raise unavailable("too many reads in flight", retry_safe=True)
         w = ReadWaiter()
         self._reads_queued.append(w)
         self.metrics.reads_in_flight.inc()
@@ -264,7 +264,7 @@ class Node:
         deadline = time.monotonic() + timeout_s
         while self.raw.raft.leader_id != to:
             if self._stopping:
-                raise unavailable("the node is shutting down")
+                raise unavailable("the node is shutting down", retry_safe=True)
             if self.raw.raft.leader_id != 0:
                 self._transfers.append(to)
                 self._wake.set()
@@ -322,6 +322,9 @@ class Node:
         self.metrics.proposals_in_flight.set(len(self._proposals))
 
     def _fail_all(self, error: NodeError) -> None:
+        never_proposed = unavailable(error.message, retry_safe=True)
+        for p in self._queued:
+            p.fail(never_proposed)
         for p in itertools.chain(self._proposals.values(), self._conf_proposals.values()):
             p.fail(error)
         for w in self._reads_queued:
@@ -375,7 +378,7 @@ class Node:
         if self._reads_queued and raw.raft.leader_id == 0:
             # Raft drops a ReadIndex when no leader is known: say so now, as for writes.
             for w in self._reads_queued:
-                w.fail(unavailable("no leader to confirm the read"))
+                w.fail(unavailable("no leader to confirm the read", retry_safe=True))
             self._reads_queued.clear()
         if self._reads_queued:
             waiters, self._reads_queued = self._reads_queued, []
@@ -399,7 +402,7 @@ class Node:
                 raw.propose(b"", p.data)
         except raft.ProposalDropped:
             p.fail(unavailable("no leader to take the write" if raw.raft.leader_id == 0
-                               else "the leader dropped the write"))
+                               else "the leader dropped the write", retry_safe=True))
             return
         if raw.raft.state == StateRole.Leader:
             # On the leader the entry was appended at the tail: remember where, so a

@@ -16,14 +16,17 @@ import grpc
 class NodeError(Exception):
     """A request failed with a gRPC status code (SPEC §2)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, retry_safe: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # True when the request surely had no effect (rejected before it was proposed),
+        # so a client may re-send a write elsewhere (docs/INTERFACES.md, kvraft.client).
+        self.retry_safe = retry_safe
 
 
-def unavailable(message: str) -> NodeError:
-    return NodeError(grpc.StatusCode.UNAVAILABLE, message)
+def unavailable(message: str, *, retry_safe: bool = False) -> NodeError:
+    return NodeError(grpc.StatusCode.UNAVAILABLE, message, retry_safe=retry_safe)
 
 
 def _new_future() -> asyncio.Future[Any]:

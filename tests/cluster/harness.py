@@ -81,7 +81,7 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
             value = condition()
             if value:
                 return value
-        except (grpc.RpcError, OSError) as e:
+        except (grpc.RpcError, OSError, ValueError) as e:
             last_error = e
         if time.monotonic() >= deadline:
             detail = on_timeout() if on_timeout else ""
@@ -104,6 +104,7 @@ class NodeProcess:
     paused: bool = False
     channel: grpc.Channel | None = None
     starts: int = 0
+    stopped_by_harness: bool = False
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -196,6 +197,7 @@ class LocalCluster:
             )
         node.starts += 1
         node.paused = False
+        node.stopped_by_harness = False
 
     # -------------------------------------------------------------- process control
     def wait_serving(self, node_id: int, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -214,6 +216,7 @@ class LocalCluster:
         """SIGKILL by PID: no clean shutdown, like a power cut of the process."""
         node = self.nodes[node_id]
         assert node.proc is not None
+        node.stopped_by_harness = True
         node.close_channel()
         if node.running():
             os.kill(node.proc.pid, signal.SIGKILL)
@@ -224,6 +227,7 @@ class LocalCluster:
         """A clean stop (SIGTERM/SIGINT); returns the exit code."""
         node = self.nodes[node_id]
         assert node.proc is not None
+        node.stopped_by_harness = True
         node.close_channel()
         if node.paused:
             self.resume(node_id)
@@ -261,6 +265,13 @@ class LocalCluster:
         node = self.nodes[node_id]
         assert not node.running(), "stop the node before wiping its data"
         shutil.rmtree(node.data_dir, ignore_errors=True)
+
+    def check_no_crash(self) -> None:
+        """Raise at once if a node exited that the harness did not stop."""
+        for node_id, node in self.nodes.items():
+            if node.proc is not None and not node.stopped_by_harness and not node.running():
+                raise ClusterError(f"node {node_id} exited unexpectedly with "
+                                   f"{node.proc.returncode}:\n{self.log_tail(node_id)}")
 
     def running_ids(self) -> list[int]:
         return [i for i, n in sorted(self.nodes.items()) if n.running() and not n.paused]
@@ -320,6 +331,7 @@ class LocalCluster:
         excluded = set(exclude)
 
         def agreed() -> int | None:
+            self.check_no_crash()
             members = [i for i in (ids if ids is not None else self.running_ids())
                        if i not in excluded]
             views = self.leader_views(members)

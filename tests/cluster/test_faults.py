@@ -84,7 +84,12 @@ def test_cut_off_member_answers_unavailable_and_no_stale_linearizable_read() -> 
         for node_id in others:
             cluster.pause(node_id)
         deadline_s = 6.0
+        retry_safe = []
         for call in (
+            # in flight when the leader steps down: outcome unknown
+            lambda: cluster.kv(leader).Put(pb.PutRequest(key=b"iso", value=b"lost"),
+                                           timeout=deadline_s),
+            # no leader any more: rejected before proposing, safe to re-send
             lambda: cluster.kv(leader).Put(pb.PutRequest(key=b"iso", value=b"lost"),
                                            timeout=deadline_s),
             lambda: cluster.kv(leader).Get(pb.GetRequest(key=b"iso"), timeout=deadline_s),
@@ -94,6 +99,8 @@ def test_cut_off_member_answers_unavailable_and_no_stale_linearizable_read() -> 
                 call()
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
             assert time.monotonic() - t0 < deadline_s
+            retry_safe.append(("kvraft-retry-safe", "1") in info.value.trailing_metadata())
+        assert retry_safe == [False, True, True]
         for node_id in others:
             cluster.resume(node_id)
         leader = cluster.wait_leader()

@@ -1,0 +1,76 @@
+"""`kvraft serve` as a process: a clean stop on SIGTERM/SIGINT that a restart recovers
+from, and one-line errors for a data directory of another node or a busy address."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+
+import grpc
+import pytest
+
+from kvraft.proto import kvraft_pb2 as pb
+from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+
+from .harness import LocalCluster, retry_unavailable
+
+pytestmark = pytest.mark.cluster
+
+
+def run_serve(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cluster.command, *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_sigterm_and_sigint_stop_cleanly_and_a_restart_recovers() -> None:
+    with LocalCluster.start(1) as cluster:
+        cluster.wait_leader()
+        retry_unavailable(lambda: cluster.put(1, b"durable", b"yes"))
+        assert cluster.terminate(1, signal.SIGTERM) == 0
+        assert "stopped" in cluster.log_tail(1)
+        cluster.restart(1)
+        cluster.wait_leader()
+        assert retry_unavailable(lambda: cluster.get(1, b"durable")) == b"yes"
+        assert cluster.terminate(1, signal.SIGINT) == 0
+
+
+def test_in_flight_calls_fail_unavailable_on_shutdown() -> None:
+    with LocalCluster.start(3) as cluster:
+        leader = cluster.wait_leader()
+        followers = [i for i in cluster.nodes if i != leader]
+        for node_id in followers:
+            cluster.pause(node_id)   # the write cannot commit: it stays in flight
+        # Its own channel: the harness closes its channel to a node it stops.
+        with grpc.insecure_channel(cluster.nodes[leader].client_address) as channel:
+            pending = pb_grpc.KVStub(channel).Put.future(
+                pb.PutRequest(key=b"k", value=b"v"), timeout=30)
+            assert cluster.terminate(leader, signal.SIGTERM) == 0
+            with pytest.raises(grpc.RpcError) as info:
+                pending.result()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+
+
+def test_data_dir_of_another_node_and_busy_address_are_one_line_errors() -> None:
+    with LocalCluster.start(1) as cluster:
+        node = cluster.nodes[1]
+        cluster.wait_leader()
+        assert cluster.terminate(1) == 0
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free_peer = f"127.0.0.1:{s.getsockname()[1]}"
+        r = run_serve(cluster, "--id", "2", "--data-dir", str(node.data_dir),
+                      "--listen", node.client_address, "--peer-listen", free_peer,
+                      "--initial-cluster", f"2={free_peer}")
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "belongs to node 1" in lines[0], r.stderr
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = f"127.0.0.1:{busy.getsockname()[1]}"
+            r = run_serve(cluster, "--id", "1", "--data-dir", str(node.data_dir),
+                          "--listen", taken, "--peer-listen", node.peer_address,
+                          "--initial-cluster", f"1={node.peer_address}")
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and taken in lines[0], r.stderr
