@@ -261,3 +261,37 @@ def test_serve_refuses_a_data_dir_of_another_node_and_a_busy_port(tmp_path: Path
         tmp_path, KVRAFT_DATA_DIR=str(tmp_path / "node1")), cwd=tmp_path,
         timeout_s=SERVE_TIMEOUT_S)
     assert str(tmp_path / "node1") in assert_one_error_line(other, 1)
+
+
+def test_member_add_learner_promote_remove_through_the_cli() -> None:
+    """A node started with --join is added as a learner, catches up, is promoted to a
+    voter and removed again, all with `kvraft member ...`."""
+    with LocalCluster.start(3) as c:
+        c.wait_leader()
+        e = endpoints(c)
+        assert run_kvraft("put", "before-join", "x", "--endpoints", e).returncode == 0
+        new = c.define(4)
+        c.launch(4, join=True)
+        added = run_kvraft("member", "add", "4", "--peer-address", new.peer_address,
+                           "--client-address", new.client_address, "--learner",
+                           "--timeout", "10", "--endpoints", e)
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.decode().splitlines()[0] == "member 4 added as a learner"
+
+        def caught_up() -> bool:
+            got = run_kvraft("get", "before-join", "--serializable", "--timeout", "1",
+                             "--endpoints", new.client_address)
+            return got.stdout == b"x\n"
+
+        wait_until(caught_up, 60, "node 4 to catch up", lambda: c.log_tail(4))
+        promoted = run_kvraft("member", "promote", "4", "--timeout", "10", "--endpoints", e)
+        assert promoted.returncode == 0, promoted.stderr
+        members = json.loads(run_kvraft("member", "list", "--json", "--endpoints", e).stdout)
+        assert [(m["id"], m["learner"]) for m in members] == [
+            (1, False), (2, False), (3, False), (4, False)]
+        status = json.loads(run_kvraft("status", "--json", "--endpoints", e).stdout)
+        assert all(m["reachable"] for m in status)
+        removed = run_kvraft("member", "remove", "4", "--timeout", "10", "--endpoints", e)
+        assert removed.returncode == 0, removed.stderr
+        members = json.loads(run_kvraft("member", "list", "--json", "--endpoints", e).stdout)
+        assert [m["id"] for m in members] == [1, 2, 3]
