@@ -101,6 +101,7 @@ class DataDir:
                 raise DataDirError(path, "does not exist")
             try:
                 path.mkdir(parents=True)
+                fsync_dir(path.parent)  # the new directory's entry survives a power loss
             except OSError as e:
                 raise DataDirError(path, f"cannot be created: {e.strerror}") from e
         lock_fd = cls._lock(path)
@@ -165,6 +166,10 @@ class DataDir:
 
     @staticmethod
     def _open_db(path: Path, db_path: Path) -> plyvel.DB:
+        # paranoid_checks: corruption found while opening (a damaged MANIFEST, a WAL
+        # record failing its checksum) is an error, not silently skipped. A record torn
+        # by a crash at the very end of the WAL is not corruption to LevelDB (the
+        # write never completed, so it was never acknowledged) and is dropped.
         try:
             return plyvel.DB(str(db_path), create_if_missing=True, paranoid_checks=True)
         except plyvel.CorruptionError as e:
