@@ -58,6 +58,8 @@ ROUND_BACKOFF_MAX_S = 0.5
 # Scan pages followed for one scan() call; a server page cap of 10,000 keys makes this
 # 10 million keys, far past what a store "for small, critical state" holds.
 SCAN_PAGES_MAX = 1000
+# How long the one-off member-list fetch that maps the leader's id to an endpoint may take.
+MEMBER_MAP_TIMEOUT_S = 1.0
 # Channels kept open to addresses outside the endpoint list (status of other members).
 EXTRA_CHANNELS_MAX = 64
 UINT64_MAX = (1 << 64) - 1
@@ -314,6 +316,7 @@ class Client:
         self._preferred = 0  # index into endpoints of the member that answered last
         self._leader_id = 0
         self._member_at: dict[str, int] = {}  # endpoint -> member id, from headers
+        self._mapped_leader_id = 0  # the leader for which the member list was last fetched
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -528,6 +531,26 @@ class Client:
                 if m.client_address in self.endpoints:
                     self._member_at[m.client_address] = m.id
 
+    def _maybe_map_leader(self, endpoint: str, deadline: float) -> None:
+        """A leader was named whose endpoint we cannot tell: ask `endpoint` once for the
+        member list (client addresses), so later calls go straight to the leader
+        instead of through a follower's forwarding hop. At most once per leader."""
+        with self._lock:
+            leader_id = self._leader_id
+            if (not leader_id or leader_id == self._mapped_leader_id
+                    or len(self.endpoints) < 2 or leader_id in self._member_at.values()):
+                return
+            self._mapped_leader_id = leader_id
+        timeout_s = min(MEMBER_MAP_TIMEOUT_S, deadline - time.monotonic())
+        if timeout_s <= 0:
+            return
+        try:
+            response = self._call_one(endpoint, "cluster", "Status", pb.StatusRequest(),
+                                      timeout=timeout_s)
+        except KvraftError:
+            return  # only an optimisation; the next leader change tries again
+        self._learn_members(response.members)
+
     def _forget(self, endpoint: str) -> None:
         """The member at `endpoint` failed: stop preferring it as the leader."""
         with self._lock:
@@ -566,6 +589,7 @@ class Client:
                     self._forget(endpoint)
                     continue
                 self._learn(endpoint, response.header)
+                self._maybe_map_leader(endpoint, deadline)
                 return response
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:

@@ -244,12 +244,17 @@ def test_every_endpoint_dead_is_unavailable_within_the_deadline(dead_endpoint: s
 def test_client_prefers_the_leader_named_in_headers(fake_cluster: FakeCluster) -> None:
     fake_cluster.leader_id = 3
     with Client(fake_cluster.endpoints) as kv:
-        kv.status()  # answered by node 1, names 3 as leader and maps addresses to ids
+        kv.put("k", "v1")  # node 1 answers, names 3; one Status maps 3 to its endpoint
         assert kv.leader_id == 3
-        kv.put("k", "v")
+        kv.put("k", "v2")
         kv.get("k")
-    assert fake_cluster.node(3).calls["Put"] == 1 and fake_cluster.node(3).calls["Get"] == 1
-    assert fake_cluster.node(1).calls["Put"] == 0
+        fake_cluster.leader_id = 2  # a new leader, learned from node 3's next header
+        kv.get("k")
+        kv.get("k")
+    assert fake_cluster.node(1).calls["Put"] == 1 and fake_cluster.node(1).calls["Status"] == 1
+    assert fake_cluster.node(3).calls["Put"] == 1 and fake_cluster.node(3).calls["Get"] == 2
+    assert fake_cluster.node(2).calls["Get"] == 1
+    assert fake_cluster.node(3).calls["Status"] == 0  # 2 was already mapped
 
 
 # ------------------------------------------------------------------ helpers
