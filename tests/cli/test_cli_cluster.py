@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvraft.client import Client, FailedPrecondition, InvalidArgument, Put
+from kvraft.client import Client, DeadlineExceeded, FailedPrecondition, InvalidArgument, Put
 from tests.cli.helpers import KVRAFT, assert_one_error_line, clean_env, run_kvraft
 from tests.cluster.harness import LocalCluster, free_port, wait_until
 
@@ -295,3 +295,31 @@ def test_member_add_learner_promote_remove_through_the_cli() -> None:
         assert removed.returncode == 0, removed.stderr
         members = json.loads(run_kvraft("member", "list", "--json", "--endpoints", e).stdout)
         assert [m["id"] for m in members] == [1, 2, 3]
+
+
+def test_reads_fail_over_from_a_frozen_member_and_writes_to_it_are_unknown(
+        cluster: LocalCluster) -> None:
+    """A SIGSTOPped member never answers. A new connection to it never completes (the
+    request is not sent: a definite failure, and a read or write moves on); a write sent
+    on a connection made before it froze has an unknown outcome and is not re-sent."""
+    leader = cluster.wait_leader()
+    frozen = next(i for i in sorted(cluster.nodes) if i != leader)
+    assert run_kvraft("put", "frozen/k", "v", "--endpoints", endpoints(cluster)).returncode == 0
+    with Client(endpoints(cluster, [frozen])) as warm:
+        assert warm.get("frozen/k") == b"v"  # connected before the member freezes
+        cluster.pause(frozen)
+        try:
+            order = f"{endpoints(cluster, [frozen])},{endpoints(cluster, [leader])}"
+            got = run_kvraft("get", "frozen/k", "--timeout", "4", "--endpoints", order)
+            assert (got.returncode, got.stdout) == (0, b"v\n"), got.stderr
+            put = run_kvraft("put", "frozen/w", "v", "--timeout", "4", "--endpoints", order)
+            assert put.returncode == 0, put.stderr
+            alone = run_kvraft("put", "frozen/x", "v", "--timeout", "1",
+                               "--endpoints", endpoints(cluster, [frozen]))
+            assert "is unreachable" in assert_one_error_line(alone, 3)
+            with pytest.raises(DeadlineExceeded) as unknown:
+                warm.put("frozen/y", "v", timeout=1)
+            assert unknown.value.outcome_unknown is True
+        finally:
+            cluster.resume(frozen)
+    cluster.wait_leader()
