@@ -603,6 +603,8 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         from kvraft.bench.loadgen import LoadError, LoadSpec, print_progress, run_load
     except ImportError:
         raise CliError("bench is not available yet in this build") from None
+    with _connect(endpoints, timeout) as kv:
+        kv.status()  # one clear error line now rather than a run of failed requests
     spec = LoadSpec(endpoints=tuple(endpoints), clients=clients, duration_s=duration,
                     value_size=value_size, keys=keys, read_ratio=read_ratio, workers=workers,
                     request_timeout_s=timeout, preload=preload)
@@ -614,6 +616,10 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         if not as_json:
             click.echo("", err=True)  # end the progress line
     click.echo(result.to_json() if as_json else result.format_table())
+    if result.ops == 0:
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items())) or "none"
+        raise CliError(f"bench: no request succeeded (errors: {failures})",
+                       EXIT_REQUEST_FAILED)
     return EXIT_OK
 
 

@@ -219,3 +219,10 @@ def test_bench_runs_against_the_cluster_and_prints_json(fake_cluster: FakeCluste
     assert report["ops"] > 0 and report["reads"] > 0 and report["writes"] > 0
     assert report["spec"]["clients"] == 2
     assert len(fake_cluster.store) <= 10
+
+
+def test_bench_against_an_unreachable_cluster_is_one_line(dead_endpoint: str) -> None:
+    result = run_kvraft("bench", "--duration", "1", "--timeout", "0.5",
+                        "--endpoints", dead_endpoint)
+    assert "unreachable" in assert_one_error_line(result, 3)
+    assert result.stdout == b""
