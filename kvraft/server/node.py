@@ -46,6 +46,8 @@ INBOUND_MESSAGES_MAX = 50_000
 SNAPSHOT_HANDLES_KEPT = 2
 MAX_SIZE_PER_MSG_BYTES = 1 << 20
 MAX_INFLIGHT_MSGS = 256
+COMMIT_PERSIST_LAG_ENTRIES = 1_000
+INLINE_APPLY_ENTRIES_MAX = 64
 
 ROLE_NAMES = {
     StateRole.Leader: "leader",
@@ -106,6 +108,8 @@ class Node:
         self._role = self.raw.raft.state
         self._published = False
         self._next_publish_tick = 0
+        self._persisted_commit = store.log.hard_state().commit
+        self._deferred_hs: eraftpb.HardState | None = None
         self._last_compact_index = 0
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,6 +163,9 @@ class Node:
         try:
             while not self._stopping:
                 await self._wake.wait()
+                # Let the callbacks already due run first (arriving RPCs and peer
+                # messages), so they join this round instead of each starting one.
+                await asyncio.sleep(0)
                 self._wake.clear()
                 if self._stopping:
                     break
@@ -380,7 +387,9 @@ class Node:
             for w in self._reads_queued:
                 w.fail(unavailable("no leader to confirm the read", retry_safe=True))
             self._reads_queued.clear()
-        if self._reads_queued:
+        if self._reads_queued and not self._read_index_in_flight():
+            # One ReadIndex at a time (thesis §6.4): every read that arrives while it
+            # is out shares the next one, so a read costs a heartbeat round per batch.
             waiters, self._reads_queued = self._reads_queued, []
             ctx = self._read_ctx_prefix + next(self._read_ctx).to_bytes(8, "big")
             self._read_rounds[ctx] = ReadRound(ctx, waiters, self._tick_count)
@@ -391,7 +400,12 @@ class Node:
             if raw.has_ready():
                 self._wake.set()
         self._serve_reads()
+        if self._reads_queued and not self._read_index_in_flight():
+            self._wake.set()
         self._update_gauges()
+
+    def _read_index_in_flight(self) -> bool:
+        return any(rr.index < 0 for rr in self._read_rounds.values())
 
     def _propose_one(self, p: Proposal) -> None:
         raw = self.raw
@@ -449,11 +463,27 @@ class Node:
             assert staged is not None, f"snapshot {key} in Ready was never staged"
         entries = rd.take_entries()
         hs = rd.hs()
+        if hs is not None and not rd.must_sync() and \
+                hs.commit - self._persisted_commit < COMMIT_PERSIST_LAG_ENTRIES:
+            # Only the commit index moved: Raft re-learns it after a restart (and startup
+            # raises it to the applied index), so it rides along with the next synced
+            # write instead of costing an fsync on every commit (raft-rs must_sync).
+            self._deferred_hs = hs
+            hs = None
+        elif hs is None and entries and self._deferred_hs is not None:
+            hs = self._deferred_hs
+        if hs is not None:
+            self._deferred_hs = None
         committed = rd.take_committed_entries()
         persisted_messages = rd.take_persisted_messages()
-        results = await asyncio.to_thread(
-            self._persist_and_apply, entries, hs, snapshot, staged, committed
-        )
+        if entries or hs is not None or snapshot is not None:
+            results = await asyncio.to_thread(
+                self._persist_and_apply, entries, hs, snapshot, staged, committed
+            )
+            if hs is not None:
+                self._persisted_commit = hs.commit
+        else:
+            results = await self._apply_soon(committed)
         if snapshot is not None:
             self.metrics.snapshots_installed.inc()
             self._set_conf_state(snapshot.metadata.conf_state)
@@ -467,7 +497,7 @@ class Node:
         self.transport.send(light.take_messages())
         committed = light.take_committed_entries()
         if committed:
-            results = await asyncio.to_thread(self._apply, committed)
+            results = await self._apply_soon(committed)
             self._on_applied(committed, results)
         raw.advance_apply()
         self._maybe_compact()
@@ -491,6 +521,16 @@ class Node:
             self.metrics.fsync_latency.observe(time.perf_counter() - t0)
             self.metrics.ready_entries.observe(len(entries))
         return self._apply(committed) if committed else []
+
+    async def _apply_soon(self, committed: list[eraftpb.Entry]) -> list[Any]:
+        """Apply with nothing to make durable: a few entries on the loop (an unsynced
+        LevelDB batch costs less than a thread hop), a long catch-up on the thread so
+        heartbeats keep flowing."""
+        if not committed:
+            return []
+        if len(committed) <= INLINE_APPLY_ENTRIES_MAX:
+            return self._apply(committed)
+        return await asyncio.to_thread(self._apply, committed)
 
     def _apply(self, committed: list[eraftpb.Entry]) -> list[Any]:
         t0 = time.perf_counter()
