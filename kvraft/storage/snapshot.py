@@ -88,10 +88,15 @@ class SnapshotHandle:
         self._closed = False
 
     def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
-        """The stream, as chunks of exactly `chunk_bytes` (the last one shorter)."""
+        """The stream, as chunks of exactly `chunk_bytes` (the last one shorter).
+
+        Lazy: the stream holds the image from its first chunk on; if the handle was
+        closed (evicted) before that, the first next() raises SnapshotStreamError.
+        """
         assert chunk_bytes > 0
         with self._lock:
-            assert not self._closed, "snapshot handle is closed"
+            if self._closed:  # evicted or closed before this stream started
+                raise SnapshotStreamError("the snapshot image was closed")
             self._active_streams += 1
         try:
             yield from self._stream(chunk_bytes)

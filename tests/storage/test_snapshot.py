@@ -121,7 +121,7 @@ def test_raft_snapshot_provider_keeps_images_for_the_sender(datadir: DataDir) ->
     receiver = sm.receive_snapshot(handle.metadata)
     receiver.write(first_chunk + rest)
     assert receiver.finish().record_count == 12
-    with pytest.raises(AssertionError, match="closed"):
+    with pytest.raises(SnapshotStreamError, match="closed"):
         next(handle.chunks(64))
     sm.close()
 
