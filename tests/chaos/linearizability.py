@@ -62,6 +62,10 @@ class Op:
     value: bytes | None = None  # PUT: the value written; CAS: the new value
     expected: bytes | None = None  # CAS: the expected value, None = "key absent"
     result: bytes | bool | None = None
+    # CAS that failed: the value the server reported as current (SPEC §2), when known.
+    # A failed CAS then also reads the register, atomically with its comparison.
+    current: bytes | None = None
+    current_known: bool = False
 
     @property
     def indeterminate(self) -> bool:
@@ -78,6 +82,8 @@ class Op:
         else:
             what = f"cas({_show(self.expected)} -> {_show(self.value)})"
             out = "?" if self.indeterminate else ("ok" if self.result else "failed")
+            if self.current_known and not self.result:
+                out += f" (current {_show(self.current)})"
         return (
             f"[{self.invoke_s - t0_s:9.4f} .. {end}] client {self.client:<3} op {self.id:<6}"
             f" {what} -> {out}"
@@ -141,6 +147,8 @@ def _split_ghosts(ops: Sequence[Op]) -> tuple[list[Op], list[Op]]:
             observed.add(op.result)  # type: ignore[arg-type]
         elif op.kind is Kind.CAS:
             observed.add(op.expected)
+            if op.current_known:
+                observed.add(op.current)
     real: list[Op] = []
     ghosts: list[Op] = []
     for op in ops:
@@ -177,6 +185,12 @@ def _step(
         if value == op.expected or (value is UNKNOWN and op.expected in possible):
             return True, (op.value, spent)
         return False, state
+    if op.current_known:
+        if op.current == op.expected:
+            return False, state  # a failed CAS cannot have found what it expected
+        if value is UNKNOWN:
+            return op.current in possible, (op.current, spent)
+        return value == op.current, state
     if value is UNKNOWN or value != op.expected:
         return True, state
     assert op.complete_s is not None

@@ -106,6 +106,14 @@ class Nemesis:
         leader = self.cluster.leader()
         return fallback if leader is None else leader
 
+    def _victim(self, fault: Fault) -> tuple[int, str]:
+        if not fault.on_leader:
+            return fault.order[0], ""
+        leader = self.cluster.leader()
+        if leader is None:
+            return fault.order[0], " (no leader known)"
+        return leader, " (the leader)"
+
     def apply(self, fault: Fault) -> None:
         net, order = self.cluster.net, list(fault.order)
         if fault.kind == "isolate-leader":
@@ -123,15 +131,15 @@ class Nemesis:
             net.partition([left, right])
             self._note(f"bridge {bridge} between {sorted(left)} and {sorted(right)}")
         elif fault.kind == "kill":
-            victim = self._leader_or(order[0]) if fault.on_leader else order[0]
+            victim, what = self._victim(fault)
             self.cluster.kill9(victim)
             self._killed.append(victim)
-            self._note(f"kill -9 node {victim}")
+            self._note(f"kill -9 node {victim}{what}")
         elif fault.kind == "pause":
-            victim = self._leader_or(order[0]) if fault.on_leader else order[0]
+            victim, what = self._victim(fault)
             self.cluster.pause(victim)
             self._paused.append(victim)
-            self._note(f"SIGSTOP node {victim}")
+            self._note(f"SIGSTOP node {victim}{what}")
         else:
             raise AssertionError(f"unknown fault kind {fault.kind}")
 

@@ -289,3 +289,16 @@ def test_generated_history_with_many_lost_writes_and_a_stale_read_is_caught(seed
     result = check([*history, stale])
     assert not result.ok
     assert stale.id in {op.id for op in result.violations[0].window}
+
+
+def test_failed_cas_reporting_the_current_value_reads_the_register() -> None:
+    h = H().put(1, 0, 1, b"a").put(1, 2, 3, b"b")
+    h.ops.append(Op(id=2, client=2, key=K, kind=Kind.CAS, invoke_s=4, complete_s=5,
+                    expected=b"x", value=b"c", result=False, current=b"b", current_known=True))
+    assert check(h.ops).ok
+    stale = dataclasses.replace(h.ops[2], current=b"a")
+    h.ops[2] = stale
+    assert _only_violation(h) == [1, 2]
+    # reporting the expected value as current while failing is never legal
+    h.ops[2] = dataclasses.replace(stale, expected=b"b", current=b"b")
+    assert not check(h.ops).ok

@@ -3,7 +3,8 @@
 Each client thread has its own `kvraft.client.Client` (its own failover state) and runs
 a closed loop of put (a value unique to the run), linearizable get and compare-and-swap
 on a small key set, every call with a deadline. The CAS expects the value that client
-last saw for the key, as a real read-modify-write would.
+last saw for the key, as a real read-modify-write would; a failed CAS records the
+current value the server reported, which the checker treats as a read.
 
 Outcomes, as the client reports them (kvraft.client's docstring):
 * success -> a completed operation with its result;
@@ -127,13 +128,14 @@ class Workload:
                 done = dataclasses.replace(base, complete_s=time.monotonic(), value=value)
                 last_seen[key] = value
             else:
-                ok = client.cas(key, expected, value, timeout=self.call_timeout_s)
-                done = dataclasses.replace(base, complete_s=time.monotonic(), value=value,
-                                           expected=expected, result=ok)
-                if ok:
-                    last_seen[key] = value
-                else:
-                    last_seen.pop(key, None)  # unknown now; next CAS expects absence
+                cas = client.compare_and_swap(key, expected, value,
+                                              timeout=self.call_timeout_s)
+                done = dataclasses.replace(
+                    base, complete_s=time.monotonic(), value=value, expected=expected,
+                    result=cas.succeeded, current=None if cas.succeeded else cas.current,
+                    current_known=not cas.succeeded,
+                )
+                last_seen[key] = value if cas.succeeded else cas.current
         except KvraftError as err:
             self._failed(base, value, expected, err, certain=not err.outcome_unknown)
             return
