@@ -107,3 +107,19 @@ def test_second_transfer_to_other_target_replaces_first() -> None:
     net.node(1).transfer_leader(2)
     net.stabilize()
     assert net.leader() == 2
+
+
+def test_follower_without_leader_drops_transfer(cluster3: Network) -> None:
+    cluster3.node(2).transfer_leader(2)
+    cluster3.stabilize()
+    assert cluster3.leaders() == [] and cluster3.term(2) == 0
+
+
+def test_learner_ignores_timeout_now() -> None:
+    # A TimeoutNow is a blessing to campaign; a learner cannot accept it.
+    net = Network([1, 2, 3], learners=[4])
+    net.elect(1)
+    net.step(4, eraftpb.Message(msg_type=eraftpb.MsgTimeoutNow, from_=1, to=4, term=1))
+    net.stabilize()
+    assert net.role(4) == StateRole.Follower and net.term(4) == 1
+    assert net.leader() == 1

@@ -204,3 +204,35 @@ def test_promote_learner_to_voter() -> None:
     assert list(net.nodes[4].sm.conf_state.learners) == []
     net.crash(1)
     net.tick_until(lambda: net.leader() is not None, ticks_max=10 * ET, node_ids=[2, 3, 4])
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (v2(eraftpb.Explicit, (ADD, 4)), v2(eraftpb.Explicit, (ADD, 5))),
+        (None, eraftpb.ConfChangeV2()),
+    ],
+    ids=["nested-joint", "leave-when-not-joint"],
+)
+def test_refused_conf_change_becomes_noop(first, second) -> None:
+    # §4.3: a joint configuration must be left before the next change; leaving when not
+    # joint means nothing. The leader turns such a proposal into an empty entry.
+    net = Network([1, 2, 3], learners=[4, 5])
+    leader = net.elect(1)
+    if first is not None:
+        change(net, leader, first)
+    before = eraftpb.ConfState()
+    before.CopyFrom(net.nodes[leader].sm.conf_state)
+    last = net.raft(leader).raft_log.last_index()
+    change(net, leader, second)
+    assert net.nodes[leader].sm.conf_state == before
+    assert net.raft(leader).raft_log.last_index() == last + 1
+    assert net.committed(leader) == last + 1
+
+
+def test_removed_leader_refuses_proposals() -> None:
+    net = Network([1, 2, 3])
+    leader = net.elect(1)
+    change(net, leader, single(REMOVE, leader))
+    with pytest.raises(ProposalDropped):
+        net.node(leader).propose(b"", b"from-removed")

@@ -235,3 +235,74 @@ def test_candidate_with_stale_log_cannot_win() -> None:
     assert net.role(3) != StateRole.Leader
     net.tick_until(lambda: net.leader() is not None, ticks_max=10 * ET)
     assert net.leader() == 2
+
+
+def test_campaign_as_leader_is_ignored(cluster3: Network) -> None:
+    leader = cluster3.elect(1)
+    cluster3.campaign(leader)
+    assert cluster3.role(leader) == StateRole.Leader and cluster3.term(leader) == 1
+
+
+def test_learner_cannot_campaign() -> None:
+    # Thesis §4.2.1: a non-voting member is not promotable; even an explicit campaign
+    # request is ignored.
+    net = Network([1, 2, 3], learners=[4])
+    net.campaign(4)
+    assert net.role(4) == StateRole.Follower and net.term(4) == 0
+    assert not net.take_sent(eraftpb.MsgRequestVote)
+
+
+def test_no_campaign_with_committed_unapplied_conf_change() -> None:
+    # Thesis §4.1: a server uses the latest configuration in its log; one that has a
+    # committed configuration change it has not applied yet does not know the
+    # configuration it would lead, so it must not start an election.
+    from kvraft.raft import Config, MemStorage, RawNode
+
+    storage = MemStorage.new_with_conf_state(eraftpb.ConfState(voters=[1, 2, 3]))
+    cc = eraftpb.ConfChange(change_type=eraftpb.AddNode, node_id=4)
+    storage.append([
+        eraftpb.Entry(index=1, term=1),
+        eraftpb.Entry(index=2, term=1, entry_type=eraftpb.EntryConfChange,
+                      data=cc.SerializeToString()),
+    ])
+    storage.set_hardstate(eraftpb.HardState(term=1, commit=2))
+    raw = RawNode(Config(id=1, election_tick=ET, heartbeat_tick=1), storage)
+    raw.campaign()
+    assert raw.raft.state == StateRole.Follower and raw.raft.term == 1
+    # Once the application applied it, the campaign goes ahead.
+    rd = raw.ready()
+    for e in rd.take_committed_entries():
+        if e.entry_type == eraftpb.EntryConfChange:
+            change = eraftpb.ConfChange()
+            change.ParseFromString(e.data)
+            raw.apply_conf_change(change)
+    raw.advance(rd)
+    raw.campaign()
+    assert raw.raft.state == StateRole.Candidate and raw.raft.term == 2
+
+
+@pytest.mark.parametrize("action", ["read_index", "transfer_leader"])
+def test_candidate_drops_requests_needing_a_leader(action: str) -> None:
+    net = Network([1, 2, 3])
+    net.isolate(1)
+    net.campaign(1)
+    assert net.role(1) == StateRole.Candidate
+    net.take_sent()
+    if action == "read_index":
+        net.node(1).read_index(b"x")
+    else:
+        net.node(1).transfer_leader(2)
+    net.stabilize()
+    assert net.nodes[1].read_states == []
+    assert not [m for m in net.take_sent() if m.msg_type in (
+        eraftpb.MsgReadIndex, eraftpb.MsgTransferLeader, eraftpb.MsgTimeoutNow)]
+    assert net.role(1) == StateRole.Candidate and net.term(1) == 1
+
+
+def test_candidate_ignores_timeout_now() -> None:
+    net = Network([1, 2, 3])
+    net.isolate(1)
+    net.campaign(1)
+    net.step(1, eraftpb.Message(msg_type=eraftpb.MsgTimeoutNow, from_=2, to=1, term=1))
+    net.process(1)
+    assert net.role(1) == StateRole.Candidate and net.term(1) == 1

@@ -3,7 +3,9 @@ needs it sends its snapshot (InstallSnapshot); report_snapshot, request_snapshot
 the follower restoring from Ready.snapshot()."""
 from __future__ import annotations
 
-from kvraft.raft import ProgressState, SnapshotStatus, StateRole, eraftpb
+import pytest
+
+from kvraft.raft import ProgressState, ProposalDropped, SnapshotStatus, StateRole, eraftpb
 from tests.raft.network import Network, drain, new_raw_node, only
 
 
@@ -190,3 +192,59 @@ def test_memstorage_snapshot_and_compaction() -> None:
     storage.compact(3)
     assert storage.first_index() == 3 and storage.term(2) == 1
     assert [e.index for e in storage.entries(3, 5)] == [3, 4]
+
+
+def test_snapshot_already_in_log_fast_forwards_commit() -> None:
+    # A snapshot whose last entry the follower already holds needs no restore: the
+    # follower only learns that everything up to it is committed.
+    raw = new_raw_node(2, [1, 2, 3], log_terms=[1, 1, 1, 1], term=1, commit=1)
+    drain(raw)
+    snap = eraftpb.Snapshot()
+    snap.metadata.index, snap.metadata.term = 3, 1
+    snap.metadata.conf_state.voters.extend([1, 2, 3])
+    raw.step(eraftpb.Message(msg_type=eraftpb.MsgSnapshot, from_=1, to=2, term=1,
+                             snapshot=snap))
+    msgs = drain(raw)
+    assert raw.raft.raft_log.committed == 3
+    assert raw.raft.raft_log.last_index() == 4, "entries after the snapshot are kept"
+    assert raw.store().first_index() == 1, "nothing was restored"
+    assert [(m.index, m.reject) for m in only(msgs, eraftpb.MsgAppendResponse)] == [(3, False)]
+
+
+def test_snapshot_without_this_node_is_refused() -> None:
+    raw = new_raw_node(2, [1, 2, 3], log_terms=[1], term=1, commit=1)
+    drain(raw)
+    snap = eraftpb.Snapshot()
+    snap.metadata.index, snap.metadata.term = 10, 1
+    snap.metadata.conf_state.voters.extend([1, 3, 5])
+    raw.step(eraftpb.Message(msg_type=eraftpb.MsgSnapshot, from_=1, to=2, term=1,
+                             snapshot=snap))
+    drain(raw)
+    assert raw.raft.raft_log.last_index() == 1
+    assert raw.raft.raft_log.committed == 1
+
+
+@pytest.mark.parametrize("who", ["leader", "no-leader"])
+def test_request_snapshot_needs_a_leader_to_ask(who: str) -> None:
+    net = Network([1, 2, 3])
+    if who == "leader":
+        net.elect(1)
+    with pytest.raises(ProposalDropped):
+        net.node(1).request_snapshot()
+
+
+def test_candidate_receiving_snapshot_of_same_term_follows_sender() -> None:
+    net = Network([1, 2, 3])
+    net.elect(1)
+    for k in range(3):
+        net.propose(1, f"v{k}".encode())
+    net.compact(1)
+    net.isolate(3)
+    net.campaign(3)  # candidate in term 2, its vote requests are lost
+    assert net.role(3) == StateRole.Candidate
+    net.heal()
+    net.campaign(2)  # term 2 as well: 1 votes for it; 3 already voted for itself
+    assert net.leader() == 2 and net.term(2) == net.term(3) == 2
+    net.tick(ticks=3)
+    assert net.role(3) == StateRole.Follower and net.raft(3).leader_id == 2
+    assert net.applied_data(3) == net.applied_data(1)
