@@ -170,6 +170,9 @@ class Raft:
         self.state: StateRole = StateRole.Follower
         self.leader_id: int = INVALID_ID
         self.msgs: list[eraftpb.Message] = []
+        # Messages queued before this node became leader (answers it gave as a
+        # follower or candidate): they still wait for the durable write they depend on.
+        self.msgs_before_leadership: list[eraftpb.Message] = []
         self.read_states: list[ReadState] = []
         self.prs = ProgressTracker(config.max_inflight_msgs)
         self.max_inflight: int = config.max_inflight_msgs
@@ -497,6 +500,9 @@ class Raft:
     def become_leader(self) -> None:
         assert self.state is not StateRole.Follower, "invalid transition [follower -> leader]"
         self.reset(self.term)
+        if self.msgs:
+            self.msgs_before_leadership.extend(self.msgs)
+            self.msgs = []
         self.leader_id = self.id
         self.state = StateRole.Leader
         last_index = self.raft_log.last_index()

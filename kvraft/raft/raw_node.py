@@ -268,7 +268,7 @@ class RawNode:
     def has_ready(self) -> bool:
         raft = self.raft
         raft.flush_pending_appends()
-        if raft.msgs or raft.read_states:
+        if raft.msgs or raft.read_states or raft.msgs_before_leadership:
             return True
         log = raft.raft_log
         if log.unstable.has_next_entries() or log.unstable.next_snapshot() is not None:
@@ -325,12 +325,15 @@ class RawNode:
             record.last_entry = (last.index, last.term)
             rd._must_sync = True
 
+        if raft.msgs_before_leadership:
+            rd._persisted_messages = raft.msgs_before_leadership
+            raft.msgs_before_leadership = []
         if raft.msgs:
             if raft.state is StateRole.Leader:
                 # §10.2.1: the leader's appends may go out before its own disk write.
                 rd._messages = raft.msgs
             else:
-                rd._persisted_messages = raft.msgs
+                rd._persisted_messages.extend(raft.msgs)
             raft.msgs = []
 
         committed = log.next_entries_since(self._commit_since_index,
