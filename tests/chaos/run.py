@@ -93,10 +93,12 @@ def _raise_system_exit(signum: int, _frame: object) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM / SIGHUP unwind the stack like Ctrl-C does, so `finally` cleans up."""
+    """SIGTERM / SIGHUP unwind the stack like Ctrl-C does, so `finally` cleans up.
+    SIGINT is set explicitly: a shell starts background jobs with it ignored."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _raise_system_exit)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 atexit.register(_cleanup_all)
