@@ -86,6 +86,10 @@ class NodeConfig:
         default_factory=lambda: _env_float("KVRAFT_TICK_INTERVAL", 0.1))
     election_tick: int = 10
     heartbeat_tick: int = 2
+    # Async persistence (the loop keeps working while the fsync runs); KVRAFT_SYNC_PERSIST=1
+    # falls back to writing each Ready before the loop goes on.
+    async_persist: bool = field(
+        default_factory=lambda: os.environ.get("KVRAFT_SYNC_PERSIST", "") not in ("1", "true"))
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MIB
     max_batch_bytes: int = 4 * MIB

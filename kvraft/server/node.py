@@ -24,6 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -55,6 +56,18 @@ ROLE_NAMES = {
     StateRole.Candidate: "candidate",
     StateRole.PreCandidate: "pre-candidate",
 }
+
+
+@dataclass
+class PersistJob:
+    """One Ready's writes, queued for the persister."""
+
+    number: int
+    entries: list[eraftpb.Entry]
+    hs: eraftpb.HardState | None
+    snapshot: eraftpb.Snapshot | None
+    staged: Any
+    persisted_messages: list[eraftpb.Message]
 
 
 class Node:
@@ -110,6 +123,8 @@ class Node:
         self._next_publish_tick = 0
         self._persisted_commit = store.log.hard_state().commit
         self._deferred_hs: eraftpb.HardState | None = None
+        self._persist_queue: list[PersistJob] = []
+        self._persist_wake = asyncio.Event()
         self._last_compact_index = 0
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,6 +141,7 @@ class Node:
         self._tasks = [
             loop.create_task(self._ticker(), name="raft-ticker"),
             loop.create_task(self._run(), name="raft-loop"),
+            loop.create_task(self._persister(), name="raft-persister"),
         ]
 
     @property
@@ -137,12 +153,11 @@ class Node:
 
     async def stop(self) -> None:
         """Fail every waiter UNAVAILABLE, stop the loop after its current round."""
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        self._fail_all(unavailable("the node is shutting down"))
+        if not self._stopping:
+            self._stopping = True
+            self._fail_all(unavailable("the node is shutting down"))
         self._wake.set()
+        self._persist_wake.set()   # the persister finishes its queue, then returns
         for task in self._tasks:
             if task.get_name() == "raft-ticker":
                 task.cancel()
@@ -171,13 +186,7 @@ class Node:
                     break
                 await self._round()
         except Exception as e:
-            # A failed round (disk error, broken invariant) must not leave a half-alive
-            # node answering clients: record it, fail everyone, and let run_node exit.
-            log.critical("node %d: event loop failed: %s", self.id, e, exc_info=True)
-            self._fatal = e
-            self._stopping = True
-            self._fail_all(unavailable("the node failed"))
-            self._stopped.set()
+            self._fail_fatally(e)
 
     # ------------------------------------------------------- inputs (event loop only)
     def deliver(self, messages: list[eraftpb.Message]) -> None:
@@ -396,7 +405,10 @@ class Node:
             raw.read_index(ctx)
 
         if raw.has_ready():
-            await self._handle_ready()
+            if self.config.async_persist:
+                await self._handle_ready_async()
+            else:
+                await self._handle_ready()
             if raw.has_ready():
                 self._wake.set()
         self._serve_reads()
@@ -441,9 +453,26 @@ class Node:
                 self.raw.read_index(rr.context)
         self._maybe_publish_self()
 
-    async def _handle_ready(self) -> None:
-        raw = self.raw
-        rd = raw.ready()
+    def _hard_state_to_write(self, rd: Any, entries: list[eraftpb.Entry]
+                             ) -> eraftpb.HardState | None:
+        hs = rd.hs()
+        if hs is not None and not rd.must_sync() and \
+                hs.commit - self._persisted_commit < COMMIT_PERSIST_LAG_ENTRIES:
+            # Only the commit index moved: Raft re-learns it after a restart (and startup
+            # raises it to the applied index), so it rides along with the next synced
+            # write instead of costing an fsync on every commit (raft-rs must_sync).
+            self._deferred_hs = hs
+            return None
+        if hs is None and entries and self._deferred_hs is not None:
+            hs = self._deferred_hs
+        if hs is not None:
+            self._deferred_hs = None
+            self._persisted_commit = hs.commit
+        return hs
+
+    def _take_ready_head(self, rd: Any) -> tuple[eraftpb.Snapshot | None, Any]:
+        """Soft state, read states and messages of a Ready; returns its snapshot (None
+        when empty) and that snapshot's staged data."""
         ss = rd.ss()
         if ss is not None:
             self._on_soft_state(ss.leader_id, ss.raft_state)
@@ -452,7 +481,6 @@ class Node:
             if rr is not None and rr.index < 0:
                 rr.index = rs.index
         self.transport.send(rd.take_messages())
-
         snapshot = rd.snapshot()
         if snapshot is not None and snapshot.metadata.index == 0:
             snapshot = None
@@ -461,35 +489,117 @@ class Node:
             key = (snapshot.metadata.index, snapshot.metadata.term)
             staged = self._staged.pop(key, None)
             assert staged is not None, f"snapshot {key} in Ready was never staged"
+        return snapshot, staged
+
+    def _on_snapshot_installed(self, snapshot: eraftpb.Snapshot) -> None:
+        self.metrics.snapshots_installed.inc()
+        self._set_conf_state(snapshot.metadata.conf_state)
+        log.info("node %d: installed snapshot at index %d term %d (term %d)",
+                 self.id, snapshot.metadata.index, snapshot.metadata.term, self.raw.raft.term)
+        self._refresh_addresses()
+
+    async def _handle_ready_async(self) -> None:
+        """Async persistence (raft-rs advance_append_async / on_persist_ready): the
+        Ready's writes go to the persister and the loop moves on — stepping acks,
+        applying, serving reads — while the fsync runs; the persisted messages leave
+        when the persister reports the write durable."""
+        raw = self.raw
+        rd = raw.ready()
+        snapshot, staged = self._take_ready_head(rd)
         entries = rd.take_entries()
-        hs = rd.hs()
-        if hs is not None and not rd.must_sync() and \
-                hs.commit - self._persisted_commit < COMMIT_PERSIST_LAG_ENTRIES:
-            # Only the commit index moved: Raft re-learns it after a restart (and startup
-            # raises it to the applied index), so it rides along with the next synced
-            # write instead of costing an fsync on every commit (raft-rs must_sync).
-            self._deferred_hs = hs
-            hs = None
-        elif hs is None and entries and self._deferred_hs is not None:
-            hs = self._deferred_hs
-        if hs is not None:
-            self._deferred_hs = None
+        hs = self._hard_state_to_write(rd, entries)
+        committed = rd.take_committed_entries()
+        job = PersistJob(rd.number(), entries, hs, snapshot, staged,
+                         rd.take_persisted_messages())
+        raw.advance_append_async(rd)
+        # Every job is queued, even one with nothing to write, so persisted messages
+        # leave in Ready order (an ack never overtakes the write it follows).
+        self._persist_queue.append(job)
+        self._persist_wake.set()
+        # Committed entries handed out are durable here already (RaftLog only hands
+        # out min(committed, persisted)), so they apply while the write runs.
+        results = await self._apply_soon(committed)
+        self._on_applied(committed, results)
+        raw.advance_apply()
+        self._maybe_compact()
+
+    async def _persister(self) -> None:
+        try:
+            await self._persist_loop()
+        except Exception as e:
+            self._fail_fatally(e)
+
+    def _fail_fatally(self, e: BaseException) -> None:
+        # A failed round or write (disk error, broken invariant) must not leave a
+        # half-alive node answering clients: record it, fail everyone, let run_node exit.
+        log.critical("node %d: event loop failed: %s", self.id, e, exc_info=e)
+        self._fatal = e
+        self._stopping = True
+        self._fail_all(unavailable("the node failed"))
+        self._persist_wake.set()
+        self._stopped.set()
+
+    async def _persist_loop(self) -> None:
+        """Drains the persist queue: all jobs waiting when a write starts go into ONE
+        synced LevelDB batch (group commit); a snapshot job is written on its own."""
+        while True:
+            if not self._persist_queue:
+                if self._stopping:
+                    return
+                self._persist_wake.clear()
+                await self._persist_wake.wait()
+                continue
+            jobs = [self._persist_queue.pop(0)]
+            if jobs[0].snapshot is None:
+                while self._persist_queue and self._persist_queue[0].snapshot is None:
+                    jobs.append(self._persist_queue.pop(0))
+            if any(j.entries or j.hs is not None or j.snapshot is not None for j in jobs):
+                await asyncio.to_thread(self._write_jobs, jobs)
+            self.raw.on_persist_ready(jobs[-1].number)
+            for job in jobs:
+                if job.snapshot is not None:
+                    self._on_snapshot_installed(job.snapshot)
+                self.transport.send(job.persisted_messages)
+            self._wake.set()   # the leader's own ack may commit; followers may apply
+
+    def _write_jobs(self, jobs: list[PersistJob]) -> None:
+        """On the persistence thread: install a snapshot, or persist merged entries."""
+        if jobs[0].snapshot is not None:
+            assert len(jobs) == 1
+            self.store.sm.install_snapshot(jobs[0].staged, self.store.log)
+        entries: list[eraftpb.Entry] = []
+        hs = None
+        for job in jobs:
+            if job.entries:
+                first = job.entries[0].index
+                if entries and first <= entries[-1].index:
+                    # A later Ready rewrites a suffix (a new leader's log wins, §5.3).
+                    del entries[max(0, first - entries[0].index):]
+                entries.extend(job.entries)
+            if job.hs is not None:
+                hs = job.hs
+        if entries or hs is not None:
+            t0 = time.perf_counter()
+            self.store.log.persist(entries, hs)
+            self.metrics.fsync_latency.observe(time.perf_counter() - t0)
+            self.metrics.ready_entries.observe(len(entries))
+
+    async def _handle_ready(self) -> None:
+        raw = self.raw
+        rd = raw.ready()
+        snapshot, staged = self._take_ready_head(rd)
+        entries = rd.take_entries()
+        hs = self._hard_state_to_write(rd, entries)
         committed = rd.take_committed_entries()
         persisted_messages = rd.take_persisted_messages()
         if entries or hs is not None or snapshot is not None:
             results = await asyncio.to_thread(
                 self._persist_and_apply, entries, hs, snapshot, staged, committed
             )
-            if hs is not None:
-                self._persisted_commit = hs.commit
         else:
             results = await self._apply_soon(committed)
         if snapshot is not None:
-            self.metrics.snapshots_installed.inc()
-            self._set_conf_state(snapshot.metadata.conf_state)
-            log.info("node %d: installed snapshot at index %d term %d (term %d)",
-                     self.id, snapshot.metadata.index, snapshot.metadata.term, raw.raft.term)
-            self._refresh_addresses()
+            self._on_snapshot_installed(snapshot)
         self.transport.send(persisted_messages)
         self._on_applied(committed, results)
 
@@ -528,7 +638,10 @@ class Node:
         heartbeats keep flowing."""
         if not committed:
             return []
-        if len(committed) <= INLINE_APPLY_ENTRIES_MAX:
+        if len(committed) <= INLINE_APPLY_ENTRIES_MAX or any(
+                e.entry_type != eraftpb.EntryNormal for e in committed):
+            # Conf changes call RawNode.apply_conf_change: only on the loop, which
+            # owns the RawNode (the persister may be touching it concurrently).
             return self._apply(committed)
         return await asyncio.to_thread(self._apply, committed)
 
