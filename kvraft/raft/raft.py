@@ -406,6 +406,8 @@ class Raft:
     def commit_apply(self, applied: int) -> None:
         """The application applied up to `applied`."""
         old_applied = self.raft_log.applied
+        if applied == old_applied:
+            return
         self.raft_log.applied_to(applied)
         # Thesis §4.3: once the joint configuration is applied, a leader with an
         # auto-leave configuration proposes leaving it (an empty ConfChangeV2).

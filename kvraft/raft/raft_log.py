@@ -251,16 +251,19 @@ class RaftLog:
 
     def has_next_entries_since(self, since_idx: int) -> bool:
         """Whether entries after `since_idx` are committed and durable here."""
-        offset = max(since_idx + 1, self.first_index())
         high = min(self.committed, self.persisted) + 1
-        return high > offset
+        if high <= since_idx + 1:
+            return False
+        return high > max(since_idx + 1, self.first_index())
 
     def next_entries_since(self, since_idx: int,
                            max_size: int | None = None) -> list[eraftpb.Entry]:
         """Committed, locally durable entries after `since_idx`, for the application to
         apply (§10.2.1: entries not yet durable here are never applied)."""
-        offset = max(since_idx + 1, self.first_index())
         high = min(self.committed, self.persisted) + 1
+        if high <= since_idx + 1:
+            return []
+        offset = max(since_idx + 1, self.first_index())
         if high > offset:
             return self.slice(offset, high, max_size)
         return []

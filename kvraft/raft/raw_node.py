@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from dataclasses import dataclass
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.config import Config
@@ -50,14 +49,16 @@ class SnapshotStatus(enum.Enum):
     Failure = 1
 
 
-@dataclass
 class _ReadyRecord:
-    """What one Ready asked the application to persist: its last entry and snapshot."""
+    """What one Ready asked the application to persist: its entries and snapshot."""
 
-    number: int
-    first_index: int = 0                       # of its entries, 0 when none
-    last_entry: tuple[int, int] | None = None  # (index, term)
-    snapshot: tuple[int, int] | None = None    # (index, term)
+    __slots__ = ("first_index", "last_entry", "number", "snapshot")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.first_index = 0                                 # of its entries, 0 when none
+        self.last_entry: tuple[int, int] | None = None       # (index, term)
+        self.snapshot: tuple[int, int] | None = None         # (index, term)
 
 
 _EMPTY_SNAPSHOT = eraftpb.Snapshot()
