@@ -212,6 +212,16 @@ class Raft:
         if hs.term != 0 or hs.vote != 0 or hs.commit != 0:
             self.load_state(hs)
         if config.applied > 0:
+            log = self.raft_log
+            if config.applied > log.committed:
+                # Whatever was applied had been committed (only committed entries are
+                # handed out), even if the hard state carrying that commit index was
+                # not yet written when the node stopped.
+                assert config.applied <= log.last_index(), (
+                    f"applied {config.applied} is beyond the last log index "
+                    f"{log.last_index()}"
+                )
+                log.commit_to(config.applied)
             self.commit_apply(config.applied)
         self.become_follower(self.term, INVALID_ID)
         self.logger.info(

@@ -345,3 +345,18 @@ def test_restart_resumes_from_storage() -> None:
     rd = restarted.ready()
     # Only what was not applied before the restart is handed out again.
     assert [e.data for e in rd.committed_entries()] == [b"kept"]
+
+
+def test_restart_with_applied_beyond_the_durable_commit() -> None:
+    # The application applied index 2 but stopped before writing the hard state that
+    # says so: the restart trusts `applied` (it was committed when handed out).
+    node = new_node(1, [1])
+    node.campaign()
+    handle(node)
+    node.propose(b"", b"x")
+    handle(node)
+    node.store().set_hardstate(eraftpb.HardState(term=1, vote=1, commit=1))
+    restarted = RawNode(make_config(1, applied=2), node.store())
+    assert restarted.raft.raft_log.committed == 2
+    assert restarted.raft.raft_log.applied == 2
+    assert not restarted.ready().committed_entries()
