@@ -3,6 +3,7 @@ it; Ctrl-C (SIGINT to the foreground process group) stops every node; the next r
 restarts the same cluster from its data."""
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import clean_env, run_kvraft
+from tests.cluster.harness import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -112,8 +114,15 @@ def test_make_run_serves_five_nodes_and_ctrl_c_stops_them(tmp_path: Path) -> Non
     def first(endpoints: str) -> None:
         put = run_kvraft("put", "hello", "world", env={"KVRAFT_ENDPOINTS": endpoints})
         assert put.returncode == 0, put.stderr
-        status = run_kvraft("status", env={"KVRAFT_ENDPOINTS": endpoints})
-        assert status.stdout.decode().count("leader ") == 1, status.stdout
+
+        def one_leader_all_reachable() -> bool:
+            status = run_kvraft("status", "--json", env={"KVRAFT_ENDPOINTS": endpoints})
+            members = json.loads(status.stdout or b"[]")
+            return ([m["id"] for m in members] == [1, 2, 3, 4, 5]
+                    and all(m["reachable"] for m in members)
+                    and [m["role"] for m in members].count("leader") == 1)
+
+        wait_until(one_leader_all_reachable, READY_TIMEOUT_S, "a status with one leader")
 
     output = run_once(run_dir, first)
     assert any(line.startswith("leader: node ") for line in output)
