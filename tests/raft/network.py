@@ -184,7 +184,16 @@ class SimStorage:
             return
         first = entries[0].index
         if first <= self.mirror_last():
-            self.truncated_below.append(first)
+            # Rewriting identical entries changes nothing; record where the persisted log
+            # really lost or changed an entry.
+            new_keys = [entry_key(e) for e in entries]
+            old_keys = self.mirror[first - self.mirror_base - 1 :]
+            lost = next((first + k for k, (o, n) in enumerate(zip(old_keys, new_keys, strict=False))
+                         if o != n), None)
+            if lost is None and len(old_keys) > len(new_keys):
+                lost = first + len(new_keys)
+            if lost is not None:
+                self.truncated_below.append(lost)
             del self.mirror[first - self.mirror_base - 1 :]
         self.mem.append(entries)
         assert first == self.mirror_last() + 1, "storage accepted a gap"
@@ -225,6 +234,14 @@ class SimStorage:
         if self.durable is not None:
             assert self.durable.last_index() >= index, "compacting past the durable log"
             self.durable.compact(index + 1)
+        # The snapshot covers only committed entries: a disk holding it knows that much is
+        # committed even if the hard state recording it is not durable yet.
+        for mem in (self.mem, self.durable):
+            if mem is not None and mem.hard_state().commit < index:
+                hs = eraftpb.HardState()
+                hs.CopyFrom(mem.hard_state())
+                hs.commit = index
+                mem.set_hardstate(hs)
         del self.mirror[: index - self.mirror_base]
         self.mirror_base = index
         self.version += 1
@@ -288,6 +305,7 @@ class Envelope:
     deliver_at: int
     seq: int
     msg: eraftpb.Message
+    sender: int  # the node that put it on the wire (a forwarded request keeps its from_)
 
 
 class SimNode:
@@ -506,31 +524,35 @@ class Network:
         node.start()
 
     # ------------------------------------------------------------------ messages
-    def _dropped(self, msg: eraftpb.Message) -> bool:
-        if (msg.from_, msg.to) in self.cut_links or msg.msg_type in self.drop_types:
+    def _dropped(self, msg: eraftpb.Message, sender: int) -> bool:
+        if (sender, msg.to) in self.cut_links or msg.msg_type in self.drop_types:
             return True
         if any(f(msg) for f in self.filters):
             return True
         return self.drop_rate > 0 and self.rng.random() < self.drop_rate
 
-    def send(self, msgs: Iterable[eraftpb.Message]) -> None:
+    def send(self, msgs: Iterable[eraftpb.Message], sender: int | None = None) -> None:
+        """Put messages on the wire. `sender` is the node sending them: a forwarded
+        MsgPropose / MsgReadIndex keeps its proposer in `from_`, which may even be the
+        destination (a proposal forwarded back to its proposer, now the leader)."""
         for msg in msgs:
-            assert msg.to != msg.from_ and msg.to != 0, f"bad destination: {describe(msg)}"
+            src = msg.from_ if sender is None else sender
+            assert msg.to != 0 and msg.to != src, f"bad destination: {describe(msg)}"
             if self.record_sent:
                 self.sent.append(msg)
-            if self._dropped(msg):
+            if self._dropped(msg, src):
                 self._snapshot_outcome(msg, delivered=False)
                 continue
-            self._enqueue(msg)
+            self._enqueue(msg, src)
             if self.dup_rate > 0 and self.rng.random() < self.dup_rate:
                 dup = eraftpb.Message()
                 dup.CopyFrom(msg)
-                self._enqueue(dup)
+                self._enqueue(dup, src)
 
-    def _enqueue(self, msg: eraftpb.Message) -> None:
+    def _enqueue(self, msg: eraftpb.Message, sender: int) -> None:
         delay = self.rng.randint(0, self.delay_max) if self.delay_max > 0 else 0
         self._seq += 1
-        self.queue.append(Envelope(self.now + delay, self._seq, msg))
+        self.queue.append(Envelope(self.now + delay, self._seq, msg, sender))
 
     def take_sent(self, msg_type: int | None = None) -> list[eraftpb.Message]:
         """Messages sent since the last call (optionally of one type); clears the record."""
@@ -559,12 +581,13 @@ class Network:
             return False
         env = self.rng.choice(ready) if self.reorder else min(ready, key=lambda e: e.seq)
         self.queue.remove(env)
-        self.deliver(env.msg)
+        self.deliver(env.msg, env.sender)
         return True
 
-    def deliver(self, msg: eraftpb.Message) -> None:
+    def deliver(self, msg: eraftpb.Message, sender: int | None = None) -> None:
         node = self.nodes.get(msg.to)
-        if node is None or not node.alive or (msg.from_, msg.to) in self.cut_links:
+        src = msg.from_ if sender is None else sender
+        if node is None or not node.alive or (src, msg.to) in self.cut_links:
             self._snapshot_outcome(msg, delivered=False)
             return
         self._snapshot_outcome(msg, delivered=True)
@@ -587,7 +610,7 @@ class Network:
         if raw is None or not raw.has_ready():
             return False
         rd = raw.ready()
-        self.send(rd.take_messages())
+        self.send(rd.take_messages(), node_id)
         snap = rd.snapshot()
         has_snap = snap is not None and snap.metadata.index > 0
         if has_snap:
@@ -605,12 +628,12 @@ class Network:
             raw.advance_append_async(rd)
             raw.advance_apply()  # the committed entries above were applied
             return True
-        self.send(persisted)
+        self.send(persisted, node_id)
         light = raw.advance(rd)
         commit = light.commit_index()
         if commit is not None:
             node.storage.commit_to(commit)
-        self.send(light.take_messages())
+        self.send(light.take_messages(), node_id)
         self._apply(node, light.take_committed_entries())
         raw.advance_apply()
         return True
@@ -629,7 +652,7 @@ class Network:
             return False
         task = node.pending_writes.pop(0)
         node.storage.make_durable(task)
-        self.send(task.persisted_messages)
+        self.send(task.persisted_messages, node_id)
         node.raw.on_persist_ready(task.number)
         return True
 

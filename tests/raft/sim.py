@@ -68,6 +68,9 @@ class Params:
     max_size_per_msg: int
     batch_append: bool
     skip_bcast_commit: bool
+    # 5-node seeds only: start as voters {1, 2, 3} + learners {4, 5} and move members
+    # between the two roles with ConfChange / ConfChangeV2 (Auto, Implicit, Explicit).
+    membership: bool
 
     @classmethod
     def from_seed(cls, seed: int) -> Params:
@@ -87,6 +90,7 @@ class Params:
             max_size_per_msg=r.choice([0, 1, 1024]),
             batch_append=r.random() < 0.3,
             skip_bcast_commit=r.random() < 0.3,
+            membership=seed % 2 == 1 and r.random() < 0.5,
         )
 
     def config(self) -> dict[str, object]:
@@ -257,7 +261,9 @@ class Simulation:
         self.steps = steps
         self.verbose = verbose
         self.rng = random.Random(seed)
-        self.net = Network(range(1, self.p.size + 1), seed=seed,
+        ids = list(range(1, self.p.size + 1))
+        voters, learners = (ids[:3], ids[3:]) if self.p.membership else (ids, [])
+        self.net = Network(voters, learners=learners, seed=seed,
                            async_persist=self.p.async_persist, auto_persist=False,
                            **self.p.config())
         self.check = Checker(self.net)
@@ -282,7 +288,7 @@ class Simulation:
     WEIGHTS: ClassVar[dict[str, float]] = {
         "tick_all": 20, "tick_one": 5, "deliver": 30, "ready": 20, "persist": 8,
         "propose": 8, "read_index": 3, "transfer": 0.3, "partition": 0.4, "cut_one_way": 0.2,
-        "heal": 1, "crash": 0.25, "restart": 1, "compact": 1,
+        "heal": 1, "crash": 0.25, "restart": 1, "compact": 1, "conf_change": 0.5,
     }
 
     def random_action(self) -> None:
@@ -397,6 +403,39 @@ class Simulation:
             self.net.compact(i, idx)
             self.log(f"compact {i} to {idx}")
 
+    def do_conf_change(self) -> None:
+        leader = self.net.leader()
+        if not self.p.membership or leader is None:
+            return
+        cs = self.net.nodes[leader].sm.conf_state
+        cc: eraftpb.ConfChange | eraftpb.ConfChangeV2
+        if list(cs.voters_outgoing):
+            if cs.auto_leave:
+                return
+            cc = eraftpb.ConfChangeV2()  # leave an Explicit joint configuration
+        else:
+            voters, learners = sorted(cs.voters), sorted(cs.learners)
+            moves: list[eraftpb.ConfChangeSingle] = []
+            if learners and self.rng.random() < 0.6:
+                moves.append(eraftpb.ConfChangeSingle(
+                    change_type=eraftpb.AddNode, node_id=self.rng.choice(learners)))
+            if len(voters) > 2 and (not moves or self.rng.random() < 0.5):
+                moves.append(eraftpb.ConfChangeSingle(
+                    change_type=eraftpb.AddLearnerNode, node_id=self.rng.choice(voters)))
+            if not moves:
+                return
+            if len(moves) == 1 and self.rng.random() < 0.5:
+                cc = eraftpb.ConfChange(change_type=moves[0].change_type,
+                                        node_id=moves[0].node_id)
+            else:
+                transition = self.rng.choice([eraftpb.Auto, eraftpb.Implicit, eraftpb.Explicit])
+                cc = eraftpb.ConfChangeV2(transition=transition, changes=moves)
+        try:
+            self.net.node(leader).propose_conf_change(b"", cc)
+            self.log(f"conf change at {leader}: {cc}".replace("\n", " "))
+        except ProposalDropped:
+            pass
+
     # -- liveness ------------------------------------------------------------------------
     def heal_and_check_liveness(self) -> int:
         net = self.net
@@ -440,6 +479,8 @@ class Simulation:
         ticks = self.heal_and_check_liveness()
         return {
             "committed": len(self.check.canonical),
+            "conf_changes": sum(1 for _t, k, _d in self.check.canonical.values()
+                                if k != eraftpb.EntryNormal),
             "reads": self.check.reads_done,
             "terms": len(self.check.leader_of_term),
             "chaos_ticks": self.ticks,
