@@ -135,7 +135,8 @@ class SimStorage:
         # Ready is handed back (advance_append_async), before they are durable: `mem` is
         # what is readable, `durable` what survives a crash (fed by persist()).
         self.durable: MemStorage | None = copy.deepcopy(self.mem) if async_persist else None
-        self.durable_snap: tuple[bytes, eraftpb.SnapshotMetadata] | None = None
+        self.durable_snap: tuple[bytes, eraftpb.SnapshotMetadata] = (
+            b"", eraftpb.SnapshotMetadata())
         self.reverted = False  # set by a crash that lost non-durable writes
         # Persisted log as plain tuples: mirror[k] is the entry at mirror_base + 1 + k.
         self.mirror: list[tuple[int, int, bytes]] = []
@@ -279,8 +280,7 @@ class SimStorage:
             return
         self.mem = self.durable
         self.durable = copy.deepcopy(self.mem)
-        if self.durable_snap is not None:
-            self.snap_data, self.snap_meta = self.durable_snap
+        self.snap_data, self.snap_meta = self.durable_snap
         first, last = self.mem.first_index(), self.mem.last_index()
         self.mirror_base = first - 1
         self.mirror = [entry_key(e) for e in self.mem.entries(first, last + 1)] if (
