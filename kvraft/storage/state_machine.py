@@ -139,7 +139,9 @@ class KVStateMachine:
         `on_conf_change(entry)` is called for each conf-change entry, in log order,
         after the earlier entries of the call; the node applies the change to Raft
         there (`RawNode.apply_conf_change`) and returns the new ConfState, which is
-        then written in the same batch as the applied index (crash-atomic).
+        then written in the same batch as the applied index (crash-atomic). It runs
+        while the state machine's lock is held: it must not wait for another thread
+        that reads the state machine (get/scan/snapshots would deadlock).
         """
         results: list[ApplyResult] = []
         with self._state_lock:
