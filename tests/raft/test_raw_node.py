@@ -360,3 +360,41 @@ def test_restart_with_applied_beyond_the_durable_commit() -> None:
     assert restarted.raft.raft_log.committed == 2
     assert restarted.raft.raft_log.applied == 2
     assert not restarted.ready().committed_entries()
+
+
+def append_from(leader: int, term: int, prev: tuple[int, int], commit: int,
+                *entries: tuple[int, int]) -> eraftpb.Message:
+    m = eraftpb.Message(msg_type=eraftpb.MsgAppend, to=3, from_=leader, term=term,
+                        index=prev[0], log_term=prev[1], commit=commit)
+    m.entries.extend(eraftpb.Entry(index=i, term=t) for i, t in entries)
+    return m
+
+
+@pytest.mark.parametrize("second_write_handed_out", [True, False])
+def test_durable_write_overtaken_by_a_rewrite(second_write_handed_out: bool) -> None:
+    # A follower writes entries 1-3 of term 1 asynchronously; before the write finishes
+    # a new leader replaces 2-3. When the first write completes only entry 1 is durable
+    # for good: 2-3 on disk are about to be overwritten (or were never what we hold).
+    node = new_node(3, [1, 2, 3])
+    node.step(append_from(1, 1, (0, 0), 0, (1, 1), (2, 1), (3, 1)))
+    rd1 = node.ready()
+    assert [e.index for e in rd1.entries()] == [1, 2, 3]
+    node.advance_append_async(rd1)
+    node.step(append_from(2, 2, (1, 1), 0, (2, 2), (3, 2)))
+    if second_write_handed_out:
+        rd2 = node.ready()
+        assert [(e.index, e.term) for e in rd2.entries()] == [(2, 2), (3, 2)]
+        node.advance_append_async(rd2)
+    persist(node, rd1)
+    node.on_persist_ready(rd1.number())
+    log = node.raft.raft_log
+    assert log.persisted == 1
+    assert [(log.term(i)) for i in (1, 2, 3)] == [1, 2, 2]
+    if not second_write_handed_out:
+        rd2 = node.ready()
+        assert [(e.index, e.term) for e in rd2.entries()] == [(2, 2), (3, 2)]
+        node.advance_append_async(rd2)
+    persist(node, rd2)
+    node.on_persist_ready(rd2.number())
+    assert log.persisted == 3
+    assert log.unstable_entries() == []
