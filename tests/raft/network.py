@@ -120,6 +120,18 @@ class StateMachine:
         return [d for i, _t, k, d in self.applied if k == eraftpb.EntryNormal and d and i <= index]
 
 
+def _no_commit_below_snapshot(hs: eraftpb.HardState, mem: MemStorage) -> eraftpb.HardState:
+    """A hard state queued before a compaction may reach the disk after it; the disk's
+    commit index must still cover its snapshot (everything compacted was committed)."""
+    floor = mem.first_index() - 1
+    if hs.commit >= floor:
+        return hs
+    raised = eraftpb.HardState()
+    raised.CopyFrom(hs)
+    raised.commit = floor
+    return raised
+
+
 class SimStorage:
     """MemStorage as the node's disk, plus a plain mirror of the persisted log that the
     invariant checks read, and snapshots built from the application's state.
@@ -272,7 +284,7 @@ class SimStorage:
             self.durable_snap = (bytes(task.snapshot.data), meta)
         self.durable.append(task.entries)
         if task.hs is not None:
-            self.durable.set_hardstate(task.hs)
+            self.durable.set_hardstate(_no_commit_below_snapshot(task.hs, self.durable))
 
     def lose_volatile(self) -> None:
         """A crash: everything not yet durable is gone."""
