@@ -120,6 +120,8 @@ class ComposeCluster:
     project: str = field(default_factory=lambda: f"kvrafttest{uuid.uuid4().hex[:10]}")
     host_ports: dict[int, int] = field(default_factory=dict)
     _clients: dict[int, Client] = field(default_factory=dict)
+    _containers: dict[int, str] = field(default_factory=dict)
+    _network: str = ""
 
     def __post_init__(self) -> None:
         if not self.host_ports:
@@ -141,10 +143,12 @@ class ComposeCluster:
         return run(cmd, timeout_s=timeout_s, env=self.env(), check=check)
 
     def up(self) -> None:
+        self._containers = {}
         self.compose("up", "--detach", "--no-build", timeout_s=COMPOSE_UP_TIMEOUT_S)
 
     def down(self, *, volumes: bool) -> None:
         self.close_clients()
+        self._containers = {}
         self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []),
                      timeout_s=COMPOSE_UP_TIMEOUT_S)
 
@@ -165,6 +169,10 @@ class ComposeCluster:
                     rm = ["docker", kind, "rm", *(["-f"] if kind != "network" else []), *ids]
                     run(rm, check=False)
 
+    def project_containers(self) -> list[str]:
+        """Ids of every container of this project, running or not."""
+        return run(["docker", "ps", "-aq", "--filter", self._label()]).stdout.split()
+
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of this project that still exist."""
         label = f"label=com.docker.compose.project={self.project}"
@@ -180,30 +188,47 @@ class ComposeCluster:
         return run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split()
 
     # ------------------------------------------------------------------ containers
+    # Plain `docker` calls with the compose labels: docker-compose v1 is a Python program
+    # that takes seconds per call on a loaded machine.
+
+    def _label(self) -> str:
+        return f"label=com.docker.compose.project={self.project}"
+
+    def containers(self) -> dict[int, str]:
+        """Container id of each member, by node id (cached until the next up/down)."""
+        if not self._containers:
+            out = run(["docker", "ps", "-a", "--filter", self._label(), "--format",
+                       '{{.ID}} {{.Label "com.docker.compose.service"}}']).stdout
+            found = {}
+            for line in out.splitlines():
+                container_id, service = line.split()
+                found[int(service.removeprefix("kvraft"))] = container_id
+            assert sorted(found) == list(NODE_IDS), f"containers of {self.project}: {found}"
+            self._containers = found
+        return self._containers
 
     def container(self, n: int) -> str:
-        ids = self.compose("ps", "-q", f"kvraft{n}").stdout.split()
-        assert len(ids) == 1, f"kvraft{n}: expected one container, found {ids}"
-        return ids[0]
+        return self.containers()[n]
 
-    def inspect(self, n: int) -> dict:
-        return json.loads(run(["docker", "inspect", self.container(n)]).stdout)[0]
+    def inspect(self, nodes: Iterable[int] = NODE_IDS) -> dict[int, dict]:
+        nodes = list(nodes)
+        infos = json.loads(run(["docker", "inspect", *(self.container(n) for n in nodes)]).stdout)
+        return dict(zip(nodes, infos, strict=True))
 
     def is_running(self, n: int) -> bool:
-        return bool(self.inspect(n)["State"]["Running"])
+        return bool(self.inspect([n])[n]["State"]["Running"])
 
     def network(self) -> str:
         """The compose network's name (its prefix depends on the compose version)."""
-        names = [name for name in self.inspect(1)["NetworkSettings"]["Networks"]
-                 if name.endswith("_kvraft")]
-        if not names:  # node 1 itself may be the disconnected one
-            names = [run(["docker", "network", "ls", "--format", "{{.Name}}", "--filter",
-                          f"label=com.docker.compose.project={self.project}"]).stdout.strip()]
-        assert len(names) == 1 and names[0], names
-        return names[0]
+        if not self._network:
+            names = run(["docker", "network", "ls", "--filter", self._label(),
+                         "--format", "{{.Name}}"]).stdout.split()
+            assert len(names) == 1, f"networks of {self.project}: {names}"
+            self._network = names[0]
+        return self._network
 
     def is_connected(self, n: int) -> bool:
-        return self.network() in self.inspect(n)["NetworkSettings"]["Networks"]
+        return self.network() in self.inspect([n])[n]["NetworkSettings"]["Networks"]
 
     def kill(self, n: int) -> None:
         run(["docker", "kill", self.container(n)])
@@ -228,10 +253,10 @@ class ComposeCluster:
 
     def heal(self) -> None:
         """Every member running and on the network again (after a failed scenario)."""
-        for n in NODE_IDS:
-            if not self.is_running(n):
+        for n, info in self.inspect().items():
+            if not info["State"]["Running"]:
                 self.start(n)
-            if not self.is_connected(n):
+            if self.network() not in info["NetworkSettings"]["Networks"]:
                 self.connect(n)
 
     # ------------------------------------------------------------------ clients
