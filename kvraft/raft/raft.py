@@ -798,6 +798,11 @@ class Raft:
 
     def handle_propose(self, m: eraftpb.Message) -> None:
         assert len(m.entries) > 0, "stepped empty MsgPropose"
+        self.append_proposal(list(m.entries))
+
+    def append_proposal(self, entries: list[eraftpb.Entry]) -> None:
+        """Leader: append proposed entries (the MsgPropose rule, also used directly by
+        RawNode.propose on the leader to skip building a message)."""
         if self.id not in self.prs.progress:
             # Removed from the configuration while leading: take no new proposals.
             raise ProposalDropped("this leader was removed from the configuration")
@@ -805,7 +810,6 @@ class Raft:
             # Thesis §3.10: stop accepting proposals during a leadership transfer.
             raise ProposalDropped(
                 f"leadership is being transferred to {self.lead_transferee}")
-        entries = list(m.entries)
         for i, entry in enumerate(entries):
             if entry.entry_type == eraftpb.EntryNormal:
                 continue

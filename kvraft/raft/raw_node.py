@@ -210,9 +210,13 @@ class RawNode:
 
     def propose(self, context: bytes, data: bytes) -> None:
         """Propose an entry; ProposalDropped if no leader is known (or it refuses)."""
-        m = eraftpb.Message(msg_type=MSG_PROPOSE, from_=self.raft.id)
+        raft = self.raft
+        if raft.state is StateRole.Leader:
+            raft.append_proposal([eraftpb.Entry(data=data, context=context)])
+            return
+        m = eraftpb.Message(msg_type=MSG_PROPOSE, from_=raft.id)
         m.entries.add(data=data, context=context)
-        self.raft.step(m)
+        raft.step(m)
 
     def propose_conf_change(self, context: bytes,
                             cc: eraftpb.ConfChange | eraftpb.ConfChangeV2) -> None:
