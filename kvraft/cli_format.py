@@ -7,8 +7,9 @@ _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def escape_bytes(data: bytes) -> str:
-    """Bytes as one printable line: UTF-8 text as is; backslash, tab, CR, LF, other
-    control characters and bytes that are not UTF-8 as backslash escapes (\\xNN).
+    """Bytes as one printable line: printable UTF-8 text as is; backslash, tab, CR, LF
+    and other ASCII controls as \\t \\n \\xNN, bytes that are not UTF-8 as \\xNN, other
+    unprintable characters (C1 controls, separators) as \\uNNNN.
 
     Used where records share a line (scan); `get` prints the raw value instead."""
     out: list[str] = []
@@ -18,8 +19,10 @@ def escape_bytes(data: bytes) -> str:
             out.append(_ESCAPES[ch])
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
+        elif code < 0x80 and not ch.isprintable():
             out.append(f"\\x{code:02x}")
+        elif not ch.isprintable():  # C1 controls, line and paragraph separators, ...
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(ch)
     return "".join(out)

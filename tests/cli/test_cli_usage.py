@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvraft.cli import main, parse_initial_cluster
 from kvraft.cli_format import escape_bytes, format_table
@@ -129,6 +131,7 @@ def test_parse_initial_cluster() -> None:
         (b"back\\slash", "back\\\\slash"),
         (b"\x00\x1b\x7f", "\\x00\\x1b\\x7f"),
         (b"\xff\xfe", "\\xff\\xfe"),
+        ("a\u2028b\x85c\u00a0".encode(), "a\\u2028b\\u0085c\\u00a0"),
     ],
 )
 def test_escape_bytes(raw: bytes, shown: str) -> None:
@@ -149,3 +152,9 @@ def test_serve_on_a_taken_port_is_one_line_before_any_data_dir(tmp_path) -> None
     line = assert_one_error_line(result, exit_code=1)
     assert line == f"error: cannot listen on --listen {taken}: address already in use"
     assert not (tmp_path / "kvraft-data").exists()
+
+
+@given(st.binary(max_size=64))
+def test_escaped_bytes_are_one_printable_line(raw: bytes) -> None:
+    shown = escape_bytes(raw)
+    assert shown.isprintable() and len(shown.splitlines()) <= 1

@@ -97,7 +97,7 @@ def run_once(run_dir: Path, check) -> list[str]:
         endpoints = next(line.split("=", 1)[1] for line in run.output
                          if "export KVRAFT_ENDPOINTS=" in line)
         assert len(endpoints.split(",")) == 5
-        check(endpoints)
+        check(endpoints, run, pids)
         run.interrupt()
         for line in iter(run.lines.get, None):  # drain what it printed while stopping
             run.output.append(line)
@@ -111,7 +111,7 @@ def run_once(run_dir: Path, check) -> list[str]:
 def test_make_run_serves_five_nodes_and_ctrl_c_stops_them(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
 
-    def first(endpoints: str) -> None:
+    def first(endpoints: str, run: MakeRun, pids: list[int]) -> None:
         put = run_kvraft("put", "hello", "world", env={"KVRAFT_ENDPOINTS": endpoints})
         assert put.returncode == 0, put.stderr
 
@@ -129,8 +129,14 @@ def test_make_run_serves_five_nodes_and_ctrl_c_stops_them(tmp_path: Path) -> Non
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [
         f"node{i}" for i in range(1, 6)]
 
-    def second(endpoints: str) -> None:
+    def second(endpoints: str, run: MakeRun, pids: list[int]) -> None:
         got = run_kvraft("get", "hello", env={"KVRAFT_ENDPOINTS": endpoints})
         assert (got.returncode, got.stdout) == (0, b"world\n"), got.stderr
+        # A node killed under the dev cluster is reported; the others keep serving.
+        os.kill(pids[4], signal.SIGKILL)
+        run.wait_for(rf"^node 5 \(pid {pids[4]}\) exited with code -9; 4 node\(s\) still "
+                     "running$", READY_TIMEOUT_S)
+        again = run_kvraft("get", "hello", env={"KVRAFT_ENDPOINTS": endpoints})
+        assert (again.returncode, again.stdout) == (0, b"world\n"), again.stderr
 
     run_once(run_dir, second)  # same ports and data: the write survived

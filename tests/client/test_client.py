@@ -315,3 +315,10 @@ def test_bad_timeouts_are_rejected() -> None:
         Client("127.0.0.1:1", timeout=0)
     with Client("127.0.0.1:1") as kv, pytest.raises(ValueError):
         kv.get("k", timeout=-1)
+
+
+def test_an_unresolvable_host_is_not_sent_so_even_a_cas_fails_over(
+        fake_cluster: FakeCluster) -> None:
+    with Client(["no-such-host.invalid:2379", fake_cluster.endpoints[0]], timeout=5) as kv:
+        assert kv.cas("k", None, "v") is True
+    assert fake_cluster.applied_writes == [(1, "CompareAndSwap")]
