@@ -70,6 +70,25 @@ class PersistJob:
     persisted_messages: list[eraftpb.Message]
 
 
+def merge_jobs(jobs: list[PersistJob]) -> tuple[list[eraftpb.Entry], eraftpb.HardState | None]:
+    """The entries and hard state of consecutive Readys as ONE write: later entries
+    replace the suffix they overlap (a new leader's log wins, thesis §5.3), the last
+    hard state wins."""
+    entries: list[eraftpb.Entry] = []
+    hs = None
+    for job in jobs:
+        if job.entries:
+            first = job.entries[0].index
+            if entries and first <= entries[-1].index:
+                del entries[max(0, first - entries[0].index):]
+            assert not entries or entries[-1].index + 1 == first, (
+                f"Ready entries not contiguous: {entries[-1].index} then {first}")
+            entries.extend(job.entries)
+        if job.hs is not None:
+            hs = job.hs
+    return entries, hs
+
+
 class Node:
     """One member of the cluster: Raft + storage + transport, owned by the event loop."""
 
@@ -567,17 +586,7 @@ class Node:
         if jobs[0].snapshot is not None:
             assert len(jobs) == 1
             self.store.sm.install_snapshot(jobs[0].staged, self.store.log)
-        entries: list[eraftpb.Entry] = []
-        hs = None
-        for job in jobs:
-            if job.entries:
-                first = job.entries[0].index
-                if entries and first <= entries[-1].index:
-                    # A later Ready rewrites a suffix (a new leader's log wins, §5.3).
-                    del entries[max(0, first - entries[0].index):]
-                entries.extend(job.entries)
-            if job.hs is not None:
-                hs = job.hs
+        entries, hs = merge_jobs(jobs)
         if entries or hs is not None:
             t0 = time.perf_counter()
             self.store.log.persist(entries, hs)

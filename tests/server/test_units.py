@@ -1,0 +1,100 @@
+"""Pure parts of kvraft.server: configuration checks, the cluster id, the bootstrap
+entries, and how queued Readys merge into one write."""
+from __future__ import annotations
+
+import pytest
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.server import NodeConfig, ServeError
+from kvraft.server.config import cluster_id_for, parse_address
+from kvraft.server.node import PersistJob, merge_jobs
+from kvraft.server.storage_adapter import bootstrap_entries, member_conf_change
+from kvraft.storage import commands
+
+
+def config(**overrides: object) -> NodeConfig:
+    base: dict[str, object] = dict(node_id=1, data_dir="/tmp/x", listen="127.0.0.1:1",
+                                   peer_listen="127.0.0.1:2",
+                                   initial_cluster={1: "127.0.0.1:2"})
+    base.update(overrides)
+    return NodeConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:2379", ("127.0.0.1", 2379)),
+    ("localhost:1", ("localhost", 1)),
+    ("[::1]:65535", ("::1", 65535)),
+])
+def test_well_formed_addresses_parse(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["", "host", "host:", ":80", "h:0", "h:65536", "h:x",
+                                     "a b:1", "[zz]:1"])
+def test_malformed_addresses_are_one_line_errors(address: str) -> None:
+    with pytest.raises(ServeError) as info:
+        parse_address(address, "--listen address")
+    assert "\n" not in str(info.value) and "--listen address" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (dict(node_id=0), "positive"),
+    (dict(listen="127.0.0.1:2"), "must differ"),
+    (dict(initial_cluster={2: "127.0.0.1:2"}), "does not list this node"),
+    (dict(initial_cluster={}), "empty"),
+    (dict(initial_cluster={1: "nope"}), "malformed"),
+    (dict(metrics_listen="x"), "malformed"),
+    (dict(election_tick=2, heartbeat_tick=2), "election ticks"),
+])
+def test_bad_configs_are_refused(overrides: dict[str, object], reason: str) -> None:
+    with pytest.raises(ServeError, match=reason):
+        config(**overrides).validate()
+
+
+def test_a_joining_node_needs_no_initial_cluster() -> None:
+    config(join=True, initial_cluster={}).validate()
+
+
+def test_cluster_id_is_the_same_for_every_founding_member_and_differs_per_cluster() -> None:
+    a = {1: "h:1", 2: "h:2", 3: "h:3"}
+    assert cluster_id_for(a) == cluster_id_for(dict(reversed(list(a.items()))))
+    assert cluster_id_for(a) != cluster_id_for({1: "h:1", 2: "h:2", 3: "h:4"})
+    assert 0 < cluster_id_for(a) < 1 << 64
+
+
+def test_bootstrap_entries_add_every_founding_member_with_its_address() -> None:
+    entries = bootstrap_entries({3: "h:3", 1: "h:1"})
+    assert [(e.index, e.term) for e in entries] == [(1, 1), (2, 1)]
+    added = [eraftpb.ConfChange.FromString(e.data) for e in entries]
+    assert [(c.change_type, c.node_id) for c in added] == [(eraftpb.AddNode, 1),
+                                                           (eraftpb.AddNode, 3)]
+    assert commands.decode_members(entries[1].context)[0].peer_address == "h:3"
+
+
+def test_member_conf_changes() -> None:
+    learner = member_conf_change(4, "h:4", "c:4", True, add=True, cc_id=9)
+    assert (learner.change_type, learner.id) == (eraftpb.AddLearnerNode, 9)
+    assert commands.decode_members(learner.context)[0].client_address == "c:4"
+    remove = member_conf_change(4, "", "", False, add=False, cc_id=10)
+    assert remove.change_type == eraftpb.RemoveNode and remove.context == b""
+
+
+def job(number: int, first: int, count: int, term: int = 1,
+        commit: int | None = None) -> PersistJob:
+    entries = [eraftpb.Entry(index=first + i, term=term) for i in range(count)]
+    hs = None if commit is None else eraftpb.HardState(term=term, commit=commit)
+    return PersistJob(number, entries, hs, None, None, [])
+
+
+def test_queued_readys_merge_into_one_write() -> None:
+    entries, hs = merge_jobs([job(1, 1, 2, commit=0), job(2, 3, 2), job(3, 5, 1, commit=3)])
+    assert [e.index for e in entries] == [1, 2, 3, 4, 5]
+    assert hs is not None and hs.commit == 3
+
+
+def test_a_later_ready_replaces_the_suffix_it_overlaps() -> None:
+    """Thesis §5.3: a conflicting suffix is replaced by the new leader's entries."""
+    entries, _ = merge_jobs([job(1, 5, 4, term=2), job(2, 7, 1, term=3)])
+    assert [(e.index, e.term) for e in entries] == [(5, 2), (6, 2), (7, 3)]
+    entries, _ = merge_jobs([job(1, 5, 2, term=2), job(2, 4, 1, term=3)])
+    assert [(e.index, e.term) for e in entries] == [(4, 3)]
