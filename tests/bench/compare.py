@@ -90,7 +90,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 @contextmanager
-def kvraft_cluster(nodes: int, base: Path) -> Iterator[System]:
+def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning") -> Iterator[System]:
     peer = [free_port() for _ in range(nodes)]
     client = [free_port() for _ in range(nodes)]
     initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(nodes))
@@ -102,7 +102,7 @@ def kvraft_cluster(nodes: int, base: Path) -> Iterator[System]:
                 [str(KVRAFT), "serve", "--id", str(i + 1), "--data-dir",
                  str(base / f"kvraft{i + 1}"), "--listen", f"127.0.0.1:{client[i]}",
                  "--peer-listen", f"127.0.0.1:{peer[i]}", "--initial-cluster", initial,
-                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT))
+                 "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT))
             log.close()
         endpoints = tuple(f"127.0.0.1:{p}" for p in client)
         _wait_kvraft_ready(endpoints)
