@@ -308,8 +308,12 @@ class Node:
                 raise unavailable(f"leadership did not move to {to} before the deadline")
             w = ReadWaiter()
             self._leader_waiters.append(w)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(w.future, min(remaining, self._election_timeout_s()))
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.future, min(remaining, self._election_timeout_s()))
+            finally:
+                if w in self._leader_waiters:
+                    self._leader_waiters.remove(w)
 
     def status(self) -> dict[str, Any]:
         r = self.raw.raft
@@ -462,8 +466,8 @@ class Node:
     def _on_ticks(self) -> None:
         # ReadIndex requests are dropped silently when there is no leader or the leader
         # has not yet committed an entry of its term (thesis §6.4); re-ask for rounds
-        # that got no answer within half an election timeout.
-        retry_ticks = max(2, self.config.election_tick // 2)
+        # that got no answer within a quarter of an election timeout.
+        retry_ticks = max(2, self.config.election_tick // 4)
         for rr in list(self._read_rounds.values()):
             if not rr.live():
                 del self._read_rounds[rr.context]
