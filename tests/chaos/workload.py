@@ -1,6 +1,7 @@
 """Concurrent clients that record a history for the linearizability checker.
 
-Each client thread has its own `kvraft.client.Client` (its own failover state) and runs
+Each client thread has its own `kvraft.client.Client` (its own failover state; every
+other client is pinned to a single member instead) and runs
 a closed loop of put (a value unique to the run), linearizable get and compare-and-swap
 on a small key set, every call with a deadline. The CAS expects the value that client
 last saw for the key, as a real read-modify-write would; a failed CAS records the
@@ -100,6 +101,10 @@ class Workload:
         rng = random.Random(self.seed * 1000 + c)
         endpoints = list(self.endpoints)
         rng.shuffle(endpoints)
+        if c % 2 == 1:
+            # Pinned to one member, no failover: a follower, a partitioned minority or a
+            # deposed leader then keeps receiving requests and must answer them right.
+            endpoints = [self.endpoints[(c // 2) % len(self.endpoints)]]
         last_seen: dict[bytes, bytes | None] = {}
         with Client(endpoints, timeout=self.call_timeout_s) as client:
             while not self._stop.is_set() and len(self._ops) < OPS_MAX:
