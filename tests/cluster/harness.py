@@ -291,6 +291,11 @@ class LocalCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ clients
+    def endpoints(self, ids: Iterable[int] | None = None) -> str:
+        """HOST:PORT,... of the given (default: all) members, for --endpoints / Client."""
+        chosen = sorted(ids) if ids is not None else sorted(self.nodes)
+        return ",".join(self.nodes[i].client_address for i in chosen)
+
     def kv(self, node_id: int) -> pb_grpc.KVStub:
         return pb_grpc.KVStub(self.nodes[node_id].grpc_channel())
 
