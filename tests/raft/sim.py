@@ -289,6 +289,7 @@ class Simulation:
         "tick_all": 20, "tick_one": 5, "deliver": 30, "ready": 20, "persist": 8,
         "propose": 8, "read_index": 3, "transfer": 0.3, "partition": 0.4, "cut_one_way": 0.2,
         "heal": 1, "crash": 0.25, "restart": 1, "compact": 1, "conf_change": 0.5,
+        "reboot": 1.5,
     }
 
     def random_action(self) -> None:
@@ -385,6 +386,13 @@ class Simulation:
             i = self.rng.choice(alive)
             self.net.crash(i)
             self.log(f"crash {i}")
+
+    def do_reboot(self) -> None:
+        """Crash and restart at once: a process restart that keeps only what is durable."""
+        i = self._pick_alive()
+        if i is not None:
+            self.net.restart(i)
+            self.log(f"reboot {i}")
 
     def do_restart(self) -> None:
         down = [i for i in self.net.ids() if not self.net.nodes[i].alive]
