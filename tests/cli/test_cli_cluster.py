@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from kvraft.client import Client, DeadlineExceeded, FailedPrecondition, InvalidArgument, Put
-from tests.cli.helpers import KVRAFT, assert_one_error_line, clean_env, run_kvraft
+from tests.cli.helpers import (
+    GENEROUS_TIMEOUT_S,
+    KVRAFT,
+    assert_one_error_line,
+    clean_env,
+    run_kvraft,
+)
 from tests.cluster.harness import LocalCluster, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -34,7 +40,7 @@ def endpoints(cluster: LocalCluster, ids: list[int] | None = None) -> str:
 
 
 def everything(cluster: LocalCluster) -> list[tuple[bytes, bytes]]:
-    with Client(endpoints(cluster)) as kv:
+    with Client(endpoints(cluster), timeout=GENEROUS_TIMEOUT_S) as kv:
         return kv.scan()
 
 
@@ -84,7 +90,7 @@ def test_status_table_of_every_member(cluster: LocalCluster) -> None:
 
 
 def test_client_api_batch_and_pages(cluster: LocalCluster) -> None:
-    with Client(endpoints(cluster)) as kv:
+    with Client(endpoints(cluster), timeout=GENEROUS_TIMEOUT_S) as kv:
         kv.put("api/gone", "x")
         assert kv.batch([Put("api/1", "a"), Put("api/2", "b"), ("delete", "api/gone"),
                          ("delete", "api/never")]) == [True, False]
@@ -111,7 +117,8 @@ def test_client_api_batch_and_pages(cluster: LocalCluster) -> None:
 def test_bad_input_is_invalid_argument_and_changes_nothing(cluster: LocalCluster, what: str,
                                                            call) -> None:
     before = everything(cluster)
-    with Client(endpoints(cluster)) as kv, pytest.raises(InvalidArgument):
+    with Client(endpoints(cluster), timeout=GENEROUS_TIMEOUT_S) as kv, \
+            pytest.raises(InvalidArgument):
         call(kv)
     assert everything(cluster) == before, what
 
@@ -123,7 +130,7 @@ def test_member_change_that_cannot_apply_is_failed_precondition(cluster: LocalCl
     assert assert_one_error_line(unknown, 3).startswith("error: failed precondition: ")
     transfer = run_kvraft("leader", "transfer", "77", "--endpoints", e)
     assert assert_one_error_line(transfer, 3).startswith("error: failed precondition: ")
-    with Client(e) as kv, pytest.raises(FailedPrecondition):
+    with Client(e, timeout=GENEROUS_TIMEOUT_S) as kv, pytest.raises(FailedPrecondition):
         kv.member_add(1, cluster.nodes[1].peer_address, cluster.nodes[1].client_address)
     assert run_kvraft("member", "list", "--json", "--endpoints", e).stdout == members_before
 
@@ -238,7 +245,7 @@ def test_serve_reads_every_option_from_the_environment(tmp_path: Path) -> None:
     proc = _start_serve([], env, tmp_path)
     try:
         _wait_leader_at(env["KVRAFT_LISTEN"], proc)
-        with Client(env["KVRAFT_LISTEN"]) as kv:
+        with Client(env["KVRAFT_LISTEN"], timeout=GENEROUS_TIMEOUT_S) as kv:
             assert kv.status().member_id == 7
         assert (tmp_path / "d7").is_dir()
     finally:
@@ -311,7 +318,7 @@ def test_reads_fail_over_from_a_frozen_member_and_writes_to_it_are_unknown(
     leader = cluster.wait_leader()
     frozen = next(i for i in sorted(cluster.nodes) if i != leader)
     assert run_kvraft("put", "frozen/k", "v", "--endpoints", endpoints(cluster)).returncode == 0
-    with Client(endpoints(cluster, [frozen])) as warm:
+    with Client(endpoints(cluster, [frozen]), timeout=GENEROUS_TIMEOUT_S) as warm:
         assert warm.get("frozen/k") == b"v"  # connected before the member freezes
         cluster.pause(frozen)
         try:

@@ -25,11 +25,15 @@ from kvraft.client import (
 )
 from tests.client.fake_server import FakeCluster
 
+# Deadline of calls whose test is not about deadlines: generous, so a loaded CI machine
+# does not turn a slow answer into a failure.
+GENEROUS_S = 30.0
+
 # ------------------------------------------------------------------ the API
 
 
 def test_put_get_delete_round_trip_encodes_str_as_utf8(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("grüße", "wörld")
         assert fake_cluster.store[b"gr\xc3\xbc\xc3\x9fe"] == "wörld".encode()
         assert kv.get(b"gr\xc3\xbc\xc3\x9fe") == "wörld".encode()
@@ -40,7 +44,7 @@ def test_put_get_delete_round_trip_encodes_str_as_utf8(fake_cluster: FakeCluster
 
 
 def test_get_of_a_missing_key_is_none_not_empty(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("empty", b"")
         assert kv.get("empty") == b""
         assert kv.get("missing") is None
@@ -49,7 +53,7 @@ def test_get_of_a_missing_key_is_none_not_empty(fake_cluster: FakeCluster) -> No
 def test_scan_follows_server_pages_and_honours_range_and_limit() -> None:
     cluster = FakeCluster(1, scan_page_max=3)
     try:
-        with Client(cluster.endpoints) as kv:
+        with Client(cluster.endpoints, timeout=GENEROUS_S) as kv:
             for i in range(10):
                 kv.put(f"k{i}", f"v{i}")
             kv.put("other", "x")
@@ -69,7 +73,7 @@ def test_scan_follows_server_pages_and_honours_range_and_limit() -> None:
 
 
 def test_cas_with_expected_value_and_expected_absent(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         assert kv.cas("lock", None, "a") is True  # absent -> created
         assert kv.cas("lock", None, "b") is False  # exists now
         result = kv.compare_and_swap("lock", "wrong", "c")
@@ -81,7 +85,7 @@ def test_cas_with_expected_value_and_expected_absent(fake_cluster: FakeCluster) 
 
 
 def test_batch_applies_in_order_and_answers_each_delete(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("gone", "1")
         deleted = kv.batch([Put("a", "1"), ("put", "b", "2"), Delete("gone"),
                             ("delete", "never"), Put("gone", "again")])
@@ -93,7 +97,7 @@ def test_batch_applies_in_order_and_answers_each_delete(fake_cluster: FakeCluste
 
 
 def test_status_and_member_operations(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         status = kv.status()
         assert status.leader_id == 1 and status.term == 2
         assert [m.id for m in status.members] == [1, 2, 3]
@@ -114,7 +118,7 @@ def test_status_and_member_operations(fake_cluster: FakeCluster) -> None:
 
 
 def test_closed_client_refuses_calls(fake_cluster: FakeCluster) -> None:
-    kv = Client(fake_cluster.endpoints)
+    kv = Client(fake_cluster.endpoints, timeout=GENEROUS_S)
     kv.close()
     with pytest.raises(KvraftError, match="closed"):
         kv.get("a")
@@ -135,7 +139,8 @@ def test_closed_client_refuses_calls(fake_cluster: FakeCluster) -> None:
 def test_status_codes_map_to_typed_errors(fake_cluster: FakeCluster, code: str,
                                           exc_type: type[KvraftError]) -> None:
     fake_cluster.node(1).mode = f"error:{code}"
-    with Client(fake_cluster.endpoints) as kv, pytest.raises(exc_type) as info:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv, \
+            pytest.raises(exc_type) as info:
         kv.get("a")
     assert type(info.value) is exc_type
     assert info.value.code == getattr(grpc.StatusCode, code)
@@ -146,7 +151,7 @@ def test_status_codes_map_to_typed_errors(fake_cluster: FakeCluster, code: str,
 @pytest.mark.parametrize("key", [b"", b"k" * 4097])
 def test_invalid_key_is_invalid_argument_and_changes_nothing(fake_cluster: FakeCluster,
                                                              key: bytes) -> None:
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         with pytest.raises(InvalidArgument):
             kv.put(key, "v")
         with pytest.raises(InvalidArgument):
@@ -155,7 +160,8 @@ def test_invalid_key_is_invalid_argument_and_changes_nothing(fake_cluster: FakeC
 
 
 def test_oversized_value_is_invalid_argument(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints) as kv, pytest.raises(InvalidArgument):
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv, \
+            pytest.raises(InvalidArgument):
         kv.put("k", b"v" * ((1 << 20) + 1))
     assert fake_cluster.store == {}
 
@@ -166,7 +172,7 @@ def test_oversized_value_is_invalid_argument(fake_cluster: FakeCluster) -> None:
 def test_reads_and_writes_fail_over_past_a_dead_endpoint(fake_cluster: FakeCluster,
                                                         dead_endpoint: str) -> None:
     """A refused connection means the request never left: even a CAS may move on."""
-    with Client([dead_endpoint, *fake_cluster.endpoints], timeout=5) as kv:
+    with Client([dead_endpoint, *fake_cluster.endpoints], timeout=GENEROUS_S) as kv:
         assert kv.cas("k", None, "v") is True
         assert kv.get("k") == b"v"
         kv.put("k2", "v2")
@@ -174,7 +180,7 @@ def test_reads_and_writes_fail_over_past_a_dead_endpoint(fake_cluster: FakeClust
 
 
 def test_failover_when_a_member_stops(fake_cluster: FakeCluster) -> None:
-    with Client(fake_cluster.endpoints, timeout=5) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("k", "v")
         fake_cluster.node(1).stop()  # headers still name 1 as the leader
         kv.put("k", "v2")  # the connection to node 1 is refused: not sent, moves on
@@ -185,7 +191,7 @@ def test_failover_when_a_member_stops(fake_cluster: FakeCluster) -> None:
 def test_read_fails_over_on_unavailable(fake_cluster: FakeCluster) -> None:
     fake_cluster.store[b"k"] = b"v"
     fake_cluster.node(1).mode = "unavailable"
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         assert kv.get("k") == b"v"
     assert fake_cluster.node(1).calls["Get"] == 1 and fake_cluster.node(2).calls["Get"] == 1
 
@@ -194,7 +200,7 @@ def test_read_fails_over_from_a_member_that_hangs(fake_cluster: FakeCluster) -> 
     """A frozen member gets only its share of the deadline; the read lands elsewhere."""
     fake_cluster.store[b"k"] = b"v"
     fake_cluster.node(1).mode = "hang"
-    with Client(fake_cluster.endpoints, timeout=4) as kv:
+    with Client(fake_cluster.endpoints, timeout=9) as kv:
         assert kv.get("k") == b"v"
     assert fake_cluster.node(2).calls["Get"] == 1
 
@@ -205,7 +211,8 @@ def test_unmarked_unavailable_write_surfaces_unknown_outcome(fake_cluster: FakeC
     """An UNAVAILABLE without the retry-safe mark may follow a proposal that will still
     commit; re-sending it could apply a CAS twice, so the client reports it."""
     fake_cluster.node(1).mode = mode
-    with Client(fake_cluster.endpoints) as kv, pytest.raises(Unavailable) as info:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv, \
+            pytest.raises(Unavailable) as info:
         kv.cas("k", None, "v")
     assert info.value.outcome_unknown is True
     assert "may or may not" in str(info.value)
@@ -217,7 +224,7 @@ def test_unmarked_unavailable_write_surfaces_unknown_outcome(fake_cluster: FakeC
 
 def test_write_marked_retry_safe_moves_to_the_next_member(fake_cluster: FakeCluster) -> None:
     fake_cluster.node(1).mode = "unavailable-retry-safe"
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         assert kv.cas("k", None, "v") is True
     assert fake_cluster.applied_writes == [(2, "CompareAndSwap")]
 
@@ -243,7 +250,7 @@ def test_every_endpoint_dead_is_unavailable_within_the_deadline(dead_endpoint: s
 
 def test_client_prefers_the_leader_named_in_headers(fake_cluster: FakeCluster) -> None:
     fake_cluster.leader_id = 3
-    with Client(fake_cluster.endpoints) as kv:
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("k", "v1")  # node 1 answers, names 3; one Status maps 3 to its endpoint
         assert kv.leader_id == 3
         kv.put("k", "v2")
@@ -319,6 +326,6 @@ def test_bad_timeouts_are_rejected() -> None:
 
 def test_an_unresolvable_host_is_not_sent_so_even_a_cas_fails_over(
         fake_cluster: FakeCluster) -> None:
-    with Client(["no-such-host.invalid:2379", fake_cluster.endpoints[0]], timeout=5) as kv:
+    with Client(["no-such-host.invalid:2379", fake_cluster.endpoints[0]], timeout=GENEROUS_S) as kv:
         assert kv.cas("k", None, "v") is True
     assert fake_cluster.applied_writes == [(1, "CompareAndSwap")]
