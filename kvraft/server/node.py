@@ -144,7 +144,7 @@ class Node:
         self._deferred_hs: eraftpb.HardState | None = None
         self._persist_queue: list[PersistJob] = []
         self._persist_wake = asyncio.Event()
-        self._last_compact_index = 0
+        self._compact_due = False
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
@@ -569,6 +569,10 @@ class Node:
             if not self._persist_queue:
                 if self._stopping:
                     return
+                if self._compact_due:
+                    self._compact_due = False
+                    await asyncio.to_thread(self._compact)
+                    continue
                 self._persist_wake.clear()
                 await self._persist_wake.wait()
                 continue
@@ -843,13 +847,20 @@ class Node:
         `applied`, entries well behind it can go; a trailing window stays so a follower
         a little behind catches up from the log instead of a full snapshot."""
         applied = self.store.sm.applied_index
-        if applied - self.store.log.first_index() < self.store.policy.snapshot_entries:
-            return
+        if applied - self.store.log.first_index() >= self.store.policy.snapshot_entries:
+            # Compaction writes (synced) and deletes: the persister does it between
+            # Ready writes, off the loop.
+            self._compact_due = True
+            self._persist_wake.set()
+
+    def _compact(self) -> None:
+        """On the persistence thread."""
+        applied = self.store.sm.applied_index
         first = self.store.log.maybe_compact(applied, self.store.policy)
         if first is not None:
             self.metrics.snapshots_created.inc()
-            log.info("node %d: compacted the log: first index now %d (applied %d, term %d)",
-                     self.id, first, applied, self.raw.raft.term)
+            log.info("node %d: compacted the log: first index now %d (applied %d)",
+                     self.id, first, applied)
 
 
 def _ids_of(cs: eraftpb.ConfState) -> set[int]:
