@@ -356,6 +356,9 @@ class Raft:
                          "to %d", self.raft_log.first_index(), self.raft_log.committed,
                          meta.index, meta.term, to)
         pr.become_snapshot(meta.index)
+        # This snapshot answers the peer's request; should it fail to arrive, the peer
+        # (still waiting for it) asks again.
+        pr.pending_request_snapshot = INVALID_INDEX
         return True
 
     def send_heartbeat(self, to: int, pr: Progress, ctx: bytes | None) -> None:
@@ -903,6 +906,11 @@ class Raft:
             return
         old_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
+            if pr.state is ProgressState.Snapshot and pr.is_snapshot_caught_up():
+                # A duplicate snapshot answered with what the peer already had: it is
+                # caught up, so stop waiting for a snapshot report.
+                pr.become_probe()
+                self.maybe_send_append(m.from_, False)
             return
         if pr.state is ProgressState.Probe:
             pr.become_replicate()
@@ -1068,6 +1076,15 @@ class Raft:
     def handle_append_entries(self, m: eraftpb.Message) -> None:
         """Thesis §3.5 AppendEntries receiver."""
         if self.pending_request_snapshot != INVALID_INDEX:
+            self.send_request_snapshot()
+            return
+        if not self.prs.progress:
+            # Uninitialized: a joining node that knows no configuration. The log's
+            # first entries do not describe the founding members (they are bootstrapped
+            # through the ConfState), so replaying them would build a wrong
+            # configuration: start from a snapshot, which carries it (§4.2.1, §5.3).
+            self.logger.info("uninitialized; requesting a snapshot from leader %d", m.from_)
+            self.pending_request_snapshot = 1
             self.send_request_snapshot()
             return
         log = self.raft_log

@@ -398,3 +398,28 @@ def test_durable_write_overtaken_by_a_rewrite(second_write_handed_out: bool) -> 
     node.on_persist_ready(rd2.number())
     assert log.persisted == 3
     assert log.unstable_entries() == []
+
+
+def test_joining_node_starts_from_a_snapshot() -> None:
+    # A node started with no configuration must not rebuild one by replaying the log
+    # from index 1 (the founders are not in the log): it asks for a snapshot.
+    nodes = three_nodes()
+    leader = elect(nodes)
+    leader.propose(b"", b"before-join")
+    settle(nodes)
+    cc = eraftpb.ConfChange(change_type=eraftpb.AddNode, node_id=4)
+    leader.propose_conf_change(b"", cc)
+    settle(nodes)
+    for node in nodes.values():
+        node.apply_conf_change(cc)
+        node.store().set_conf_state(node.raft.prs.conf_state())
+    nodes[4] = RawNode(make_config(4), MemStorage())
+    assert not nodes[4].raft.promotable
+    settle(nodes)
+    joined = nodes[4].raft
+    assert sorted(joined.prs.conf.voters.ids()) == [1, 2, 3, 4]
+    assert joined.promotable and joined.leader_id == 1
+    assert nodes[4].store().first_index() > 1  # restored from a snapshot, not replayed
+    leader.propose(b"", b"after-join")
+    settle(nodes)
+    assert joined.raft_log.committed == leader.raft.raft_log.last_index()
