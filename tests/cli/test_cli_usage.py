@@ -3,6 +3,7 @@ argument is ONE `error:` line on stderr with exit 2 — checked through the real
 script — and the pure helpers behind the parsing and the output."""
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -158,3 +159,59 @@ def test_serve_on_a_taken_port_is_one_line_before_any_data_dir(tmp_path) -> None
 def test_escaped_bytes_are_one_printable_line(raw: bytes) -> None:
     shown = escape_bytes(raw)
     assert shown.isprintable() and len(shown.splitlines()) <= 1
+
+
+def _free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def captured_config(monkeypatch: pytest.MonkeyPatch) -> list:
+    """`kvraft serve` in-process with run_node replaced by a recorder of its NodeConfig."""
+    import kvraft.server
+
+    configs: list = []
+    monkeypatch.setattr(kvraft.server, "run_node", lambda config: configs.append(config) or 0)
+    for name in list(os.environ):
+        if name.startswith("KVRAFT_"):
+            monkeypatch.delenv(name)
+    return configs
+
+
+def test_serve_defaults_make_a_single_node_cluster(captured_config: list) -> None:
+    listen, peer = _free_address(), _free_address()
+    assert main(["serve", "--listen", listen, "--peer-listen", peer]) == 0
+    (config,) = captured_config
+    assert (config.node_id, config.data_dir, config.join) == (1, "./kvraft-data", False)
+    assert config.initial_cluster == {1: peer} and config.advertise_peer == peer
+    assert (config.metrics_listen, config.log_level, config.tick_interval_s) == (None, "INFO",
+                                                                                 0.1)
+
+
+def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    listen, peer, metrics = _free_address(), _free_address(), _free_address()
+    env = {
+        "KVRAFT_ID": "3", "KVRAFT_DATA_DIR": "/tmp/somewhere", "KVRAFT_LISTEN": listen,
+        "KVRAFT_PEER_LISTEN": peer, "KVRAFT_INITIAL_CLUSTER": "1=a:1,2=b:2,3=node-3:2380",
+        "KVRAFT_JOIN": "true", "KVRAFT_METRICS_LISTEN": metrics, "KVRAFT_LOG_LEVEL": "Debug",
+        "KVRAFT_ADVERTISE_CLIENT": "node-3:2379", "KVRAFT_ADVERTISE_PEER": "node-3:2390",
+        "KVRAFT_TICK_INTERVAL": "0.02", "KVRAFT_SNAPSHOT_ENTRIES": "50",
+        "KVRAFT_SNAPSHOT_KEEP_ENTRIES": "5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 0
+    (config,) = captured_config
+    assert (config.node_id, str(config.data_dir), config.listen, config.peer_listen) == (
+        3, "/tmp/somewhere", listen, peer)
+    assert config.initial_cluster == {1: "a:1", 2: "b:2", 3: "node-3:2380"}
+    assert (config.join, config.metrics_listen, config.log_level) == (True, metrics, "DEBUG")
+    assert (config.advertise_client, config.advertise_peer) == ("node-3:2379", "node-3:2390")
+    assert (config.tick_interval_s, config.snapshot_entries, config.snapshot_keep_entries) == (
+        0.02, 50, 5)
+    # A flag wins over its variable.
+    assert main(["serve", "--id", "2", "--log-level", "error"]) == 0
+    assert (captured_config[1].node_id, captured_config[1].log_level) == (2, "ERROR")
