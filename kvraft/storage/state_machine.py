@@ -197,15 +197,19 @@ class KVStateMachine:
         else:
             assert op == "batch", op
             result.kind = BATCH
+            # The hot loop of bulk loading (thousands of ops per entry, on every node):
+            # each protobuf field access builds a wrapper, so read each field once.
+            put, get, delete = pending.put, pending.get, pending.delete
             for batch_op in command.batch.ops:
-                which = batch_op.WhichOneof("op")
-                if which == "put":
-                    pending.put(batch_op.put.key, batch_op.put.value)
-                elif which == "delete":
-                    existed = pending.get(batch_op.delete.key) is not None
+                if batch_op.HasField("put"):
+                    p = batch_op.put
+                    put(p.key, p.value)
+                elif batch_op.HasField("delete"):
+                    key = batch_op.delete.key
+                    existed = get(key) is not None
                     result.deleted_list.append(existed)
                     if existed:
-                        pending.delete(batch_op.delete.key)
+                        delete(key)
         return result
 
     def _apply_conf_change(self, entry: eraftpb.Entry, batch: plyvel.WriteBatch,
