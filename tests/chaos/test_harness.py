@@ -16,7 +16,7 @@ from tests.chaos.cluster import Cluster
 from tests.chaos.netns import NS_PREFIX
 from tests.chaos.run import run_chaos
 
-pytestmark = [pytest.mark.chaos]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
 def fake_argv(mode: str, cluster: Cluster, index: int) -> list[str]:
