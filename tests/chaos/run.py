@@ -51,6 +51,7 @@ class ChaosReport:
     stats: str
     kinds_applied: set[str]
     check_s: float = 0.0
+    log_tracebacks: dict[int, int] = dataclasses.field(default_factory=dict)
     t0_s: float = 0.0  # monotonic time of the workload's start; history times are relative
     error: str | None = None
 
@@ -72,6 +73,9 @@ class ChaosReport:
                 f"{k.decode()}={v.decode() if v else None}" for k, v in self.final_values.items()
             ),
         ]
+        if self.log_tracebacks:
+            lines.append(f"  note: Python tracebacks in node logs (node: count): "
+                         f"{self.log_tracebacks}")
         if self.error:
             lines.append(f"  ERROR: {self.error}")
         if self.result is not None:
@@ -171,6 +175,7 @@ def run_chaos(
             started = time.monotonic()
             report.result = check(history)
             report.check_s = time.monotonic() - started
+            report.log_tracebacks = _tracebacks(cluster)
     except BaseException as err:  # keep the logs and say what happened, then re-raise
         report.error = f"{type(err).__name__}: {err}"
         if log:
@@ -183,6 +188,18 @@ def run_chaos(
         shutil.rmtree(workdir, ignore_errors=True)
         report.workdir = Path("(removed: the run passed)")
     return report
+
+
+def _tracebacks(cluster: Cluster) -> dict[int, int]:
+    """Tracebacks a node logged: not a failure by themselves, but worth reading."""
+    out = {}
+    for i in cluster.indexes:
+        path = cluster.log_path(i)
+        if path.exists():
+            count = path.read_text(errors="replace").count("Traceback (most recent call last)")
+            if count:
+                out[i] = count
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
