@@ -87,8 +87,7 @@ class _Base:
             raise
         finally:
             name = code.name
-            self.metrics.requests.labels(rpc, name).inc()
-            self.metrics.request_latency.labels(rpc, name).observe(time.perf_counter() - t0)
+            self.metrics.observe_request(rpc, name, time.perf_counter() - t0)
 
     def _check_key(self, key: bytes, what: str = "key") -> None:
         if not key:

@@ -4,6 +4,8 @@ Each node owns its own CollectorRegistry, so several nodes in one test process (
 re-created node) never collide on metric names."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .config import parse_address
@@ -16,6 +18,7 @@ _LATENCY_BUCKETS_S = (
 class NodeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "kvraft_requests", "Client RPCs answered", ["rpc", "code"], registry=r
         )
@@ -67,6 +70,15 @@ class NodeMetrics:
         self.snapshots_created = Counter(
             "kvraft_snapshots_created", "Log compactions after a snapshot", registry=r
         )
+
+    def observe_request(self, rpc: str, code: str, latency_s: float) -> None:
+        # The labelled children are cached: a label lookup per request adds up.
+        children = self._request_children.get((rpc, code))
+        if children is None:
+            children = self._request_children[(rpc, code)] = (
+                self.requests.labels(rpc, code), self.request_latency.labels(rpc, code))
+        children[0].inc()
+        children[1].observe(latency_s)
 
     def serve(self, address: str) -> None:
         host, port = parse_address(address, "--metrics-listen address")

@@ -65,6 +65,7 @@ class _PeerSender:
         self.reachable = True
         self.channel: grpc.aio.Channel | None = None
         self.snapshot_task: asyncio.Task[None] | None = None
+        self.queue_depth = owner.metrics.peer_queue_depth.labels(str(peer_id))
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"peer-sender-{peer_id}"
         )
@@ -91,7 +92,7 @@ class _PeerSender:
             msg = self.queue.popleft()
             size += msg.ByteSize()
             batch.messages.append(msg)
-        self.owner.metrics.peer_queue_depth.labels(str(self.peer_id)).set(len(self.queue))
+        self.queue_depth.set(len(self.queue))
         return batch
 
     async def _run(self) -> None:
@@ -120,7 +121,7 @@ class _PeerSender:
                 if call is not None:
                     call.cancel()
                 self.queue.clear()
-                self.owner.metrics.peer_queue_depth.labels(str(self.peer_id)).set(0)
+                self.queue_depth.set(0)
                 self.owner.metrics.peer_unreachable.labels(str(self.peer_id)).inc()
                 self.owner.events.report_unreachable(self.peer_id)
                 if self.reachable:
