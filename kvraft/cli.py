@@ -358,12 +358,16 @@ def scan(start: str | None, end: str | None, prefix: str | None, limit: int, key
     else:
         start_b = _key_bytes(start or "")
         end_b = _key_bytes(end or "")
+    more = False
     with _connect(endpoints, timeout) as kv:
-        kvs, more = kv.scan_page(start_b, end_b, limit, serializable=serializable)
-    lines = [escape_bytes(k) if keys_only else f"{escape_bytes(k)}\t{escape_bytes(v)}"
-             for k, v in kvs]
-    if lines:
-        click.echo("\n".join(lines))
+        # Page by page, each with its own --timeout: a big range streams to stdout.
+        for page, page_more in kv.scan_pages(start_b, end_b, limit,
+                                             serializable=serializable):
+            lines = [escape_bytes(k) if keys_only else f"{escape_bytes(k)}\t{escape_bytes(v)}"
+                     for k, v in page]
+            if lines:
+                click.echo("\n".join(lines))
+            more = page_more
     if more:
         click.echo(f"(stopped at --limit {limit}; more keys follow)", err=True)
     return EXIT_OK

@@ -34,7 +34,7 @@ import ipaddress
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -381,25 +381,61 @@ class Client:
         timeout: float | None = None,
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Like scan, also returning whether keys remain in the range past `limit`."""
-        if not isinstance(limit, int) or not 0 <= limit <= UINT32_MAX:
+        deadline = self._deadline(timeout)
+        kvs: list[tuple[bytes, bytes]] = []
+        more = False
+        for page, page_more in self._pages(start, end, limit, serializable, lambda: deadline):
+            kvs.extend(page)
+            more = page_more
+        return kvs, more
+
+    def scan_pages(
+        self,
+        start: Bytesish = b"",
+        end: Bytesish = b"",
+        limit: int = 0,
+        *,
+        serializable: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        """Like scan_page, lazily, one server page at a time: yields (page, more). The
+        next page is fetched when the caller asks for it, each with its own deadline
+        (`timeout`), so a range too large to hold at once can be streamed."""
+        return self._pages(start, end, limit, serializable, lambda: self._deadline(timeout))
+
+    def _pages(
+        self, start: Bytesish, end: Bytesish, limit: int, serializable: bool,
+        deadline_of: Callable[[], float],
+    ) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= UINT32_MAX:
             raise ValueError(f"limit must be an integer in 0..{UINT32_MAX}, got {limit!r}")
         next_start = to_bytes(start, "start")
         end_b = to_bytes(end, "end")
-        deadline = self._deadline(timeout)
-        kvs: list[tuple[bytes, bytes]] = []
+        return self._page_iter(next_start, end_b, limit, serializable, deadline_of)
+
+    def _page_iter(
+        self, next_start: bytes, end: bytes, limit: int, serializable: bool,
+        deadline_of: Callable[[], float],
+    ) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        taken = 0
         for _ in range(SCAN_PAGES_MAX):
-            want = limit - len(kvs) if limit else 0
-            request = pb.ScanRequest(start=next_start, end=end_b, limit=want,
+            request = pb.ScanRequest(start=next_start, end=end, limit=limit - taken if limit else 0,
                                      consistency=_consistency(serializable))
-            response = self._call("kv", "Scan", request, write=False, deadline=deadline)
-            kvs.extend((kv.key, kv.value) for kv in response.kvs)
+            response = self._call("kv", "Scan", request, write=False, deadline=deadline_of())
+            page = [(kv.key, kv.value) for kv in response.kvs]
+            if limit:
+                page = page[:limit - taken]
+            taken += len(page)
             if not response.more:
-                return kvs, False
-            if limit and len(kvs) >= limit:
-                return kvs[:limit], True
+                yield page, False
+                return
+            if limit and taken >= limit:
+                yield page, True
+                return
             if not response.kvs:  # more=True with an empty page would loop forever
                 raise KvraftError("the server returned an empty scan page marked 'more'")
             next_start = response.kvs[-1].key + b"\x00"  # the next key after the last
+            yield page, True
         raise KvraftError(f"scan stopped after {SCAN_PAGES_MAX} pages; pass a limit")
 
     def cas(

@@ -329,3 +329,22 @@ def test_an_unresolvable_host_is_not_sent_so_even_a_cas_fails_over(
     with Client(["no-such-host.invalid:2379", fake_cluster.endpoints[0]], timeout=GENEROUS_S) as kv:
         assert kv.cas("k", None, "v") is True
     assert fake_cluster.applied_writes == [(1, "CompareAndSwap")]
+
+
+def test_scan_pages_streams_one_page_per_request() -> None:
+    cluster = FakeCluster(1, scan_page_max=4)
+    try:
+        cluster.store.update({f"k{i:02}".encode(): b"v" for i in range(10)})
+        with Client(cluster.endpoints, timeout=GENEROUS_S) as kv:
+            pages = kv.scan_pages()
+            first, more = next(pages)
+            assert [k for k, _ in first] == [b"k00", b"k01", b"k02", b"k03"] and more
+            assert cluster.node(1).calls["Scan"] == 1  # the rest is not fetched yet
+            rest = list(pages)
+            assert [len(p) for p, _ in rest] == [4, 2] and [m for _, m in rest] == [True, False]
+            limited = list(kv.scan_pages(limit=6))
+            assert [len(p) for p, _ in limited] == [4, 2] and limited[-1][1] is True
+            with pytest.raises(ValueError):
+                kv.scan_pages(limit=-1)
+    finally:
+        cluster.stop()
