@@ -270,7 +270,10 @@ class Raft:
         msg_type = m.msg_type
         if msg_type in _CAMPAIGN_MSG_TYPES:
             # Vote traffic carries the term it is about (the next term for pre-votes).
-            assert m.term != 0, f"term should be set when sending {msg_type}"
+            # A rejected pre-vote carries the voter's own term, which is still 0 on a
+            # node that never saw an election (e.g. it refused a lower priority).
+            assert m.term != 0 or (msg_type == MSG_REQUEST_PRE_VOTE_RESPONSE and m.reject), (
+                f"term should be set when sending {msg_type}")
             if msg_type in (MSG_REQUEST_VOTE, MSG_REQUEST_PRE_VOTE):
                 m.priority = self.priority
         else:
