@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from kvraft.raft import (
+    NO_LIMIT,
     ProposalDropped,
     StateRole,
     eraftpb,
@@ -71,6 +72,9 @@ class Params:
     # 5-node seeds only: start as voters {1, 2, 3} + learners {4, 5} and move members
     # between the two roles with ConfChange / ConfChangeV2 (Auto, Implicit, Explicit).
     membership: bool
+    max_committed_size_per_ready: int
+    max_uncommitted_size: int
+    priorities: bool  # node i gets priority i (raft-rs: voters prefer higher priority)
 
     @classmethod
     def from_seed(cls, seed: int) -> Params:
@@ -91,6 +95,9 @@ class Params:
             batch_append=r.random() < 0.3,
             skip_bcast_commit=r.random() < 0.3,
             membership=seed % 2 == 1 and r.random() < 0.5,
+            max_committed_size_per_ready=r.choice([NO_LIMIT, NO_LIMIT, 1, 200]),
+            max_uncommitted_size=r.choice([NO_LIMIT, NO_LIMIT, 2048]),
+            priorities=r.random() < 0.2,
         )
 
     def config(self) -> dict[str, object]:
@@ -101,6 +108,8 @@ class Params:
             "max_size_per_msg": self.max_size_per_msg,
             "batch_append": self.batch_append,
             "skip_bcast_commit": self.skip_bcast_commit,
+            "max_committed_size_per_ready": self.max_committed_size_per_ready,
+            "max_uncommitted_size": self.max_uncommitted_size,
         }
 
 
@@ -266,6 +275,10 @@ class Simulation:
         self.net = Network(voters, learners=learners, seed=seed,
                            async_persist=self.p.async_persist, auto_persist=False,
                            **self.p.config())
+        if self.p.priorities:
+            for i in ids:
+                self.net.config_overrides[i] = {"priority": i}
+                self.net.restart(i)  # pick the override up (nothing has happened yet)
         self.check = Checker(self.net)
         self.proposals = 0
         self.reads = 0

@@ -100,3 +100,26 @@ def test_prevote_with_check_quorum_rejoin() -> None:
     net.heal()
     net.tick(ticks=2 * ET)
     assert net.leaders() == [leader] and net.term(leader) == term
+
+
+def test_fresh_node_rejects_lower_priority_prevote() -> None:
+    # raft-rs priorities: a voter refuses a candidate of lower priority whose log is no
+    # longer than its own. A node that never saw an election (term 0) must answer that
+    # rejection like any other instead of failing (found by the simulation, seed 7000).
+    raw = new_raw_node(2, [1, 2, 3], pre_vote=True, priority=2)
+    raw.step(eraftpb.Message(msg_type=eraftpb.MsgRequestPreVote, from_=1, to=2, term=1,
+                             log_term=0, index=0, priority=1))
+    resp = only(drain(raw), eraftpb.MsgRequestPreVoteResponse)
+    assert [(m.to, m.reject) for m in resp] == [(1, True)]
+    assert raw.raft.term == 0 and raw.raft.vote == 0
+
+
+def test_priorities_decide_prevote_among_equal_logs() -> None:
+    net = Network([1, 2, 3], pre_vote=True)
+    for i in net.ids():
+        net.config_overrides[i] = {"priority": i}
+        net.restart(i)
+    net.campaign(1)  # both peers have higher priority: the pre-vote is lost
+    assert net.role(1) == StateRole.Follower and net.term(1) == 0
+    net.campaign(3)
+    assert net.leader() == 3 and net.term(3) == 1
