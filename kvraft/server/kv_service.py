@@ -161,19 +161,26 @@ class KVService(_Base, pb_grpc.KVServicer):
                 raise invalid(
                     f"the batch has {size} bytes; the limit is {self.config.max_batch_bytes}"
                 )
-            ops: list[tuple[str, bytes, bytes]] = []
+            # Bulk loads send thousands of ops: check each field once, cheaply, and
+            # build the error message only for the op that fails.
+            key_max, value_max = self.config.max_key_bytes, self.config.max_value_bytes
             for i, op in enumerate(request.ops):
-                kind = op.WhichOneof("op")
-                if kind == "put":
-                    self._check_key(op.put.key, f"key of operation {i}")
-                    self._check_value(op.put.value)
-                    ops.append(("put", op.put.key, op.put.value))
-                elif kind == "delete":
-                    self._check_key(op.delete.key, f"key of operation {i}")
-                    ops.append(("delete", op.delete.key, b""))
+                if op.HasField("put"):
+                    put = op.put
+                    key, value = put.key, put.value
+                    if not key or len(key) > key_max:
+                        self._check_key(key, f"key of operation {i}")
+                    if len(value) > value_max:
+                        self._check_value(value)
+                elif op.HasField("delete"):
+                    key = op.delete.key
+                    if not key or len(key) > key_max:
+                        self._check_key(key, f"key of operation {i}")
                 else:
                     raise invalid(f"operation {i} is neither a put nor a delete")
-            result = await self._write(lambda rid: sa.encode_batch(rid, ops), timeout_s)
+            ops_wire = request.SerializeToString()
+            result = await self._write(lambda rid: sa.encode_batch_wire(rid, ops_wire),
+                                       timeout_s)
             return pb.BatchResponse(header=self.header(), deleted=list(result.deleted_list or []))
 
         return await self._call("Batch", context, body)

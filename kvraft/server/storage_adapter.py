@@ -124,6 +124,11 @@ def encode_batch(request_id: int, ops: list[tuple[str, bytes, bytes]]) -> bytes:
     )
 
 
+def encode_batch_wire(request_id: int, ops_wire: bytes) -> bytes:
+    """A batch command from a validated BatchRequest's bytes (same wire format)."""
+    return commands.batch_command_from_wire(ops_wire, request_id)
+
+
 def member_conf_change(member_id: int, peer_address: str, client_address: str,
                        learner: bool, *, add: bool, cc_id: int) -> eraftpb.ConfChange:
     """A simple conf change whose context carries the member's addresses, so every

@@ -80,6 +80,17 @@ def batch_command(ops: list[tuple[bytes, bytes | None]], request_id: int = 0) ->
     return encode_command(pb.Command(request_id=request_id, batch=batch))
 
 
+def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:
+    """A batch command from the serialized ops of a client's BatchRequest.
+
+    kvraft.BatchRequest and this Batch have the same wire format (ops = 1; BatchOp's
+    put = 1 {key = 1, value = 2}, delete = 2 {key = 1}), so a validated request's bytes
+    are parsed straight into the command instead of being rebuilt op by op in Python."""
+    command = pb.Command(request_id=request_id)
+    command.batch.MergeFromString(ops_wire)
+    return encode_command(command)
+
+
 def decode_command(data: bytes) -> pb.Command:
     """Parse the data of a normal entry; raises CommandDecodeError on anything else."""
     if not data:
