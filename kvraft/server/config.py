@@ -100,6 +100,7 @@ class NodeConfig:
         default_factory=lambda: _env_int("KVRAFT_SNAPSHOT_KEEP_ENTRIES", 1_000))
     snapshot_chunk_bytes: int = MIB
     peer_queue_messages_max: int = 4096
+    peer_queue_bytes_max: int = 64 * MIB
     peer_batch_bytes_max: int = 16 * MIB
     scan_page_max: int = 10_000
 

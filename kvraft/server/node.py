@@ -115,6 +115,7 @@ class Node:
         self.transport = PeerTransport(
             self.id, config.peer_address, lambda: self.cluster_id, self, metrics,
             queue_messages_max=config.peer_queue_messages_max,
+            queue_bytes_max=config.peer_queue_bytes_max,
             batch_bytes_max=config.peer_batch_bytes_max,
         )
         self._wake = asyncio.Event()

@@ -60,7 +60,8 @@ class _PeerSender:
         self.owner = owner
         self.peer_id = peer_id
         self.address = address
-        self.queue: collections.deque[eraftpb.Message] = collections.deque()
+        self.queue: collections.deque[tuple[eraftpb.Message, int]] = collections.deque()
+        self.queued_bytes = 0
         self.has_data = asyncio.Event()
         self.reachable = True
         self.channel: grpc.aio.Channel | None = None
@@ -71,10 +72,14 @@ class _PeerSender:
         )
 
     def enqueue(self, msg: eraftpb.Message) -> None:
-        if len(self.queue) >= self.owner.queue_messages_max:
-            self.queue.popleft()
+        size = msg.ByteSize()
+        while self.queue and (len(self.queue) >= self.owner.queue_messages_max or
+                              self.queued_bytes + size > self.owner.queue_bytes_max):
+            _, dropped_size = self.queue.popleft()
+            self.queued_bytes -= dropped_size
             self.owner.metrics.peer_dropped.labels(str(self.peer_id)).inc()
-        self.queue.append(msg)
+        self.queue.append((msg, size))
+        self.queued_bytes += size
         self.has_data.set()
 
     def _channel(self) -> grpc.aio.Channel:
@@ -89,8 +94,9 @@ class _PeerSender:
         )
         size = 0
         while self.queue and (size == 0 or size < self.owner.batch_bytes_max):
-            msg = self.queue.popleft()
-            size += msg.ByteSize()
+            msg, msg_size = self.queue.popleft()
+            self.queued_bytes -= msg_size
+            size += msg_size
             batch.messages.append(msg)
         self.queue_depth.set(len(self.queue))
         return batch
@@ -121,6 +127,7 @@ class _PeerSender:
                 if call is not None:
                     call.cancel()
                 self.queue.clear()
+                self.queued_bytes = 0
                 self.queue_depth.set(0)
                 self.owner.metrics.peer_unreachable.labels(str(self.peer_id)).inc()
                 self.owner.events.report_unreachable(self.peer_id)
@@ -200,15 +207,17 @@ class PeerTransport:
         metrics: NodeMetrics,
         *,
         queue_messages_max: int,
+        queue_bytes_max: int,
         batch_bytes_max: int,
     ) -> None:
-        assert queue_messages_max > 0 and batch_bytes_max > 0
+        assert queue_messages_max > 0 and queue_bytes_max > 0 and batch_bytes_max > 0
         self.node_id = node_id
         self.own_address = own_address
         self.cluster_id = cluster_id
         self.events = events
         self.metrics = metrics
         self.queue_messages_max = queue_messages_max
+        self.queue_bytes_max = queue_bytes_max
         self.batch_bytes_max = batch_bytes_max
         self._peers: dict[int, _PeerSender] = {}
         self._addresses: dict[int, str] = {}
