@@ -302,7 +302,7 @@ class Simulation:
         "tick_all": 20, "tick_one": 5, "deliver": 30, "ready": 20, "persist": 8,
         "propose": 8, "read_index": 3, "transfer": 0.3, "partition": 0.4, "cut_one_way": 0.2,
         "heal": 1, "crash": 0.25, "restart": 1, "compact": 1, "conf_change": 0.5,
-        "reboot": 1.5,
+        "reboot": 0.8,
     }
 
     def random_action(self) -> None:
