@@ -49,6 +49,7 @@ MAX_SIZE_PER_MSG_BYTES = 1 << 20
 MAX_INFLIGHT_MSGS = 256
 COMMIT_PERSIST_LAG_ENTRIES = 1_000
 INLINE_APPLY_ENTRIES_MAX = 64
+TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see _ticker)
 
 ROLE_NAMES = {
     StateRole.Leader: "leader",
@@ -191,6 +192,12 @@ class Node:
         while True:
             next_at += interval_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            now = time.monotonic()
+            if now - next_at > interval_s:
+                # The process was starved (a loaded machine, a pause): drop the missed
+                # ticks, as a Go ticker does, instead of firing them in a burst that
+                # would time out an election before any heartbeat could be stepped.
+                next_at = now
             self._ticks_due += 1
             self._wake.set()
 
@@ -402,7 +409,7 @@ class Node:
             raw.transfer_leader(to)
 
         ticks, self._ticks_due = self._ticks_due, 0
-        for _ in range(min(ticks, self.config.election_tick)):
+        for _ in range(min(ticks, TICKS_PER_ROUND_MAX)):
             raw.tick()
         if ticks:
             self._tick_count += ticks
