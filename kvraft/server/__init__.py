@@ -2,6 +2,17 @@
 
 Used by kvraft.cli (`kvraft serve`): build a NodeConfig and call run_node; see
 docs/INTERFACES.md, section "kvraft.server".
+
+Modules, one concern each:
+    config.py           NodeConfig, ServeError, address parsing, the cluster id
+    run.py              run_node: open the store, start servers, signals, clean shutdown
+    node.py             the event loop: rounds over RawNode, the persister, apply, reads
+    waiters.py          futures client calls await (Proposal, ReadWaiter, NodeError)
+    kv_service.py       the KV and Cluster gRPC services (SPEC §2): validation, codes
+    transport.py        outbound peer streams: batching, bounded queues, backoff, snapshots
+    peer_service.py     the inbound Peer service: cluster/member checks, snapshot staging
+    storage_adapter.py  opening/bootstrapping kvraft.storage; commands and conf changes
+    metrics.py          Prometheus metrics of one node
 """
 from __future__ import annotations
 
