@@ -235,6 +235,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
     ./kvraft-data."""
+    if not data_dir.strip():
+        raise click.UsageError("--data-dir must not be empty")
     if listen == peer_listen:
         raise click.UsageError(f"--listen and --peer-listen must differ (both {listen})")
     if metrics_listen is not None and metrics_listen in (listen, peer_listen):

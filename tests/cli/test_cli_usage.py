@@ -62,6 +62,8 @@ BAD_USAGE = [
     (["serve", "--tick-interval", "0"], "--tick-interval"),
     (["serve", "--snapshot-entries", "0"], "--snapshot-entries"),
     (["serve", "--log-level", "loud"], "--log-level"),
+    (["serve", "--data-dir", ""], "--data-dir must not be empty"),
+    (["serve", "--data-dir", "  "], "--data-dir must not be empty"),
     (["bench", "--clients", "0"], "--clients"),
     (["bench", "--read-ratio", "1.5"], "--read-ratio"),
     (["bench", "--duration", "0"], "--duration"),
@@ -215,3 +217,12 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
     # A flag wins over its variable.
     assert main(["serve", "--id", "2", "--log-level", "error"]) == 0
     assert (captured_config[1].node_id, captured_config[1].log_level) == (2, "ERROR")
+
+
+def test_serve_with_a_file_as_data_dir_is_one_line(tmp_path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = run_kvraft("serve", "--data-dir", str(not_a_dir), "--listen", _free_address(),
+                        "--peer-listen", _free_address(), cwd=tmp_path)
+    assert str(not_a_dir) in assert_one_error_line(result, exit_code=1)
+    assert not_a_dir.read_text() == "x"
