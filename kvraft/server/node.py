@@ -145,6 +145,7 @@ class Node:
         self._persisted_commit = store.log.hard_state().commit
         self._deferred_hs: eraftpb.HardState | None = None
         self._persist_queue: list[PersistJob] = []
+        self._persisting = False      # a write of popped jobs is running on the thread
         self._persist_wake = asyncio.Event()
         self._compact_due = False
         self._fatal: BaseException | None = None
@@ -543,10 +544,17 @@ class Node:
         job = PersistJob(rd.number(), entries, hs, snapshot, staged,
                          rd.take_persisted_messages())
         raw.advance_append_async(rd)
-        # Every job is queued, even one with nothing to write, so persisted messages
-        # leave in Ready order (an ack never overtakes the write it follows).
-        self._persist_queue.append(job)
-        self._persist_wake.set()
+        if not (entries or hs is not None or snapshot is not None) and \
+                not self._persist_queue and not self._persisting:
+            # Nothing to write and nothing ahead of it: done now (a follower's
+            # heartbeat and ReadIndex replies need not wait for the persister).
+            raw.on_persist_ready(job.number)
+            self.transport.send(job.persisted_messages)
+        else:
+            # Queued even with nothing to write, so persisted messages leave in Ready
+            # order (an ack never overtakes the write it follows).
+            self._persist_queue.append(job)
+            self._persist_wake.set()
         # Committed entries handed out are durable here already (RaftLog only hands
         # out min(committed, persisted)), so they apply while the write runs.
         results = await self._apply_soon(committed)
@@ -589,7 +597,11 @@ class Node:
                 while self._persist_queue and self._persist_queue[0].snapshot is None:
                     jobs.append(self._persist_queue.pop(0))
             if any(j.entries or j.hs is not None or j.snapshot is not None for j in jobs):
-                await asyncio.to_thread(self._write_jobs, jobs)
+                self._persisting = True
+                try:
+                    await asyncio.to_thread(self._write_jobs, jobs)
+                finally:
+                    self._persisting = False
             self.raw.on_persist_ready(jobs[-1].number)
             for job in jobs:
                 if job.snapshot is not None:
