@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvraft.cli import main, parse_initial_cluster
@@ -226,3 +226,36 @@ def test_serve_with_a_file_as_data_dir_is_one_line(tmp_path) -> None:
                         "--peer-listen", _free_address(), cwd=tmp_path)
     assert str(not_a_dir) in assert_one_error_line(result, exit_code=1)
     assert not_a_dir.read_text() == "x"
+
+
+WORDS = ["put", "get", "delete", "scan", "cas", "status", "member", "leader", "bench", "list",
+         "add", "remove", "promote", "transfer", "--endpoints", "--timeout", "--prefix",
+         "--limit", "--expect-absent", "--serializable", "--json", "--learner",
+         "--peer-address", "--client-address", "--keys-only", "--no-wait", "--clients",
+         "--duration", "--", "k", "", "1", "0", "-1", "127.0.0.1:1", "a=b", "1.5", "é"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(WORDS), max_size=7))
+def test_any_command_line_ends_in_an_exit_code_never_a_traceback(argv: list[str]) -> None:
+    """Random client command lines (never `serve`; every endpoint is a closed loopback
+    port): an exit code of the documented set and at most one stderr line."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    err, out = io.StringIO(), io.TextIOWrapper(io.BytesIO())
+    env = {"KVRAFT_ENDPOINTS": "127.0.0.1:1", "KVRAFT_TIMEOUT": "0.05"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with redirect_stderr(err), redirect_stdout(out):
+            code = main(list(argv))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert code in (0, 1, 2, 3, 4), (argv, code, err.getvalue())
+    lines = err.getvalue().splitlines()
+    assert len(lines) <= 1 and all(line.startswith("error: ") for line in lines), lines
