@@ -348,3 +348,18 @@ def test_scan_pages_streams_one_page_per_request() -> None:
                 kv.scan_pages(limit=-1)
     finally:
         cluster.stop()
+
+
+def test_one_client_shared_by_threads_applies_each_write_once(
+        fake_cluster: FakeCluster, dead_endpoint: str) -> None:
+    import concurrent.futures
+
+    def writer(t: int) -> None:
+        for i in range(25):
+            kv.put(f"t{t}/k{i}", str(i))
+
+    with Client([dead_endpoint, *fake_cluster.endpoints], timeout=GENEROUS_S) as kv, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(writer, range(8)))
+    assert len(fake_cluster.store) == 200
+    assert len(fake_cluster.applied_writes) == 200
