@@ -90,6 +90,9 @@ def test_wiped_follower_rejoins_through_a_snapshot_after_compaction() -> None:
         log_text = node.log_path.read_text()
         assert "installed snapshot" in log_text
         assert "kvraft_snapshots_installed_total 1.0" in cluster.metrics_text(follower)
+        senders = [i for i in cluster.nodes if i != follower and
+                   'kvraft_snapshots_sent_total{result="ok"}' in cluster.metrics_text(i)]
+        assert senders, "no member reports a snapshot sent"
         # It is a full voter again: the cluster survives losing another member.
         other = next(i for i in cluster.nodes if i not in (leader, follower))
         cluster.kill9(other)
