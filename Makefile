@@ -71,9 +71,11 @@ bench-compare: install
 
 # A real 5-node cluster in network namespaces under a seeded nemesis (needs root and
 # iproute2/iptables); no SEED draws one, which the report prints for replaying.
+# OVERLAP=1 lets faults pile up instead of healing each one.
 DURATION ?= 300
 chaos: install
-	$(PY) -m tests.chaos.run --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+	$(PY) -m tests.chaos.run --duration $(DURATION) $(if $(SEED),--seed $(SEED)) \
+	  $(if $(OVERLAP),--overlap)
 
 # The compose plugin when present, docker-compose v1 otherwise (deferred: only these
 # targets pay for the probe). Neither target needs the venv: the image is built from

@@ -4,7 +4,9 @@ The schedule (which faults, in which order, for how long, which split) is drawn 
 seed before the run, so a seed names a run; only "the leader" is resolved when the
 fault starts. Every fault is followed by a heal (links restored, killed nodes restarted
 on the same data directory, paused nodes continued), and the run ends with a quiet
-period in which nothing is broken, so the cluster must recover and serve.
+period in which nothing is broken, so the cluster must recover and serve. With
+`overlap` (make chaos OVERLAP=1), half the faults are not healed before the next one
+starts, so process faults pile up under partitions (a new partition replaces the old).
 
 Fault kinds:
 * isolate-leader — the leader loses every peer link (clients still reach it: it must
@@ -43,17 +45,22 @@ class Fault:
     # drawn from the seed: a permutation of the node indexes used by the fault
     order: tuple[int, ...]
     on_leader: bool  # kill / pause: the leader rather than order[0]
+    heal_after: bool = True  # False: the next fault starts on top of this one
 
     def describe(self) -> str:
         on_leader = self.on_leader and self.kind in ("kill", "pause")
         return (f"{self.start_s:6.1f} s +{self.duration_s:4.1f} s  {self.kind}"
-                f"{' (leader)' if on_leader else ''} order={list(self.order)}")
+                f"{' (leader)' if on_leader else ''} order={list(self.order)}"
+                f"{'' if self.heal_after else '  (no heal before the next)'}")
 
 
-def schedule(seed: int, duration_s: float, nodes: int) -> tuple[list[Fault], float]:
+def schedule(
+    seed: int, duration_s: float, nodes: int, overlap: bool = False
+) -> tuple[list[Fault], float]:
     """Faults for a run of `duration_s`, and when the quiet period starts. Every kind
     appears once before any repeats, so a run long enough for five faults covers all."""
     rng = random.Random(seed)
+    overlap_rng = random.Random(f"{seed}-overlap")  # the same faults with or without
     quiet_s = max(QUIET_MIN_S, QUIET_FRACTION * duration_s)
     faults_end_s = duration_s - quiet_s
     faults: list[Fault] = []
@@ -68,7 +75,9 @@ def schedule(seed: int, duration_s: float, nodes: int) -> tuple[list[Fault], flo
             break
         order = list(range(1, nodes + 1))
         rng.shuffle(order)
-        faults.append(Fault(kinds.pop(), t, length, tuple(order), rng.random() < 0.5))
+        on_leader = rng.random() < 0.5
+        heal_after = not overlap or overlap_rng.random() < 0.5
+        faults.append(Fault(kinds.pop(), t, length, tuple(order), on_leader, heal_after))
         t += length + rng.uniform(*HEAL_GAP_S)
     return faults, faults_end_s
 
@@ -94,7 +103,8 @@ class Nemesis:
                 break
             self.apply(fault)
             self._sleep_until(stop, fault.start_s + fault.duration_s)
-            self.heal()
+            if fault.heal_after:
+                self.heal()
         self.heal()
         self._sleep_until(stop, until_s)
 

@@ -51,6 +51,7 @@ class ChaosReport:
     stats: str
     kinds_applied: set[str]
     check_s: float = 0.0
+    overlap: bool = False
     log_tracebacks: dict[int, int] = dataclasses.field(default_factory=dict)
     t0_s: float = 0.0  # monotonic time of the workload's start; history times are relative
     error: str | None = None
@@ -63,7 +64,8 @@ class ChaosReport:
         lines = [
             f"chaos run: seed {self.seed}, {self.duration_s:.0f} s, {NODES} nodes -> "
             + ("PASS" if self.ok else "FAIL"),
-            f"  replay: make chaos SEED={self.seed} DURATION={self.duration_s:.0f}",
+            f"  replay: make chaos SEED={self.seed} DURATION={self.duration_s:.0f}"
+            + (" OVERLAP=1" if self.overlap else ""),
             "  fault schedule (from the seed):",
             *("    " + s for s in self.schedule),
             "  as applied:",
@@ -117,15 +119,17 @@ def run_chaos(
     keys: int = 4,
     keep_on_pass: bool = False,
     log: bool = True,
+    overlap: bool = False,
 ) -> ChaosReport:
     remove_leftovers()
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"kvraft-chaos-seed{seed}-"))
-    faults, quiet_from_s = schedule(seed, duration_s, NODES)
+    faults, quiet_from_s = schedule(seed, duration_s, NODES, overlap)
     report = ChaosReport(
         seed=seed, duration_s=duration_s, workdir=workdir,
         schedule=[f.describe() for f in faults] + [f"{quiet_from_s:6.1f} s  quiet period"],
         nemesis_log=[], result=None, final_values={}, ops=0, stats="", kinds_applied=set(),
+        overlap=overlap,
     )
 
     def say(text: str) -> None:
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--keys", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the logs of a passing run")
+    parser.add_argument("--overlap", action="store_true",
+                        help="let half the faults pile up instead of healing each one")
     args = parser.parse_args(argv)
     from tests.chaos.netns import unavailable_reason
 
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install_signal_handlers()
     report = run_chaos(args.seed, args.duration, clients=args.clients, keys=args.keys,
-                       keep_on_pass=args.keep)
+                       keep_on_pass=args.keep, overlap=args.overlap)
     print(report.describe(report.t0_s))
     missing = set(FAULT_KINDS) - report.kinds_applied
     if missing:

@@ -28,3 +28,11 @@ def test_a_long_run_repeats_the_kinds() -> None:
     faults, quiet_from_s = schedule(3, 600.0, 5)
     assert len(faults) > 2 * len(FAULT_KINDS)
     assert quiet_from_s == pytest.approx(600.0 * 0.88)
+
+
+def test_overlap_leaves_some_faults_unhealed_and_keeps_the_same_faults() -> None:
+    plain, _ = schedule(9, 300.0, 5)
+    piled, _ = schedule(9, 300.0, 5, overlap=True)
+    assert all(f.heal_after for f in plain)
+    assert any(not f.heal_after for f in piled) and any(f.heal_after for f in piled)
+    assert [f.kind for f in plain] == [f.kind for f in piled]
