@@ -78,6 +78,10 @@ def test_wiped_follower_rejoins_through_a_snapshot_after_compaction() -> None:
         # entries: it can only catch up from a snapshot.
         for i in range(150):
             retry_unavailable(lambda i=i: cluster.put(leader, b"late/%03d" % i, b"l%d" % i))
+        members = [i for i in cluster.nodes if i != follower]
+        wait_until(lambda: all("kvraft_snapshots_created_total 0.0" not in
+                               cluster.metrics_text(i) for i in members),
+                   20, "every member to compact its log", cluster.all_log_tails)
         node = cluster.nodes[follower]
         retry_unavailable(lambda: cluster.cluster_stub(leader).AddMember(pb.AddMemberRequest(
             id=follower, peer_address=node.peer_address, client_address=node.client_address),
@@ -90,9 +94,9 @@ def test_wiped_follower_rejoins_through_a_snapshot_after_compaction() -> None:
         log_text = node.log_path.read_text()
         assert "installed snapshot" in log_text
         assert "kvraft_snapshots_installed_total 1.0" in cluster.metrics_text(follower)
-        senders = [i for i in cluster.nodes if i != follower and
-                   'kvraft_snapshots_sent_total{result="ok"}' in cluster.metrics_text(i)]
-        assert senders, "no member reports a snapshot sent"
+        wait_until(lambda: any('kvraft_snapshots_sent_total{result="ok"}' in
+                               cluster.metrics_text(i) for i in cluster.nodes if i != follower),
+                   10, "a member to report the snapshot sent", cluster.all_log_tails)
         # It is a full voter again: the cluster survives losing another member.
         other = next(i for i in cluster.nodes if i not in (leader, follower))
         cluster.kill9(other)
