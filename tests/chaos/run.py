@@ -188,7 +188,7 @@ def run_chaos(
     finally:
         if stack in _cleanups:
             _cleanups.remove(stack)
-    if report.ok and not keep_on_pass:
+    if report.ok and not keep_on_pass and not report.log_tracebacks:
         shutil.rmtree(workdir, ignore_errors=True)
         report.workdir = Path("(removed: the run passed)")
     return report
