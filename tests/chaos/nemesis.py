@@ -112,10 +112,6 @@ class Nemesis:
         remaining_s = self.t0_s + offset_s - time.monotonic()
         return not stop.wait(max(0.0, remaining_s))
 
-    def _leader_or(self, fallback: int) -> int:
-        leader = self.cluster.leader()
-        return fallback if leader is None else leader
-
     def _victim(self, fault: Fault) -> tuple[int, str]:
         if not fault.on_leader:
             return fault.order[0], ""
@@ -127,9 +123,11 @@ class Nemesis:
     def apply(self, fault: Fault) -> None:
         net, order = self.cluster.net, list(fault.order)
         if fault.kind == "isolate-leader":
-            leader = self._leader_or(order[0])
+            leader = self.cluster.leader()
+            what = "leader" if leader is not None else "(no leader known) node"
+            leader = order[0] if leader is None else leader
             net.partition([{leader}, set(order) - {leader}])
-            self._note(f"isolate leader {leader}")
+            self._note(f"isolate {what} {leader}")
         elif fault.kind == "split":
             minority, majority = set(order[:2]), set(order[2:])
             net.partition([majority, minority])
