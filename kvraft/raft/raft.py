@@ -293,13 +293,9 @@ class Raft:
         pr = self.prs.progress.get(to)
         if pr is None or pr.is_paused():
             return False
-        m = eraftpb.Message(msg_type=MSG_APPEND, to=to)
         if pr.pending_request_snapshot != INVALID_INDEX:
             # The follower asked for a snapshot: do not even load entries.
-            if not self.prepare_send_snapshot(m, pr, to):
-                return False
-            self.send(m)
-            return True
+            return self.send_snapshot(pr, to)
         log = self.raft_log
         next_idx = pr.next_idx
         try:
@@ -310,15 +306,11 @@ class Raft:
         except LogTemporarilyUnavailableError:
             return False  # Storage fetches asynchronously; try again later.
         except CompactedError:
-            if not self.prepare_send_snapshot(m, pr, to):
-                return False
-            self.send(m)
-            return True
+            return self.send_snapshot(pr, to)
         if self.batch_append and self.try_batching(to, pr, ents):
             return True
-        m.index = next_idx - 1
-        m.log_term = term
-        m.commit = log.committed
+        m = eraftpb.Message(msg_type=MSG_APPEND, to=to, index=next_idx - 1, log_term=term,
+                            commit=log.committed)
         if ents:
             m.entries.extend(ents)
             pr.update_state(ents[-1].index)
@@ -339,6 +331,13 @@ class Raft:
             msg.commit = self.raft_log.committed
             return True
         return False
+
+    def send_snapshot(self, pr: Progress, to: int) -> bool:
+        m = eraftpb.Message(msg_type=MSG_SNAPSHOT, to=to)
+        if not self.prepare_send_snapshot(m, pr, to):
+            return False
+        self.send(m)
+        return True
 
     def prepare_send_snapshot(self, m: eraftpb.Message, pr: Progress, to: int) -> bool:
         """Thesis §5.3 InstallSnapshot: the entries `to` needs are gone from our log."""
