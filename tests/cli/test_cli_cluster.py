@@ -336,3 +336,27 @@ def test_reads_fail_over_from_a_frozen_member_and_writes_to_it_are_unknown(
         finally:
             cluster.resume(frozen)
     cluster.wait_leader()
+
+
+def test_a_cut_off_member_refuses_writes_definitely(cluster: LocalCluster) -> None:
+    """With the others frozen, a member soon knows no leader: it rejects a write before
+    proposing it, marks the answer retry-safe, and the CLI reports a definite UNAVAILABLE
+    (exit 3, not 'outcome unknown') within the deadline; nothing is written."""
+    leader = cluster.wait_leader()
+    alone = next(i for i in sorted(cluster.nodes) if i != leader)
+    others = [i for i in sorted(cluster.nodes) if i != alone]
+    for i in others:
+        cluster.pause(i)
+    try:
+        wait_until(lambda: cluster.status(alone, timeout_s=1.0).header.leader_id == 0, 30,
+                   f"member {alone} to lose its leader")
+        result = run_kvraft("put", "cut-off", "v", "--timeout", "2",
+                            "--endpoints", endpoints(cluster, [alone]))
+        line = assert_one_error_line(result, 3)
+        assert line.startswith("error: unavailable: ") and "may or may not" not in line
+    finally:
+        for i in others:
+            cluster.resume(i)
+    cluster.wait_leader()
+    got = run_kvraft("get", "cut-off", "--endpoints", endpoints(cluster))
+    assert assert_one_error_line(got, 1) == "error: key not found: cut-off"
