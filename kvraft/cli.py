@@ -351,7 +351,8 @@ def scan(start: str | None, end: str | None, prefix: str | None, limit: int, key
     """List keys in [START, END) in order, one `KEY<TAB>VALUE` line each.
 
     Without END: to the last key; without START: from the first. Tabs, newlines,
-    backslashes and bytes that are not UTF-8 are printed escaped (\\t \\n \\\\ \\xNN)."""
+    backslashes and bytes that are not UTF-8 are printed escaped (\\t \\n \\\\ \\xNN).
+    Keys stream out page by page; --timeout applies to each page."""
     if prefix is not None:
         if start is not None:
             raise click.UsageError("--prefix cannot be combined with START or END")
