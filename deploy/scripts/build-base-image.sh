@@ -19,9 +19,15 @@ if docker image inspect "$tag" >/dev/null 2>&1; then
   exit 0
 fi
 
-command -v debootstrap >/dev/null || {
-  echo "debootstrap is missing: apt-get install debootstrap" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "debootstrap needs root" >&2; exit 1; }
+if ! command -v debootstrap >/dev/null; then
+  # A fresh machine of this kind has apt and Debian's packages but not debootstrap.
+  command -v apt-get >/dev/null || { echo "debootstrap is missing and there is no apt-get" >&2; exit 1; }
+  echo "installing debootstrap from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends debootstrap >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends debootstrap >/dev/null; }
+fi
 
 # The Debian mirror this machine already reaches: the first main-archive URI in its apt
 # sources (one-line .list or deb822 .sources), never the security archive.
@@ -37,9 +43,8 @@ find_mirror() {
 }
 mirror="${DEBIAN_MIRROR:-$(find_mirror)}"
 
-rootfs="$build_dir/rootfs"
 mkdir -p "$build_dir"
-rm -rf "$rootfs"
+rootfs="$(mktemp -d "$build_dir/rootfs.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT
 echo "debootstrap $suite from $mirror into $rootfs (a few minutes)"
 debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" \

@@ -4,7 +4,8 @@
 #   1. the base image: deploy/scripts/build-base-image.sh (debootstrap + docker import),
 #      skipped when its tag exists;
 #   2. wheels of the project and of every dependency, built on the host with pip into
-#      deploy/.build/wheels (the host reaches PyPI; the build inside Docker does not);
+#      deploy/.build/project and deploy/.build/wheels (the host reaches PyPI; the build
+#      inside Docker does not);
 #   3. `docker build` with INSTALL_FROM=wheels.
 # The image is tagged with a hash of everything that goes into it (sources, Dockerfile,
 # base image id), so a second run finds kvraft:<hash> and builds nothing.
@@ -21,7 +22,14 @@ repo="${KVRAFT_IMAGE_REPO:-kvraft}"
 python="${PYTHON:-python3}"
 build_dir="deploy/.build"
 wheels_dir="$build_dir/wheels"
+project_dir="$build_dir/project"
 log() { echo "build-image: $*" >&2; }
+
+# One build at a time per checkout (a test run and `make docker-up` may overlap); the
+# second one then finds the first one's image.
+mkdir -p "$build_dir"
+exec 9>"$build_dir/.lock"
+flock 9
 
 # Everything the image is made of, in a stable order, without build output.
 source_files() {
@@ -59,17 +67,21 @@ if [ "$want" != "$have" ]; then
   exit 1
 fi
 
-if [ "$(cat "$wheels_dir/.source-hash" 2>/dev/null)" != "$hash" ]; then
+stamp="$build_dir/wheels.source-hash"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ] || ! ls "$project_dir"/kvraft-*.whl >/dev/null 2>&1; then
   # Build from a copy of the sources: building in the tree would write build/ and the
   # generated protos into a working tree others may be using.
   src="$build_dir/src"
-  rm -rf "$src"; mkdir -p "$src" "$wheels_dir"
+  rm -rf "$src" "$project_dir" "$stamp"; mkdir -p "$src" "$wheels_dir" "$project_dir"
   source_files | tar -cf - -T - | tar -xf - -C "$src"
-  rm -f "$wheels_dir"/kvraft-*.whl "$wheels_dir/.source-hash"
-  log "building wheels with $python into $wheels_dir"
+  rm -f "$wheels_dir"/kvraft-*.whl
+  log "building wheels with $python into $wheels_dir (dependencies) and $project_dir (kvraft)"
   "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheels_dir" "./$src" >&2
+  # The Dockerfile installs the dependencies in a layer of their own, cached while only
+  # kvraft changes: keep kvraft's wheel apart from theirs.
+  mv "$wheels_dir"/kvraft-*.whl "$project_dir/"
   rm -rf "$src"
-  echo "$hash" > "$wheels_dir/.source-hash"
+  echo "$hash" > "$stamp"
 fi
 
 log "docker build $tag from $base"
@@ -77,12 +89,14 @@ DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
   --file deploy/Dockerfile \
   --build-arg BASE_IMAGE="$base" \
   --build-arg INSTALL_FROM=wheels \
-  --build-arg WHEELS_DIR="$wheels_dir" \
+  --force-rm \
   --label org.kvraft.source-hash="$hash" \
   --tag "$tag" --tag "$repo:latest" \
   . >&2
-# The legacy builder keeps the build stage as an untagged image; drop it.
-docker image prune --force --filter label=org.kvraft.stage=build >/dev/null
+# The legacy builder keeps each build stage as an untagged image whose layers are the
+# cache of the next build: keep the newest, drop the older ones.
+docker image ls --quiet --filter dangling=true --filter label=org.kvraft.stage=build |
+  tail -n +2 | xargs -r docker image rm >/dev/null 2>&1 || true
 # Older builds are superseded; keep those a container still uses (rm refuses them).
 docker image ls --filter label=org.kvraft.source-hash --format '{{.Repository}}:{{.Tag}}' "$repo" |
   while read -r old; do
