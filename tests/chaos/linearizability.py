@@ -36,6 +36,9 @@ from collections.abc import Iterable, Sequence
 
 # Limits: the search is exponential in the worst case; give up loudly rather than hang.
 SEARCH_STEPS_MAX = 20_000_000
+# Narrowing a failure runs ~2 log2(n) searches; one that runs past this is taken as
+# "not proven to fail", which only makes the reported window larger, never wrong.
+NARROW_STEPS_MAX = 200_000
 
 
 class Kind(enum.Enum):
@@ -204,7 +207,10 @@ class SearchLimitExceeded(RuntimeError):
 
 
 def _linearizable(
-    all_ops: Sequence[Op], initial: object, possible: frozenset[bytes | None] = frozenset()
+    all_ops: Sequence[Op],
+    initial: object,
+    possible: frozenset[bytes | None] = frozenset(),
+    steps_max: int = SEARCH_STEPS_MAX,
 ) -> bool:
     """Lowe's WGL search over one key's operations (reads of unknown outcome removed)."""
     ops, ghost_ops = _split_ghosts(all_ops)
@@ -240,8 +246,8 @@ def _linearizable(
     steps = 0
     while determinate_left > 0:
         steps += 1
-        if steps > SEARCH_STEPS_MAX:
-            raise SearchLimitExceeded(f"more than {SEARCH_STEPS_MAX} search steps")
+        if steps > steps_max:
+            raise SearchLimitExceeded(f"more than {steps_max} search steps")
         assert entry != -1, "the list ends with returns, which end or backtrack the search"
         i = entry >> 1
         if entry & 1 == 0:  # a call: try to linearize ops[i] now
@@ -333,9 +339,23 @@ class Violation:
             f"[{self.window_start_s - t0_s:.4f} s, {self.window_end_s - t0_s:.4f} s] "
             "(from any initial value):"
         ]
+        observed: set[bytes | None] = set()
+        for op in self.window:
+            if op.kind is Kind.GET and op.id not in self.treated_open:
+                observed.add(op.result)  # type: ignore[arg-type]
+            elif op.kind is Kind.CAS:
+                observed.update((op.expected, op.current))
+        omitted = 0
         for op in sorted(self.window, key=_by_invoke):
+            if (op.invoke_s < self.window_start_s and op.kind is not Kind.GET
+                    and op.value not in observed):
+                omitted += 1  # a write still open at the start, never seen in the window
+                continue
             note = "   (open at the window's edge)" if op.id in self.treated_open else ""
             lines.append("  " + op.describe(t0_s) + note)
+        if omitted:
+            lines.append(f"  (+ {omitted} earlier writes still open at the window's start, "
+                         "whose values nothing in the window reads: not shown)")
         return "\n".join(lines)
 
 
@@ -356,30 +376,38 @@ def _by_invoke(op: Op) -> tuple[float, int]:
     return (op.invoke_s, op.id)
 
 
+def _fails(ops: Sequence[Op], initial: object, possible: frozenset[bytes | None]) -> bool:
+    """Proven not linearizable within NARROW_STEPS_MAX search steps."""
+    try:
+        return not _linearizable(ops, initial, possible, NARROW_STEPS_MAX)
+    except SearchLimitExceeded:
+        return False
+
+
 def _smallest_window(key: bytes, ops: Sequence[Op], initial: bytes | None) -> Violation:
     """Narrow a failing key history; see the module docstring."""
     ends = sorted({op.complete_s for op in ops if op.complete_s is not None})
     lo, hi = 0, len(ends) - 1  # the prefix at ends[hi] fails (it is the whole history)
     while lo < hi:
         mid = (lo + hi) // 2
-        if _linearizable(_prefix(ops, ends[mid]), initial):
-            lo = mid + 1
-        else:
+        if _fails(_prefix(ops, ends[mid]), initial, frozenset()):
             hi = mid
+        else:
+            lo = mid + 1
     t_s = ends[hi]
     possible = frozenset([initial, *(op.value for op in ops if op.kind is not Kind.GET)])
     starts = sorted({op.invoke_s for op in ops if op.invoke_s <= t_s})
     # The window from the first invocation may pass from an UNKNOWN start (the known
     # initial value matters); then the witness is the whole prefix.
-    if _linearizable(_window(ops, starts[0], t_s), UNKNOWN, possible):
+    if not _fails(_window(ops, starts[0], t_s), UNKNOWN, possible):
         return _violation(key, ops, _prefix(ops, t_s), starts[0], t_s)
     lo, hi = 0, len(starts) - 1  # find the latest start whose window still fails
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _linearizable(_window(ops, starts[mid], t_s), UNKNOWN, possible):
-            hi = mid - 1
-        else:
+        if _fails(_window(ops, starts[mid], t_s), UNKNOWN, possible):
             lo = mid
+        else:
+            hi = mid - 1
     t0_s = starts[lo]
     return _violation(key, ops, _window(ops, t0_s, t_s), t0_s, t_s)
 
