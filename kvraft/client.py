@@ -51,6 +51,9 @@ DEFAULT_TIMEOUT_S = 5.0
 RETRY_SAFE_METADATA_KEY = "kvraft-retry-safe"
 # A read attempt waits at least this long before the client gives up on that member.
 READ_ATTEMPT_MIN_S = 0.5
+# A write is re-sent (after a failure known to have applied nothing) only while this
+# much of its deadline remains.
+WRITE_RETRY_MIN_S = 0.5
 # Pause between rounds over every endpoint (all unavailable, e.g. during an election),
 # doubling up to the cap; bounded overall by the call's deadline.
 ROUND_BACKOFF_INITIAL_S = 0.05
@@ -609,6 +612,10 @@ class Client:
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
                     break
+                if write and last is not None and remaining_s < WRITE_RETRY_MIN_S:
+                    # Too little time left: a retry would likely time out on the server
+                    # and turn this definite failure into an unknown outcome.
+                    raise _final_error(last, failures)
                 attempt_s = remaining_s
                 if not write:
                     # Share the time left among the endpoints not yet tried this round.
@@ -635,11 +642,7 @@ class Client:
             backoff_s = min(backoff_s * 2, ROUND_BACKOFF_MAX_S)
         if last is None:
             raise DeadlineExceeded("the deadline passed before any endpoint was tried")
-        if len(failures) > 1:
-            summary = "; ".join(failures.values())
-            raise error_for(last.code or grpc.StatusCode.UNAVAILABLE,
-                            f"no member answered in time: {summary}", endpoint=last.endpoint)
-        raise last
+        raise _final_error(last, failures)
 
     def _classify(
         self, err: grpc.RpcError, endpoint: str, write: bool, deadline: float
@@ -680,6 +683,15 @@ class Client:
             raise self._classify(err, endpoint, False, deadline)[0] from None
         self._learn(endpoint, response.header)
         return response
+
+
+def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
+    """The error of a call that ran out of time: every member's failure when several."""
+    if len(failures) < 2:
+        return last
+    summary = "; ".join(failures.values())
+    return error_for(last.code or grpc.StatusCode.UNAVAILABLE,
+                     f"no member answered in time: {summary}", endpoint=last.endpoint)
 
 
 def _consistency(serializable: bool) -> int:

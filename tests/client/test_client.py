@@ -363,3 +363,18 @@ def test_one_client_shared_by_threads_applies_each_write_once(
         list(pool.map(writer, range(8)))
     assert len(fake_cluster.store) == 200
     assert len(fake_cluster.applied_writes) == 200
+
+
+def test_a_write_refused_everywhere_before_proposing_stays_definite(
+        fake_cluster: FakeCluster) -> None:
+    """Every member rejects the write unproposed (retry-safe) until the deadline: the
+    client retries while time remains, then reports a definite UNAVAILABLE naming each
+    member — it never spends the last moments on an attempt that could only end unknown."""
+    for node in fake_cluster.nodes:
+        node.mode = "unavailable-retry-safe"
+    with Client(fake_cluster.endpoints, timeout=1.5) as kv, pytest.raises(Unavailable) as info:
+        kv.put("k", "v")
+    assert info.value.outcome_unknown is False
+    assert str(info.value).startswith("no member answered in time: ")
+    assert all(node.calls["Put"] >= 1 for node in fake_cluster.nodes)
+    assert fake_cluster.applied_writes == []
