@@ -20,7 +20,9 @@ next endpoint when one fails:
   only when the request certainly was not applied: the connection was never
   established (gRPC failed before sending), or the server marked its UNAVAILABLE
   answer with the trailing metadata `kvraft-retry-safe: 1` (it rejected the request
-  before proposing it). Any other failure of a write — a deadline, a connection lost
+  before proposing it), and only while WRITE_RETRY_MIN_S of the deadline remains (a
+  retry squeezed into the last moments would end as a server-side timeout, whose
+  outcome is unknown). Any other failure of a write — a deadline, a connection lost
   after sending, an unmarked UNAVAILABLE — leaves its outcome unknown: the entry may
   still commit. Retrying it could apply it twice (a CAS would then report failure for
   its own success, a delete would report `False`), so the error is raised with
