@@ -84,7 +84,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ] || ! ls "$project_dir"/kvraft-*.
   echo "$hash" > "$stamp"
 fi
 
-log "docker build $tag from $base"
+build_log="$build_dir/docker-build.log"
+log "docker build $tag from $base (output in $build_log)"
 DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
   --file deploy/Dockerfile \
   --build-arg BASE_IMAGE="$base" \
@@ -92,7 +93,7 @@ DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
   --force-rm \
   --label org.kvraft.source-hash="$hash" \
   --tag "$tag" --tag "$repo:latest" \
-  . >&2
+  . > "$build_log" 2>&1 || { tail -n 40 "$build_log" >&2; log "docker build failed"; exit 1; }
 # The legacy builder keeps each build stage as an untagged image whose layers are the
 # cache of the next build: keep the newest, drop the older ones.
 docker image ls --quiet --filter dangling=true --filter label=org.kvraft.stage=build |

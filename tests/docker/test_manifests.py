@@ -187,6 +187,10 @@ def test_compose_defines_five_members_with_ids_one_to_five(compose):
         assert members == {m: f"kvraft{m}:{PEER_PORT}" for m in range(1, REPLICAS + 1)}
         assert env["KVRAFT_LISTEN"].endswith(f":{CLIENT_PORT}")
         assert env["KVRAFT_PEER_LISTEN"].endswith(f":{PEER_PORT}")
+        # The published client port is the address members publish (Status, member list).
+        (mapping,) = services[f"kvraft{n}"]["ports"]
+        assert env["KVRAFT_ADVERTISE_CLIENT"] == mapping.rpartition(":")[0]
+        assert env["KVRAFT_ADVERTISE_PEER"] == members[n]
 
 
 def test_compose_publishes_node_n_on_loopback_port_2379n_by_default(compose):
