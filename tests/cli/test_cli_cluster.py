@@ -20,6 +20,7 @@ from tests.cli.helpers import (
     clean_env,
     run_kvraft,
 )
+from tests.client.conftest import refused_endpoint
 from tests.cluster.harness import LocalCluster, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -157,8 +158,9 @@ def test_leader_transfer_through_the_cli(cluster: LocalCluster) -> None:
 def test_failover_past_a_dead_endpoint_and_a_killed_follower(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     follower = next(i for i in sorted(cluster.nodes) if i != leader)
-    with_dead = f"127.0.0.1:{free_port()},{endpoints(cluster)}"
-    assert run_kvraft("put", "fo/1", "v", "--endpoints", with_dead).returncode == 0
+    with refused_endpoint() as dead:
+        with_dead = f"{dead},{endpoints(cluster)}"
+        assert run_kvraft("put", "fo/1", "v", "--endpoints", with_dead).returncode == 0
     cluster.kill9(follower)
     try:
         # The killed follower listed first: refused, so even the write moves on.

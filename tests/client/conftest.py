@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -17,9 +18,17 @@ def fake_cluster() -> Iterator[FakeCluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def dead_endpoint() -> str:
-    """A loopback address nothing listens on (bound, then released)."""
+@contextlib.contextmanager
+def refused_endpoint() -> Iterator[str]:
+    """A loopback address that refuses connections for as long as the block runs: the
+    port stays bound but never listens, so no other process (other engineers' servers
+    run on this machine too) can take it and receive our requests."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def dead_endpoint() -> Iterator[str]:
+    with refused_endpoint() as endpoint:
+        yield endpoint

@@ -15,6 +15,7 @@ and lets a test make one node misbehave:
 """
 from __future__ import annotations
 
+import socket
 import threading
 from collections import Counter
 from concurrent import futures
@@ -61,7 +62,7 @@ class FakeCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            node.stop()
+            node.release()
 
 
 class FakeNode(pb_grpc.KVServicer, pb_grpc.ClusterServicer):
@@ -79,13 +80,30 @@ class FakeNode(pb_grpc.KVServicer, pb_grpc.ClusterServicer):
         self.endpoint = f"127.0.0.1:{self.port}"
         self._server.start()
         self._running = True
+        self._port_holder: socket.socket | None = None
 
     def stop(self) -> None:
-        """Stop serving; the port then refuses connections."""
+        """Stop serving; the port then refuses connections. It stays bound (not
+        listening) until release(), so no other process can take it meanwhile and
+        receive requests meant for this member."""
         if self._running:
             self._running = False
             self._released.set()
             self._server.stop(grace=0).wait(timeout=5)
+            holder = socket.socket()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                holder.bind(("127.0.0.1", self.port))
+            except OSError:
+                holder.close()
+            else:
+                self._port_holder = holder
+
+    def release(self) -> None:
+        self.stop()
+        if self._port_holder is not None:
+            self._port_holder.close()
+            self._port_holder = None
 
     # ------------------------------------------------------------------ helpers
 
