@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,13 +163,20 @@ def test_failover_past_a_dead_endpoint_and_a_killed_follower(cluster: LocalClust
         with_dead = f"{dead},{endpoints(cluster)}"
         assert run_kvraft("put", "fo/1", "v", "--endpoints", with_dead).returncode == 0
     cluster.kill9(follower)
+    # Hold the dead member's client port (bound, not listening) so that no other
+    # process can take it while our requests are aimed at it.
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host, _, port = cluster.nodes[follower].client_address.rpartition(":")
     try:
+        holder.bind((host, int(port)))
         # The killed follower listed first: refused, so even the write moves on.
         first = f"{endpoints(cluster, [follower])},{endpoints(cluster, [leader])}"
         assert run_kvraft("cas", "--expect-absent", "fo/2", "v", "--endpoints",
                           first).returncode == 0
         assert run_kvraft("get", "fo/2", "--endpoints", first).stdout == b"v\n"
     finally:
+        holder.close()
         cluster.restart(follower)
     cluster.wait_leader()
 
