@@ -57,7 +57,8 @@ def docker_unavailable_reason() -> str | None:
     except subprocess.TimeoutExpired:
         return "`docker info` timed out"
     if out.returncode != 0:
-        return f"`docker info` failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}"
+        lines = (out.stderr or out.stdout).strip().splitlines() or ["no output"]
+        return f"`docker info` failed: {lines[-1]}"
     if compose_command() is None:
         return "neither `docker compose` nor `docker-compose` is available"
     return None

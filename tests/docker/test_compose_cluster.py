@@ -166,11 +166,17 @@ def test_isolated_leader_cannot_commit_and_majority_moves_on(healthy, acked):
         assert serves(cluster, n, majority_writes), n
 
 
-def test_down_then_up_keeps_every_acknowledged_write(healthy, acked):
+def test_sigterm_stop_then_down_and_up_keeps_every_acknowledged_write(healthy, acked):
     cluster = healthy
     assert acked, "the earlier scenarios acknowledged no write"
     volumes_before = sorted(cluster.volumes())
     assert len(volumes_before) == len(NODE_IDS)
+
+    # `compose stop` sends SIGTERM (the image's STOPSIGNAL) and waits the grace period:
+    # every node must exit 0 on its own, not be killed (137) after the grace period.
+    cluster.compose("stop", timeout_s=180.0)
+    exit_codes = {n: info["State"]["ExitCode"] for n, info in cluster.inspect().items()}
+    assert exit_codes == dict.fromkeys(NODE_IDS, 0)
 
     cluster.down(volumes=False)
     assert cluster.project_containers() == []
