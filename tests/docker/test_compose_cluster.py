@@ -8,6 +8,7 @@ scenario checks all of them survive `compose down` + `up`.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvraft.client import Client
-from tests.docker.harness import NODE_IDS, ComposeCluster, compose_cluster, wait_for
+from tests.docker.harness import NODE_IDS, ComposeCluster, compose_cluster, run, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -103,6 +104,29 @@ def test_put_and_get_through_every_published_port(healthy, acked):
     missing = cli(cluster, 1, "get", "never/written")
     assert missing.returncode == 1
     assert missing.stdout == ""
+
+
+def test_members_run_as_the_image_user_and_turn_healthy(healthy, kvraft_image):
+    """The image's contract: non-root, data on the volume, HEALTHCHECK via gRPC health."""
+    cluster = healthy
+    config = json.loads(run(["docker", "image", "inspect", kvraft_image]).stdout)[0]["Config"]
+    assert config["User"] == "10001:10001"
+    assert "/var/lib/kvraft" in config["Volumes"]
+    assert config["Entrypoint"] == ["kvraft-entrypoint"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "kvraft-healthcheck"]
+    assert config["StopSignal"] == "SIGTERM"
+
+    def all_healthy() -> bool:
+        return all(info["State"]["Health"]["Status"] == "healthy"
+                   for info in cluster.inspect().values())
+
+    wait_for("every member's HEALTHCHECK to pass", all_healthy, timeout_s=90.0)
+    for n in NODE_IDS:
+        out = cluster.exec(n, "sh", "-c", 'id -u; ls "$KVRAFT_DATA_DIR"')
+        assert out.returncode == 0, out.stderr
+        uid, *data_files = out.stdout.split()
+        assert uid == "10001"
+        assert data_files, f"node {n} wrote nothing to its data directory"
 
 
 def test_killed_leader_writes_continue_then_it_catches_up(healthy, acked):
