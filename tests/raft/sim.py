@@ -302,7 +302,7 @@ class Simulation:
         "tick_all": 20, "tick_one": 5, "deliver": 30, "ready": 20, "persist": 8,
         "propose": 8, "read_index": 3, "transfer": 0.3, "partition": 0.4, "cut_one_way": 0.2,
         "heal": 1, "crash": 0.25, "restart": 1, "compact": 1, "conf_change": 0.5,
-        "reboot": 0.8,
+        "reboot": 0.8, "reboot_voter": 1,
     }
 
     def random_action(self) -> None:
@@ -406,6 +406,19 @@ class Simulation:
         if i is not None:
             self.net.restart(i)
             self.log(f"reboot {i}")
+
+    def do_reboot_voter(self) -> None:
+        """During an election, reboot a node that has just voted: its vote must survive
+        (thesis §3.8, votedFor is persistent) or two candidates win the same term."""
+        net = self.net
+        alive = net.alive_ids()
+        if not any(net.role(i) in (StateRole.Candidate, StateRole.PreCandidate) for i in alive):
+            return
+        voters = [i for i in alive if net.role(i) == StateRole.Follower and net.raft(i).vote]
+        if voters:
+            i = self.rng.choice(voters)
+            net.restart(i)
+            self.log(f"reboot voter {i}")
 
     def do_restart(self) -> None:
         down = [i for i in self.net.ids() if not self.net.nodes[i].alive]
