@@ -22,6 +22,7 @@ every node within a bounded number of ticks. A run is a pure function of its see
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import time
@@ -412,9 +413,9 @@ class Simulation:
         (thesis §3.8, votedFor is persistent) or two candidates win the same term."""
         net = self.net
         alive = net.alive_ids()
-        if not any(net.role(i) in (StateRole.Candidate, StateRole.PreCandidate) for i in alive):
-            return
-        voters = [i for i in alive if net.role(i) == StateRole.Follower and net.raft(i).vote]
+        terms = {net.term(i) for i in alive if net.role(i) == StateRole.Candidate}
+        voters = [i for i in alive if net.role(i) == StateRole.Follower
+                  and net.raft(i).vote and net.term(i) in terms]
         if voters:
             i = self.rng.choice(voters)
             net.restart(i)
@@ -549,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=CHAOS_STEPS, help="chaos steps per seed")
     ap.add_argument("-v", "--verbose", action="store_true", help="trace every action")
     args = ap.parse_args(argv)
+    if not args.verbose:
+        # The core logs every step-down and dropped proposal; thousands per run.
+        logging.getLogger("kvraft").setLevel(logging.ERROR)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started = time.monotonic()
     failures = []
