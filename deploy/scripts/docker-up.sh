@@ -40,6 +40,8 @@ done
 leader="$(sed -n 's/.*leader=\([0-9]*\).*/\1/p' <<<"$view")"
 
 ip="${KVRAFT_HOST_IP:-127.0.0.1}"
+down="make docker-down"
+[ "$project" = kvraft ] || down="COMPOSE_PROJECT_NAME=$project make docker-down"
 endpoints=""
 for n in 1 2 3 4 5; do
   var="KVRAFT_HOST_PORT_$n"
@@ -52,5 +54,5 @@ docker-up: the 5-node cluster is up; node $leader is the leader ($view).
                      KVRAFT_ENDPOINTS=$endpoints kvraft status
   inside the network: $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml exec kvraft1 kvraft get greeting
   logs:              $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml logs -f
-  stop:              make docker-down   (VOLUMES=1 also removes the data)
+  stop:              $down   (VOLUMES=1 also removes the data)
 MSG
