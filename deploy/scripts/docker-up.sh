@@ -8,15 +8,8 @@
 #      KVRAFT_HOST_PORT_N / KVRAFT_HOST_IP (see the compose file)
 set -euo pipefail
 
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-cd "$root"
-if [ -z "${DOCKER_COMPOSE:-}" ]; then
-  if docker compose version >/dev/null 2>&1; then DOCKER_COMPOSE="docker compose"
-  else DOCKER_COMPOSE=docker-compose; fi
-fi
-project="${COMPOSE_PROJECT_NAME:-kvraft}"
+source "$(dirname "$0")/compose-env.sh"
 leader_timeout_s="${LEADER_TIMEOUT_S:-60}"
-compose() { $DOCKER_COMPOSE -p "$project" -f deploy/docker-compose.yml "$@"; }
 
 docker info >/dev/null 2>&1 || { echo "docker-up: the Docker engine is not reachable" >&2; exit 1; }
 
