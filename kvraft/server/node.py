@@ -545,6 +545,17 @@ class Node:
             assert staged is not None, f"snapshot {key} in Ready was never staged"
         return snapshot, staged
 
+    def _take_ready_writes(
+        self, rd: raft.Ready
+    ) -> tuple[eraftpb.Snapshot | None, Any, list[eraftpb.Entry], eraftpb.HardState | None,
+               list[eraftpb.Entry]]:
+        """What a Ready asks to make durable and to apply: (snapshot, its staged data,
+        entries, hard state to write, committed entries)."""
+        snapshot, staged = self._take_ready_head(rd)
+        entries = rd.take_entries()
+        hs = self._hard_state_to_write(rd, entries)
+        return snapshot, staged, entries, hs, rd.take_committed_entries()
+
     def _on_snapshot_installed(self, snapshot: eraftpb.Snapshot) -> None:
         self.metrics.snapshots_installed.inc()
         self._set_conf_state(snapshot.metadata.conf_state)
@@ -559,10 +570,7 @@ class Node:
         when the persister reports the write durable."""
         raw = self.raw
         rd = raw.ready()
-        snapshot, staged = self._take_ready_head(rd)
-        entries = rd.take_entries()
-        hs = self._hard_state_to_write(rd, entries)
-        committed = rd.take_committed_entries()
+        snapshot, staged, entries, hs, committed = self._take_ready_writes(rd)
         job = PersistJob(rd.number(), entries, hs, snapshot, staged,
                          rd.take_persisted_messages())
         raw.advance_append_async(rd)
@@ -633,10 +641,23 @@ class Node:
 
     def _write_jobs(self, jobs: list[PersistJob]) -> None:
         """On the persistence thread: install a snapshot, or persist merged entries."""
-        if jobs[0].snapshot is not None:
-            assert len(jobs) == 1
-            self.store.sm.install_snapshot(jobs[0].staged, self.store.log)
+        assert jobs[0].snapshot is None or len(jobs) == 1
         entries, hs = merge_jobs(jobs)
+        self._write_durable(jobs[0].snapshot, jobs[0].staged, entries, hs)
+
+    def _write_durable(
+        self,
+        snapshot: eraftpb.Snapshot | None,
+        staged: Any,
+        entries: list[eraftpb.Entry],
+        hs: eraftpb.HardState | None,
+    ) -> None:
+        """On the persistence thread: install a Ready's snapshot, then write its entries
+        and hard state in one synced batch."""
+        if snapshot is not None:
+            # Replaces the data and the Raft log together, crash-atomically (storage
+            # snapshot.py); the log part of this Ready's snapshot is then in place.
+            self.store.sm.install_snapshot(staged, self.store.log)
         if entries or hs is not None:
             t0 = time.perf_counter()
             self.store.log.persist(entries, hs)
@@ -646,10 +667,7 @@ class Node:
     async def _handle_ready(self) -> None:
         raw = self.raw
         rd = raw.ready()
-        snapshot, staged = self._take_ready_head(rd)
-        entries = rd.take_entries()
-        hs = self._hard_state_to_write(rd, entries)
-        committed = rd.take_committed_entries()
+        snapshot, staged, entries, hs, committed = self._take_ready_writes(rd)
         persisted_messages = rd.take_persisted_messages()
         if entries or hs is not None or snapshot is not None:
             results = await asyncio.to_thread(
@@ -680,15 +698,7 @@ class Node:
         staged: Any,
         committed: list[eraftpb.Entry],
     ) -> list[Any]:
-        if snapshot is not None:
-            # Replaces the data and the Raft log together, crash-atomically (storage
-            # snapshot.py); the log part of this Ready's snapshot is then in place.
-            self.store.sm.install_snapshot(staged, self.store.log)
-        if entries or hs is not None:
-            t0 = time.perf_counter()
-            self.store.log.persist(list(entries), hs)
-            self.metrics.fsync_latency.observe(time.perf_counter() - t0)
-            self.metrics.ready_entries.observe(len(entries))
+        self._write_durable(snapshot, staged, list(entries), hs)
         return self._apply(committed) if committed else []
 
     async def _apply_soon(self, committed: list[eraftpb.Entry]) -> list[Any]:
