@@ -201,6 +201,7 @@ class Raft:
         self.pending_read_index_messages: list[eraftpb.Message] = []
         self.uncommitted_state = UncommittedState(config.max_uncommitted_size)
         self.bcast_append_pending: bool = False
+        self.bcast_read_heartbeat_pending: bool = False
 
         conf_state = raft_state.conf_state
         confchange.restore(self.prs, self.raft_log.last_index(), conf_state)
@@ -379,11 +380,26 @@ class Raft:
         event (the effect of batch_append, without waiting for a queued message)."""
         self.bcast_append_pending = True
 
-    def flush_pending_appends(self) -> None:
+    def request_bcast_read_heartbeat(self) -> None:
+        """Confirm leadership for the pending ReadIndex requests (thesis §6.4 step 3)
+        with one heartbeat round when the application next collects messages: the
+        round carries the newest request's context, and its quorum releases every
+        request queued before it too (ReadOnly.advance), so N reads arriving between
+        two Readies cost one round, not N."""
+        self.bcast_read_heartbeat_pending = True
+
+    def flush_pending_broadcasts(self) -> None:
+        """Send the appends and the read heartbeat round deferred since the last
+        collection (RawNode.ready / has_ready / advance)."""
         if self.bcast_append_pending:
             self.bcast_append_pending = False
             if self.state is StateRole.Leader:
                 self.bcast_append()
+        if self.bcast_read_heartbeat_pending:
+            self.bcast_read_heartbeat_pending = False
+            ctx = self.read_only.last_pending_request_ctx()
+            if self.state is StateRole.Leader and ctx is not None:
+                self.bcast_heartbeat_with_ctx(ctx)
 
     def bcast_append(self) -> None:
         self_id = self.id
@@ -481,6 +497,7 @@ class Raft:
         self.pending_read_index_messages = []
         self.pending_request_snapshot = INVALID_INDEX
         self.bcast_append_pending = False
+        self.bcast_read_heartbeat_pending = False
         log = self.raft_log
         next_idx = log.last_index() + 1
         self_id = self.id
@@ -864,9 +881,8 @@ class Raft:
             if self.read_only.is_full():
                 self.logger.warning("dropping ReadIndex: too many pending reads")
                 return
-            ctx = m.entries[0].data
             self.read_only.add_request(read_index, m, self.id)
-            self.bcast_heartbeat_with_ctx(ctx)
+            self.request_bcast_read_heartbeat()
         else:
             # Thesis §6.4.1: the lease (check_quorum) vouches for our leadership.
             self.handle_ready_read_index(m, read_index)

@@ -272,7 +272,7 @@ class RawNode:
     # --- output -----------------------------------------------------------------------
     def has_ready(self) -> bool:
         raft = self.raft
-        raft.flush_pending_appends()
+        raft.flush_pending_broadcasts()
         if raft.msgs or raft.read_states or raft.msgs_before_leadership:
             return True
         log = raft.raft_log
@@ -288,7 +288,7 @@ class RawNode:
     def ready(self) -> Ready:
         """The next batch of work. Call `advance*` with it before the next `ready()`."""
         raft = self.raft
-        raft.flush_pending_appends()
+        raft.flush_pending_broadcasts()
         log = raft.raft_log
         self._max_number += 1
         rd = Ready(self._max_number)
@@ -368,7 +368,7 @@ class RawNode:
 
     def _gen_light_ready(self) -> LightReady:
         raft = self.raft
-        raft.flush_pending_appends()
+        raft.flush_pending_broadcasts()
         light = LightReady()
         committed = raft.raft_log.next_entries_since(self._commit_since_index,
                                                      raft.max_committed_size_per_ready)

@@ -115,6 +115,21 @@ def test_concurrent_reads_complete_in_order(cluster5: Network) -> None:
     assert indexes == sorted(indexes)
 
 
+def test_reads_between_two_readies_share_one_heartbeat_round(cluster3: Network) -> None:
+    # §6.4 step 3 needs one quorum-acknowledged heartbeat round sent after the read
+    # arrived; a round for the newest of several pending reads is one for all of them,
+    # so the leader sends a single round when the application collects its messages.
+    leader = cluster3.elect(1)
+    committed = cluster3.committed(leader)
+    cluster3.take_sent()
+    for k in range(5):
+        cluster3.node(leader).read_index(f"r{k}".encode())
+    cluster3.stabilize()
+    hb = [m for m in cluster3.take_sent(eraftpb.MsgHeartbeat) if m.context]
+    assert sorted((m.to, bytes(m.context)) for m in hb) == [(2, b"r4"), (3, b"r4")]
+    assert read_states(cluster3, leader) == [(committed, f"r{k}".encode()) for k in range(5)]
+
+
 def test_deposed_leader_never_answers_read() -> None:
     # The case ReadIndex exists for: an old leader isolated with a minority while a new
     # leader commits writes must not serve a read of its stale commit index.
