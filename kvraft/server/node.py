@@ -51,8 +51,11 @@ COMMIT_PERSIST_LAG_ENTRIES = 1_000
 INLINE_APPLY_ENTRIES_MAX = 64
 TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see _ticker)
 # Round pacing under load (thesis §10.2, batching): while at least BUSY_ENTRIES_MIN writes
-# are in flight, rounds start at most every BUSY_ROUND_INTERVAL_S, so each Ready carries
-# more entries and each peer write more messages; a lone request never waits. Measured on
+# are in flight or reads wait for a ReadIndex, rounds start at most every
+# BUSY_ROUND_INTERVAL_S, so each Ready carries more entries, each ReadIndex more reads and
+# each peer write more messages; a lone request never waits. Pacing reads too: 3 nodes,
+# 64 clients, linearizable get: rounds per read 0.42 -> 0.10 per node, server CPU per
+# read 430-450 -> 280-340 µs, reads/s +8-15% (A/B, 2 x 2 clusters x 2 runs). Measured on
 # a loaded 2-core box (3 nodes, 64 clients, put): server CPU per write 1117 -> 884 µs at
 # 2 ms, 739 µs at 5 ms; 1-client latency unchanged. Pacing from 2 writes in flight rather
 # than 4: +18% writes/s at 16 clients, +20% at 64 (A/B, 2 x 3 runs).
@@ -231,9 +234,11 @@ class Node:
             self._fail_fatally(e)
 
     def _busy(self) -> bool:
-        """Enough writes in flight that batching them beats answering each at once:
-        waiters on this node, or (on the leader) entries appended but not committed."""
-        if len(self._proposals) >= BUSY_ENTRIES_MIN:
+        """Enough work in flight that batching it beats answering each at once: write
+        waiters on this node, reads queued for the next ReadIndex, or (on the leader)
+        entries appended but not committed."""
+        if len(self._proposals) >= BUSY_ENTRIES_MIN or \
+                len(self._reads_queued) >= BUSY_ENTRIES_MIN:
             return True
         raft_log = self.raw.raft.raft_log
         return raft_log.last_index() - raft_log.committed >= BUSY_ENTRIES_MIN
@@ -372,11 +377,14 @@ class Node:
         return r.state == StateRole.Leader and pending > r.raft_log.applied
 
     async def _await(self, w: Any, timeout_s: float, forget: Any) -> Any:
+        # One timer per call and the waiter's own future awaited directly: a cancelled
+        # call cancels the future, which every completion path treats as done. (This is
+        # wait_for(shield(...)) without its two extra futures and callbacks per request.)
+        deadline = asyncio.get_running_loop().call_later(timeout_s, _expire, w)
         try:
-            return await asyncio.wait_for(asyncio.shield(w.future), timeout_s)
-        except TimeoutError:
-            raise unavailable("no leader or quorum before the deadline") from None
+            return await w.future
         finally:
+            deadline.cancel()
             if not w.future.done():
                 w.fail(unavailable("abandoned"))
             if forget is not None:
@@ -913,6 +921,10 @@ class Node:
             self.metrics.snapshots_created.inc()
             log.info("node %d: compacted the log: first index now %d (applied %d)",
                      self.id, first, applied)
+
+
+def _expire(w: Any) -> None:
+    w.fail(unavailable("no leader or quorum before the deadline"))
 
 
 def _ids_of(cs: eraftpb.ConfState) -> set[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import secrets
 from dataclasses import dataclass
 
@@ -44,9 +45,14 @@ class Store:
         self.datadir.close()
 
 
+# Seeded once from the OS: ids stay unpredictable across nodes and restarts, but each
+# one costs no system call (secrets.randbits reads /dev/urandom on every call).
+_request_ids = random.Random(secrets.randbits(128))
+
+
 def new_request_id() -> int:
     """Random 63-bit ids: unique across nodes and restarts without coordination."""
-    return secrets.randbits(63) or 1
+    return _request_ids.getrandbits(63) or 1
 
 
 def bootstrap_entries(initial_cluster: dict[int, str]) -> list[eraftpb.Entry]:
