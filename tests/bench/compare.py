@@ -192,8 +192,8 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
         "clients spread over all members, linearizable reads on both).",
         "",
         "| system | nodes | op | value | clients | ops/s min | median | max | p50 ms | "
-        "p99 ms | max ms | gen CPU s | server CPU s | ÷ etcd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "p99 ms | max ms | gen CPU s | server CPU s | server CPU µs/op | ÷ etcd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         med = c.median_run()
@@ -205,8 +205,64 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
             f"| {c.system} | {c.nodes} | {c.op} | {c.value_size} | {c.clients} | "
             f"{min(ops):,.0f} | {statistics.median(ops):,.0f} | {max(ops):,.0f} | "
             f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['max_ms']:.2f} | "
-            f"{med['generator_cpu_s']:.1f} | {med['server_cpu_s']:.1f} | {ratio} |")
-    return "\n".join(lines) + "\n"
+            f"{med['generator_cpu_s']:.1f} | {med['server_cpu_s']:.1f} | "
+            f"{cpu_per_op_us(med):,.0f} | {ratio} |")
+    return "\n".join(lines + targets(cells)) + "\n"
+
+
+def cpu_per_op_us(run: dict) -> float:
+    """Server CPU (all members, every thread) per completed operation, in µs."""
+    return run["server_cpu_s"] / run["ops"] * 1e6 if run["ops"] else 0.0
+
+
+def targets(cells: list[Cell]) -> list[str]:
+    """Issue 7's targets (3 nodes, 100 B values, medians of the same run), as lines."""
+    med = {(c.system, c.nodes, c.op, c.value_size, c.clients): c for c in cells}
+
+    def ops(system: str, op: str, clients: int, nodes: int = 3) -> float | None:
+        c = med.get((system, nodes, op, 100, clients))
+        return statistics.median(c.ops()) if c else None
+
+    def p50(system: str, op: str, clients: int) -> float | None:
+        c = med.get((system, 3, op, 100, clients))
+        return c.median_run()["latency"]["p50_ms"] if c else None
+
+    rows = []
+
+    def row(what: str, ours: float | None, theirs: float | None, bound: float,
+            higher_is_better: bool = True, unit: str = ",.0f") -> None:
+        if ours is None or theirs is None or not theirs:
+            return
+        ratio = ours / theirs
+        met = ratio >= bound if higher_is_better else ratio <= bound
+        sign = "≥" if higher_is_better else "≤"
+        rows.append(f"| {what} | {ours:{unit}} / {theirs:{unit}} = {ratio:.2f} | "
+                    f"{sign} {bound:g} | {'met' if met else 'not met'} |")
+
+    row("puts/s, 64 clients: kvraft / etcd", ops("kvraft", "put", 64), ops("etcd", "put", 64), 0.6)
+    row("linearizable gets/s, 64 clients: kvraft / etcd", ops("kvraft", "get", 64),
+        ops("etcd", "get", 64), 0.6)
+    row("1-client put p50 ms: kvraft / etcd", p50("kvraft", "put", 1), p50("etcd", "put", 1),
+        2.0, higher_is_better=False, unit=".2f")
+    row("puts/s, 64 clients: kvraft / echo ceiling", ops("kvraft", "put", 64),
+        ops("echo", "put", 64, nodes=1), 0.5)
+    if not rows:
+        return []
+    lines = ["", "## Targets (3 nodes, 100 B values, medians of this run)", "",
+             "| target | measured | bound | |", "|---|---|---|---|", *rows]
+    etcd_gets, echo_gets = ops("etcd", "get", 64), ops("echo", "get", 64, nodes=1)
+    echo_cell = med.get(("echo", 1, "get", 100, 64))
+    if etcd_gets and echo_gets and echo_cell:
+        run = echo_cell.median_run()
+        busy = (run["server_cpu_s"] + run["generator_cpu_s"]) / run["elapsed_s"]
+        lines += ["", f"Feasibility: 60% of etcd's gets is {0.6 * etcd_gets:,.0f}/s; the echo "
+                  f"ceiling (one Python gRPC server answering a unary call that does nothing, "
+                  f"same generator) is {echo_gets:,.0f}/s, with {busy:.1f} of "
+                  f"{os.cpu_count()} cores busy. "
+                  + ("A Python gRPC server cannot reach the read target on this machine, "
+                     "whatever its consensus costs." if 0.6 * etcd_gets > echo_gets else
+                     "The read target is below that ceiling.")]
+    return lines
 
 
 def _int_list(text: str) -> list[int]:
