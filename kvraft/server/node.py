@@ -53,14 +53,18 @@ TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see
 # Round pacing under load (thesis §10.2, batching): while at least BUSY_ENTRIES_MIN writes
 # are in flight or reads wait for a ReadIndex, rounds start at most every
 # BUSY_ROUND_INTERVAL_S, so each Ready carries more entries, each ReadIndex more reads and
-# each peer write more messages; a lone request never waits. Pacing reads too: 3 nodes,
-# 64 clients, linearizable get: rounds per read 0.42 -> 0.10 per node, server CPU per
-# read 430-450 -> 280-340 µs, reads/s +8-15% (A/B, 2 x 2 clusters x 2 runs). Measured on
+# each peer write more messages; a lone request never waits. Reads pace from
+# BUSY_READS_MIN queued, not 2: a read crosses ~5 rounds, so pacing costs latency that
+# pays off only when the CPU is the limit. 3 nodes, linearizable get, median reads/s of
+# 2 clusters x 2 runs, pacing from 2 / 4 / 8 / 16 / never: 16 clients 1,329 / 1,860 /
+# 2,345 / 2,447 / 2,411; 64 clients 4,034 / 3,742 / 3,870 / 3,812 / 3,714 (server CPU
+# per read at 64 clients 260 µs paced from 2, 389 µs never paced). Writes, measured on
 # a loaded 2-core box (3 nodes, 64 clients, put): server CPU per write 1117 -> 884 µs at
 # 2 ms, 739 µs at 5 ms; 1-client latency unchanged. Pacing from 2 writes in flight rather
 # than 4: +18% writes/s at 16 clients, +20% at 64 (A/B, 2 x 3 runs).
 BUSY_ROUND_INTERVAL_S = 0.003
 BUSY_ENTRIES_MIN = 2
+BUSY_READS_MIN = 8
 
 ROLE_NAMES = {
     StateRole.Leader: "leader",
@@ -238,7 +242,7 @@ class Node:
         waiters on this node, reads queued for the next ReadIndex, or (on the leader)
         entries appended but not committed."""
         if len(self._proposals) >= BUSY_ENTRIES_MIN or \
-                len(self._reads_queued) >= BUSY_ENTRIES_MIN:
+                len(self._reads_queued) >= BUSY_READS_MIN:
             return True
         raft_log = self.raw.raft.raft_log
         return raft_log.last_index() - raft_log.committed >= BUSY_ENTRIES_MIN
