@@ -54,11 +54,12 @@ TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see
 # are in flight or reads wait for a ReadIndex, rounds start at most every
 # BUSY_ROUND_INTERVAL_S, so each Ready carries more entries, each ReadIndex more reads and
 # each peer write more messages; a lone request never waits. Reads pace from
-# BUSY_READS_MIN queued, not 2: a read crosses ~5 rounds, so pacing costs latency that
-# pays off only when the CPU is the limit. 3 nodes, linearizable get, median reads/s of
-# 2 clusters x 2 runs, pacing from 2 / 4 / 8 / 16 / never: 16 clients 1,329 / 1,860 /
-# 2,345 / 2,447 / 2,411; 64 clients 4,034 / 3,742 / 3,870 / 3,812 / 3,714 (server CPU
-# per read at 64 clients 260 µs paced from 2, 389 µs never paced). Writes, measured on
+# BUSY_READS_MIN waiting on the node, not 2: a read crosses ~5 rounds, so pacing costs
+# latency that pays off only when there is enough concurrent work to batch. 3 nodes,
+# linearizable get, median reads/s of 2 clusters x 2 runs, pacing from 2 / 8 queued /
+# 8 waiting / never: 16 clients 1,329 / 2,345 / 2,304 / 2,411; 64 clients 4,034 /
+# 3,558-3,870 / 3,279-3,362 / 3,714; 256 clients 5,438 (8 queued) / 5,982 (8 waiting);
+# server CPU per read at 64 clients 260 µs (from 2) / 354 / 306 / 389 µs. Writes, on
 # a loaded 2-core box (3 nodes, 64 clients, put): server CPU per write 1117 -> 884 µs at
 # 2 ms, 739 µs at 5 ms; 1-client latency unchanged. Pacing from 2 writes in flight rather
 # than 4: +18% writes/s at 16 clients, +20% at 64 (A/B, 2 x 3 runs).
@@ -147,6 +148,7 @@ class Node:
         self._conf_proposals: dict[int, Proposal] = {}     # ConfChange.id -> waiter
         self._by_index: dict[int, Proposal] = {}           # leader-side log index -> waiter
         self._reads_queued: list[ReadWaiter] = []
+        self._reads_in_flight = 0          # linearizable reads waiting on this node
         self._read_rounds: dict[bytes, ReadRound] = {}
         self._read_ctx = itertools.count(1)
         self._read_ctx_prefix = secrets.token_bytes(8)
@@ -239,10 +241,10 @@ class Node:
 
     def _busy(self) -> bool:
         """Enough work in flight that batching it beats answering each at once: write
-        waiters on this node, reads queued for the next ReadIndex, or (on the leader)
-        entries appended but not committed."""
+        waiters on this node, linearizable reads waiting on this node, or (on the
+        leader) entries appended but not committed."""
         if len(self._proposals) >= BUSY_ENTRIES_MIN or \
-                len(self._reads_queued) >= BUSY_READS_MIN:
+                self._reads_in_flight >= BUSY_READS_MIN:
             return True
         raft_log = self.raw.raft.raft_log
         return raft_log.last_index() - raft_log.committed >= BUSY_ENTRIES_MIN
@@ -327,11 +329,13 @@ class Node:
         w = ReadWaiter()
         self._reads_queued.append(w)
         self.metrics.reads_in_flight.inc()
+        self._reads_in_flight += 1
         self._wake.set()
         try:
             await self._await(w, timeout_s, None)
         finally:
             self.metrics.reads_in_flight.dec()
+            self._reads_in_flight -= 1
 
     async def transfer_leader(self, to: int, timeout_s: float) -> None:
         if to not in self._conf_ids or to in self._learners():
