@@ -51,7 +51,7 @@ COMMIT_PERSIST_LAG_ENTRIES = 1_000
 INLINE_APPLY_ENTRIES_MAX = 64
 TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see _ticker)
 # Round pacing under load (thesis §10.2, batching): while at least BUSY_ENTRIES_MIN writes
-# are in flight or reads wait for a ReadIndex, rounds start at most every
+# or BUSY_READS_MIN linearizable reads wait on the node, rounds start at most every
 # BUSY_ROUND_INTERVAL_S, so each Ready carries more entries, each ReadIndex more reads and
 # each peer write more messages; a lone request never waits. Reads pace from
 # BUSY_READS_MIN waiting on the node, not 2: a read crosses ~5 rounds, so pacing costs
