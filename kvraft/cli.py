@@ -40,6 +40,7 @@ from kvraft.client import (
     parse_endpoints,
     prefix_end,
 )
+from kvraft.server.config import EVENT_LOOPS
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -227,10 +228,14 @@ def cli() -> None:
 @click.option("--snapshot-keep-entries", type=click.IntRange(min=0),
               envvar="KVRAFT_SNAPSHOT_KEEP_ENTRIES", default=1_000, show_default=True,
               help="Log entries kept behind a snapshot for slow followers.")
+@click.option("--event-loop", type=click.Choice(EVENT_LOOPS), envvar="KVRAFT_EVENT_LOOP",
+              default="uvloop", show_default=True,
+              help="The node's event loop: uvloop (libuv), or the standard library's asyncio.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
-          tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int) -> int:
+          tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
+          event_loop: str) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -261,7 +266,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         log_level=log_level.upper(), advertise_client=advertise_client,
         advertise_peer=advertise_peer or initial_cluster.get(node_id),
         tick_interval_s=tick_interval, snapshot_entries=snapshot_entries,
-        snapshot_keep_entries=snapshot_keep_entries,
+        snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
     )
     try:
         config.validate()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,18 +44,42 @@ def run_node(config: NodeConfig) -> int:
     Raises ServeError (one line) when the node cannot start."""
     config.validate()
     configure_logging(config.log_level)
+    loop_factory = event_loop_factory(config.event_loop)
     profile_path = os.environ.get("KVRAFT_PROFILE")
     if not profile_path:
-        return asyncio.run(_serve(config))
+        return _run_on(loop_factory, config)
     # A development aid: KVRAFT_PROFILE=FILE ({id} = node id) writes a cProfile of the node's Python
     # code (the event loop and every round) when it stops.
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(asyncio.run, _serve(config))
+        return profiler.runcall(_run_on, loop_factory, config)
     finally:
         profiler.dump_stats(profile_path.replace("{id}", str(config.node_id)))
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The constructor of the event loop `kvraft serve --event-loop NAME` runs on."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError as e:
+        raise ServeError(f"--event-loop uvloop is not available here ({e}); "
+                         "use --event-loop asyncio") from None
+    return uvloop.new_event_loop
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The library the running loop comes from ("uvloop", "asyncio"): what the node
+    really runs on, logged at start."""
+    return type(loop).__module__.split(".")[0]
+
+
+def _run_on(loop_factory: Callable[[], asyncio.AbstractEventLoop], config: NodeConfig) -> int:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(config))
 
 
 def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
@@ -115,8 +140,9 @@ async def _serve(config: NodeConfig) -> int:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in ("kvraft.KV", "kvraft.Cluster"):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d: serving clients on %s, peers on %s (cluster %016x)%s",
+        log.info("node %d: serving clients on %s, peers on %s (cluster %016x, %s loop)%s",
                  config.node_id, config.listen, config.peer_listen, node.cluster_id,
+                 _loop_name(asyncio.get_running_loop()),
                  " — waiting to be added" if config.join and not node.member_ids() else "")
 
         stop = asyncio.Event()

@@ -74,3 +74,22 @@ def test_data_dir_of_another_node_and_busy_address_are_one_line_errors() -> None
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and taken in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_serve_runs_on_the_chosen_event_loop(event_loop: str) -> None:
+    """uvloop is the default loop (every tier runs on it); --event-loop asyncio is the
+    standard library's, kept as a way out. Both serve writes and reads."""
+    extra = () if event_loop == "uvloop" else ("--event-loop", "asyncio")
+    with LocalCluster.start(1, extra_args=extra) as cluster:
+        cluster.wait_leader()
+        retry_unavailable(lambda: cluster.put(1, b"loop", event_loop.encode()))
+        assert retry_unavailable(lambda: cluster.get(1, b"loop")) == event_loop.encode()
+        assert f"{event_loop} loop" in cluster.log_tail(1)
+
+
+def test_unknown_event_loop_is_a_usage_error() -> None:
+    with LocalCluster.start(0) as cluster:
+        result = run_serve(cluster, "--event-loop", "tokio")
+    assert result.returncode == 2
+    assert "tokio" in result.stderr and "Traceback" not in result.stderr
