@@ -3,53 +3,43 @@
 Run by the setuptools build (setup.py) so that `pip install .` and `pip install -e .`
 both yield importable modules, and by `make protos`. Generated files are not committed.
 
-protoc writes imports between generated modules as top-level imports
-(`import eraftpb_pb2`), which do not resolve inside a package; they are rewritten to
-package-relative form here.
+The .proto files live in `protos/` (the contract names them there), but protoc is told
+that this directory *is* `kvraft/proto` (`-Ikvraft/proto=protos`, a virtual path). A
+.proto imports another by that path (`import "kvraft/proto/eraftpb.proto";`), so the
+generated module imports `from kvraft.proto import eraftpb_pb2` exactly as protoc
+writes it: nothing generated is edited afterwards.
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-OUT_DIR = ROOT / "kvraft" / "proto"
+PACKAGE_PATH = "kvraft/proto"          # where the generated modules belong, as a path
+OUT_DIR = ROOT / PACKAGE_PATH
 
 
 def compile_protos() -> list[Path]:
-    from grpc_tools import protoc  # build-time dependency (pyproject build-system)
+    # Build-time only: pyproject's build-system requires grpcio-tools; the installed
+    # package never imports it.
     import grpc_tools
+    from grpc_tools import protoc
 
     sources = sorted(PROTO_DIR.glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
+        f"-I{PACKAGE_PATH}={PROTO_DIR}",
         f"-I{well_known}",
-        f"--python_out={OUT_DIR}",
-        f"--pyi_out={OUT_DIR}",
-        f"--grpc_python_out={OUT_DIR}",
-        *[str(s) for s in sources],
+        f"--python_out={ROOT}",
+        f"--pyi_out={ROOT}",
+        f"--grpc_python_out={ROOT}",
+        *[f"{PACKAGE_PATH}/{s.name}" for s in sources],
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {', '.join(s.name for s in sources)}")
-    generated = sorted(OUT_DIR.glob("*_pb2*.py")) + sorted(OUT_DIR.glob("*_pb2.pyi"))
-    local = {s.stem for s in sources}
-    pattern = re.compile(r"^import (\w+)_pb2 as (\w+)$", re.M)
-    for path in generated:
-        text = path.read_text()
-
-        def relative(m: re.Match[str]) -> str:
-            if m.group(1) in local:
-                return f"from . import {m.group(1)}_pb2 as {m.group(2)}"
-            return m.group(0)
-
-        fixed = pattern.sub(relative, text)
-        if fixed != text:
-            path.write_text(fixed)
-    return generated
+    return sorted(OUT_DIR.glob("*_pb2*.py")) + sorted(OUT_DIR.glob("*_pb2.pyi"))
 
 
 if __name__ == "__main__":
