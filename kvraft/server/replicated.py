@@ -4,7 +4,7 @@
 `kvraft.raft.RawNode` over the LevelDB Raft log (`kvraft.storage.LevelDBStorage`),
 talks to the other members through the gRPC peer transport (`PeerTransport` outbound,
 the `Peer` service inbound), and hands every committed command to *your* `apply`
-function, in log order, on every member::
+function, in log order, on every member:
 
     counter = 0
 
