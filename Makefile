@@ -1,4 +1,4 @@
-# kvraft — developer entry points (SPEC.md §5). `make help` lists them.
+# kvraft — developer entry points (docs/entry-points.md). `make help` lists them.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,13 +6,14 @@ STAMP := $(VENV)/.kvraft-installed
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint test test-fast sim run bench bench-compare chaos docker-up docker-down clean
+.PHONY: help install protos lint test test-fast docs sim run bench bench-compare chaos docker-up docker-down clean
 
 help:
 	@echo "make run          start a local 5-node cluster on loopback (Ctrl-C stops it)"
 	@echo "make test         create .venv if needed, install, run the whole test suite"
 	@echo "make test-fast    the quick tiers only (no slow, cluster, docker, chaos tests)"
 	@echo "make lint         ruff over the package and the tests"
+	@echo "make docs         the contract pages and API reference into build/docs-site (warnings fail)"
 	@echo "make sim SEEDS=N  randomized Raft simulation over N seeds (SEED=S replays one)"
 	@echo "make bench        the project's benchmarks, printing a table"
 	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
@@ -45,6 +46,16 @@ test: install lint
 
 test-fast: install
 	$(PYTEST) tests -m "not slow and not cluster and not docker and not chaos"
+
+# The docs extra (mkdocs, mkdocstrings) is installed on first use. The build itself reads
+# only the repository (no network) and fails on any warning (mkdocs.yml: strict).
+DOCS_STAMP := $(VENV)/.kvraft-docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[test,docs]'
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict --clean
 
 SEEDS ?= 1000
 # SEED=S replays one seed with a trace of every action; otherwise seeds 0..SEEDS-1.

@@ -1,4 +1,4 @@
-"""The `kvraft` command line (SPEC §3): `serve` runs a node; the other commands are
+"""The `kvraft` command line (docs/cli.md): `serve` runs a node; the other commands are
 clients of a running cluster (kvraft.client).
 
 Every option also reads the environment as KVRAFT_<OPTION> (KVRAFT_DATA_DIR,

@@ -1,4 +1,4 @@
-"""The Python client of a kvraft cluster (SPEC §4).
+"""The Python client of a kvraft cluster (docs/client.md).
 
     with Client(["127.0.0.1:2379", "127.0.0.1:22379"]) as kv:
         kv.put("greeting", "hello")
@@ -7,10 +7,10 @@
 Keys and values are bytes; a str is encoded as UTF-8. Every call has a deadline (the
 client's `timeout`, or the call's own `timeout=`) that covers all its attempts.
 
-Failover. Any member answers any request (SPEC §2), so the client sends each call to
-the member it believes leads (learned from `ResponseHeader.leader_id`, which saves the
-follower's forwarding hop), else to the endpoint that answered last, and moves to the
-next endpoint when one fails:
+Failover. Any member answers any request (docs/wire-protocol.md), so the client sends
+each call to the member it believes leads (learned from `ResponseHeader.leader_id`,
+which saves the follower's forwarding hop), else to the endpoint that answered last,
+and moves to the next endpoint when one fails:
 
 - Reads (`get`, `scan`, `status`, `member_list`) are idempotent: they move on after a
   connection failure, UNAVAILABLE, or a per-attempt deadline, until the call's deadline.

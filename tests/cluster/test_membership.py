@@ -22,9 +22,11 @@ def test_five_members_elect_and_serve_every_read(cluster5: LocalCluster) -> None
     for node_id in cluster5.nodes:
         assert cluster5.get(node_id, b"five") == b"5"
     # Founding members publish their client addresses into the replicated state.
-    wait_until(lambda: all(m.client_address == cluster5.nodes[m.id].client_address
-                           for m in members_of(cluster5, 3).values()),
-               30, "every founding member's client address", cluster5.all_log_tails)
+    # (Compared as a whole: an empty member list must not pass as "all published".)
+    published = {i: n.client_address for i, n in cluster5.nodes.items()}
+    wait_until(lambda: {i: m.client_address for i, m in members_of(cluster5, 3).items()}
+               == published, 30, "every founding member's client address",
+               cluster5.all_log_tails)
 
 
 def test_add_a_sixth_node_as_learner_promote_it_and_remove_another(
