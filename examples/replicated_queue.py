@@ -66,12 +66,14 @@ async def answer(node: ReplicatedNode, queue: Queue, line: str) -> str:
         if op == "pop" and not arg:
             item = await node.propose(json.dumps({"op": "pop"}).encode(), REQUEST_TIMEOUT_S)
             return "empty" if item is None else f"popped {item}"
+        if op == "leader" and not arg:
+            return f"leader {node.leader_id}"    # this member's view; 0 when unknown
         if op == "list" and not arg:
             await node.read_barrier(REQUEST_TIMEOUT_S)
             return "queue " + json.dumps(list(queue.items))
     except ReplicaError as e:
         return f"error {'retry-safe' if e.retry_safe else 'unknown'}: {e}"
-    return f"error usage: push ITEM | pop | list (got {line.strip()!r})"
+    return f"error usage: push ITEM | pop | list | leader (got {line.strip()!r})"
 
 
 def read_lines_into(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str]) -> None:
