@@ -76,15 +76,9 @@ def open_store(config: NodeConfig) -> Store:
         log_store = LevelDBStorage(datadir)
         sm = KVStateMachine(datadir, scan_page_entries_max=config.scan_page_max)
         if datadir.is_new and not config.join:
-            cluster_id = cluster_id_for(config.initial_cluster)
-            if datadir.cluster_id not in (0, cluster_id):
-                raise ServeError(f"data directory {datadir.path} belongs to another cluster")
-            entries = bootstrap_entries(config.initial_cluster)
-            hs = eraftpb.HardState(term=BOOTSTRAP_TERM, vote=0, commit=len(entries))
-            log_store.persist(entries, hs)
-            datadir.set_cluster_id(cluster_id)
-            log.info("node %d: bootstrapped cluster %016x with members %s", config.node_id,
-                     cluster_id, sorted(config.initial_cluster))
+            _bootstrap(config, datadir, log_store)
+        elif datadir.cluster_id == 0 and not config.join:
+            _finish_old_bootstrap(config, datadir, log_store)
         _repair_commit(log_store, sm)
         policy = CompactionPolicy(
             snapshot_entries=config.snapshot_entries,
@@ -97,6 +91,44 @@ def open_store(config: NodeConfig) -> Store:
     except BaseException:
         datadir.close()
         raise
+
+
+def _bootstrap(config: NodeConfig, datadir: DataDir, log_store: LevelDBStorage) -> None:
+    """Write a founding member's first state, crash-safely: the cluster id is durable
+    (META, written atomically) BEFORE any Raft state. A crash before the Raft write
+    leaves a directory that is still new (no Raft keys) with the right cluster id, so the
+    restart bootstraps again (identical entries); a crash after it leaves a bootstrapped
+    member. No crash can leave Raft state without a cluster id, which every peer would
+    refuse for ever (issue 11, item 3). Both writes are fsynced (META: file and
+    directory; the log: one synced batch), so this holds across a power loss too."""
+    cluster_id = cluster_id_for(config.initial_cluster)
+    if datadir.cluster_id not in (0, cluster_id):
+        raise ServeError(f"data directory {datadir.path} belongs to another cluster")
+    datadir.set_cluster_id(cluster_id)
+    entries = bootstrap_entries(config.initial_cluster)
+    hs = eraftpb.HardState(term=BOOTSTRAP_TERM, vote=0, commit=len(entries))
+    log_store.persist(entries, hs)
+    log.info("node %d: bootstrapped cluster %016x with members %s", config.node_id,
+             cluster_id, sorted(config.initial_cluster))
+
+
+def _finish_old_bootstrap(config: NodeConfig, datadir: DataDir,
+                          log_store: LevelDBStorage) -> None:
+    """A founding member's directory with Raft state but no cluster id: what an older
+    kvraft, which wrote the log first, left when it crashed between the two writes.
+    If the log is exactly this --initial-cluster's bootstrap, record the cluster id
+    now; anything else is left for the peers to judge (refused as another cluster)."""
+    expected = bootstrap_entries(config.initial_cluster)
+    if log_store.first_index() != 1 or log_store.last_index() < len(expected):
+        return
+    held = log_store.entries(1, len(expected) + 1)
+    if [(e.index, e.term, e.entry_type, e.data, e.context) for e in held] != [
+            (e.index, e.term, e.entry_type, e.data, e.context) for e in expected]:
+        return
+    cluster_id = cluster_id_for(config.initial_cluster)
+    datadir.set_cluster_id(cluster_id)
+    log.warning("node %d: finished an interrupted bootstrap of cluster %016x",
+                config.node_id, cluster_id)
 
 
 def _repair_commit(log_store: LevelDBStorage, sm: KVStateMachine) -> None:
