@@ -8,6 +8,10 @@
 Every refusal is a DataDirError whose message is one line naming the directory and the
 reason, so the CLI can print it as is. Nothing here ever resets or recreates a
 directory that holds state: a damaged or foreign directory is reported, not repaired.
+
+Durability of the files here: META is replaced atomically (write, fsync, rename, fsync
+the directory), so after a power loss it is the old record or the new one. A new data
+directory's own entry is fsynced in its parent before anything is written in it.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from types import TracebackType
 import plyvel
 
 from kvraft.storage import keys
+from kvraft.storage.apply_buffer import ApplyBuffer
 
 FORMAT_NAME = "kvraft-data-dir"
 FORMAT_VERSION = 1
@@ -75,6 +80,9 @@ class DataDir:
         self.cluster_id = cluster_id
         self.db = db
         self.is_new = is_new  # True when the directory held no Raft state when opened
+        # The state machine's writes not yet in LevelDB (apply_buffer.py); shared by the
+        # state machine (which fills it) and the Raft log (whose synced writes carry it).
+        self.apply_buffer = ApplyBuffer(db)
         self._lock_fd: int | None = lock_fd
 
     @property
@@ -234,9 +242,12 @@ class DataDir:
 
     # --- closing ------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the database and release the lock. Idempotent."""
+        """Make the buffered applies durable, close the database, release the lock.
+        Idempotent. (A failed flush loses nothing committed: the log replays it.)"""
         if self._lock_fd is None:
             return
+        with contextlib.suppress(Exception):
+            self.apply_buffer.flush()
         with contextlib.suppress(Exception):
             self.db.close()
         os.close(self._lock_fd)

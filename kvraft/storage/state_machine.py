@@ -1,19 +1,25 @@
 """`KVStateMachine`: the key-value store that committed Raft entries are applied to.
 
 Applying (thesis §3.5: entries are applied in log order, each exactly once):
-* one call = one LevelDB WriteBatch holding every entry's effects AND the new applied
-  index/term, so after any crash the machine resumes exactly after the last applied
-  entry; entries at or below the applied index are skipped (the node may re-deliver
-  them after a restart), so nothing is applied twice.
-* the batch is written without fsync: LevelDB's write-ahead log is sequential, so the
-  node's next synced Raft-log write makes it durable, and until then the synced log
-  still holds every committed entry to replay. Log compaction only drops entries the
-  machine has applied (see LevelDBStorage.compact), whose effects that synced write
-  carries to disk first.
+* one call's effects AND the new applied index/term (and conf state, member records)
+  are one set of writes, kept together from then on, so after any crash the machine
+  resumes exactly after the last applied entry it recorded; entries at or below the
+  applied index are skipped (the node may re-deliver them after a restart), so nothing
+  is applied twice.
+* the writes go to the data directory's ApplyBuffer (storage/apply_buffer.py), never
+  to LevelDB unsynced: they reach LevelDB only inside a synced batch (the next Raft-log
+  persist, a compaction, a close), all of them at once with the applied index. LevelDB
+  does not keep the order of unsynced writes across a power loss (its write-ahead log
+  switches files without an fsync), so an apply written unsynced could vanish while a
+  later one survived; buffered, a power loss only loses a suffix of the applies, which
+  the node applies again from the log. Log compaction makes the buffer durable in the
+  batch that moves the log's start (LevelDBStorage.compact), so no entry is dropped
+  before its effects are durable.
 
-Reads (`get`, `scan`) are point-in-time: a LevelDB get or iterator sees one consistent
-state. Snapshots (`create_snapshot`, `raft_snapshot`) are LevelDB snapshots: taking one
-costs nothing and applies continue meanwhile.
+Reads (`get`, `scan`) see the buffer and LevelDB together, point in time (a scan reads
+one LevelDB snapshot and a copy of the buffer taken with it). Snapshots
+(`create_snapshot`, `raft_snapshot`) are such frozen views: taking one costs no write,
+and applies continue meanwhile.
 
 Threading: `apply` and `install_snapshot` from one thread at a time (normally the
 node's apply loop); `get`, `scan`, `members` and snapshot reads from any thread. An
@@ -26,13 +32,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import plyvel
 from google.protobuf.message import DecodeError
 
 from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
 from kvraft.storage import keys
+from kvraft.storage.apply_buffer import ApplyBuffer, prefix_stop
 from kvraft.storage.commands import (
     CommandDecodeError,
     MemberRecord,
@@ -86,25 +92,24 @@ class ApplyResult:
 
 
 class _PendingWrites:
-    """The effects of the batch being built, so later entries read earlier ones."""
+    """The writes of the apply being built (LevelDB key -> value, None = delete), so
+    later entries of the call read earlier ones; then buffered as one unit."""
 
-    def __init__(self, db: plyvel.DB, batch: plyvel.WriteBatch) -> None:
-        self._db = db
-        self._batch = batch
-        self._kv: dict[bytes, bytes | None] = {}
+    def __init__(self, buffer: ApplyBuffer) -> None:
+        self._buffer = buffer
+        self.writes: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
-        if key in self._kv:
-            return self._kv[key]
-        return self._db.get(keys.kv_key(key))
+        full = keys.KV_PREFIX + key
+        if full in self.writes:
+            return self.writes[full]
+        return self._buffer.get(full)
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._kv[key] = value
-        self._batch.put(keys.kv_key(key), value)
+        self.writes[keys.KV_PREFIX + key] = value
 
     def delete(self, key: bytes) -> None:
-        self._kv[key] = None
-        self._batch.delete(keys.kv_key(key))
+        self.writes[keys.KV_PREFIX + key] = None
 
 
 class KVStateMachine:
@@ -114,6 +119,7 @@ class KVStateMachine:
         assert snapshot_handles_max >= 1
         self._datadir = datadir
         self._db = datadir.db
+        self._buffer = datadir.apply_buffer
         self.scan_page_entries_max = scan_page_entries_max
         self.scan_page_bytes_max = scan_page_bytes_max
         self._snapshot_handles_max = snapshot_handles_max
@@ -127,7 +133,7 @@ class KVStateMachine:
         self._load_applied()
 
     def _load_applied(self) -> None:
-        raw = self._db.get(keys.APPLIED)
+        raw = self._buffer.get(keys.APPLIED)
         self.applied_index, self.applied_term = (
             keys.unpack_index_term(raw) if raw is not None else (0, 0))
 
@@ -145,8 +151,7 @@ class KVStateMachine:
         """
         results: list[ApplyResult] = []
         with self._state_lock:
-            batch = self._db.write_batch()
-            pending = _PendingWrites(self._db, batch)
+            pending = _PendingWrites(self._buffer)
             members: dict[int, MemberRecord | None] = {}
             last_index, last_term = self.applied_index, self.applied_term
             for entry in entries:
@@ -157,14 +162,19 @@ class KVStateMachine:
                 if entry.entry_type == eraftpb.EntryNormal:
                     result = self._apply_normal(entry, pending)
                 else:
-                    result = self._apply_conf_change(entry, batch, members, on_conf_change)
+                    result = self._apply_conf_change(entry, pending.writes, members,
+                                                     on_conf_change)
                 results.append(result)
                 last_index, last_term = entry.index, entry.term
             if last_index == self.applied_index:
                 return results
-            batch.put(keys.APPLIED, keys.pack_index_term(last_index, last_term))
-            batch.write()
+            pending.writes[keys.APPLIED] = keys.pack_index_term(last_index, last_term)
+            # Effects and applied index enter the buffer together and leave it together
+            # in one synced batch: durable all or nothing (see apply_buffer.py).
+            self._buffer.add(pending.writes)
             self.applied_index, self.applied_term = last_index, last_term
+            if self._buffer.over_bound():
+                self._buffer.flush()
         return results
 
     @staticmethod
@@ -212,7 +222,7 @@ class KVStateMachine:
                         delete(key)
         return result
 
-    def _apply_conf_change(self, entry: eraftpb.Entry, batch: plyvel.WriteBatch,
+    def _apply_conf_change(self, entry: eraftpb.Entry, writes: dict[bytes, bytes | None],
                            members: dict[int, MemberRecord | None],
                            on_conf_change: OnConfChange | None) -> ApplyResult:
         result = ApplyResult(entry.index, entry.term, 0, CONF_CHANGE)
@@ -236,23 +246,23 @@ class KVStateMachine:
         for change_type, node_id in changes:
             if change_type == eraftpb.RemoveNode:
                 members[node_id] = None
-                batch.delete(keys.member_key(node_id))
+                writes[keys.member_key(node_id)] = None
                 continue
             known = members[node_id] if node_id in members else self._member(node_id)
             record = infos.get(node_id) or known or MemberRecord(node_id)
             record = replace(record, learner=change_type == eraftpb.AddLearnerNode)
             members[node_id] = record
-            batch.put(keys.member_key(node_id), record.to_proto().SerializeToString())
+            writes[keys.member_key(node_id)] = record.to_proto().SerializeToString()
         if on_conf_change is not None:
             cs = on_conf_change(entry)
             result.conf_state = cs
-            batch.put(keys.CONF_STATE, cs.SerializeToString())
+            writes[keys.CONF_STATE] = cs.SerializeToString()
         return result
 
     # --- reads --------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
         with self._state_lock:
-            return self._db.get(keys.kv_key(key))
+            return self._buffer.get(keys.kv_key(key))
 
     def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Keys in [start, end) in order (empty `end`: to the end of the key space), at
@@ -264,7 +274,8 @@ class KVStateMachine:
         out: list[tuple[bytes, bytes]] = []
         size = 0
         more = False
-        with self._state_lock, self._db.iterator(start=keys.kv_key(start), stop=stop) as it:
+        with self._state_lock, self._buffer.iterator(start=keys.kv_key(start),
+                                                     stop=stop) as it:
             for key, value in it:
                 if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
                                        self.scan_page_bytes_max):
@@ -275,31 +286,35 @@ class KVStateMachine:
         return out, more
 
     def _member(self, member_id: int) -> MemberRecord | None:
-        raw = self._db.get(keys.member_key(member_id))
+        raw = self._buffer.get(keys.member_key(member_id))
         return None if raw is None else MemberRecord.from_proto(cpb.MemberInfo.FromString(raw))
 
     def members(self) -> list[MemberRecord]:
         """Every known member, by id."""
-        with self._state_lock, self._db.iterator(prefix=keys.MEMBER_PREFIX,
-                                                 include_key=False) as it:
-            return [MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for v in it]
+        with self._state_lock, self._buffer.iterator(
+                start=keys.MEMBER_PREFIX, stop=prefix_stop(keys.MEMBER_PREFIX)) as it:
+            return [MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for _, v in it]
 
     def initialize_members(self, members: list[MemberRecord]) -> None:
         """Record the founding members of a fresh cluster (synced). Later changes
         arrive through conf-change entries."""
-        with self._state_lock, self._db.write_batch(sync=True) as batch:
-            for m in members:
-                batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
+        with self._state_lock:
+            batch = self._db.write_batch(sync=True)
+            # With the buffered writes first, so these records win over any of theirs.
+            with self._buffer.merged_into(batch, wait=True):
+                for m in members:
+                    batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
+                batch.write()
 
     def conf_state(self) -> eraftpb.ConfState:
-        raw = self._db.get(keys.CONF_STATE)
+        raw = self._buffer.get(keys.CONF_STATE)
         return eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
 
     # --- snapshots ----------------------------------------------------------------------
     def create_snapshot(self) -> SnapshotHandle:
         """A consistent image at the current applied index; close() it when done."""
         with self._state_lock:
-            return SnapshotHandle(self._db)
+            return SnapshotHandle(self._buffer.freeze())
 
     def raft_snapshot(self, request_index: int, to: int) -> eraftpb.Snapshot:
         """`Storage.snapshot` for `LevelDBStorage.set_snapshot_provider`.
@@ -350,13 +365,16 @@ class KVStateMachine:
         then already in place). Reads wait until it is done.
         """
         with self._state_lock:
+            # Buffered applies are older than the snapshot, which replaces all of them.
+            self._buffer.discard()
             install_staged(self._datadir, staged, log_store)
             self._load_applied()
             assert (self.applied_index, self.applied_term) == (staged.metadata.index,
                                                                 staged.metadata.term)
 
     def close(self) -> None:
-        """Release the open snapshot images (the DataDir closes the database)."""
+        """Release the open snapshot images (the DataDir flushes the buffered applies
+        and closes the database)."""
         with self._handles_lock:
             for handle in self._handles.values():
                 handle.close()
