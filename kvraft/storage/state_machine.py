@@ -21,9 +21,17 @@ one LevelDB snapshot and a copy of the buffer taken with it). Snapshots
 (`create_snapshot`, `raft_snapshot`) are such frozen views: taking one costs no write,
 and applies continue meanwhile.
 
+Reads never wait for a write (issue 11, item 6: the node reads on its event loop, so a
+read that waited for a long snapshot install would stop heartbeats, acks and ticks).
+An apply builds its writes aside and adds them to the buffer in one step. An install
+first switches readers to a frozen view of the state before it, installs, then
+switches them back: readers see the old state, whole, until the new one is complete,
+and only the two switches wait — for the reads already running, not for the install.
+`members()` is answered from memory (the records are few), never from LevelDB.
+
 Threading: `apply` and `install_snapshot` from one thread at a time (normally the
-node's apply loop); `get`, `scan`, `members` and snapshot reads from any thread. An
-install holds reads off until it is complete, so no reader sees a half-installed image.
+node's apply loop); `get`, `scan`, `members`, `conf_state` and snapshot reads from any
+thread.
 """
 from __future__ import annotations
 
@@ -38,7 +46,7 @@ from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
 from kvraft.storage import keys
-from kvraft.storage.apply_buffer import ApplyBuffer, prefix_stop
+from kvraft.storage.apply_buffer import ApplyBuffer, FrozenView, MergedIterator, prefix_stop
 from kvraft.storage.commands import (
     CommandDecodeError,
     MemberRecord,
@@ -112,6 +120,56 @@ class _PendingWrites:
         self.writes[keys.KV_PREFIX + key] = None
 
 
+class _LiveView:
+    """The state machine as of now: LevelDB overlaid by the apply buffer."""
+
+    def __init__(self, buffer: ApplyBuffer) -> None:
+        self._buffer = buffer
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._buffer.get(key)
+
+    def iterator(self, *, start: bytes, stop: bytes) -> MergedIterator:
+        return self._buffer.iterator(start=start, stop=stop)
+
+
+_View = _LiveView | FrozenView
+
+
+class _ViewSlot:
+    def __init__(self, view: _View) -> None:
+        self.view = view
+        self.readers = 0  # reads using this view now (guarded by _ReadViews._cond)
+
+
+class _ReadViews:
+    """Which view reads use, and how many reads use it. `switch` makes new reads use
+    another view at once and returns when no read uses the old one any more — it waits
+    for reads that already run (a get, one scan page), never the other way round."""
+
+    def __init__(self, view: _View) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._slot = _ViewSlot(view)
+
+    def enter(self) -> _ViewSlot:
+        with self._cond:
+            slot = self._slot
+            slot.readers += 1
+            return slot
+
+    def leave(self, slot: _ViewSlot) -> None:
+        with self._cond:
+            slot.readers -= 1
+            if slot.readers == 0 and slot is not self._slot:
+                self._cond.notify_all()
+
+    def switch(self, view: _View) -> None:
+        with self._cond:
+            old, self._slot = self._slot, _ViewSlot(view)
+            while old.readers:
+                self._cond.wait()
+
+
 class KVStateMachine:
     def __init__(self, datadir: DataDir, *, scan_page_entries_max: int = 10_000,
                  scan_page_bytes_max: int = 4 << 20, snapshot_handles_max: int = 4) -> None:
@@ -125,17 +183,32 @@ class KVStateMachine:
         self._snapshot_handles_max = snapshot_handles_max
         self._handles: OrderedDict[tuple[int, int], SnapshotHandle] = OrderedDict()
         self._handles_lock = threading.Lock()
-        # Held by apply/install (writers) and briefly by reads, so no read sees an
-        # install half done.
+        # One writer at a time (apply, install, initialize_members); reads never take it.
         self._state_lock = threading.RLock()
+        self._live = _LiveView(self._buffer)
+        self._views = _ReadViews(self._live)
+        self._install_failed: BaseException | None = None
         self.applied_index = 0
         self.applied_term = 0
         self._load_applied()
+        # Every member record, by id; replaced as a whole (never mutated), so readers
+        # on any thread iterate it without a lock. Invariant: equals the records in the
+        # state the live view shows (an install swaps it after switching views back).
+        self._members: dict[int, MemberRecord] = self._read_members(self._live)
 
     def _load_applied(self) -> None:
+        self.applied_index, self.applied_term = self._read_applied()
+
+    def _read_applied(self) -> tuple[int, int]:
         raw = self._buffer.get(keys.APPLIED)
-        self.applied_index, self.applied_term = (
-            keys.unpack_index_term(raw) if raw is not None else (0, 0))
+        return keys.unpack_index_term(raw) if raw is not None else (0, 0)
+
+    @staticmethod
+    def _read_members(view: _View) -> dict[int, MemberRecord]:
+        with view.iterator(start=keys.MEMBER_PREFIX,
+                           stop=prefix_stop(keys.MEMBER_PREFIX)) as it:
+            records = (MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for _, v in it)
+            return {m.id: m for m in records}
 
     # --- applying -----------------------------------------------------------------------
     def apply(self, entries: list[eraftpb.Entry],
@@ -145,12 +218,13 @@ class KVStateMachine:
         `on_conf_change(entry)` is called for each conf-change entry, in log order,
         after the earlier entries of the call; the node applies the change to Raft
         there (`RawNode.apply_conf_change`) and returns the new ConfState, which is
-        then written in the same batch as the applied index (crash-atomic). It runs
-        while the state machine's lock is held: it must not wait for another thread
-        that reads the state machine (get/scan/snapshots would deadlock).
+        then buffered with the applied index (made durable together). It runs while
+        the writer lock is held: it must not wait for another apply or install. Reads
+        do not take that lock, so waiting for a reader is safe.
         """
         results: list[ApplyResult] = []
         with self._state_lock:
+            self._check_usable()
             pending = _PendingWrites(self._buffer)
             members: dict[int, MemberRecord | None] = {}
             last_index, last_term = self.applied_index, self.applied_term
@@ -172,6 +246,16 @@ class KVStateMachine:
             # Effects and applied index enter the buffer together and leave it together
             # in one synced batch: durable all or nothing (see apply_buffer.py).
             self._buffer.add(pending.writes)
+            if members:
+                updated = dict(self._members)
+                for member_id, record in members.items():
+                    if record is None:
+                        updated.pop(member_id, None)
+                    else:
+                        updated[member_id] = record
+                self._members = updated
+            # The state is visible before the index says so: a reader that checks the
+            # index first never sees less than it promises.
             self.applied_index, self.applied_term = last_index, last_term
             if self._buffer.over_bound():
                 self._buffer.flush()
@@ -261,8 +345,11 @@ class KVStateMachine:
 
     # --- reads --------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
-        with self._state_lock:
-            return self._buffer.get(keys.kv_key(key))
+        slot = self._views.enter()
+        try:
+            return slot.view.get(keys.kv_key(key))
+        finally:
+            self._views.leave(slot)
 
     def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Keys in [start, end) in order (empty `end`: to the end of the key space), at
@@ -274,26 +361,26 @@ class KVStateMachine:
         out: list[tuple[bytes, bytes]] = []
         size = 0
         more = False
-        with self._state_lock, self._buffer.iterator(start=keys.kv_key(start),
-                                                     stop=stop) as it:
-            for key, value in it:
-                if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
-                                       self.scan_page_bytes_max):
-                    more = True
-                    break
-                out.append((key[1:], value))
-                size += len(key) - 1 + len(value)
+        slot = self._views.enter()
+        try:
+            with slot.view.iterator(start=keys.kv_key(start), stop=stop) as it:
+                for key, value in it:
+                    if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
+                                           self.scan_page_bytes_max):
+                        more = True
+                        break
+                    out.append((key[1:], value))
+                    size += len(key) - 1 + len(value)
+        finally:
+            self._views.leave(slot)
         return out, more
 
     def _member(self, member_id: int) -> MemberRecord | None:
-        raw = self._buffer.get(keys.member_key(member_id))
-        return None if raw is None else MemberRecord.from_proto(cpb.MemberInfo.FromString(raw))
+        return self._members.get(member_id)
 
     def members(self) -> list[MemberRecord]:
-        """Every known member, by id."""
-        with self._state_lock, self._buffer.iterator(
-                start=keys.MEMBER_PREFIX, stop=prefix_stop(keys.MEMBER_PREFIX)) as it:
-            return [MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for _, v in it]
+        """Every known member, by id (from memory: never waits, never reads LevelDB)."""
+        return sorted(self._members.values(), key=lambda m: m.id)
 
     def initialize_members(self, members: list[MemberRecord]) -> None:
         """Record the founding members of a fresh cluster (synced). Later changes
@@ -305,16 +392,29 @@ class KVStateMachine:
                 for m in members:
                     batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
                 batch.write()
+            updated = dict(self._members)
+            updated.update((m.id, m) for m in members)
+            self._members = updated
 
     def conf_state(self) -> eraftpb.ConfState:
-        raw = self._buffer.get(keys.CONF_STATE)
+        slot = self._views.enter()
+        try:
+            raw = slot.view.get(keys.CONF_STATE)
+        finally:
+            self._views.leave(slot)
         return eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
 
     # --- snapshots ----------------------------------------------------------------------
     def create_snapshot(self) -> SnapshotHandle:
-        """A consistent image at the current applied index; close() it when done."""
-        with self._state_lock:
+        """A consistent image at the current applied index; close() it when done.
+        Not during a snapshot install (SnapshotTemporarilyUnavailableError)."""
+        slot = self._views.enter()
+        try:
+            if slot.view is not self._live:
+                raise SnapshotTemporarilyUnavailableError()
             return SnapshotHandle(self._buffer.freeze())
+        finally:
+            self._views.leave(slot)
 
     def raft_snapshot(self, request_index: int, to: int) -> eraftpb.Snapshot:
         """`Storage.snapshot` for `LevelDBStorage.set_snapshot_provider`.
@@ -362,15 +462,33 @@ class KVStateMachine:
 
         Call it from the thread that persists Readys, for the Ready carrying the
         snapshot, before `log_store.persist(...)` of that Ready (whose snapshot part is
-        then already in place). Reads wait until it is done.
+        then already in place). Reads do not wait: until it is complete they are
+        served from a frozen view of the state before it. If it raises, reads keep that
+        view and apply/install refuse (reopening the directory finishes the install).
         """
         with self._state_lock:
-            # Buffered applies are older than the snapshot, which replaces all of them.
-            self._buffer.discard()
-            install_staged(self._datadir, staged, log_store)
-            self._load_applied()
-            assert (self.applied_index, self.applied_term) == (staged.metadata.index,
-                                                                staged.metadata.term)
+            self._check_usable()
+            before = self._buffer.freeze()
+            self._views.switch(before)  # waits only for reads already on the live view
+            try:
+                # Buffered applies are older than the snapshot, which replaces them all.
+                self._buffer.discard()
+                install_staged(self._datadir, staged, log_store)
+                applied = self._read_applied()
+                members = self._read_members(self._live)
+            except BaseException as e:
+                self._install_failed = e
+                raise
+            assert applied == (staged.metadata.index, staged.metadata.term)
+            self._views.switch(self._live)  # waits for reads already on the old view
+            before.close()
+            self._members = members
+            self.applied_index, self.applied_term = applied
+
+    def _check_usable(self) -> None:
+        if self._install_failed is not None:
+            raise RuntimeError(f"a snapshot install failed ({self._install_failed}); "
+                               "reopen the data directory to finish it")
 
     def close(self) -> None:
         """Release the open snapshot images (the DataDir flushes the buffered applies
