@@ -159,6 +159,7 @@ class Node:
         self._role = self.raw.raft.state
         self._published = False
         self._next_publish_tick = 0
+        self._members_version_seen = store.sm.members_version
         self._persisted_commit = store.log.hard_state().commit
         self._deferred_hs: eraftpb.HardState | None = None
         self._persist_queue: list[PersistJob] = []
@@ -867,31 +868,37 @@ class Node:
     def _maybe_publish_self(self) -> None:
         """Once a leader exists, make sure the replicated member record of this node
         carries its current client and peer addresses (founding members start with
-        peer addresses only; an operator may restart a node with a new --listen)."""
+        peer addresses only; an operator may restart a node with a new --listen).
+
+        The publish is a normal entry (storage MemberUpdate), never a conf change: it
+        updates the record's addresses and nothing else, so a publish proposed before
+        this member was promoted or demoted and applied after cannot change its role
+        back (issue 11, item 5). Called every tick, it also hands the transport the
+        addresses other members published (normal entries do not pass through
+        _on_conf_change_applied)."""
+        version = self.store.sm.members_version
+        if version != self._members_version_seen:
+            self._members_version_seen = version
+            self._refresh_addresses()
         if self._published or self._leader_id == 0 or self._stopping:
             return
         if self._tick_count < self._next_publish_tick:
             return
-        # Founding members publish at once; retries (another member change was in
-        # the way) are spread out with jitter so the members do not collide again.
+        # Founding members publish at once; retries (the publish was lost with a
+        # leader) are spread out with jitter so the members do not all retry together.
         self._next_publish_tick = self._tick_count + self.config.election_tick + \
             secrets.randbelow(self.config.election_tick)
         if self.id not in self._conf_ids:
             return
-        mine = next((m for m in self.store.sm.members() if m.id == self.id), None)
-        learner = self.id in self._learners()
+        mine = self.store.sm.member(self.id)
         if (mine is not None and mine.client_address == self.config.client_address
                 and mine.peer_address == self.config.peer_address):
             self._published = True
             return
-        if any(p.conf_change is not None for p in self._conf_proposals.values()):
-            return
-        cc = sa.member_conf_change(
-            self.id, self.config.peer_address, self.config.client_address, learner,
-            add=True, cc_id=sa.new_request_id(),
-        )
-        p = Proposal(request_id=cc.id, conf_change=cc)
-        self._conf_proposals[cc.id] = p
+        request_id = sa.new_request_id()
+        p = Proposal(request_id=request_id, data=sa.publish_self_command(
+            request_id, self.id, self.config.peer_address, self.config.client_address))
+        self._proposals[request_id] = p
         self._queued.append(p)
         loop = asyncio.get_running_loop()
 

@@ -167,6 +167,14 @@ def encode_batch_wire(request_id: int, ops_wire: bytes) -> bytes:
     return commands.batch_command_from_wire(ops_wire, request_id)
 
 
+def publish_self_command(request_id: int, member_id: int, peer_address: str,
+                         client_address: str) -> bytes:
+    """The entry data of a member's publish of its own addresses: a normal command,
+    not a conf change, so it can never change the member's role (issue 11, item 5)."""
+    return commands.member_update_command(member_id, peer_address, client_address,
+                                          request_id)
+
+
 def member_conf_change(member_id: int, peer_address: str, client_address: str,
                        learner: bool, *, add: bool, cc_id: int) -> eraftpb.ConfChange:
     """A simple conf change whose context carries the member's addresses, so every

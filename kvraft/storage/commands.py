@@ -80,6 +80,14 @@ def batch_command(ops: list[tuple[bytes, bytes | None]], request_id: int = 0) ->
     return encode_command(pb.Command(request_id=request_id, batch=batch))
 
 
+def member_update_command(member_id: int, peer_address: str, client_address: str,
+                          request_id: int = 0) -> bytes:
+    """A member's publish of its own addresses: never changes its role (command.proto)."""
+    update = pb.MemberUpdate(id=member_id, peer_address=peer_address,
+                             client_address=client_address)
+    return encode_command(pb.Command(request_id=request_id, member_update=update))
+
+
 def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:
     """A batch command from the serialized ops of a client's BatchRequest.
 

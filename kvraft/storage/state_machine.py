@@ -68,6 +68,7 @@ DELETE = "delete"
 CAS = "cas"
 BATCH = "batch"
 NOOP = "noop"              # an empty entry (a new leader's first entry, thesis §6.4)
+MEMBER_UPDATE = "member_update"  # a member's publish of its addresses (ok: recorded)
 CONF_CHANGE = "conf_change"
 INVALID = "invalid"        # data that is not a command: applied as a no-op, reported
 
@@ -195,6 +196,7 @@ class KVStateMachine:
         # on any thread iterate it without a lock. Invariant: equals the records in the
         # state the live view shows (an install swaps it after switching views back).
         self._members: dict[int, MemberRecord] = self._read_members(self._live)
+        self.members_version = 0  # +1 whenever a member record changes (for the node)
 
     def _load_applied(self) -> None:
         self.applied_index, self.applied_term = self._read_applied()
@@ -234,7 +236,7 @@ class KVStateMachine:
                 assert entry.index == last_index + 1, (
                     f"apply out of order: entry {entry.index} after {last_index}")
                 if entry.entry_type == eraftpb.EntryNormal:
-                    result = self._apply_normal(entry, pending)
+                    result = self._apply_normal(entry, pending, members)
                 else:
                     result = self._apply_conf_change(entry, pending.writes, members,
                                                      on_conf_change)
@@ -254,6 +256,7 @@ class KVStateMachine:
                     else:
                         updated[member_id] = record
                 self._members = updated
+                self.members_version += 1
             # The state is visible before the index says so: a reader that checks the
             # index first never sees less than it promises.
             self.applied_index, self.applied_term = last_index, last_term
@@ -261,8 +264,8 @@ class KVStateMachine:
                 self._buffer.flush()
         return results
 
-    @staticmethod
-    def _apply_normal(entry: eraftpb.Entry, pending: _PendingWrites) -> ApplyResult:
+    def _apply_normal(self, entry: eraftpb.Entry, pending: _PendingWrites,
+                      members: dict[int, MemberRecord | None]) -> ApplyResult:
         if not entry.data:
             return ApplyResult(entry.index, entry.term, 0, NOOP)
         try:
@@ -288,6 +291,12 @@ class KVStateMachine:
             result.ok = current == expected
             if result.ok:
                 pending.put(cas.key, cas.value)
+        elif op == "member_update":
+            result.kind = MEMBER_UPDATE
+            result.ok = self._apply_member_update(command.member_update, pending.writes,
+                                                  members)
+            if not result.ok:
+                result.error = f"member {command.member_update.id} is not a member"
         else:
             assert op == "batch", op
             result.kind = BATCH
@@ -305,6 +314,20 @@ class KVStateMachine:
                     if existed:
                         delete(key)
         return result
+
+    def _apply_member_update(self, update: cpb.MemberUpdate,
+                             writes: dict[bytes, bytes | None],
+                             members: dict[int, MemberRecord | None]) -> bool:
+        """Record a member's published addresses. Its role is the conf changes' alone:
+        `learner` is kept as recorded whatever the publisher believed it was."""
+        known = members[update.id] if update.id in members else self._member(update.id)
+        if known is None:
+            return False  # removed (or never added) meanwhile: nothing to update
+        record = replace(known, peer_address=update.peer_address or known.peer_address,
+                         client_address=update.client_address or known.client_address)
+        members[update.id] = record
+        writes[keys.member_key(update.id)] = record.to_proto().SerializeToString()
+        return True
 
     def _apply_conf_change(self, entry: eraftpb.Entry, writes: dict[bytes, bytes | None],
                            members: dict[int, MemberRecord | None],
@@ -378,6 +401,10 @@ class KVStateMachine:
     def _member(self, member_id: int) -> MemberRecord | None:
         return self._members.get(member_id)
 
+    def member(self, member_id: int) -> MemberRecord | None:
+        """One member's record (from memory), None if it is not a member."""
+        return self._members.get(member_id)
+
     def members(self) -> list[MemberRecord]:
         """Every known member, by id (from memory: never waits, never reads LevelDB)."""
         return sorted(self._members.values(), key=lambda m: m.id)
@@ -395,6 +422,7 @@ class KVStateMachine:
             updated = dict(self._members)
             updated.update((m.id, m) for m in members)
             self._members = updated
+            self.members_version += 1
 
     def conf_state(self) -> eraftpb.ConfState:
         slot = self._views.enter()
@@ -483,6 +511,7 @@ class KVStateMachine:
             self._views.switch(self._live)  # waits for reads already on the old view
             before.close()
             self._members = members
+            self.members_version += 1
             self.applied_index, self.applied_term = applied
 
     def _check_usable(self) -> None:

@@ -161,3 +161,20 @@ def test_restart_resumes_exactly_after_last_applied(tmp_path: Path) -> None:
         assert sm.get(b"n") == b"3"
         with pytest.raises(AssertionError, match="out of order"):
             sm.apply([normal(5, b"")])
+
+
+def test_a_member_update_changes_addresses_only(datadir: DataDir) -> None:
+    """A member's publish of its addresses (issue 11, item 5): the role stays what the
+    conf changes made it; an update for a non-member records nothing."""
+    from kvraft.storage import member_update_command
+
+    sm = KVStateMachine(datadir)
+    sm.initialize_members([MemberRecord(1, "p1"), MemberRecord(2, "p2", learner=True)])
+    r = sm.apply([normal(1, member_update_command(2, "p2b", "c2", request_id=5)),
+                  normal(2, member_update_command(1, "", "c1")),
+                  normal(3, member_update_command(9, "p9", "c9"))])
+    assert [(x.kind, x.ok, x.request_id) for x in r] == [
+        ("member_update", True, 5), ("member_update", True, 0), ("member_update", False, 0)]
+    assert sm.members() == [MemberRecord(1, "p1", "c1"),
+                            MemberRecord(2, "p2b", "c2", learner=True)]
+    assert sm.conf_state() == eraftpb.ConfState()  # no conf change, no conf state
