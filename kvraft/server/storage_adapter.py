@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
@@ -168,11 +169,40 @@ def encode_batch_wire(request_id: int, ops_wire: bytes) -> bytes:
 
 
 def publish_self_command(request_id: int, member_id: int, peer_address: str,
-                         client_address: str) -> bytes:
-    """The entry data of a member's publish of its own addresses: a normal command,
-    not a conf change, so it can never change the member's role (issue 11, item 5)."""
+                         client_address: str, incarnation: int) -> bytes:
+    """The entry data of a member's publish of its own addresses and data-directory
+    incarnation: a normal command, not a conf change, so it can never change the
+    member's role (issue 11, item 5); the cluster records the incarnation if it knows
+    none (item 7)."""
     return commands.member_update_command(member_id, peer_address, client_address,
-                                          request_id)
+                                          request_id, incarnation)
+
+
+def replaced_member_message(member_id: int, incarnation: int, known: int) -> str:
+    """The one line, for the refusing peer's log and the refused member's exit, about a
+    member that came back with another data directory than the cluster knows."""
+    return (f"member {member_id} came back with a different data directory (incarnation "
+            f"{incarnation:016x}, cluster knows {known:016x}): remove it with "
+            f"`kvraft member remove {member_id}` and add it again")
+
+
+def incarnation_lookup(store: Store) -> Callable[[int], int]:
+    """member id -> the incarnation its record holds (0: unknown), for the transport."""
+    def known(member_id: int) -> int:
+        record = store.sm.member(member_id)
+        return record.incarnation if record is not None else 0
+    return known
+
+
+def replaced_member(store: Store, member_id: int, incarnation: int) -> str | None:
+    """The refusal message if `member_id`'s record knows another incarnation than the
+    one it presents; None when they agree or either is unknown (0: a member that has
+    not published yet, or an older kvraft that does not send one)."""
+    record = store.sm.member(member_id)
+    if record is None or not record.incarnation or not incarnation or \
+            incarnation == record.incarnation:
+        return None
+    return replaced_member_message(member_id, incarnation, record.incarnation)
 
 
 def member_conf_change(member_id: int, peer_address: str, client_address: str,

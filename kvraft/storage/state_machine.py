@@ -293,10 +293,9 @@ class KVStateMachine:
                 pending.put(cas.key, cas.value)
         elif op == "member_update":
             result.kind = MEMBER_UPDATE
-            result.ok = self._apply_member_update(command.member_update, pending.writes,
-                                                  members)
-            if not result.ok:
-                result.error = f"member {command.member_update.id} is not a member"
+            result.error = self._apply_member_update(command.member_update, pending.writes,
+                                                     members)
+            result.ok = not result.error
         else:
             assert op == "batch", op
             result.kind = BATCH
@@ -317,17 +316,28 @@ class KVStateMachine:
 
     def _apply_member_update(self, update: cpb.MemberUpdate,
                              writes: dict[bytes, bytes | None],
-                             members: dict[int, MemberRecord | None]) -> bool:
-        """Record a member's published addresses. Its role is the conf changes' alone:
-        `learner` is kept as recorded whatever the publisher believed it was."""
+                             members: dict[int, MemberRecord | None]) -> str:
+        """Record a member's published addresses and incarnation; "" or why not.
+
+        Its role is the conf changes' alone: `learner` is kept as recorded whatever the
+        publisher believed it was (issue 11, item 5). The incarnation is recorded only
+        while none is known: once known it changes only by removing the member (which
+        forgets it) and adding it again (issue 11, item 7)."""
         known = members[update.id] if update.id in members else self._member(update.id)
         if known is None:
-            return False  # removed (or never added) meanwhile: nothing to update
+            return f"member {update.id} is not a member"  # removed (or never added)
+        incarnation = known.incarnation
+        if update.incarnation:
+            if incarnation and incarnation != update.incarnation:
+                return (f"member {update.id} published incarnation {update.incarnation:016x}"
+                        f", the cluster knows {incarnation:016x}")
+            incarnation = update.incarnation
         record = replace(known, peer_address=update.peer_address or known.peer_address,
-                         client_address=update.client_address or known.client_address)
+                         client_address=update.client_address or known.client_address,
+                         incarnation=incarnation)
         members[update.id] = record
         writes[keys.member_key(update.id)] = record.to_proto().SerializeToString()
-        return True
+        return ""
 
     def _apply_conf_change(self, entry: eraftpb.Entry, writes: dict[bytes, bytes | None],
                            members: dict[int, MemberRecord | None],
@@ -357,7 +367,11 @@ class KVStateMachine:
                 continue
             known = members[node_id] if node_id in members else self._member(node_id)
             record = infos.get(node_id) or known or MemberRecord(node_id)
-            record = replace(record, learner=change_type == eraftpb.AddLearnerNode)
+            # A promotion or re-add by the operator does not know the member's
+            # incarnation: keep the one the member published (removal forgets it).
+            incarnation = record.incarnation or (known.incarnation if known else 0)
+            record = replace(record, learner=change_type == eraftpb.AddLearnerNode,
+                             incarnation=incarnation)
             members[node_id] = record
             writes[keys.member_key(node_id)] = record.to_proto().SerializeToString()
         if on_conf_change is not None:
