@@ -134,6 +134,8 @@ class Node:
             queue_messages_max=config.peer_queue_messages_max,
             queue_bytes_max=config.peer_queue_bytes_max,
             batch_bytes_max=config.peer_batch_bytes_max,
+            incarnation=store.datadir.incarnation,
+            peer_incarnation=sa.incarnation_lookup(store),
         )
         self._wake = asyncio.Event()
         self._stopping = False
@@ -159,6 +161,7 @@ class Node:
         self._role = self.raw.raft.state
         self._published = False
         self._next_publish_tick = 0
+        self._members_version_seen = store.sm.members_version
         self._persisted_commit = store.log.hard_state().commit
         self._deferred_hs: eraftpb.HardState | None = None
         self._persist_queue: list[PersistJob] = []
@@ -624,6 +627,20 @@ class Node:
         self._persist_wake.set()
         self._stopped.set()
 
+    def exit_with_error(self, message: str) -> None:
+        """The fatal path for what only the operator can resolve (a peer refused this
+        node's replaced data directory): ONE clear log line, no traceback; every
+        waiter fails, the loop stops and run_node returns 1."""
+        if self._fatal is not None:
+            return
+        log.critical("node %d: exiting: %s", self.id, message)
+        self._fatal = RuntimeError(message)
+        self._stopping = True
+        self._fail_all(unavailable(message))
+        self._wake.set()
+        self._persist_wake.set()
+        self._stopped.set()
+
     async def _persist_loop(self) -> None:
         """Drains the persist queue: all jobs waiting when a write starts go into ONE
         synced LevelDB batch (group commit); a snapshot job is written on its own."""
@@ -867,31 +884,46 @@ class Node:
     def _maybe_publish_self(self) -> None:
         """Once a leader exists, make sure the replicated member record of this node
         carries its current client and peer addresses (founding members start with
-        peer addresses only; an operator may restart a node with a new --listen)."""
+        peer addresses only; an operator may restart a node with a new --listen) and
+        its data directory's incarnation (issue 11, item 7: if the record already
+        holds another one, this directory replaced the member's: exit).
+
+        The publish is a normal entry (storage MemberUpdate), never a conf change: it
+        updates the record's addresses and nothing else, so a publish proposed before
+        this member was promoted or demoted and applied after cannot change its role
+        back (issue 11, item 5). Called every tick, it also hands the transport the
+        addresses other members published (normal entries do not pass through
+        _on_conf_change_applied)."""
+        version = self.store.sm.members_version
+        if version != self._members_version_seen:
+            self._members_version_seen = version
+            self._refresh_addresses()
         if self._published or self._leader_id == 0 or self._stopping:
             return
         if self._tick_count < self._next_publish_tick:
             return
-        # Founding members publish at once; retries (another member change was in
-        # the way) are spread out with jitter so the members do not collide again.
+        # Founding members publish at once; retries (the publish was lost with a
+        # leader) are spread out with jitter so the members do not all retry together.
         self._next_publish_tick = self._tick_count + self.config.election_tick + \
             secrets.randbelow(self.config.election_tick)
         if self.id not in self._conf_ids:
             return
-        mine = next((m for m in self.store.sm.members() if m.id == self.id), None)
-        learner = self.id in self._learners()
-        if (mine is not None and mine.client_address == self.config.client_address
-                and mine.peer_address == self.config.peer_address):
-            self._published = True
-            return
-        if any(p.conf_change is not None for p in self._conf_proposals.values()):
-            return
-        cc = sa.member_conf_change(
-            self.id, self.config.peer_address, self.config.client_address, learner,
-            add=True, cc_id=sa.new_request_id(),
-        )
-        p = Proposal(request_id=cc.id, conf_change=cc)
-        self._conf_proposals[cc.id] = p
+        incarnation = self.store.datadir.incarnation
+        mine = self.store.sm.member(self.id)
+        if mine is not None:
+            replaced = sa.replaced_member(self.store, self.id, incarnation)
+            if replaced is not None:  # the cluster's log knows another data directory
+                self.exit_with_error(replaced)
+                return
+            if (mine.client_address, mine.peer_address, mine.incarnation) == (
+                    self.config.client_address, self.config.peer_address, incarnation):
+                self._published = True
+                return
+        request_id = sa.new_request_id()
+        p = Proposal(request_id=request_id, data=sa.publish_self_command(
+            request_id, self.id, self.config.peer_address, self.config.client_address,
+            incarnation))
+        self._proposals[request_id] = p
         self._queued.append(p)
         loop = asyncio.get_running_loop()
 

@@ -3,6 +3,16 @@
 Every batch names its cluster and sender; traffic from another cluster or from a node
 that is not a member is refused (PERMISSION_DENIED) and logged once per sender, so a
 removed or misconfigured node cannot disturb the cluster (its vote requests included).
+
+A member that presents another data-directory incarnation than its member record
+holds came back with a replaced data directory (issue 11, item 7): emptied, it would
+bootstrap again with no memory of its votes or acknowledged entries. It is refused with
+one line naming the member and what to do, marked in the trailing metadata so that the
+member exits with that line; it is accepted again once removed and re-added (removal
+forgets the incarnation). The other way round, a batch names the incarnation its sender
+knows for THIS node: if that is not this directory's, this node is the replaced one and
+exits before stepping anything (answering the sender with the same line, without the
+refusal mark: the sender is not the one to exit).
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ from kvraft.proto import peer_pb2, peer_pb2_grpc
 
 from . import storage_adapter as sa
 from .node import Node
+from .transport import REFUSAL_METADATA_KEY, REFUSAL_REPLACED
 
 log = logging.getLogger("kvraft.server.peer")
 
@@ -23,24 +34,41 @@ log = logging.getLogger("kvraft.server.peer")
 class PeerService(peer_pb2_grpc.PeerServicer):
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._rejected: set[tuple[int, int]] = set()
+        self._rejected: set[tuple[int, int, int]] = set()  # refusals logged already
 
     async def _check(
-        self, cluster_id: int, from_id: int, context: grpc.aio.ServicerContext
+        self, cluster_id: int, from_id: int, incarnation: int,
+        context: grpc.aio.ServicerContext,
     ) -> None:
         node = self.node
         if node.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
+        metadata: tuple[tuple[str, str], ...] = ()
+        replaced = None
         if not node.accept_cluster(cluster_id):
             reason = f"cluster {cluster_id:016x} is not this node's cluster {node.cluster_id:016x}"
         elif not node.is_member(from_id) and node.member_ids():
             reason = f"node {from_id} is not a member"
+        elif (replaced := sa.replaced_member(node.store, from_id, incarnation)) is not None:
+            reason = replaced
+            metadata = ((REFUSAL_METADATA_KEY, REFUSAL_REPLACED),)
         else:
             return
-        if (cluster_id, from_id) not in self._rejected:
-            self._rejected.add((cluster_id, from_id))
+        key = (cluster_id, from_id, incarnation if replaced else 0)
+        if key not in self._rejected:
+            self._rejected.add(key)
             log.warning("node %d: refusing traffic from node %d: %s", node.id, from_id, reason)
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason, trailing_metadata=metadata)
+
+    async def _exit_replaced(self, from_id: int, known: int,
+                             context: grpc.aio.ServicerContext) -> None:
+        """Peer `from_id`'s records hold another incarnation for this node: this data
+        directory replaced the member's. Exit (the node's fatal path) and tell the
+        sender why, without the refusal mark (the sender must not exit)."""
+        node = self.node
+        message = sa.replaced_member_message(node.id, node.store.datadir.incarnation, known)
+        node.exit_with_error(message)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
 
     async def Send(
         self, request_iterator: AsyncIterator[peer_pb2.MessageBatch],
@@ -48,9 +76,18 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> peer_pb2.SendSummary:
         batches = 0
         checked_from = -1
+        store = self.node.store
+        own = store.datadir.incarnation
         async for batch in request_iterator:
-            if batch.from_id != checked_from or not self.node.is_member(batch.from_id):
-                await self._check(batch.cluster_id, batch.from_id, context)
+            if batch.to_incarnation and batch.to_incarnation != own:
+                await self._exit_replaced(batch.from_id, batch.to_incarnation, context)
+            # Checked again whenever the sender's standing may have changed; the
+            # incarnation on every batch (a dict lookup), as the cluster may learn it
+            # after this stream opened.
+            if batch.from_id != checked_from or not self.node.is_member(batch.from_id) or \
+                    sa.replaced_member(store, batch.from_id, batch.from_incarnation):
+                await self._check(batch.cluster_id, batch.from_id, batch.from_incarnation,
+                                  context)
                 checked_from = batch.from_id
                 self.node.learn_address(batch.from_id, batch.from_address)
             # (A message's own `from_` may name another node: a follower forwards
@@ -71,7 +108,11 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         try:
             async for chunk in request_iterator:
                 if msg is None:
-                    await self._check(chunk.cluster_id, chunk.from_id, context)
+                    own = node.store.datadir.incarnation
+                    if chunk.to_incarnation and chunk.to_incarnation != own:
+                        await self._exit_replaced(chunk.from_id, chunk.to_incarnation, context)
+                    await self._check(chunk.cluster_id, chunk.from_id,
+                                      chunk.from_incarnation, context)
                     if not chunk.HasField("message"):
                         return peer_pb2.SnapshotReply(accepted=False, reason="no message first")
                     msg = chunk.message

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
@@ -76,15 +77,9 @@ def open_store(config: NodeConfig) -> Store:
         log_store = LevelDBStorage(datadir)
         sm = KVStateMachine(datadir, scan_page_entries_max=config.scan_page_max)
         if datadir.is_new and not config.join:
-            cluster_id = cluster_id_for(config.initial_cluster)
-            if datadir.cluster_id not in (0, cluster_id):
-                raise ServeError(f"data directory {datadir.path} belongs to another cluster")
-            entries = bootstrap_entries(config.initial_cluster)
-            hs = eraftpb.HardState(term=BOOTSTRAP_TERM, vote=0, commit=len(entries))
-            log_store.persist(entries, hs)
-            datadir.set_cluster_id(cluster_id)
-            log.info("node %d: bootstrapped cluster %016x with members %s", config.node_id,
-                     cluster_id, sorted(config.initial_cluster))
+            _bootstrap(config, datadir, log_store)
+        elif datadir.cluster_id == 0 and not config.join:
+            _finish_old_bootstrap(config, datadir, log_store)
         _repair_commit(log_store, sm)
         policy = CompactionPolicy(
             snapshot_entries=config.snapshot_entries,
@@ -97,6 +92,44 @@ def open_store(config: NodeConfig) -> Store:
     except BaseException:
         datadir.close()
         raise
+
+
+def _bootstrap(config: NodeConfig, datadir: DataDir, log_store: LevelDBStorage) -> None:
+    """Write a founding member's first state, crash-safely: the cluster id is durable
+    (META, written atomically) BEFORE any Raft state. A crash before the Raft write
+    leaves a directory that is still new (no Raft keys) with the right cluster id, so the
+    restart bootstraps again (identical entries); a crash after it leaves a bootstrapped
+    member. No crash can leave Raft state without a cluster id, which every peer would
+    refuse for ever (issue 11, item 3). Both writes are fsynced (META: file and
+    directory; the log: one synced batch), so this holds across a power loss too."""
+    cluster_id = cluster_id_for(config.initial_cluster)
+    if datadir.cluster_id not in (0, cluster_id):
+        raise ServeError(f"data directory {datadir.path} belongs to another cluster")
+    datadir.set_cluster_id(cluster_id)
+    entries = bootstrap_entries(config.initial_cluster)
+    hs = eraftpb.HardState(term=BOOTSTRAP_TERM, vote=0, commit=len(entries))
+    log_store.persist(entries, hs)
+    log.info("node %d: bootstrapped cluster %016x with members %s", config.node_id,
+             cluster_id, sorted(config.initial_cluster))
+
+
+def _finish_old_bootstrap(config: NodeConfig, datadir: DataDir,
+                          log_store: LevelDBStorage) -> None:
+    """A founding member's directory with Raft state but no cluster id: what an older
+    kvraft, which wrote the log first, left when it crashed between the two writes.
+    If the log is exactly this --initial-cluster's bootstrap, record the cluster id
+    now; anything else is left for the peers to judge (refused as another cluster)."""
+    expected = bootstrap_entries(config.initial_cluster)
+    if log_store.first_index() != 1 or log_store.last_index() < len(expected):
+        return
+    held = log_store.entries(1, len(expected) + 1)
+    if [(e.index, e.term, e.entry_type, e.data, e.context) for e in held] != [
+            (e.index, e.term, e.entry_type, e.data, e.context) for e in expected]:
+        return
+    cluster_id = cluster_id_for(config.initial_cluster)
+    datadir.set_cluster_id(cluster_id)
+    log.warning("node %d: finished an interrupted bootstrap of cluster %016x",
+                config.node_id, cluster_id)
 
 
 def _repair_commit(log_store: LevelDBStorage, sm: KVStateMachine) -> None:
@@ -133,6 +166,43 @@ def encode_batch(request_id: int, ops: list[tuple[str, bytes, bytes]]) -> bytes:
 def encode_batch_wire(request_id: int, ops_wire: bytes) -> bytes:
     """A batch command from a validated BatchRequest's bytes (same wire format)."""
     return commands.batch_command_from_wire(ops_wire, request_id)
+
+
+def publish_self_command(request_id: int, member_id: int, peer_address: str,
+                         client_address: str, incarnation: int) -> bytes:
+    """The entry data of a member's publish of its own addresses and data-directory
+    incarnation: a normal command, not a conf change, so it can never change the
+    member's role (issue 11, item 5); the cluster records the incarnation if it knows
+    none (item 7)."""
+    return commands.member_update_command(member_id, peer_address, client_address,
+                                          request_id, incarnation)
+
+
+def replaced_member_message(member_id: int, incarnation: int, known: int) -> str:
+    """The one line, for the refusing peer's log and the refused member's exit, about a
+    member that came back with another data directory than the cluster knows."""
+    return (f"member {member_id} came back with a different data directory (incarnation "
+            f"{incarnation:016x}, cluster knows {known:016x}): remove it with "
+            f"`kvraft member remove {member_id}` and add it again")
+
+
+def incarnation_lookup(store: Store) -> Callable[[int], int]:
+    """member id -> the incarnation its record holds (0: unknown), for the transport."""
+    def known(member_id: int) -> int:
+        record = store.sm.member(member_id)
+        return record.incarnation if record is not None else 0
+    return known
+
+
+def replaced_member(store: Store, member_id: int, incarnation: int) -> str | None:
+    """The refusal message if `member_id`'s record knows another incarnation than the
+    one it presents; None when they agree or either is unknown (0: a member that has
+    not published yet, or an older kvraft that does not send one)."""
+    record = store.sm.member(member_id)
+    if record is None or not record.incarnation or not incarnation or \
+            incarnation == record.incarnation:
+        return None
+    return replaced_member_message(member_id, incarnation, record.incarnation)
 
 
 def member_conf_change(member_id: int, peer_address: str, client_address: str,

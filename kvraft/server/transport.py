@@ -29,6 +29,12 @@ from .metrics import NodeMetrics
 
 log = logging.getLogger("kvraft.server.transport")
 
+# Trailing metadata of the PERMISSION_DENIED with which a peer refuses a member whose
+# data directory was replaced (peer_service.py): the refused member exits with the
+# status details, since no retry can succeed until the operator removes and re-adds it.
+REFUSAL_METADATA_KEY = "kvraft-refusal"
+REFUSAL_REPLACED = "replaced-data-directory"
+
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 GRPC_MESSAGE_BYTES_MAX = 64 << 20
@@ -51,6 +57,7 @@ class TransportEvents(Protocol):
     def report_unreachable(self, peer_id: int) -> None: ...
     def report_snapshot(self, peer_id: int, ok: bool) -> None: ...
     def snapshot_chunks(self, msg: eraftpb.Message) -> Iterator[bytes]: ...
+    def exit_with_error(self, message: str) -> None: ...
 
 
 class _PeerSender:
@@ -90,7 +97,8 @@ class _PeerSender:
     def _take_batch(self) -> peer_pb2.MessageBatch:
         batch = peer_pb2.MessageBatch(
             cluster_id=self.owner.cluster_id(), from_id=self.owner.node_id,
-            from_address=self.owner.own_address,
+            from_address=self.owner.own_address, from_incarnation=self.owner.incarnation,
+            to_incarnation=self.owner.peer_incarnation(self.peer_id),
         )
         size = 0
         while self.queue and (size == 0 or size < self.owner.batch_bytes_max):
@@ -124,6 +132,11 @@ class _PeerSender:
                     call.cancel()
                 raise
             except Exception as e:  # any failure of the stream: report, back off, retry
+                status = await _call_status(call, e)
+                refusal = _replaced_refusal(status)
+                if refusal is not None:
+                    self.owner.events.exit_with_error(refusal)
+                    return
                 if call is not None:
                     call.cancel()
                 self.queue.clear()
@@ -135,7 +148,7 @@ class _PeerSender:
                     self.reachable = False
                     log.warning("node %d: peer %d unreachable at %s: %s",
                                 self.owner.node_id, self.peer_id, self.address,
-                                _one_line(e))
+                                _status_line(status) if status else _one_line(e))
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
@@ -165,6 +178,10 @@ class _PeerSender:
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            refusal = _replaced_refusal(await _call_status(None, e))
+            if refusal is not None:
+                self.owner.events.exit_with_error(refusal)
+                return
             log.warning("node %d: sending snapshot at index %d to peer %d failed: %s",
                         self.owner.node_id, index, self.peer_id, _one_line(e))
         self.owner.metrics.snapshots_sent.labels("ok" if ok else "failed").inc()
@@ -174,7 +191,10 @@ class _PeerSender:
         self, msg: eraftpb.Message, chunks: Iterator[bytes]
     ) -> AsyncIterator[peer_pb2.SnapshotChunk]:
         cluster_id, node_id = self.owner.cluster_id(), self.owner.node_id
-        yield peer_pb2.SnapshotChunk(cluster_id=cluster_id, from_id=node_id, message=msg)
+        yield peer_pb2.SnapshotChunk(
+            cluster_id=cluster_id, from_id=node_id, message=msg,
+            from_incarnation=self.owner.incarnation,
+            to_incarnation=self.owner.peer_incarnation(self.peer_id))
         while True:
             # Chunks come from a LevelDB iterator: read them off the event loop.
             data = await asyncio.to_thread(next, chunks, None)
@@ -209,10 +229,15 @@ class PeerTransport:
         queue_messages_max: int,
         queue_bytes_max: int,
         batch_bytes_max: int,
+        incarnation: int = 0,
+        peer_incarnation: Callable[[int], int] | None = None,
     ) -> None:
         assert queue_messages_max > 0 and queue_bytes_max > 0 and batch_bytes_max > 0
         self.node_id = node_id
         self.own_address = own_address
+        self.incarnation = incarnation  # of this node's data directory, sent to peers
+        # peer id -> the incarnation this node's member records hold for it (0: unknown)
+        self.peer_incarnation: Callable[[int], int] = peer_incarnation or (lambda _: 0)
         self.cluster_id = cluster_id
         self.events = events
         self.metrics = metrics
@@ -260,6 +285,35 @@ class PeerTransport:
     async def close(self) -> None:
         senders, self._peers = list(self._peers.values()), {}
         await asyncio.gather(*(s.close() for s in senders), return_exceptions=True)
+
+
+_Status = tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]
+
+
+async def _call_status(call: object, e: BaseException) -> _Status | None:
+    """The final status of a failed call, if it has one: from the error, or — a client
+    stream's write raises InvalidStateError once the peer has aborted — from the call."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        return e.code(), e.details() or "", tuple(e.trailing_metadata() or ())
+    if isinstance(call, grpc.aio.Call) and call.done():
+        metadata = await call.trailing_metadata()
+        return await call.code(), await call.details() or "", tuple(metadata or ())
+    return None
+
+
+def _replaced_refusal(status: _Status | None) -> str | None:
+    """The peer's message if it refused THIS node as a member whose data directory
+    was replaced; None for any other failure."""
+    if status is None or status[0] != grpc.StatusCode.PERMISSION_DENIED:
+        return None
+    if (REFUSAL_METADATA_KEY, REFUSAL_REPLACED) not in status[2]:
+        return None
+    return (status[1] or "refused by a peer: this data directory was replaced").replace(
+        "\n", " ")
+
+
+def _status_line(status: _Status) -> str:
+    return f"{status[0].name}: {status[1]}".replace("\n", " ")
 
 
 def _one_line(e: BaseException) -> str:

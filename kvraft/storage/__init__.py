@@ -10,6 +10,7 @@ from kvraft.storage.commands import (
     delete_command,
     encode_command,
     encode_members,
+    member_update_command,
     put_command,
 )
 from kvraft.storage.compaction import CompactionPolicy
@@ -43,5 +44,6 @@ __all__ = [
     "delete_command",
     "encode_command",
     "encode_members",
+    "member_update_command",
     "put_command",
 ]

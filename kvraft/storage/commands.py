@@ -35,14 +35,17 @@ class MemberRecord:
     peer_address: str = ""
     client_address: str = ""
     learner: bool = False
+    incarnation: int = 0  # of the member's data directory; 0 = not known yet
 
     def to_proto(self) -> pb.MemberInfo:
         return pb.MemberInfo(id=self.id, peer_address=self.peer_address,
-                             client_address=self.client_address, learner=self.learner)
+                             client_address=self.client_address, learner=self.learner,
+                             incarnation=self.incarnation)
 
     @classmethod
     def from_proto(cls, info: pb.MemberInfo) -> MemberRecord:
-        return cls(info.id, info.peer_address, info.client_address, info.learner)
+        return cls(info.id, info.peer_address, info.client_address, info.learner,
+                   info.incarnation)
 
 
 # --- commands -------------------------------------------------------------------------
@@ -78,6 +81,15 @@ def batch_command(ops: list[tuple[bytes, bytes | None]], request_id: int = 0) ->
             op.put.key = key
             op.put.value = value
     return encode_command(pb.Command(request_id=request_id, batch=batch))
+
+
+def member_update_command(member_id: int, peer_address: str, client_address: str,
+                          request_id: int = 0, incarnation: int = 0) -> bytes:
+    """A member's publish of its own addresses and data-directory incarnation: never
+    changes its role (command.proto MemberUpdate)."""
+    update = pb.MemberUpdate(id=member_id, peer_address=peer_address,
+                             client_address=client_address, incarnation=incarnation)
+    return encode_command(pb.Command(request_id=request_id, member_update=update))
 
 
 def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:

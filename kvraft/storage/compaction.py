@@ -6,6 +6,11 @@ only the decision of how much applied log to keep. Keeping a trailing window of 
 entries lets a follower that is briefly behind catch up from the log instead of
 receiving a full snapshot (thesis §5.1.1: followers that fall behind by more than the
 window are sent the snapshot).
+
+Durability: dropping entries is safe only once the effects of applying them are
+durable, across a power loss too. `LevelDBStorage.compact` guarantees it by writing the
+new log offset in the same synced batch as the state machine's buffered applies
+(apply_buffer.py); this module only decides how far to go.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """A node's data directory: identity record, exclusive lock, and the LevelDB.
 
-    <dir>/META   one line of JSON: format, format version, node id, cluster id, crc32
+    <dir>/META   one line of JSON: format, format version, node id, cluster id, crc32;
+                 incarnation, incarnation_crc32 (see below)
     <dir>/LOCK   flock'ed while a process uses the directory; holds that process's pid
     <dir>/db/    the node's LevelDB (see keys.py for its layout)
     <dir>/snap/  snapshots being received or waiting to be installed
@@ -8,6 +9,19 @@
 Every refusal is a DataDirError whose message is one line naming the directory and the
 reason, so the CLI can print it as is. Nothing here ever resets or recreates a
 directory that holds state: a damaged or foreign directory is reported, not repaired.
+
+The incarnation is a random 64-bit number drawn when the directory is made: it names
+THIS copy of the node's state. The cluster remembers each member's incarnation (in
+its member record) and refuses a member that comes back with another one — a data
+directory replaced by an empty or foreign one, which would otherwise bootstrap again
+with no memory of its votes and acknowledged entries (issue 11, item 7). It is an
+addition to format version 1, not a new version: its own crc covers it (the original
+crc32 still covers the original fields, so an older kvraft reads the record), and a
+directory without one gets one at open, written atomically.
+
+Durability of the files here: META is replaced atomically (write, fsync, rename, fsync
+the directory), so after a power loss it is the old record or the new one. A new data
+directory's own entry is fsynced in its parent before anything is written in it.
 """
 from __future__ import annotations
 
@@ -15,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import zlib
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +37,7 @@ from types import TracebackType
 import plyvel
 
 from kvraft.storage import keys
+from kvraft.storage.apply_buffer import ApplyBuffer
 
 FORMAT_NAME = "kvraft-data-dir"
 FORMAT_VERSION = 1
@@ -65,16 +81,30 @@ def _meta_crc(node_id: int, cluster_id: int, version: int) -> int:
     return zlib.crc32(f"{FORMAT_NAME}:{version}:{node_id}:{cluster_id}".encode())
 
 
+def _incarnation_crc(node_id: int, cluster_id: int, version: int, incarnation: int) -> int:
+    return zlib.crc32(
+        f"{FORMAT_NAME}:{version}:{node_id}:{cluster_id}:{incarnation}".encode())
+
+
+def new_incarnation() -> int:
+    """A random, non-zero 64-bit incarnation (0 means "unknown" in member records)."""
+    return secrets.randbits(64) or 1
+
+
 class DataDir:
     """An opened, locked data directory of one node. Use `DataDir.open`."""
 
     def __init__(self, path: Path, node_id: int, cluster_id: int, db: plyvel.DB,
-                 lock_fd: int, is_new: bool) -> None:
+                 lock_fd: int, is_new: bool, incarnation: int = 0) -> None:
         self.path = path
         self.node_id = node_id
         self.cluster_id = cluster_id
+        self.incarnation = incarnation  # of this data directory (module docstring); > 0
         self.db = db
         self.is_new = is_new  # True when the directory held no Raft state when opened
+        # The state machine's writes not yet in LevelDB (apply_buffer.py); shared by the
+        # state machine (which fills it) and the Raft log (whose synced writes carry it).
+        self.apply_buffer = ApplyBuffer(db)
         self._lock_fd: int | None = lock_fd
 
     @property
@@ -134,7 +164,7 @@ class DataDir:
         meta_path = path / META_NAME
         db_path = path / DB_NAME
         if meta_path.exists():
-            meta_node, cluster_id = cls._read_meta(path)
+            meta_node, cluster_id, incarnation = cls._read_meta(path)
             if meta_node != node_id:
                 raise DataDirError(
                     path, f"belongs to node {meta_node}, not node {node_id}"
@@ -142,6 +172,9 @@ class DataDir:
             if not (db_path / "CURRENT").exists():
                 raise DataDirError(path, "is damaged: META is present but the database "
                                          f"{DB_NAME}/ is missing")
+            if incarnation == 0:  # written by a kvraft before incarnations: add one
+                incarnation = new_incarnation()
+                cls._write_meta(path, node_id, cluster_id, incarnation)
         else:
             if db_path.exists():
                 raise DataDirError(path, "is damaged: a database is present but META "
@@ -149,12 +182,13 @@ class DataDir:
             if not create:
                 raise DataDirError(path, "holds no kvraft data (no META record)")
             cluster_id = 0
-            cls._write_meta(path, node_id, cluster_id)
+            incarnation = new_incarnation()
+            cls._write_meta(path, node_id, cluster_id, incarnation)
         db = cls._open_db(path, db_path)
         try:
             is_new = next(db.iterator(prefix=keys.RAFT_PREFIX, include_value=False),
                           None) is None
-            datadir = cls(path, node_id, cluster_id, db, lock_fd, is_new)
+            datadir = cls(path, node_id, cluster_id, db, lock_fd, is_new, incarnation)
             (path / SNAP_DIR_NAME).mkdir(exist_ok=True)
             # Imported here: snapshot.py builds on this module.
             from kvraft.storage.snapshot import recover_unfinished_install
@@ -178,7 +212,8 @@ class DataDir:
             raise DataDirError(path, f"cannot open the database: {e}") from e
 
     @staticmethod
-    def _read_meta(path: Path) -> tuple[int, int]:
+    def _read_meta(path: Path) -> tuple[int, int, int]:
+        """(node id, cluster id, incarnation); incarnation 0 if the record has none."""
         try:
             raw = (path / META_NAME).read_bytes()[: META_BYTES_MAX + 1]
         except OSError as e:
@@ -193,6 +228,10 @@ class DataDir:
             node_id = meta["node_id"]
             cluster_id = meta["cluster_id"]
             crc = meta["crc32"]
+            incarnation = meta.get("incarnation", 0)
+            incarnation_crc = meta.get("incarnation_crc32")
+            if not isinstance(incarnation, int) or not 0 <= incarnation < 1 << 64:
+                raise ValueError(f"bad incarnation {incarnation!r}")
         except (ValueError, KeyError, TypeError) as e:
             raise DataDirError(path, f"is damaged: META is unreadable ({e})") from e
         if version != FORMAT_VERSION:
@@ -202,16 +241,23 @@ class DataDir:
             )
         if crc != _meta_crc(node_id, cluster_id, version):
             raise DataDirError(path, "is damaged: META fails its checksum")
-        return node_id, cluster_id
+        if ("incarnation" in meta or incarnation_crc is not None) and incarnation_crc != \
+                _incarnation_crc(node_id, cluster_id, version, incarnation):
+            raise DataDirError(path, "is damaged: META's incarnation fails its checksum")
+        return node_id, cluster_id, incarnation
 
     @staticmethod
-    def _write_meta(path: Path, node_id: int, cluster_id: int) -> None:
+    def _write_meta(path: Path, node_id: int, cluster_id: int, incarnation: int) -> None:
+        assert incarnation > 0
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "node_id": node_id,
             "cluster_id": cluster_id,
             "crc32": _meta_crc(node_id, cluster_id, FORMAT_VERSION),
+            "incarnation": incarnation,
+            "incarnation_crc32": _incarnation_crc(node_id, cluster_id, FORMAT_VERSION,
+                                                  incarnation),
         }
         try:
             write_file_atomically(path / META_NAME, (json.dumps(meta) + "\n").encode())
@@ -229,14 +275,17 @@ class DataDir:
                 self.path, f"belongs to cluster {self.cluster_id:x}, not cluster "
                            f"{cluster_id:x}"
             )
-        self._write_meta(self.path, self.node_id, cluster_id)
+        self._write_meta(self.path, self.node_id, cluster_id, self.incarnation)
         self.cluster_id = cluster_id
 
     # --- closing ------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the database and release the lock. Idempotent."""
+        """Make the buffered applies durable, close the database, release the lock.
+        Idempotent. (A failed flush loses nothing committed: the log replays it.)"""
         if self._lock_fd is None:
             return
+        with contextlib.suppress(Exception):
+            self.apply_buffer.flush()
         with contextlib.suppress(Exception):
             self.db.close()
         os.close(self._lock_fd)

@@ -1,10 +1,20 @@
 """The key layout of a node's single LevelDB.
 
 One database per node, one key prefix per concern. Keeping the Raft log and the state
-machine in the same LevelDB is deliberate: LevelDB appends every write to one
-sequential write-ahead log, so a write with sync=True also makes every earlier
-unsynced write durable. The state machine therefore never fsyncs on its own; the next
-synced Raft-log write (one per Ready) carries its effects to disk.
+machine in the same LevelDB is deliberate: one WriteBatch can change both atomically
+(a snapshot install; a Raft-log write that also carries the state machine's buffered
+applies, so they cost no fsync of their own).
+
+What the storage relies on from LevelDB, and what it does not (issue 11, item 4): a
+write with sync=True is durable when it returns, and a WriteBatch is all or nothing.
+It does NOT rely on a synced write making earlier unsynced writes durable: LevelDB's
+write-ahead log is not one sequential file (at a memtable switch it closes the old log
+file without an fsync), so after a power loss an older unsynced write can be lost while
+a newer synced one survives. Every write that a later state depends on is therefore
+synced itself: Raft-log writes, the state machine's applies (buffered, then written in
+a synced batch: apply_buffer.py), compaction's new offset (with those applies), every
+batch of a snapshot install. The only unsynced writes delete log entries already below
+the offset; losing some of them leaves garbage that opening removes.
 
     L <index: 8 bytes big-endian>   Raft log entry (eraftpb.Entry); fixed width so that
                                     key order is index order

@@ -7,7 +7,14 @@ sequence of writes — the property tests hold it to that — plus durability:
   suffix, new entries, the hard state — as ONE LevelDB WriteBatch with sync=True: one
   fsync per Ready however many entries it carries (group commit). When it returns, all
   of it is on disk and the caller may send the Ready's persisted messages (thesis §3.8:
-  a server must not answer before its log and vote are durable).
+  a server must not answer before its log and vote are durable). The same batch
+  carries the state machine's buffered applies (apply_buffer.py), so making them
+  durable costs no fsync of its own.
+* Durability never relies on a synced write carrying EARLIER unsynced writes with it
+  (LevelDB's log switches files without an fsync, so across a power loss it does not):
+  every write here that a later state depends on is synced itself. The only unsynced
+  writes are the deletions of entries already below the log's offset, which `_load`
+  finishes if a power loss undid some of them.
 * The log position just before the first held entry (the "offset": last compacted entry
   or applied snapshot) is kept with its term, so term(first_index() - 1) is answerable.
 * `term()` is served from an in-memory array of the terms of every held entry (the log
@@ -71,6 +78,7 @@ class LevelDBStorage:
                  cache_bytes_max: int = 16 << 20) -> None:
         self._datadir = datadir
         self._db: plyvel.DB = datadir.db
+        self._buffer = datadir.apply_buffer
         self._lock = threading.Lock()        # guards the in-memory view below
         self._write_lock = threading.RLock()  # one writer at a time
         self._cache = LogTailCache(cache_entries_max, cache_bytes_max)
@@ -154,7 +162,7 @@ class LevelDBStorage:
 
     # --- the Storage protocol -----------------------------------------------------------
     def initial_state(self) -> RaftState:
-        raw = self._db.get(keys.CONF_STATE)
+        raw = self._buffer.get(keys.CONF_STATE)  # written by applies, maybe still buffered
         cs = eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
         with self._lock:
             hs = eraftpb.HardState()
@@ -262,7 +270,11 @@ class LevelDBStorage:
         """Persist the configuration (synced). Prefer passing `on_conf_change` to
         `KVStateMachine.apply`, which writes it atomically with the applied index."""
         with self._write_lock:
-            self._db.put(keys.CONF_STATE, cs.SerializeToString(), sync=True)
+            batch = self._db.write_batch(sync=True)
+            # Buffered applies first (they may hold an older conf state): this one wins.
+            with self._buffer.merged_into(batch, wait=True):
+                batch.put(keys.CONF_STATE, cs.SerializeToString())
+                batch.write()
 
     def persist(self, entries: list[eraftpb.Entry], hard_state: eraftpb.HardState | None,
                 snapshot: eraftpb.Snapshot | None = None) -> None:
@@ -284,56 +296,68 @@ class LevelDBStorage:
                 hs = eraftpb.HardState()
                 hs.CopyFrom(self._hard_state)
             batch = self._db.write_batch(sync=True)
-            snap_meta = None
-            if has_snapshot and self._is_installed(snapshot):
-                has_snapshot = False  # KVStateMachine.install_snapshot already applied it
-            if has_snapshot:
-                assert snapshot is not None
-                snap_meta = snapshot.metadata
-                if offset_index + 1 > snap_meta.index:
-                    raise SnapshotOutOfDateError()
-                hs = snapshot_log_ops(self._db, batch, snap_meta)
-                offset_index, offset_term, last = snap_meta.index, snap_meta.term, snap_meta.index
-            encoded: list[bytes] = []
+            with self._buffer.merged_into(batch, wait=False):
+                self._persist_into(batch, entries, hard_state, snapshot, has_snapshot,
+                                   offset_index, offset_term, last, hs)
+
+    def _persist_into(self, batch: plyvel.WriteBatch, entries: list[eraftpb.Entry],
+                      hard_state: eraftpb.HardState | None,
+                      snapshot: eraftpb.Snapshot | None, has_snapshot: bool,
+                      offset_index: int, offset_term: int, last: int,
+                      hs: eraftpb.HardState) -> None:
+        """persist()'s body: `batch` already holds the buffered applies (put first, so
+        a snapshot's conf state below wins over theirs); write it, then update the
+        in-memory view. Called with the writer lock held."""
+        snap_meta = None
+        if has_snapshot and self._is_installed(snapshot):
+            has_snapshot = False  # KVStateMachine.install_snapshot already applied it
+        if has_snapshot:
+            assert snapshot is not None
+            snap_meta = snapshot.metadata
+            if offset_index + 1 > snap_meta.index:
+                raise SnapshotOutOfDateError()
+            hs = snapshot_log_ops(self._db, batch, snap_meta)
+            offset_index, offset_term, last = snap_meta.index, snap_meta.term, snap_meta.index
+        encoded: list[bytes] = []
+        if entries:
+            first_new = entries[0].index
+            assert first_new > offset_index, (
+                f"overwrite compacted raft logs, compacted {offset_index}, "
+                f"append {first_new}")
+            assert first_new <= last + 1, (
+                f"raft logs should be continuous, last index {last}, "
+                f"new appended {first_new}")
+            new_last = first_new + len(entries) - 1
+            for i, entry in enumerate(entries):
+                assert entry.index == first_new + i, "appended entries must be contiguous"
+                data = entry.SerializeToString()
+                encoded.append(data)
+                batch.put(keys.log_key(entry.index), data)
+            for index in range(new_last + 1, last + 1):  # the rest of the conflicting suffix
+                batch.delete(keys.log_key(index))
+        if hard_state is not None:
+            hs = eraftpb.HardState()
+            hs.CopyFrom(hard_state)
+            batch.put(keys.HARD_STATE, hs.SerializeToString())
+        batch.write()
+        with self._lock:
+            self._hard_state = hs
+            if snap_meta is not None:
+                self._snapshot_meta = eraftpb.SnapshotMetadata()
+                self._snapshot_meta.CopyFrom(snap_meta)
+                self._offset_index, self._offset_term = offset_index, offset_term
+                self._terms, self._sizes, self._log_bytes = array("Q"), array("Q"), 0
+                self._cache.clear()
             if entries:
-                first_new = entries[0].index
-                assert first_new > offset_index, (
-                    f"overwrite compacted raft logs, compacted {offset_index}, "
-                    f"append {first_new}")
-                assert first_new <= last + 1, (
-                    f"raft logs should be continuous, last index {last}, "
-                    f"new appended {first_new}")
-                new_last = first_new + len(entries) - 1
-                for i, entry in enumerate(entries):
-                    assert entry.index == first_new + i, "appended entries must be contiguous"
-                    data = entry.SerializeToString()
-                    encoded.append(data)
-                    batch.put(keys.log_key(entry.index), data)
-                for index in range(new_last + 1, last + 1):  # the rest of the conflicting suffix
-                    batch.delete(keys.log_key(index))
-            if hard_state is not None:
-                hs = eraftpb.HardState()
-                hs.CopyFrom(hard_state)
-                batch.put(keys.HARD_STATE, hs.SerializeToString())
-            batch.write()
-            with self._lock:
-                self._hard_state = hs
-                if snap_meta is not None:
-                    self._snapshot_meta = eraftpb.SnapshotMetadata()
-                    self._snapshot_meta.CopyFrom(snap_meta)
-                    self._offset_index, self._offset_term = offset_index, offset_term
-                    self._terms, self._sizes, self._log_bytes = array("Q"), array("Q"), 0
-                    self._cache.clear()
-                if entries:
-                    keep = entries[0].index - self._offset_index - 1
-                    self._log_bytes -= sum(self._sizes[keep:])
-                    del self._terms[keep:]
-                    del self._sizes[keep:]
-                    sizes = [len(d) for d in encoded]
-                    self._terms.extend(e.term for e in entries)
-                    self._sizes.extend(sizes)
-                    self._log_bytes += sum(sizes)
-                    self._cache.append(list(entries), sizes)
+                keep = entries[0].index - self._offset_index - 1
+                self._log_bytes -= sum(self._sizes[keep:])
+                del self._terms[keep:]
+                del self._sizes[keep:]
+                sizes = [len(d) for d in encoded]
+                self._terms.extend(e.term for e in entries)
+                self._sizes.extend(sizes)
+                self._log_bytes += sum(sizes)
+                self._cache.append(list(entries), sizes)
 
     def _is_installed(self, snapshot: eraftpb.Snapshot | None) -> bool:
         """The snapshot is the one the log already starts from: a state-machine
@@ -347,11 +371,16 @@ class LevelDBStorage:
     def compact(self, compact_index: int) -> None:
         """Drop the entries before `compact_index`, which becomes first_index().
 
-        The caller guarantees the state machine has applied `compact_index - 1` (its
-        effects then become durable with this method's synced write, by LevelDB's
-        sequential WAL) and that it is committed. Only the new offset is written under
-        the writer lock; the old keys are deleted afterwards in small batches, so
-        appends are not held up (a crash in between leaves garbage that `_load` removes).
+        The caller guarantees the state machine has applied `compact_index - 1` and
+        that it is committed. The new offset is written in ONE synced batch together
+        with every buffered apply (apply_buffer.py), waiting for a flush in progress:
+        so the offset can only be durable with the effects of every entry it drops —
+        the barrier that a power loss needs, at no cost beyond the offset's own fsync
+        (tests/storage/test_power_loss_model.py checks it). Only
+        that write is under the writer lock; the old keys are deleted afterwards in
+        small unsynced batches, so appends are not held up: a delete can only be
+        durable after the offset (written, synced, before it), and whatever a power
+        loss undoes of them is garbage below the offset that `_load` removes.
         """
         with self._write_lock:
             with self._lock:
@@ -365,8 +394,11 @@ class LevelDBStorage:
             assert compact_index - 1 <= commit, (
                 f"compact {compact_index} would drop uncommitted entries (commit {commit})")
             new_offset_term = self.term(compact_index - 1)
-            self._db.put(keys.LOG_OFFSET,
-                         keys.pack_index_term(compact_index - 1, new_offset_term), sync=True)
+            batch = self._db.write_batch(sync=True)
+            with self._buffer.merged_into(batch, wait=True):
+                batch.put(keys.LOG_OFFSET,
+                          keys.pack_index_term(compact_index - 1, new_offset_term))
+                batch.write()
             with self._lock:
                 drop = compact_index - first
                 self._log_bytes -= sum(self._sizes[:drop])

@@ -15,6 +15,15 @@ the snapshot to the Raft log and removes the marker. If the process dies in betw
 `DataDir.open` finds the marker and redoes the install from the staged file, so after
 any crash the store is entirely old (no marker yet) or entirely new.
 
+Why that holds across a power loss, not only a crash of the process: every batch of the
+install is written with sync=True, so each is durable before the next is written, and
+the final batch that removes the marker can only survive if all the clearing and
+loading before it did. (Unsynced batches would not do: LevelDB may lose an unsynced
+write in an older log file while a later synced one survives, see apply_buffer.py.)
+The staged file is fsynced (file and directory) before the marker names it, and is
+deleted only after the final batch. Cost: one fsync per INSTALL_BATCH_BYTES loaded or
+CLEAR_BATCH_KEYS cleared, small beside writing that much.
+
 Stream format (version 1):
     header   MAGIC, u32 length, SnapshotMetadata
     record   u8 tag (1 = key/value, 2 = member), u32 key length, u32 value length,
@@ -38,6 +47,7 @@ import plyvel
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.storage import keys
+from kvraft.storage.apply_buffer import FrozenView
 from kvraft.storage.datadir import DataDir, DataDirError, fsync_dir
 
 if TYPE_CHECKING:
@@ -54,8 +64,8 @@ METADATA_BYTES_MAX = 1 << 20
 RECORD_KEY_BYTES_MAX = 1 << 20
 RECORD_VALUE_BYTES_MAX = 256 << 20
 DEFAULT_CHUNK_BYTES = 1 << 20
-INSTALL_BATCH_BYTES = 4 << 20  # bytes of puts per (unsynced) batch while installing
-CLEAR_BATCH_KEYS = 10_000      # deletes per (unsynced) batch while clearing old data
+INSTALL_BATCH_BYTES = 4 << 20  # bytes of puts per (synced) batch while installing
+CLEAR_BATCH_KEYS = 10_000      # deletes per (synced) batch while clearing old data
 READ_BLOCK_BYTES = 1 << 20
 STAGED_SUFFIX = ".snap"
 PARTIAL_SUFFIX = ".part"
@@ -69,16 +79,18 @@ class SnapshotStreamError(ValueError):
 class SnapshotHandle:
     """A consistent image of the state machine at `metadata.index`.
 
-    Holds a LevelDB snapshot until `close()`; any number of `chunks()` streams may be
-    read from it (one per follower being sent the snapshot). Closing while streams are
-    still being read releases the LevelDB snapshot when the last of them ends.
+    Holds a frozen view (a LevelDB snapshot plus the applies still buffered when it was
+    taken, `ApplyBuffer.freeze`) until `close()`; any number of `chunks()` streams may
+    be read from it (one per follower being sent the snapshot). Closing while streams
+    are still being read releases the view when the last of them ends.
     """
 
-    def __init__(self, db: plyvel.DB) -> None:
+    def __init__(self, source: FrozenView | plyvel.DB) -> None:
         self._lock = threading.Lock()
         self._active_streams = 0
         self._released = False
-        self._snapshot = db.snapshot()
+        self._snapshot = source if isinstance(source, FrozenView) else FrozenView(
+            source.snapshot(), {})
         raw = self._snapshot.get(keys.APPLIED)
         index, term = keys.unpack_index_term(raw) if raw is not None else (0, 0)
         self.metadata = eraftpb.SnapshotMetadata(index=index, term=term)
@@ -307,7 +319,8 @@ def _decode_marker(value: bytes) -> tuple[str, eraftpb.SnapshotMetadata]:
 
 
 def _clear_prefix(db: plyvel.DB, prefix: bytes) -> None:
-    batch = db.write_batch()
+    """Delete every key under `prefix`, in synced batches (see the module docstring)."""
+    batch = db.write_batch(sync=True)
     pending = 0
     with db.iterator(prefix=prefix, include_value=False) as it:
         for key in it:
@@ -315,8 +328,9 @@ def _clear_prefix(db: plyvel.DB, prefix: bytes) -> None:
             pending += 1
             if pending >= CLEAR_BATCH_KEYS:
                 batch.write()
-                batch, pending = db.write_batch(), 0
-    batch.write()
+                batch, pending = db.write_batch(sync=True), 0
+    if pending:
+        batch.write()
 
 
 def install_staged(datadir: DataDir, staged: StagedSnapshot,
@@ -333,9 +347,11 @@ def _redo_install(datadir: DataDir, path: Path, meta: eraftpb.SnapshotMetadata,
     from kvraft.storage.log_store import snapshot_log_ops
 
     db = datadir.db
+    # Every batch below is synced: the final one (which removes the marker) must not
+    # be able to survive a power loss that some earlier clearing or loading did not.
     _clear_prefix(db, keys.KV_PREFIX)
     _clear_prefix(db, keys.MEMBER_PREFIX)
-    batch = db.write_batch()
+    batch = db.write_batch(sync=True)
     pending_bytes = 0
     for tag, key, value in iter_staged_records(path, meta):
         full_key = (keys.KV_PREFIX + key) if tag == TAG_KV else (keys.MEMBER_PREFIX + key)
@@ -343,8 +359,9 @@ def _redo_install(datadir: DataDir, path: Path, meta: eraftpb.SnapshotMetadata,
         pending_bytes += len(full_key) + len(value)
         if pending_bytes >= INSTALL_BATCH_BYTES:
             batch.write()
-            batch, pending_bytes = db.write_batch(), 0
-    batch.write()
+            batch, pending_bytes = db.write_batch(sync=True), 0
+    if pending_bytes:
+        batch.write()
     writers = log_store.exclusive_write() if log_store is not None else contextlib.nullcontext()
     with writers:
         final = db.write_batch(sync=True)

@@ -1,23 +1,37 @@
 """`KVStateMachine`: the key-value store that committed Raft entries are applied to.
 
 Applying (thesis §3.5: entries are applied in log order, each exactly once):
-* one call = one LevelDB WriteBatch holding every entry's effects AND the new applied
-  index/term, so after any crash the machine resumes exactly after the last applied
-  entry; entries at or below the applied index are skipped (the node may re-deliver
-  them after a restart), so nothing is applied twice.
-* the batch is written without fsync: LevelDB's write-ahead log is sequential, so the
-  node's next synced Raft-log write makes it durable, and until then the synced log
-  still holds every committed entry to replay. Log compaction only drops entries the
-  machine has applied (see LevelDBStorage.compact), whose effects that synced write
-  carries to disk first.
+* one call's effects AND the new applied index/term (and conf state, member records)
+  are one set of writes, kept together from then on, so after any crash the machine
+  resumes exactly after the last applied entry it recorded; entries at or below the
+  applied index are skipped (the node may re-deliver them after a restart), so nothing
+  is applied twice.
+* the writes go to the data directory's ApplyBuffer (storage/apply_buffer.py), never
+  to LevelDB unsynced: they reach LevelDB only inside a synced batch (the next Raft-log
+  persist, a compaction, a close), all of them at once with the applied index. LevelDB
+  does not keep the order of unsynced writes across a power loss (its write-ahead log
+  switches files without an fsync), so an apply written unsynced could vanish while a
+  later one survived; buffered, a power loss only loses a suffix of the applies, which
+  the node applies again from the log. Log compaction makes the buffer durable in the
+  batch that moves the log's start (LevelDBStorage.compact), so no entry is dropped
+  before its effects are durable.
 
-Reads (`get`, `scan`) are point-in-time: a LevelDB get or iterator sees one consistent
-state. Snapshots (`create_snapshot`, `raft_snapshot`) are LevelDB snapshots: taking one
-costs nothing and applies continue meanwhile.
+Reads (`get`, `scan`) see the buffer and LevelDB together, point in time (a scan reads
+one LevelDB snapshot and a copy of the buffer taken with it). Snapshots
+(`create_snapshot`, `raft_snapshot`) are such frozen views: taking one costs no write,
+and applies continue meanwhile.
+
+Reads never wait for a write (issue 11, item 6: the node reads on its event loop, so a
+read that waited for a long snapshot install would stop heartbeats, acks and ticks).
+An apply builds its writes aside and adds them to the buffer in one step. An install
+first switches readers to a frozen view of the state before it, installs, then
+switches them back: readers see the old state, whole, until the new one is complete,
+and only the two switches wait — for the reads already running, not for the install.
+`members()` is answered from memory (the records are few), never from LevelDB.
 
 Threading: `apply` and `install_snapshot` from one thread at a time (normally the
-node's apply loop); `get`, `scan`, `members` and snapshot reads from any thread. An
-install holds reads off until it is complete, so no reader sees a half-installed image.
+node's apply loop); `get`, `scan`, `members`, `conf_state` and snapshot reads from any
+thread.
 """
 from __future__ import annotations
 
@@ -26,13 +40,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import plyvel
 from google.protobuf.message import DecodeError
 
 from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
 from kvraft.storage import keys
+from kvraft.storage.apply_buffer import ApplyBuffer, FrozenView, MergedIterator, prefix_stop
 from kvraft.storage.commands import (
     CommandDecodeError,
     MemberRecord,
@@ -54,6 +68,7 @@ DELETE = "delete"
 CAS = "cas"
 BATCH = "batch"
 NOOP = "noop"              # an empty entry (a new leader's first entry, thesis §6.4)
+MEMBER_UPDATE = "member_update"  # a member's publish of its addresses (ok: recorded)
 CONF_CHANGE = "conf_change"
 INVALID = "invalid"        # data that is not a command: applied as a no-op, reported
 
@@ -86,25 +101,74 @@ class ApplyResult:
 
 
 class _PendingWrites:
-    """The effects of the batch being built, so later entries read earlier ones."""
+    """The writes of the apply being built (LevelDB key -> value, None = delete), so
+    later entries of the call read earlier ones; then buffered as one unit."""
 
-    def __init__(self, db: plyvel.DB, batch: plyvel.WriteBatch) -> None:
-        self._db = db
-        self._batch = batch
-        self._kv: dict[bytes, bytes | None] = {}
+    def __init__(self, buffer: ApplyBuffer) -> None:
+        self._buffer = buffer
+        self.writes: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
-        if key in self._kv:
-            return self._kv[key]
-        return self._db.get(keys.kv_key(key))
+        full = keys.KV_PREFIX + key
+        if full in self.writes:
+            return self.writes[full]
+        return self._buffer.get(full)
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._kv[key] = value
-        self._batch.put(keys.kv_key(key), value)
+        self.writes[keys.KV_PREFIX + key] = value
 
     def delete(self, key: bytes) -> None:
-        self._kv[key] = None
-        self._batch.delete(keys.kv_key(key))
+        self.writes[keys.KV_PREFIX + key] = None
+
+
+class _LiveView:
+    """The state machine as of now: LevelDB overlaid by the apply buffer."""
+
+    def __init__(self, buffer: ApplyBuffer) -> None:
+        self._buffer = buffer
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._buffer.get(key)
+
+    def iterator(self, *, start: bytes, stop: bytes) -> MergedIterator:
+        return self._buffer.iterator(start=start, stop=stop)
+
+
+_View = _LiveView | FrozenView
+
+
+class _ViewSlot:
+    def __init__(self, view: _View) -> None:
+        self.view = view
+        self.readers = 0  # reads using this view now (guarded by _ReadViews._cond)
+
+
+class _ReadViews:
+    """Which view reads use, and how many reads use it. `switch` makes new reads use
+    another view at once and returns when no read uses the old one any more — it waits
+    for reads that already run (a get, one scan page), never the other way round."""
+
+    def __init__(self, view: _View) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._slot = _ViewSlot(view)
+
+    def enter(self) -> _ViewSlot:
+        with self._cond:
+            slot = self._slot
+            slot.readers += 1
+            return slot
+
+    def leave(self, slot: _ViewSlot) -> None:
+        with self._cond:
+            slot.readers -= 1
+            if slot.readers == 0 and slot is not self._slot:
+                self._cond.notify_all()
+
+    def switch(self, view: _View) -> None:
+        with self._cond:
+            old, self._slot = self._slot, _ViewSlot(view)
+            while old.readers:
+                self._cond.wait()
 
 
 class KVStateMachine:
@@ -114,22 +178,39 @@ class KVStateMachine:
         assert snapshot_handles_max >= 1
         self._datadir = datadir
         self._db = datadir.db
+        self._buffer = datadir.apply_buffer
         self.scan_page_entries_max = scan_page_entries_max
         self.scan_page_bytes_max = scan_page_bytes_max
         self._snapshot_handles_max = snapshot_handles_max
         self._handles: OrderedDict[tuple[int, int], SnapshotHandle] = OrderedDict()
         self._handles_lock = threading.Lock()
-        # Held by apply/install (writers) and briefly by reads, so no read sees an
-        # install half done.
+        # One writer at a time (apply, install, initialize_members); reads never take it.
         self._state_lock = threading.RLock()
+        self._live = _LiveView(self._buffer)
+        self._views = _ReadViews(self._live)
+        self._install_failed: BaseException | None = None
         self.applied_index = 0
         self.applied_term = 0
         self._load_applied()
+        # Every member record, by id; replaced as a whole (never mutated), so readers
+        # on any thread iterate it without a lock. Invariant: equals the records in the
+        # state the live view shows (an install swaps it after switching views back).
+        self._members: dict[int, MemberRecord] = self._read_members(self._live)
+        self.members_version = 0  # +1 whenever a member record changes (for the node)
 
     def _load_applied(self) -> None:
-        raw = self._db.get(keys.APPLIED)
-        self.applied_index, self.applied_term = (
-            keys.unpack_index_term(raw) if raw is not None else (0, 0))
+        self.applied_index, self.applied_term = self._read_applied()
+
+    def _read_applied(self) -> tuple[int, int]:
+        raw = self._buffer.get(keys.APPLIED)
+        return keys.unpack_index_term(raw) if raw is not None else (0, 0)
+
+    @staticmethod
+    def _read_members(view: _View) -> dict[int, MemberRecord]:
+        with view.iterator(start=keys.MEMBER_PREFIX,
+                           stop=prefix_stop(keys.MEMBER_PREFIX)) as it:
+            records = (MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for _, v in it)
+            return {m.id: m for m in records}
 
     # --- applying -----------------------------------------------------------------------
     def apply(self, entries: list[eraftpb.Entry],
@@ -139,14 +220,14 @@ class KVStateMachine:
         `on_conf_change(entry)` is called for each conf-change entry, in log order,
         after the earlier entries of the call; the node applies the change to Raft
         there (`RawNode.apply_conf_change`) and returns the new ConfState, which is
-        then written in the same batch as the applied index (crash-atomic). It runs
-        while the state machine's lock is held: it must not wait for another thread
-        that reads the state machine (get/scan/snapshots would deadlock).
+        then buffered with the applied index (made durable together). It runs while
+        the writer lock is held: it must not wait for another apply or install. Reads
+        do not take that lock, so waiting for a reader is safe.
         """
         results: list[ApplyResult] = []
         with self._state_lock:
-            batch = self._db.write_batch()
-            pending = _PendingWrites(self._db, batch)
+            self._check_usable()
+            pending = _PendingWrites(self._buffer)
             members: dict[int, MemberRecord | None] = {}
             last_index, last_term = self.applied_index, self.applied_term
             for entry in entries:
@@ -155,20 +236,36 @@ class KVStateMachine:
                 assert entry.index == last_index + 1, (
                     f"apply out of order: entry {entry.index} after {last_index}")
                 if entry.entry_type == eraftpb.EntryNormal:
-                    result = self._apply_normal(entry, pending)
+                    result = self._apply_normal(entry, pending, members)
                 else:
-                    result = self._apply_conf_change(entry, batch, members, on_conf_change)
+                    result = self._apply_conf_change(entry, pending.writes, members,
+                                                     on_conf_change)
                 results.append(result)
                 last_index, last_term = entry.index, entry.term
             if last_index == self.applied_index:
                 return results
-            batch.put(keys.APPLIED, keys.pack_index_term(last_index, last_term))
-            batch.write()
+            pending.writes[keys.APPLIED] = keys.pack_index_term(last_index, last_term)
+            # Effects and applied index enter the buffer together and leave it together
+            # in one synced batch: durable all or nothing (see apply_buffer.py).
+            self._buffer.add(pending.writes)
+            if members:
+                updated = dict(self._members)
+                for member_id, record in members.items():
+                    if record is None:
+                        updated.pop(member_id, None)
+                    else:
+                        updated[member_id] = record
+                self._members = updated
+                self.members_version += 1
+            # The state is visible before the index says so: a reader that checks the
+            # index first never sees less than it promises.
             self.applied_index, self.applied_term = last_index, last_term
+            if self._buffer.over_bound():
+                self._buffer.flush()
         return results
 
-    @staticmethod
-    def _apply_normal(entry: eraftpb.Entry, pending: _PendingWrites) -> ApplyResult:
+    def _apply_normal(self, entry: eraftpb.Entry, pending: _PendingWrites,
+                      members: dict[int, MemberRecord | None]) -> ApplyResult:
         if not entry.data:
             return ApplyResult(entry.index, entry.term, 0, NOOP)
         try:
@@ -194,6 +291,11 @@ class KVStateMachine:
             result.ok = current == expected
             if result.ok:
                 pending.put(cas.key, cas.value)
+        elif op == "member_update":
+            result.kind = MEMBER_UPDATE
+            result.error = self._apply_member_update(command.member_update, pending.writes,
+                                                     members)
+            result.ok = not result.error
         else:
             assert op == "batch", op
             result.kind = BATCH
@@ -212,7 +314,32 @@ class KVStateMachine:
                         delete(key)
         return result
 
-    def _apply_conf_change(self, entry: eraftpb.Entry, batch: plyvel.WriteBatch,
+    def _apply_member_update(self, update: cpb.MemberUpdate,
+                             writes: dict[bytes, bytes | None],
+                             members: dict[int, MemberRecord | None]) -> str:
+        """Record a member's published addresses and incarnation; "" or why not.
+
+        Its role is the conf changes' alone: `learner` is kept as recorded whatever the
+        publisher believed it was (issue 11, item 5). The incarnation is recorded only
+        while none is known: once known it changes only by removing the member (which
+        forgets it) and adding it again (issue 11, item 7)."""
+        known = members[update.id] if update.id in members else self._member(update.id)
+        if known is None:
+            return f"member {update.id} is not a member"  # removed (or never added)
+        incarnation = known.incarnation
+        if update.incarnation:
+            if incarnation and incarnation != update.incarnation:
+                return (f"member {update.id} published incarnation {update.incarnation:016x}"
+                        f", the cluster knows {incarnation:016x}")
+            incarnation = update.incarnation
+        record = replace(known, peer_address=update.peer_address or known.peer_address,
+                         client_address=update.client_address or known.client_address,
+                         incarnation=incarnation)
+        members[update.id] = record
+        writes[keys.member_key(update.id)] = record.to_proto().SerializeToString()
+        return ""
+
+    def _apply_conf_change(self, entry: eraftpb.Entry, writes: dict[bytes, bytes | None],
                            members: dict[int, MemberRecord | None],
                            on_conf_change: OnConfChange | None) -> ApplyResult:
         result = ApplyResult(entry.index, entry.term, 0, CONF_CHANGE)
@@ -236,23 +363,30 @@ class KVStateMachine:
         for change_type, node_id in changes:
             if change_type == eraftpb.RemoveNode:
                 members[node_id] = None
-                batch.delete(keys.member_key(node_id))
+                writes[keys.member_key(node_id)] = None
                 continue
             known = members[node_id] if node_id in members else self._member(node_id)
             record = infos.get(node_id) or known or MemberRecord(node_id)
-            record = replace(record, learner=change_type == eraftpb.AddLearnerNode)
+            # A promotion or re-add by the operator does not know the member's
+            # incarnation: keep the one the member published (removal forgets it).
+            incarnation = record.incarnation or (known.incarnation if known else 0)
+            record = replace(record, learner=change_type == eraftpb.AddLearnerNode,
+                             incarnation=incarnation)
             members[node_id] = record
-            batch.put(keys.member_key(node_id), record.to_proto().SerializeToString())
+            writes[keys.member_key(node_id)] = record.to_proto().SerializeToString()
         if on_conf_change is not None:
             cs = on_conf_change(entry)
             result.conf_state = cs
-            batch.put(keys.CONF_STATE, cs.SerializeToString())
+            writes[keys.CONF_STATE] = cs.SerializeToString()
         return result
 
     # --- reads --------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
-        with self._state_lock:
-            return self._db.get(keys.kv_key(key))
+        slot = self._views.enter()
+        try:
+            return slot.view.get(keys.kv_key(key))
+        finally:
+            self._views.leave(slot)
 
     def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Keys in [start, end) in order (empty `end`: to the end of the key space), at
@@ -264,42 +398,65 @@ class KVStateMachine:
         out: list[tuple[bytes, bytes]] = []
         size = 0
         more = False
-        with self._state_lock, self._db.iterator(start=keys.kv_key(start), stop=stop) as it:
-            for key, value in it:
-                if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
-                                       self.scan_page_bytes_max):
-                    more = True
-                    break
-                out.append((key[1:], value))
-                size += len(key) - 1 + len(value)
+        slot = self._views.enter()
+        try:
+            with slot.view.iterator(start=keys.kv_key(start), stop=stop) as it:
+                for key, value in it:
+                    if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
+                                           self.scan_page_bytes_max):
+                        more = True
+                        break
+                    out.append((key[1:], value))
+                    size += len(key) - 1 + len(value)
+        finally:
+            self._views.leave(slot)
         return out, more
 
     def _member(self, member_id: int) -> MemberRecord | None:
-        raw = self._db.get(keys.member_key(member_id))
-        return None if raw is None else MemberRecord.from_proto(cpb.MemberInfo.FromString(raw))
+        return self._members.get(member_id)
+
+    def member(self, member_id: int) -> MemberRecord | None:
+        """One member's record (from memory), None if it is not a member."""
+        return self._members.get(member_id)
 
     def members(self) -> list[MemberRecord]:
-        """Every known member, by id."""
-        with self._state_lock, self._db.iterator(prefix=keys.MEMBER_PREFIX,
-                                                 include_key=False) as it:
-            return [MemberRecord.from_proto(cpb.MemberInfo.FromString(v)) for v in it]
+        """Every known member, by id (from memory: never waits, never reads LevelDB)."""
+        return sorted(self._members.values(), key=lambda m: m.id)
 
     def initialize_members(self, members: list[MemberRecord]) -> None:
         """Record the founding members of a fresh cluster (synced). Later changes
         arrive through conf-change entries."""
-        with self._state_lock, self._db.write_batch(sync=True) as batch:
-            for m in members:
-                batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
+        with self._state_lock:
+            batch = self._db.write_batch(sync=True)
+            # With the buffered writes first, so these records win over any of theirs.
+            with self._buffer.merged_into(batch, wait=True):
+                for m in members:
+                    batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
+                batch.write()
+            updated = dict(self._members)
+            updated.update((m.id, m) for m in members)
+            self._members = updated
+            self.members_version += 1
 
     def conf_state(self) -> eraftpb.ConfState:
-        raw = self._db.get(keys.CONF_STATE)
+        slot = self._views.enter()
+        try:
+            raw = slot.view.get(keys.CONF_STATE)
+        finally:
+            self._views.leave(slot)
         return eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
 
     # --- snapshots ----------------------------------------------------------------------
     def create_snapshot(self) -> SnapshotHandle:
-        """A consistent image at the current applied index; close() it when done."""
-        with self._state_lock:
-            return SnapshotHandle(self._db)
+        """A consistent image at the current applied index; close() it when done.
+        Not during a snapshot install (SnapshotTemporarilyUnavailableError)."""
+        slot = self._views.enter()
+        try:
+            if slot.view is not self._live:
+                raise SnapshotTemporarilyUnavailableError()
+            return SnapshotHandle(self._buffer.freeze())
+        finally:
+            self._views.leave(slot)
 
     def raft_snapshot(self, request_index: int, to: int) -> eraftpb.Snapshot:
         """`Storage.snapshot` for `LevelDBStorage.set_snapshot_provider`.
@@ -347,16 +504,38 @@ class KVStateMachine:
 
         Call it from the thread that persists Readys, for the Ready carrying the
         snapshot, before `log_store.persist(...)` of that Ready (whose snapshot part is
-        then already in place). Reads wait until it is done.
+        then already in place). Reads do not wait: until it is complete they are
+        served from a frozen view of the state before it. If it raises, reads keep that
+        view and apply/install refuse (reopening the directory finishes the install).
         """
         with self._state_lock:
-            install_staged(self._datadir, staged, log_store)
-            self._load_applied()
-            assert (self.applied_index, self.applied_term) == (staged.metadata.index,
-                                                                staged.metadata.term)
+            self._check_usable()
+            before = self._buffer.freeze()
+            self._views.switch(before)  # waits only for reads already on the live view
+            try:
+                # Buffered applies are older than the snapshot, which replaces them all.
+                self._buffer.discard()
+                install_staged(self._datadir, staged, log_store)
+                applied = self._read_applied()
+                members = self._read_members(self._live)
+            except BaseException as e:
+                self._install_failed = e
+                raise
+            assert applied == (staged.metadata.index, staged.metadata.term)
+            self._views.switch(self._live)  # waits for reads already on the old view
+            before.close()
+            self._members = members
+            self.members_version += 1
+            self.applied_index, self.applied_term = applied
+
+    def _check_usable(self) -> None:
+        if self._install_failed is not None:
+            raise RuntimeError(f"a snapshot install failed ({self._install_failed}); "
+                               "reopen the data directory to finish it")
 
     def close(self) -> None:
-        """Release the open snapshot images (the DataDir closes the database)."""
+        """Release the open snapshot images (the DataDir flushes the buffered applies
+        and closes the database)."""
         with self._handles_lock:
             for handle in self._handles.values():
                 handle.close()

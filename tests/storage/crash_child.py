@@ -9,11 +9,18 @@ committed entries the previous (killed) incarnation had not applied yet.
 
 `install DIR IMAGE INDEX TERM`: installs the snapshot stream file IMAGE (copied into
 the data dir's snap/ first), printing `opened` before and `installed` after.
+
+`bootstrap DIR WHEN:STEP`: bootstraps a founding member's store (server
+storage_adapter.open_store) and SIGKILLs itself WHEN (`before` or `after`) the first call
+of STEP (`persist`: the Raft log's bootstrap write; `set_cluster_id`: the META write);
+prints `bootstrapped` if the step was never reached.
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -101,8 +108,40 @@ def run_install(path: str, image: str, index: int, term: int) -> None:
     dd.close()
 
 
+BOOTSTRAP_CLUSTER = {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
+
+
+def bootstrap_config(path: str):  # -> NodeConfig; imported lazily, the server is heavy
+    from kvraft.server import NodeConfig
+
+    return NodeConfig(node_id=1, data_dir=path, listen="127.0.0.1:7101",
+                      peer_listen="127.0.0.1:7001", initial_cluster=dict(BOOTSTRAP_CLUSTER))
+
+
+def run_bootstrap(path: str, kill_point: str) -> None:
+    from kvraft.server import storage_adapter
+
+    when, step = kill_point.split(":")
+    owner = {"persist": LevelDBStorage, "set_cluster_id": DataDir}[step]
+    original = getattr(owner, step)
+
+    def wrapped(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, step, wrapped)
+    store = storage_adapter.open_store(bootstrap_config(path))
+    store.close()
+    print("bootstrapped", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "log":
         run_log(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "bootstrap":
+        run_bootstrap(sys.argv[2], sys.argv[3])
     else:
         run_install(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

@@ -160,3 +160,38 @@ def test_closing_releases_the_lock(tmp_path: Path) -> None:
     dd.close()  # idempotent
     with DataDir.open(tmp_path / "d", 1) as again:
         assert again.is_new
+
+
+def test_every_directory_has_a_stable_incarnation(tmp_path: Path) -> None:
+    """Issue 11, item 7: a random incarnation in META names this copy of the state."""
+    with DataDir.open(tmp_path / "a", 1) as a, DataDir.open(tmp_path / "b", 1) as b:
+        assert a.incarnation > 0 and b.incarnation > 0 and a.incarnation != b.incarnation
+        first = a.incarnation
+        a.set_cluster_id(0x77)
+    with DataDir.open(tmp_path / "a", 1) as a:
+        assert (a.incarnation, a.cluster_id) == (first, 0x77)
+
+
+def test_a_meta_without_incarnation_gets_one_that_older_readers_still_accept(
+        tmp_path: Path) -> None:
+    """The incarnation is an addition to format version 1, not a new version: a
+    directory written before it gets one at open (written atomically, with its own
+    crc), and the original crc still covers the original fields."""
+    from kvraft.storage.datadir import FORMAT_NAME, FORMAT_VERSION, _meta_crc
+
+    make_dir(tmp_path / "d")
+    meta_path = tmp_path / "d" / "META"
+    meta = json.loads(meta_path.read_text())
+    old = {k: v for k, v in meta.items() if not k.startswith("incarnation")}
+    meta_path.write_text(json.dumps(old) + "\n")  # as an older kvraft wrote it
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        incarnation = dd.incarnation
+        assert incarnation > 0
+    meta = json.loads(meta_path.read_text())
+    assert meta["incarnation"] == incarnation and meta["version"] == FORMAT_VERSION == 1
+    assert meta["crc32"] == _meta_crc(1, 0, FORMAT_VERSION) and meta["format"] == FORMAT_NAME
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        assert dd.incarnation == incarnation
+    meta["incarnation"] += 1  # damaged: its own crc no longer matches
+    meta_path.write_text(json.dumps(meta) + "\n")
+    assert "incarnation fails its checksum" in refusal(tmp_path / "d")

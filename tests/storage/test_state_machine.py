@@ -161,3 +161,50 @@ def test_restart_resumes_exactly_after_last_applied(tmp_path: Path) -> None:
         assert sm.get(b"n") == b"3"
         with pytest.raises(AssertionError, match="out of order"):
             sm.apply([normal(5, b"")])
+
+
+def test_a_member_update_changes_addresses_only(datadir: DataDir) -> None:
+    """A member's publish of its addresses (issue 11, item 5): the role stays what the
+    conf changes made it; an update for a non-member records nothing."""
+    from kvraft.storage import member_update_command
+
+    sm = KVStateMachine(datadir)
+    sm.initialize_members([MemberRecord(1, "p1"), MemberRecord(2, "p2", learner=True)])
+    r = sm.apply([normal(1, member_update_command(2, "p2b", "c2", request_id=5)),
+                  normal(2, member_update_command(1, "", "c1")),
+                  normal(3, member_update_command(9, "p9", "c9"))])
+    assert [(x.kind, x.ok, x.request_id) for x in r] == [
+        ("member_update", True, 5), ("member_update", True, 0), ("member_update", False, 0)]
+    assert sm.members() == [MemberRecord(1, "p1", "c1"),
+                            MemberRecord(2, "p2b", "c2", learner=True)]
+    assert sm.conf_state() == eraftpb.ConfState()  # no conf change, no conf state
+
+
+def test_incarnations_are_learned_once_kept_by_adds_and_forgotten_by_removal(
+        datadir: DataDir) -> None:
+    """Issue 11, item 7: a member's publish records its data directory's incarnation
+    when none is known; another one is refused; a promotion keeps it; a removal
+    forgets it, so the id can be added again with a new directory."""
+    from kvraft.storage import member_update_command
+
+    def change(index: int, change_type: int, member: MemberRecord | None = None
+               ) -> eraftpb.Entry:
+        cc = eraftpb.ConfChange(change_type=change_type, node_id=2)
+        return eraftpb.Entry(index=index, term=1, entry_type=eraftpb.EntryConfChange,
+                             data=cc.SerializeToString(),
+                             context=encode_members([member]) if member else b"")
+
+    sm = KVStateMachine(datadir)
+    r = sm.apply([
+        change(1, eraftpb.AddLearnerNode, MemberRecord(2, "p2", "c2", learner=True)),
+        normal(2, member_update_command(2, "p2", "c2", incarnation=0xAAA)),
+        normal(3, member_update_command(2, "p2x", "c2x", incarnation=0xBBB)),  # replaced
+        change(4, eraftpb.AddNode, MemberRecord(2, "p2", "c2")),  # promotion
+    ])
+    assert [x.ok for x in r] == [True, True, False, True]
+    assert "incarnation 0000000000000bbb, the cluster knows 0000000000000aaa" in r[2].error
+    assert sm.member(2) == MemberRecord(2, "p2", "c2", learner=False, incarnation=0xAAA)
+    sm.apply([change(5, eraftpb.RemoveNode), change(6, eraftpb.AddNode, MemberRecord(2, "p2"))])
+    assert sm.member(2) == MemberRecord(2, "p2", incarnation=0)
+    (r7,) = sm.apply([normal(7, member_update_command(2, "p2", "c2", incarnation=0xBBB))])
+    assert r7.ok and sm.member(2) is not None and sm.member(2).incarnation == 0xBBB
