@@ -35,11 +35,11 @@ protos: $(STAMP)
 	$(PY) protos/compile.py
 
 lint: install
-	$(PY) -m ruff check kvraft tests
+	$(PY) -m ruff check kvraft tests examples protos
 
 # Coverage of the Raft core is measured on its unit and scenario tests; the randomized
 # simulation (tests/raft, marker slow) runs without the tracer, which slows it ~3x.
-test: install lint
+test: install lint docs
 	$(PYTEST) tests/raft -m "not slow" --cov=kvraft.raft --cov-report=term --cov-fail-under=90
 	$(PYTEST) tests/raft -m slow
 	$(PYTEST) tests --ignore=tests/raft --durations=15
