@@ -440,11 +440,12 @@ class RawNode:
         own_term = m.term - 1 if msg_type == MSG_REQUEST_PRE_VOTE else m.term
         if own_term > durable_term:
             return False
-        if msg_type == MSG_REQUEST_VOTE:
-            # A candidate's request implies its vote for itself in that term.
-            return (durable_term, self._durable_vote) == (m.term, self.raft.id)
-        if msg_type == MSG_REQUEST_VOTE_RESPONSE and not m.reject:
-            return (durable_term, self._durable_vote) == (m.term, m.to)
+        # A vote in term t is settled once it is durable, or once a later term is (we
+        # can then never vote in t again). A candidate's request implies its own vote.
+        if msg_type == MSG_REQUEST_VOTE and own_term == durable_term:
+            return self._durable_vote == self.raft.id
+        if msg_type == MSG_REQUEST_VOTE_RESPONSE and not m.reject and own_term == durable_term:
+            return self._durable_vote == m.to
         return True
 
     def advance(self, rd: Ready) -> LightReady:
