@@ -11,6 +11,7 @@ on stable storage before responding to (or sending) RPCs.
 from __future__ import annotations
 
 from kvraft.raft import Config, MemStorage, RawNode, Ready, eraftpb
+from tests.raft.network import Network
 
 VOTER, LEARNER = 1, 2
 
@@ -119,3 +120,32 @@ def test_granted_pre_vote_answer_of_a_leader_is_not_held() -> None:
     answers = [(m.msg_type, m.term, m.reject) for m in rd2.messages()
                if m.msg_type == eraftpb.MsgRequestPreVoteResponse]
     assert answers == [(eraftpb.MsgRequestPreVoteResponse, 5, False)]
+
+
+def test_learner_never_applies_what_a_leader_lost_in_a_crash_before_its_fsync() -> None:
+    # The sequence of issue 11: node 1 is elected at term 1 and offers a no-op and
+    # `v1` in one round; it crashes before the fsync, restarts at term 0, wins term 1
+    # again and writes `v2` at the same index and term. The learner must end up with,
+    # and apply, v2 — the only entry that was ever committed there.
+    net = Network([VOTER], learners=[LEARNER], async_persist=True, auto_persist=False,
+                  max_size_per_msg=1 << 20)
+    net.node(VOTER).campaign()
+    net.node(VOTER).propose(b"", b"v1")
+    net.handle_ready(VOTER)  # write queued; messages() go on the wire now
+    while net.deliver_one():
+        pass
+    net.handle_ready(LEARNER)
+    while net.persist(LEARNER):
+        pass
+    net.crash(VOTER)  # before persist(VOTER): its write is lost
+    net.restart(VOTER)
+    assert net.term(VOTER) == 0
+    net.auto_persist = True
+    net.node(VOTER).campaign()
+    net.node(VOTER).propose(b"", b"v2")
+    net.stabilize()
+    assert net.term(VOTER) == 1
+    assert net.applied_data(VOTER) == [b"v2"]
+    assert net.applied_data(LEARNER) == [b"v2"]
+    keys = [net.nodes[i].storage.mirror for i in (VOTER, LEARNER)]
+    assert keys[0] == keys[1]  # Log Matching, learner included
