@@ -301,9 +301,13 @@ class RawNode:
 
     # --- output -----------------------------------------------------------------------
     def has_ready(self) -> bool:
+        """Whether `ready()` has work. No side effects: a deferred broadcast (coalesced
+        appends, a Safe ReadIndex heartbeat round) counts as ready but is sent only
+        by `ready()`, so what arrives until then still joins it."""
         raft = self.raft
-        raft.flush_pending_broadcasts()
         if raft.msgs or raft.read_states or raft.msgs_before_leadership:
+            return True
+        if raft.has_pending_broadcast():
             return True
         log = raft.raft_log
         if log.unstable.has_next_entries() or log.unstable.next_snapshot() is not None:
