@@ -10,6 +10,8 @@ on stable storage before responding to (or sending) RPCs.
 """
 from __future__ import annotations
 
+import pytest
+
 from kvraft.raft import Config, MemStorage, RawNode, Ready, eraftpb
 from tests.raft.network import Network
 
@@ -149,3 +151,29 @@ def test_learner_never_applies_what_a_leader_lost_in_a_crash_before_its_fsync() 
     assert net.applied_data(LEARNER) == [b"v2"]
     keys = [net.nodes[i].storage.mirror for i in (VOTER, LEARNER)]
     assert keys[0] == keys[1]  # Log Matching, learner included
+
+
+M = eraftpb
+
+
+@pytest.mark.parametrize(("msg_type", "term", "to", "reject", "covered"), [
+    (M.MsgAppend, 3, 2, False, True),
+    (M.MsgHeartbeat, 4, 2, False, False),              # a term not yet durable
+    (M.MsgRequestPreVote, 4, 2, False, True),          # asks about term + 1
+    (M.MsgRequestPreVote, 5, 2, False, False),
+    (M.MsgRequestPreVoteResponse, 9, 2, False, True),  # the requester's term
+    (M.MsgRequestPreVoteResponse, 4, 2, True, False),  # a rejection carries ours
+    (M.MsgRequestVote, 3, 2, False, True),             # our durable vote is for us
+    (M.MsgRequestVoteResponse, 3, 1, False, True),     # ...so we granted nobody else
+    (M.MsgRequestVoteResponse, 3, 2, False, False),
+    (M.MsgRequestVoteResponse, 3, 2, True, True),
+    (M.MsgRequestVoteResponse, 2, 2, False, True),     # a later term is durable
+])
+def test_the_routing_rule(msg_type: int, term: int, to: int, reject: bool,
+                          covered: bool) -> None:
+    # Durable term 3 and vote 1 (node 1 voted for itself), as a restart reads them.
+    store = MemStorage.new_with_conf_state(eraftpb.ConfState(voters=[1, 2, 3]))
+    store.set_hardstate(eraftpb.HardState(term=3, vote=1))
+    node = RawNode(Config(id=1, election_tick=10, heartbeat_tick=1), store)
+    m = eraftpb.Message(msg_type=msg_type, from_=1, to=to, term=term, reject=reject)
+    assert node._covered_by_durable_state(m, node._durable_term) is covered
