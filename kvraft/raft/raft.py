@@ -375,7 +375,7 @@ class Raft:
 
     def request_bcast_append(self) -> None:
         """Send appends to every peer, but only when the application next collects
-        messages (RawNode.ready / has_ready): proposals and commit updates arriving
+        messages (RawNode.ready, or a LightReady): proposals and commit updates arriving
         in between then travel together, one MsgAppend per peer instead of one per
         event (the effect of batch_append, without waiting for a queued message)."""
         self.bcast_append_pending = True
@@ -388,9 +388,18 @@ class Raft:
         two Readies cost one round, not N."""
         self.bcast_read_heartbeat_pending = True
 
+    def has_pending_broadcast(self) -> bool:
+        """Whether a deferred broadcast waits for the next collection; no side effects
+        (RawNode.has_ready). It may still send nothing if every peer is paused."""
+        if self.state is not StateRole.Leader or len(self.prs.progress) < 2:
+            return False
+        return self.bcast_append_pending or (
+            self.bcast_read_heartbeat_pending
+            and self.read_only.last_pending_request_ctx() is not None)
+
     def flush_pending_broadcasts(self) -> None:
         """Send the appends and the read heartbeat round deferred since the last
-        collection (RawNode.ready / has_ready / advance)."""
+        collection (RawNode.ready / advance)."""
         if self.bcast_append_pending:
             self.bcast_append_pending = False
             if self.state is StateRole.Leader:

@@ -16,6 +16,24 @@ Thesis §10.2.1: the leader may send its entries to followers in parallel with w
 them to its own disk, because it counts itself towards commit only once they are
 durable. Everything a node says that depends on its own durable state (a vote, an
 append acknowledgement) waits in `persisted_messages` until that state is written.
+
+The routing rule: no message carries a term (or a vote) that is not yet durable on its
+sender (thesis §3.8: currentTerm and votedFor are on stable storage before the node
+speaks). RawNode tracks the highest durable term and vote: those of the newest HardState
+in a Ready reported persisted (`advance`, `advance_append`, `on_persist_ready`). Only a
+leader's messages may go in `messages()`, and only those the durable state covers; the
+others go in `persisted_messages()` of whichever Ready carries them (with
+`advance_append_async` the Ready after the one that raised the term has no HardState
+but may already hold appends and heartbeats of the new term), and a LightReady leaves
+them queued for the next Ready. The case this matters for is a single voter: it wins
+at once, so the Ready that raises its term already holds appends to its learners; sent
+before the term is durable, a crash before the fsync lets it win the same term again
+and write another entry at the same (index, term), which a learner would keep.
+Persisted messages wait only for their own Ready's write, never for the durable term to
+reach their term, so nothing is held for good. Pre-vote (§9.6) is reasoned about
+explicitly: a MsgRequestPreVote carries term + 1 but asserts only the sender's current
+term, and a granted pre-vote answer carries the requester's term and depends on no
+durable state, so neither is held for its term.
 """
 from __future__ import annotations
 
@@ -29,6 +47,10 @@ from kvraft.raft.errors import StepLocalMsg, StepPeerNotFound
 from kvraft.raft.raft import (
     MSG_PROPOSE,
     MSG_READ_INDEX,
+    MSG_REQUEST_PRE_VOTE,
+    MSG_REQUEST_PRE_VOTE_RESPONSE,
+    MSG_REQUEST_VOTE,
+    MSG_REQUEST_VOTE_RESPONSE,
     MSG_SNAP_STATUS,
     MSG_TRANSFER_LEADER,
     MSG_UNREACHABLE,
@@ -50,15 +72,17 @@ class SnapshotStatus(enum.Enum):
 
 
 class _ReadyRecord:
-    """What one Ready asked the application to persist: its entries and snapshot."""
+    """What one Ready asked the application to persist: its entries, snapshot and the
+    term and vote of its hard state."""
 
-    __slots__ = ("first_index", "last_entry", "number", "snapshot")
+    __slots__ = ("first_index", "last_entry", "number", "snapshot", "term_vote")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.first_index = 0                                 # of its entries, 0 when none
         self.last_entry: tuple[int, int] | None = None       # (index, term)
         self.snapshot: tuple[int, int] | None = None         # (index, term)
+        self.term_vote: tuple[int, int] | None = None        # of its HardState, if any
 
 
 _EMPTY_SNAPSHOT = eraftpb.Snapshot()
@@ -193,6 +217,12 @@ class RawNode:
         raft = self.raft
         self._prev_ss = SoftState(raft.leader_id, raft.state)
         self._prev_hs = (raft.term, raft.vote, raft.raft_log.committed)
+        # The term and vote known to be on stable storage: the storage's own at start,
+        # then those of the newest HardState in a Ready reported persisted. Invariant:
+        # _durable_term <= _prev_hs[0] <= raft.term; no message above it is handed out
+        # to be sent before the write (see the module docstring).
+        self._durable_term: int = raft.term
+        self._durable_vote: int = raft.vote
         self._max_number = 0
         self._records: deque[_ReadyRecord] = deque()
         # Committed entries up to here were handed to the application already.
@@ -271,9 +301,13 @@ class RawNode:
 
     # --- output -----------------------------------------------------------------------
     def has_ready(self) -> bool:
+        """Whether `ready()` has work. No side effects: a deferred broadcast (coalesced
+        appends, a Safe ReadIndex heartbeat round) counts as ready but is sent only
+        by `ready()`, so what arrives until then still joins it."""
         raft = self.raft
-        raft.flush_pending_broadcasts()
         if raft.msgs or raft.read_states or raft.msgs_before_leadership:
+            return True
+        if raft.has_pending_broadcast():
             return True
         log = raft.raft_log
         if log.unstable.has_next_entries() or log.unstable.next_snapshot() is not None:
@@ -304,6 +338,7 @@ class RawNode:
             if hs[0] != prev_hs[0] or hs[1] != prev_hs[1]:
                 rd._must_sync = True
             rd._hs = eraftpb.HardState(term=hs[0], vote=hs[1], commit=hs[2])
+            record.term_vote = (hs[0], hs[1])
 
         if raft.read_states:
             rd._read_states, raft.read_states = raft.read_states, []
@@ -335,8 +370,13 @@ class RawNode:
             raft.msgs_before_leadership = []
         if raft.msgs:
             if raft.state is StateRole.Leader:
-                # §10.2.1: the leader's appends may go out before its own disk write.
-                rd._messages = raft.msgs
+                # §10.2.1: the leader's appends may go out before its own disk write,
+                # but not before the term (and vote) they carry is durable (§3.8). Held
+                # messages are at most at raft.term, whose HardState is in this Ready or
+                # an earlier one, so this Ready's write makes their term durable.
+                send_now, held = self._split_by_durable_state(raft.msgs)
+                rd._messages = send_now
+                rd._persisted_messages.extend(held)
             else:
                 rd._persisted_messages.extend(raft.msgs)
             raft.msgs = []
@@ -376,11 +416,41 @@ class RawNode:
             raft.reduce_uncommitted_size(committed)
             self._commit_since_index = committed[-1].index
             light._committed_entries = committed
-        # Only a leader may send right away; anything else a follower produced waits
-        # for the next Ready's persisted_messages.
+        # Only a leader may send right away, and only what the durable term and vote
+        # cover (a term raised since the last Ready is not on disk yet); anything else
+        # stays queued for the next Ready, which routes it to persisted_messages.
         if raft.msgs and raft.state is StateRole.Leader:
-            light._messages, raft.msgs = raft.msgs, []
+            light._messages, raft.msgs = self._split_by_durable_state(raft.msgs)
         return light
+
+    def _split_by_durable_state(self, msgs: list[eraftpb.Message]
+                                ) -> tuple[list[eraftpb.Message], list[eraftpb.Message]]:
+        """(messages the durable term and vote cover, messages that must wait)."""
+        durable_term = self._durable_term
+        send_now: list[eraftpb.Message] = []
+        held: list[eraftpb.Message] = []
+        for m in msgs:
+            (send_now if self._covered_by_durable_state(m, durable_term) else held).append(m)
+        return send_now, held
+
+    def _covered_by_durable_state(self, m: eraftpb.Message, durable_term: int) -> bool:
+        """Whether every term and vote of ours that `m` carries is durable."""
+        msg_type = m.msg_type
+        if msg_type == MSG_REQUEST_PRE_VOTE_RESPONSE and not m.reject:
+            # §9.6: a granted pre-vote answers with the requester's term and records
+            # nothing here; it asserts no state of ours.
+            return True
+        # A pre-vote request asks about term + 1 from our current term.
+        own_term = m.term - 1 if msg_type == MSG_REQUEST_PRE_VOTE else m.term
+        if own_term > durable_term:
+            return False
+        # A vote in term t is settled once it is durable, or once a later term is (we
+        # can then never vote in t again). A candidate's request implies its own vote.
+        if msg_type == MSG_REQUEST_VOTE and own_term == durable_term:
+            return self._durable_vote == self.raft.id
+        if msg_type == MSG_REQUEST_VOTE_RESPONSE and not m.reject and own_term == durable_term:
+            return self._durable_vote == m.to
+        return True
 
     def advance(self, rd: Ready) -> LightReady:
         """The Ready was fully handled (persisted, sent, applied)."""
@@ -412,6 +482,8 @@ class RawNode:
         records = self._records
         while records and records[0].number <= number:
             record = records.popleft()
+            if record.term_vote is not None:
+                self._durable_term, self._durable_vote = record.term_vote
             if record.snapshot is not None:
                 snap_index = record.snapshot[0]
                 index = term = 0

@@ -5,7 +5,9 @@ ready -> send `messages()` -> persist snapshot / entries / hard state -> send
 `persisted_messages()` -> apply committed entries -> advance. In `async_persist` mode the
 write is queued instead (`advance_append_async`) and completed later by `persist()`,
 which sends the persisted messages and calls `on_persist_ready(number)`; a crash in
-between loses the write, exactly as a crash before fsync would.
+between loses the write, exactly as a crash before fsync would. `crash_during_ready()`
+crashes a node after it sent a Ready's `messages()` and before that Ready's write, in
+either mode.
 
 Faults are injected between the nodes: drop (by link, by type, by filter, at random),
 partition, isolate, delay, duplicate, reorder, and crash-restart, where a node comes
@@ -272,6 +274,12 @@ class SimStorage:
     def hard_state(self) -> eraftpb.HardState:
         return self.mem.initial_state().hard_state
 
+    def durable_hard_state(self) -> eraftpb.HardState:
+        """The hard state a crash would keep (in sync mode every write is durable)."""
+        if self.durable is None:
+            return self.hard_state()
+        return self.durable.hard_state()
+
     # -- durability (async mode) --
     def make_durable(self, task: WriteTask) -> None:
         """The write of one Ready reached the disk."""
@@ -410,6 +418,8 @@ class Network:
         self.applied_hooks: list[Callable[[SimNode, eraftpb.Entry], None]] = []
         self.batch_hooks: list[Callable[[SimNode, list[eraftpb.Entry]], None]] = []
         self.restore_hooks: list[Callable[[SimNode, StateMachine], None]] = []
+        # Called with (sender id, message) for every message put on the wire.
+        self.send_hooks: list[Callable[[int, eraftpb.Message], None]] = []
         self.step_errors: list[tuple[int, Exception]] = []
         cs = conf_state(voters, learners)
         for node_id in [*cs.voters, *cs.learners]:
@@ -552,6 +562,8 @@ class Network:
             assert msg.to != 0 and msg.to != src, f"bad destination: {describe(msg)}"
             if self.record_sent:
                 self.sent.append(msg)
+            for hook in self.send_hooks:
+                hook(src, msg)
             if self._dropped(msg, src):
                 self._snapshot_outcome(msg, delivered=False)
                 continue
@@ -648,6 +660,20 @@ class Network:
         self.send(light.take_messages(), node_id)
         self._apply(node, light.take_committed_entries())
         raw.advance_apply()
+        return True
+
+    def crash_during_ready(self, node_id: int) -> bool:
+        """Take a Ready, send what it allows to go before the write (`messages()`), and
+        crash before the write is durable: everything not yet persisted is lost, this
+        Ready's write and, in async mode, every Ready handed back but not reported
+        persisted. False if the node had no Ready (nothing happens then)."""
+        node = self.nodes[node_id]
+        raw = node.raw
+        if raw is None or not raw.has_ready():
+            return False
+        rd = raw.ready()
+        self.send(rd.take_messages(), node_id)
+        self.crash(node_id)
         return True
 
     def _write(self, node: SimNode, task: WriteTask) -> None:

@@ -52,7 +52,8 @@ def test_voter_in_lease_ignores_vote_request() -> None:
     net.process(2)
     assert net.term(2) == term
     assert net.raft(2).vote == leader
-    assert not [m for m in net.take_sent(eraftpb.MsgRequestVoteResponse) if not m.reject]
+    # Ignored, not rejected: no answer at all (a rejection would carry the new term).
+    assert net.take_sent(eraftpb.MsgRequestVoteResponse) == []
 
 
 def test_disruptive_campaign_fails_against_lease() -> None:

@@ -110,12 +110,19 @@ def test_vote_survives_crash_restart() -> None:
     assert [m.reject for m in net.take_sent(eraftpb.MsgRequestVoteResponse)] == [True]
 
 
-def test_stale_vote_request_is_rejected() -> None:
-    # Figure 2, RequestVote receiver: "Reply false if term < currentTerm."
+# Figure 2, RequestVote receiver: "Reply false if term < currentTerm." As in etcd and
+# raft-rs, a stale RequestVote is not answered at all (the candidate learns the term
+# from the next leader's messages); a stale pre-vote is rejected explicitly with our
+# term, so that a pre-candidate that cannot raise its term learns it (§9.6). Neither
+# grants, and neither changes our term or vote, however long the candidate's log.
+@pytest.mark.parametrize(("msg_type", "answers"), [
+    (eraftpb.MsgRequestVote, []),
+    (eraftpb.MsgRequestPreVote, [(eraftpb.MsgRequestPreVoteResponse, 2, True, 5)]),
+])
+def test_stale_vote_request_is_not_granted(msg_type: int, answers: list) -> None:
     raw = new_raw_node(1, [1, 2, 3], term=5)
-    raw.step(vote_request(2, 1, term=3, log_term=9, index=9))
-    resp = only(drain(raw), eraftpb.MsgRequestVoteResponse)
-    assert all(m.reject for m in resp)
+    raw.step(vote_request(2, 1, term=3, log_term=9, index=9, msg_type=msg_type))
+    assert [(m.msg_type, m.to, m.reject, m.term) for m in drain(raw)] == answers
     assert raw.raft.term == 5 and raw.raft.vote == 0
 
 

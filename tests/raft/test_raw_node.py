@@ -423,3 +423,47 @@ def test_joining_node_starts_from_a_snapshot() -> None:
     leader.propose(b"", b"after-join")
     settle(nodes)
     assert joined.raft_log.committed == leader.raft.raft_log.last_index()
+
+
+def test_has_ready_has_no_side_effects_yet_reports_a_deferred_heartbeat_round() -> None:
+    # Issue 15: has_ready() answers without producing anything (raft-rs's does); a Safe
+    # ReadIndex round deferred to the next Ready still counts as ready, and ready()
+    # sends it.
+    nodes = three_nodes()
+    leader = elect(nodes)
+    raft = leader.raft
+    assert not leader.has_ready()
+    leader.read_index(b"r1")
+    assert raft.msgs == []  # the heartbeat round waits for the Ready
+    assert leader.has_ready() and leader.has_ready()
+    assert raft.msgs == [] and raft.bcast_read_heartbeat_pending
+    leader.read_index(b"r2")  # a read after has_ready() still shares the round
+    rd = leader.ready()
+    beats = [(m.to, bytes(m.context)) for m in rd.messages()
+             if m.msg_type == eraftpb.MsgHeartbeat]
+    assert sorted(beats) == [(2, b"r2"), (3, b"r2")]
+    assert not raft.bcast_read_heartbeat_pending
+
+
+def test_has_ready_has_no_side_effects_yet_reports_deferred_appends() -> None:
+    nodes = three_nodes()
+    leader = elect(nodes)
+    raft = leader.raft
+    raft.request_bcast_append()  # e.g. a commit index to tell everyone
+    assert leader.has_ready() and leader.has_ready()
+    assert raft.msgs == [] and raft.bcast_append_pending
+    leader.propose(b"", b"a")
+    assert leader.has_ready()
+    leader.propose(b"", b"b")  # proposals between has_ready() and ready() coalesce too
+    rd = leader.ready()
+    appends = sorted((m.to, [e.data for e in m.entries]) for m in rd.messages()
+                     if m.msg_type == eraftpb.MsgAppend)
+    assert appends == [(2, [b"a", b"b"]), (3, [b"a", b"b"])]
+
+
+def test_has_ready_ignores_a_deferred_broadcast_a_follower_cannot_send() -> None:
+    nodes = three_nodes()
+    elect(nodes)
+    follower = nodes[2]
+    follower.raft.request_bcast_append()  # only a leader broadcasts
+    assert not follower.has_ready()

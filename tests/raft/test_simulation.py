@@ -16,9 +16,21 @@ def run_seeds(seeds: range) -> list[str]:
 
 
 def test_simulation_quick() -> None:
-    """A few seeds of both sizes in the fast tier."""
+    """A few seeds of every layout in the fast tier (10000-10004 are single-voter)."""
     failures = run_seeds(range(10_000, 10_000 + QUICK_SEEDS))
     assert not failures, "\n".join(failures)
+
+
+# Single voter + learner seeds that found issue 11's bug (a leader sending a term it had
+# not persisted) on the code before its fix: seed 1 by the wire check (first of 26 in
+# 0..99), seeds 697 and 776 by Log Matching alone (--no-wire-check, 2 of 0..999).
+FOUND_DURABLE_TERM_BUG = [(1, True), (697, False), (776, False)]
+
+
+@pytest.mark.parametrize(("seed", "wire_check"), FOUND_DURABLE_TERM_BUG)
+def test_simulation_seeds_that_found_the_durable_term_bug(seed: int, wire_check: bool) -> None:
+    failure = run_seed(seed, CHAOS_STEPS, wire_check=wire_check)
+    assert failure is None, failure
 
 
 @pytest.mark.slow

@@ -84,12 +84,11 @@ def test_stale_snapshot_is_ignored() -> None:
     snap.metadata.conf_state.voters.extend([1, 2, 3])
     raw.step(eraftpb.Message(msg_type=eraftpb.MsgSnapshot, from_=1, to=2, term=1,
                              snapshot=snap))
-    msgs = []
-    if raw.has_ready():
-        rd = raw.ready()
-        assert rd.snapshot() is None or rd.snapshot().metadata.index == 0
-        msgs = list(rd.take_messages()) + list(rd.take_persisted_messages())
-        raw.advance(rd)
+    assert raw.has_ready()
+    rd = raw.ready()
+    assert rd.snapshot().metadata.index == 0
+    msgs = list(rd.take_messages()) + list(rd.take_persisted_messages())
+    raw.advance(rd)
     acks = only(msgs, eraftpb.MsgAppendResponse)
     assert [(m.index, m.reject) for m in acks] == [(3, False)]
     assert raw.raft.raft_log.last_index() == 3
