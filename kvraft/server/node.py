@@ -45,6 +45,10 @@ PENDING_PROPOSALS_MAX = 20_000
 PENDING_READS_MAX = 20_000
 INBOUND_MESSAGES_MAX = 50_000
 SNAPSHOT_HANDLES_KEPT = 2
+# Staged snapshots whose MsgSnapshot waits to be stepped. Each new leader (one per term)
+# sends at most one at a time, so a few cover every leader change between two rounds;
+# beyond that a snapshot is refused (its sender retries, as for any lost message).
+STAGED_SNAPSHOTS_MAX = 4
 MAX_SIZE_PER_MSG_BYTES = 1 << 20
 MAX_INFLIGHT_MSGS = 256
 COMMIT_PERSIST_LAG_ENTRIES = 1_000
@@ -152,7 +156,14 @@ class Node:
         self._read_rounds: dict[bytes, ReadRound] = {}
         self._read_ctx = itertools.count(1)
         self._read_ctx_prefix = secrets.token_bytes(8)
-        self._staged: dict[tuple[int, int], Any] = {}      # (index, term) -> StagedSnapshot
+        # Staged snapshot files by (index, term). Pending: delivered, their MsgSnapshot
+        # is in _inbound, not yet stepped (Raft may still restore any of them); at most
+        # STAGED_SNAPSHOTS_MAX. Stepped: only during a round, those whose message this
+        # round stepped; Raft restored at most one of them, which this round's Ready
+        # carries; the others were ignored (older than the commit index, thesis §5.3) and
+        # are discarded when the round's Ready has been taken. Empty between rounds.
+        self._staged_pending: dict[tuple[int, int], Any] = {}
+        self._staged_stepped: dict[tuple[int, int], Any] = {}
         self._refused_conf_changes: dict[int, str] = {}
         self._transfers: list[int] = []
         self._leader_id = 0
@@ -264,12 +275,25 @@ class Node:
         self._snapshot_reports.append((peer_id, ok))
         self._wake.set()
 
-    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> None:
+    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> bool:
+        """Queue a received MsgSnapshot with its staged file; False (file discarded)
+        when too many wait already — the leader sends it again later."""
         meta = msg.snapshot.metadata
-        for key in list(self._staged):
-            sa.discard_staged(self._staged.pop(key))
-        self._staged[(meta.index, meta.term)] = staged
+        key = (meta.index, meta.term)
+        previous = self._staged_pending.pop(key, None)
+        if previous is not None:
+            # The same snapshot twice (a retry): Raft restores it at most once, from
+            # either message; keep the newer file.
+            sa.discard_staged(previous)
+        elif len(self._staged_pending) >= STAGED_SNAPSHOTS_MAX:
+            log.warning("node %d: refused snapshot at index %d term %d: %d snapshots "
+                        "already wait to be stepped", self.id, meta.index, meta.term,
+                        len(self._staged_pending))
+            sa.discard_staged(staged)
+            return False
+        self._staged_pending[key] = staged
         self.deliver([msg])
+        return True
 
     def is_member(self, peer_id: int) -> bool:
         return peer_id in self._conf_ids
@@ -429,6 +453,8 @@ class Node:
     async def _round(self) -> None:
         raw = self.raw
         inbound, self._inbound = self._inbound, []
+        # Every pending snapshot's message is in `inbound` (deliver_snapshot queues both).
+        self._staged_stepped, self._staged_pending = self._staged_pending, {}
         for msg in inbound:
             try:
                 raw.step(msg)
@@ -481,6 +507,7 @@ class Node:
                 await self._handle_ready()
             if raw.has_ready():
                 self._wake.set()
+        self._discard_ignored_snapshots()
         self._serve_reads()
         if self._reads_queued and not self._read_index_in_flight():
             self._wake.set()
@@ -557,9 +584,17 @@ class Node:
         staged = None
         if snapshot is not None:
             key = (snapshot.metadata.index, snapshot.metadata.term)
-            staged = self._staged.pop(key, None)
+            staged = self._staged_stepped.pop(key, None)
             assert staged is not None, f"snapshot {key} in Ready was never staged"
         return snapshot, staged
+
+    def _discard_ignored_snapshots(self) -> None:
+        """After the round's Ready was taken: the snapshots whose messages this round
+        stepped and Raft did not restore can never be restored (their messages are
+        gone); delete their files."""
+        for staged in self._staged_stepped.values():
+            sa.discard_staged(staged)
+        self._staged_stepped.clear()
 
     def _take_ready_writes(
         self, rd: raft.Ready
