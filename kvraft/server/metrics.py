@@ -67,6 +67,14 @@ class NodeMetrics:
         self.snapshots_installed = Counter(
             "kvraft_snapshots_installed", "Snapshots installed from the leader", registry=r
         )
+        self.loop_lag = Histogram(
+            "kvraft_event_loop_lag_seconds", "How late the event loop ran a due timer",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "kvraft_event_loop_lag_max_seconds",
+            "The largest event-loop lag since the node started", registry=r,
+        )
         self.snapshots_created = Counter(
             "kvraft_snapshots_created", "Log compactions after a snapshot", registry=r
         )

@@ -35,6 +35,7 @@ from kvraft.raft import Config, RawNode, StateRole
 
 from . import storage_adapter as sa
 from .config import NodeConfig
+from .loop_lag import LoopLagProbe
 from .metrics import NodeMetrics
 from .transport import PeerTransport
 from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, unavailable
@@ -179,6 +180,8 @@ class Node:
         self._fatal: BaseException | None = None
         self._last_round_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        # Warn well before a blocked loop could cost an election (a quarter of it).
+        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4)
         self._conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
         self._conf_ids = _ids_of(self._conf_state)
         self._extra_addresses: dict[int, str] = dict(config.initial_cluster)
@@ -193,6 +196,7 @@ class Node:
             loop.create_task(self._ticker(), name="raft-ticker"),
             loop.create_task(self._run(), name="raft-loop"),
             loop.create_task(self._persister(), name="raft-persister"),
+            loop.create_task(self.loop_lag.run(), name="loop-lag-probe"),
         ]
 
     @property
@@ -210,7 +214,7 @@ class Node:
         self._wake.set()
         self._persist_wake.set()   # the persister finishes its queue, then returns
         for task in self._tasks:
-            if task.get_name() == "raft-ticker":
+            if task.get_name() in ("raft-ticker", "loop-lag-probe"):
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
