@@ -385,13 +385,22 @@ class LevelDBStorage:
                 self._cache.drop_before(compact_index)
         self._drop_compacted_keys(first, compact_index)
 
+    def compaction_target(self, applied_index: int, policy: CompactionPolicy) -> int | None:
+        """The first index `policy` would compact to, given the state machine's applied
+        index, or None. Cheap (no I/O): the node asks it after every round."""
+        with self._lock:
+            first = self._offset_index + 1
+            applied = min(applied_index, self._hard_state.commit,
+                          self._offset_index + len(self._terms))
+            if applied < first or not policy.due(applied - first + 1, self._log_bytes):
+                return None
+            sizes = self._sizes[: applied - self._offset_index]
+            return policy.compact_index(first, applied, self._log_bytes, sizes)
+
     def maybe_compact(self, applied_index: int, policy: CompactionPolicy) -> int | None:
         """Compact as `policy` says, given the state machine's applied index; returns
         the new first index, or None when nothing was dropped."""
-        with self._lock:
-            first = self._offset_index + 1
-            commit = self._hard_state.commit
-        target = policy.compact_index(first, min(applied_index, commit), self._log_bytes)
+        target = self.compaction_target(applied_index, policy)
         if target is None:
             return None
         self.compact(target)
