@@ -954,7 +954,8 @@ class Node:
         `applied`, entries well behind it can go; a trailing window stays so a follower
         a little behind catches up from the log instead of a full snapshot."""
         applied = self.store.sm.applied_index
-        if applied - self.store.log.first_index() >= self.store.policy.snapshot_entries:
+        # By entries or by bytes (large entries: bulk-load batches), as the policy says.
+        if self.store.log.compaction_target(applied, self.store.policy) is not None:
             # Compaction writes (synced) and deletes: the persister does it between
             # Ready writes, off the loop.
             self._compact_due = True
