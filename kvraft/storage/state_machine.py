@@ -15,9 +15,11 @@ Reads (`get`, `scan`) are point-in-time: a LevelDB get or iterator sees one cons
 state. Snapshots (`create_snapshot`, `raft_snapshot`) are LevelDB snapshots: taking one
 costs nothing and applies continue meanwhile.
 
-Threading: `apply` and `install_snapshot` from one thread at a time (normally the
-node's apply loop); `get`, `scan`, `members` and snapshot reads from any thread. An
-install holds reads off until it is complete, so no reader sees a half-installed image.
+Threading: `apply` and `install_snapshot` from any thread, one at a time (a writer
+lock serialises them; the node applies on its apply thread and installs on its
+persistence thread); `get`, `scan`, `members` and snapshot reads from any thread. An
+install holds reads off until it is complete, so no reader sees a half-installed image;
+an apply never holds them off (its one batch is atomic).
 """
 from __future__ import annotations
 
@@ -119,8 +121,13 @@ class KVStateMachine:
         self._snapshot_handles_max = snapshot_handles_max
         self._handles: OrderedDict[tuple[int, int], SnapshotHandle] = OrderedDict()
         self._handles_lock = threading.Lock()
-        # Held by apply/install (writers) and briefly by reads, so no read sees an
-        # install half done.
+        # Writers (apply, install, initialize_members) one at a time.
+        self._write_lock = threading.Lock()
+        # Held by an install for its whole duration and briefly by reads, so no read
+        # sees an install half done. An apply does not take it: its one WriteBatch is
+        # atomic (a reader sees all of it or nothing), so a read on the node's event
+        # loop never waits for an apply's write, which stalls while LevelDB's
+        # compaction is behind (issue 11, item 8).
         self._state_lock = threading.RLock()
         self.applied_index = 0
         self.applied_term = 0
@@ -140,11 +147,11 @@ class KVStateMachine:
         after the earlier entries of the call; the node applies the change to Raft
         there (`RawNode.apply_conf_change`) and returns the new ConfState, which is
         then written in the same batch as the applied index (crash-atomic). It runs
-        while the state machine's lock is held: it must not wait for another thread
-        that reads the state machine (get/scan/snapshots would deadlock).
+        while the writer lock is held: it must not wait for another thread that writes
+        the state machine.
         """
         results: list[ApplyResult] = []
-        with self._state_lock:
+        with self._write_lock:
             batch = self._db.write_batch()
             pending = _PendingWrites(self._db, batch)
             members: dict[int, MemberRecord | None] = {}
@@ -287,7 +294,7 @@ class KVStateMachine:
     def initialize_members(self, members: list[MemberRecord]) -> None:
         """Record the founding members of a fresh cluster (synced). Later changes
         arrive through conf-change entries."""
-        with self._state_lock, self._db.write_batch(sync=True) as batch:
+        with self._write_lock, self._db.write_batch(sync=True) as batch:
             for m in members:
                 batch.put(keys.member_key(m.id), m.to_proto().SerializeToString())
 
@@ -349,7 +356,7 @@ class KVStateMachine:
         snapshot, before `log_store.persist(...)` of that Ready (whose snapshot part is
         then already in place). Reads wait until it is done.
         """
-        with self._state_lock:
+        with self._write_lock, self._state_lock:
             install_staged(self._datadir, staged, log_store)
             self._load_applied()
             assert (self.applied_index, self.applied_term) == (staged.metadata.index,
