@@ -6,7 +6,10 @@ before an election timeout turns it into a leader change (issue 11, item 8).
 The probe sleeps `interval_s` again and again; the lag of one wake-up is how much later
 than asked it woke. Each is observed in the `kvraft_event_loop_lag_seconds` histogram
 and the largest so far is kept in `kvraft_event_loop_lag_max_seconds`; a lag above
-`warn_s` is logged once per occurrence, with its length.
+`warn_s` is logged once per occurrence, with its length and how much of it the loop's
+own thread spent running: nearly all of it means work on the loop blocked it; little
+of it means the thread was waiting — for the GIL (another thread's long pure-Python
+work) or for a CPU (a loaded machine).
 """
 from __future__ import annotations
 
@@ -37,14 +40,17 @@ class LoopLagProbe:
     async def run(self) -> None:
         while True:
             asked_at = self.clock()
+            cpu_at = time.thread_time()
             await asyncio.sleep(self.interval_s)
-            self.observe(self.clock() - asked_at - self.interval_s)
+            self.observe(self.clock() - asked_at - self.interval_s,
+                         time.thread_time() - cpu_at)
 
-    def observe(self, lag_s: float) -> None:
+    def observe(self, lag_s: float, loop_cpu_s: float = 0.0) -> None:
         lag_s = max(0.0, lag_s)
         self.metrics.loop_lag.observe(lag_s)
         if lag_s > self.max_lag_s:
             self.max_lag_s = lag_s
             self.metrics.loop_lag_max.set(lag_s)
         if lag_s > self.warn_s:
-            log.warning("node %d: the event loop was blocked for %.3f s", self.node_id, lag_s)
+            log.warning("node %d: the event loop was blocked for %.3f s (%.3f s of it "
+                        "running on the loop's thread)", self.node_id, lag_s, loop_cpu_s)

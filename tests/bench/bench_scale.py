@@ -65,6 +65,12 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def dir_mib(path: Path) -> float:
     total = 0
     for root, _, files in os.walk(path):
@@ -88,6 +94,7 @@ class MemberSample:
     data_mib: float
     leader_changes: float
     lag_max_s: float
+    cpu_s: float = 0.0      # CPU seconds the member used during the load
 
 
 @dataclass
@@ -105,6 +112,7 @@ class Report:
     learner_s: float = 0.0
     learner_snapshots: float = 0.0
     learner_rss_mib: float = 0.0
+    after_learner_rss_mib: dict[int, float] = field(default_factory=dict)
     leader_changes_during_load: float = 0.0
     leader_changes_total: float = 0.0
 
@@ -198,6 +206,8 @@ def add_learner(cluster: LocalCluster, report: Report, ids: list[int]) -> None:
     report.learner_snapshots = metric(text, "kvraft_snapshots_installed")
     assert learner.pid is not None
     report.learner_rss_mib = rss_mib(learner.pid)[0]
+    for i in ids:
+        report.after_learner_rss_mib[i] = rss_mib(cluster.nodes[i].pid or 0)[0]
 
 
 def print_report(r: Report, ids: list[int], args: argparse.Namespace) -> None:
@@ -207,12 +217,14 @@ def print_report(r: Report, ids: list[int], args: argparse.Namespace) -> None:
           f"failed batches {r.failures}  sampled keys missing {r.missing}/{SAMPLE_READS}")
     if r.first_failure:
         print(f"  first failure   {r.first_failure[:200]}")
-    print("  member   RSS MiB  peak MiB  data MiB  lag max s | restarted RSS MiB  lag max s")
+    print("  member   RSS MiB  peak MiB  data MiB  lag max s  CPU us/key | restarted: RSS MiB"
+          "  lag max s  RSS after the learner MiB")
     for i in ids:
         s = r.loaded[i]
         print(f"  {i:6d} {s.rss_mib:9.0f} {s.peak_rss_mib:9.0f} {s.data_mib:9.0f} "
-              f"{s.lag_max_s:10.3f} | {r.restarted_rss_mib[i]:17.0f} "
-              f"{r.restarted_lag_max_s[i]:10.3f}")
+              f"{s.lag_max_s:10.3f} {s.cpu_s / r.keys * 1e6:11.1f} | "
+              f"{r.restarted_rss_mib[i]:18.0f} {r.restarted_lag_max_s[i]:10.3f} "
+              f"{r.after_learner_rss_mib[i]:26.0f}")
     print(f"  restart         {r.restart_to_leader_s:8.1f} s to a leader, "
           f"{r.restart_caught_up_s:.1f} s until every member applied the commit index")
     print(f"  learner         {r.learner_s:8.1f} s to catch up "
@@ -253,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.wait_serving(i)
         cluster.wait_leader(ids)
         before = leader_changes(cluster, ids)
+        cpu_before = {i: cpu_s(cluster.nodes[i].pid or 0) for i in ids}
         load(cluster, report, args.batch, args.writers, args.value_size)
         for i in ids:
             report.loaded[i] = sample(cluster, i)
+            report.loaded[i].cpu_s = cpu_s(cluster.nodes[i].pid or 0) - cpu_before[i]
         report.leader_changes_during_load = sum(s.leader_changes for s in
                                                 report.loaded.values()) - before
         restart_all(cluster, report, ids)
