@@ -7,6 +7,9 @@ Modules, one concern each:
     config.py           NodeConfig, ServeError, address parsing, the cluster id
     run.py              run_node: open the store, start servers, signals, clean shutdown
     node.py             the event loop: rounds over RawNode, the persister, apply, reads
+    storage_io.py       the threads storage work runs on (persistence lane, apply lane)
+    apply_backlog.py    committed entries waiting to be applied, bounded in memory
+    loop_lag.py         the event-loop lag probe and its metrics
     waiters.py          futures client calls await (Proposal, ReadWaiter, NodeError)
     kv_service.py       the KV and Cluster gRPC services (SPEC §2): validation, codes
     transport.py        outbound peer streams: batching, bounded queues, backoff, snapshots

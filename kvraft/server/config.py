@@ -92,10 +92,6 @@ class NodeConfig:
         default_factory=lambda: _env_float("KVRAFT_TICK_INTERVAL", 0.1))
     election_tick: int = 10
     heartbeat_tick: int = 2
-    # Async persistence (the loop keeps working while the fsync runs); KVRAFT_SYNC_PERSIST=1
-    # falls back to writing each Ready before the loop goes on.
-    async_persist: bool = field(
-        default_factory=lambda: os.environ.get("KVRAFT_SYNC_PERSIST", "") not in ("1", "true"))
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MIB
     max_batch_bytes: int = 4 * MIB
@@ -109,6 +105,13 @@ class NodeConfig:
     peer_queue_bytes_max: int = 64 * MIB
     peer_batch_bytes_max: int = 16 * MIB
     scan_page_max: int = 10_000
+    # Pushback (issue 11, item 8): a member holds new writes back, then refuses them
+    # (RESOURCE_EXHAUSTED), while more than this many bytes of committed entries wait to
+    # be applied on it (~1-3 s of applying on a small machine) ...
+    apply_backlog_bytes_max: int = 32 * MIB
+    # ... or, on the leader, while more than this many bytes of its entries wait for a
+    # quorum's disks (and its own) to make them durable.
+    uncommitted_bytes_max: int = 32 * MIB
 
     @property
     def client_address(self) -> str:
@@ -157,3 +160,6 @@ class NodeConfig:
             raise ServeError("the default deadline must be positive")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
+        if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:
+            raise ServeError("the apply backlog limit must be positive and the uncommitted "
+                             "limit at least 1 MiB")

@@ -67,6 +67,31 @@ class NodeMetrics:
         self.snapshots_installed = Counter(
             "kvraft_snapshots_installed", "Snapshots installed from the leader", registry=r
         )
+        self.loop_lag = Histogram(
+            "kvraft_event_loop_lag_seconds", "How late the event loop ran a due timer",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "kvraft_event_loop_lag_max_seconds",
+            "The largest event-loop lag since the node started", registry=r,
+        )
+        self.apply_backlog_entries = Gauge(
+            "kvraft_apply_backlog_entries", "Committed entries waiting to be applied",
+            registry=r,
+        )
+        self.apply_backlog_bytes = Gauge(
+            "kvraft_apply_backlog_bytes", "Bytes of committed entries waiting to be applied",
+            registry=r,
+        )
+        self.proposals_held_back = Counter(
+            "kvraft_proposals_held_back", "Writes held back because this member is behind",
+            registry=r,
+        )
+        self.proposals_refused = Counter(
+            "kvraft_proposals_refused",
+            "Writes refused (RESOURCE_EXHAUSTED) because this member stayed behind",
+            registry=r,
+        )
         self.snapshots_created = Counter(
             "kvraft_snapshots_created", "Log compactions after a snapshot", registry=r
         )

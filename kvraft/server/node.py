@@ -7,11 +7,26 @@ client queued a proposal or a read — and then runs one *round*:
    writes queued since the last round land in the same Ready, so they share one fsync),
    issue one ReadIndex for every read queued since the last round;
 2. take the Ready: send `messages()` at once (thesis §10.2.1: the leader may send
-   AppendEntries before its own write is durable);
-3. on the persistence thread, write entries + hard state (+ snapshot) in ONE synced
-   batch, then apply the committed entries;
-4. send `persisted_messages()` (votes and append acks only after the write is durable,
-   thesis §3.8), complete waiters, advance, and handle the LightReady the same way.
+   AppendEntries before its own write is durable); queue its writes for the persister;
+   hand its committed entries to the apply task; advance.
+
+A round never waits for storage: nothing that can block for long — a LevelDB write,
+which stalls while compaction is behind; a large apply — runs on the event loop (issue
+11, item 8). Three tasks share the loop, each awaiting its own storage lane
+(storage_io.py):
+
+* the persister writes queued Readys (entries + hard state, + snapshot) in ONE synced
+  batch and then sends their `persisted_messages()` — append acks and votes only after
+  the write is durable (thesis §3.8); messages that acknowledge nothing unwritten
+  (heartbeat responses at a durable term, forwarded proposals and reads) leave at once,
+  so a member whose disk stalls still answers its leader's heartbeats;
+* the apply task applies committed entries in bounded batches (apply_backlog.py) and
+  completes their waiters;
+* the ticker.
+
+A member that falls behind — committed entries waiting to be applied, or (leader) its
+entries waiting for a quorum's disks — holds new writes back for up to half their
+deadline, then refuses them with RESOURCE_EXHAUSTED (retry-safe: never proposed).
 
 Client calls never touch Raft directly: they queue work and await a waiter (waiters.py).
 """
@@ -32,10 +47,14 @@ import grpc
 from kvraft import raft
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import Config, RawNode, StateRole
+from kvraft.raft.errors import CompactedError
 
 from . import storage_adapter as sa
-from .config import NodeConfig
+from .apply_backlog import ApplyBacklog, ApplyBatch
+from .config import MIB, NodeConfig
+from .loop_lag import LoopLagProbe
 from .metrics import NodeMetrics
+from .storage_io import StorageIO
 from .transport import PeerTransport
 from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, unavailable
 
@@ -45,10 +64,27 @@ PENDING_PROPOSALS_MAX = 20_000
 PENDING_READS_MAX = 20_000
 INBOUND_MESSAGES_MAX = 50_000
 SNAPSHOT_HANDLES_KEPT = 2
+# Staged snapshots whose MsgSnapshot waits to be stepped. Each new leader (one per term)
+# sends at most one at a time, so a few cover every leader change between two rounds;
+# beyond that a snapshot is refused (its sender retries, as for any lost message).
+STAGED_SNAPSHOTS_MAX = 4
 MAX_SIZE_PER_MSG_BYTES = 1 << 20
 MAX_INFLIGHT_MSGS = 256
 COMMIT_PERSIST_LAG_ENTRIES = 1_000
-INLINE_APPLY_ENTRIES_MAX = 64
+# The apply task's batches: one state-machine write each; the reads waiting for an
+# applied index wait for the batch. ~4 bulk-load entries of 2,000 puts, ~0.1 s of apply.
+APPLY_BATCH_BYTES_MAX = 1 << 20
+APPLY_BATCH_ENTRIES_MAX = 1_024
+# Committed entries waiting to be applied are held in memory up to this much; beyond
+# it they are read back from the Raft log when their turn comes (apply_backlog.py).
+APPLY_BACKLOG_HELD_BYTES_MAX = 16 << 20
+# Messages that acknowledge nothing the pending writes hold: they may leave before the
+# persister is done, if their term is durable (no message may carry a term its sender
+# could forget, thesis §3.8). Append acks and votes always wait for the write.
+EARLY_MESSAGE_TYPES = frozenset({
+    eraftpb.MsgHeartbeatResponse, eraftpb.MsgPropose, eraftpb.MsgReadIndex,
+    eraftpb.MsgTransferLeader,
+})
 TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see _ticker)
 # Round pacing under load (thesis §10.2, batching): while at least BUSY_ENTRIES_MIN writes
 # or BUSY_READS_MIN linearizable reads wait on the node, rounds start at most every
@@ -109,7 +145,8 @@ def merge_jobs(jobs: list[PersistJob]) -> tuple[list[eraftpb.Entry], eraftpb.Har
 class Node:
     """One member of the cluster: Raft + storage + transport, owned by the event loop."""
 
-    def __init__(self, config: NodeConfig, store: sa.Store, metrics: NodeMetrics) -> None:
+    def __init__(self, config: NodeConfig, store: sa.Store, metrics: NodeMetrics, *,
+                 io: StorageIO | None = None) -> None:
         self.config = config
         self.id = config.node_id
         self.store = store
@@ -127,8 +164,12 @@ class Node:
             # its majority step down, so clients are told UNAVAILABLE, not left waiting.
             pre_vote=True,
             check_quorum=True,
+            # The hard limit behind the leader's pushback (_admission_refusal), which
+            # holds back writes at half of it; this one also stops forwarded proposals.
+            max_uncommitted_size=2 * config.uncommitted_bytes_max,
         )
         self.raw = RawNode(raft_config, store.log)
+        self.io = io or StorageIO()
         self.transport = PeerTransport(
             self.id, config.peer_address, lambda: self.cluster_id, self, metrics,
             queue_messages_max=config.peer_queue_messages_max,
@@ -146,6 +187,7 @@ class Node:
         self._unreachable: set[int] = set()
         self._snapshot_reports: list[tuple[int, bool]] = []
         self._queued: list[Proposal] = []
+        self._queued_bytes = 0     # data of the writes in _queued (not yet proposed)
         self._proposals: dict[int, Proposal] = {}          # request id -> waiter
         self._conf_proposals: dict[int, Proposal] = {}     # ConfChange.id -> waiter
         self._by_index: dict[int, Proposal] = {}           # leader-side log index -> waiter
@@ -154,7 +196,14 @@ class Node:
         self._read_rounds: dict[bytes, ReadRound] = {}
         self._read_ctx = itertools.count(1)
         self._read_ctx_prefix = secrets.token_bytes(8)
-        self._staged: dict[tuple[int, int], Any] = {}      # (index, term) -> StagedSnapshot
+        # Staged snapshot files by (index, term). Pending: delivered, their MsgSnapshot
+        # is in _inbound, not yet stepped (Raft may still restore any of them); at most
+        # STAGED_SNAPSHOTS_MAX. Stepped: only during a round, those whose message this
+        # round stepped; Raft restored at most one of them, which this round's Ready
+        # carries; the others were ignored (older than the commit index, thesis §5.3) and
+        # are discarded when the round's Ready has been taken. Empty between rounds.
+        self._staged_pending: dict[tuple[int, int], Any] = {}
+        self._staged_stepped: dict[tuple[int, int], Any] = {}
         self._refused_conf_changes: dict[int, str] = {}
         self._transfers: list[int] = []
         self._leader_id = 0
@@ -167,10 +216,30 @@ class Node:
         self._persist_queue: list[PersistJob] = []
         self._persisting = False      # a write of popped jobs is running on the thread
         self._persist_wake = asyncio.Event()
+        # The term of the hard state on disk: a message may leave before the pending
+        # writes only if its term is at most this (EARLY_MESSAGE_TYPES).
+        self._durable_term = store.log.hard_state().term
+        self._backlog = ApplyBacklog(
+            store.sm.applied_index, held_bytes_max=APPLY_BACKLOG_HELD_BYTES_MAX,
+            batch_bytes_max=APPLY_BATCH_BYTES_MAX, batch_entries_max=APPLY_BATCH_ENTRIES_MAX)
+        self._apply_wake = asyncio.Event()
+        # Conf changes take effect in Raft when handed out (on the loop, which owns the
+        # RawNode), in log order; the state machine writes the resulting ConfState when
+        # it applies the entry: index -> ConfState, for handed-out conf changes whose
+        # apply has not completed. _raft_conf_state is Raft's configuration after the
+        # last one handed out (or restored).
+        self._conf_states: dict[int, eraftpb.ConfState] = {}
+        self._raft_conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
+        # Writes held back by the pushback wait on this event; it is set (and replaced)
+        # whenever what the pushback measures went down.
+        self._admission_event = asyncio.Event()
+        self._admission_waiters = 0
         self._compact_due = False
         self._fatal: BaseException | None = None
         self._last_round_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        # Warn well before a blocked loop could cost an election (a quarter of it).
+        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4)
         self._conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
         self._conf_ids = _ids_of(self._conf_state)
         self._extra_addresses: dict[int, str] = dict(config.initial_cluster)
@@ -185,6 +254,8 @@ class Node:
             loop.create_task(self._ticker(), name="raft-ticker"),
             loop.create_task(self._run(), name="raft-loop"),
             loop.create_task(self._persister(), name="raft-persister"),
+            loop.create_task(self._applier(), name="raft-applier"),
+            loop.create_task(self.loop_lag.run(), name="loop-lag-probe"),
         ]
 
     @property
@@ -201,11 +272,14 @@ class Node:
             self._fail_all(unavailable("the node is shutting down"))
         self._wake.set()
         self._persist_wake.set()   # the persister finishes its queue, then returns
+        self._apply_wake.set()     # the apply task finishes its batch, then returns
+        self._notify_admission()
         for task in self._tasks:
-            if task.get_name() == "raft-ticker":
+            if task.get_name() in ("raft-ticker", "loop-lag-probe"):
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        self.io.shutdown()
         self._stopped.set()
 
     async def _ticker(self) -> None:
@@ -267,12 +341,25 @@ class Node:
         self._snapshot_reports.append((peer_id, ok))
         self._wake.set()
 
-    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> None:
+    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> bool:
+        """Queue a received MsgSnapshot with its staged file; False (file discarded)
+        when too many wait already — the leader sends it again later."""
         meta = msg.snapshot.metadata
-        for key in list(self._staged):
-            sa.discard_staged(self._staged.pop(key))
-        self._staged[(meta.index, meta.term)] = staged
+        key = (meta.index, meta.term)
+        previous = self._staged_pending.pop(key, None)
+        if previous is not None:
+            # The same snapshot twice (a retry): Raft restores it at most once, from
+            # either message; keep the newer file.
+            sa.discard_staged(previous)
+        elif len(self._staged_pending) >= STAGED_SNAPSHOTS_MAX:
+            log.warning("node %d: refused snapshot at index %d term %d: %d snapshots "
+                        "already wait to be stepped", self.id, meta.index, meta.term,
+                        len(self._staged_pending))
+            sa.discard_staged(staged)
+            return False
+        self._staged_pending[key] = staged
         self.deliver([msg])
+        return True
 
     def is_member(self, peer_id: int) -> bool:
         return peer_id in self._conf_ids
@@ -307,12 +394,63 @@ class Node:
             raise unavailable("the node is shutting down", retry_safe=True)
         if len(self._proposals) >= PENDING_PROPOSALS_MAX:
             raise unavailable("too many writes in flight", retry_safe=True)
+        if self._admission_refusal() is not None:
+            timeout_s = await self._admit(timeout_s)
         p = Proposal(request_id=request_id, data=data)
         assert request_id not in self._proposals
         self._proposals[request_id] = p
         self._queued.append(p)
+        self._queued_bytes += len(data)
         self._wake.set()
         return await self._await(p, timeout_s, self._forget_proposal)
+
+    def _admission_refusal(self) -> str | None:
+        """Why this member holds new writes back now, or None (cheap: every write)."""
+        backlog = self._backlog.bytes
+        if backlog > self.config.apply_backlog_bytes_max:
+            return (f"member {self.id} is behind: {backlog / MIB:.1f} MiB of committed "
+                    f"writes wait to be applied (limit "
+                    f"{self.config.apply_backlog_bytes_max / MIB:.0f} MiB)")
+        r = self.raw.raft
+        if r.state == StateRole.Leader:
+            # Writes admitted but not yet proposed count too: held-back writes released
+            # together must not overshoot the limit.
+            uncommitted = r.uncommitted_state.uncommitted_size + self._queued_bytes
+            if uncommitted > self.config.uncommitted_bytes_max:
+                return (f"leader {self.id} is behind: {uncommitted / MIB:.1f} MiB of writes "
+                        f"wait for a quorum to make them durable (limit "
+                        f"{self.config.uncommitted_bytes_max / MIB:.0f} MiB)")
+        return None
+
+    async def _admit(self, timeout_s: float) -> float:
+        """Hold a write back while this member is behind (slower acceptance) for at
+        most half its time, so that a refusal reaches the client before its deadline;
+        returns the time left for the write itself."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        give_up = loop.time() + timeout_s / 2
+        self.metrics.proposals_held_back.inc()
+        self._admission_waiters += 1
+        try:
+            while (reason := self._admission_refusal()) is not None:
+                if self._stopping:
+                    raise unavailable("the node is shutting down", retry_safe=True)
+                remaining = give_up - loop.time()
+                if remaining <= 0:
+                    self.metrics.proposals_refused.inc()
+                    raise NodeError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"{reason}; the write was not proposed: retry later",
+                                    retry_safe=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._admission_event.wait(), remaining)
+        finally:
+            self._admission_waiters -= 1
+        return max(0.0, deadline - loop.time())
+
+    def _notify_admission(self) -> None:
+        if self._admission_waiters:
+            event, self._admission_event = self._admission_event, asyncio.Event()
+            event.set()
 
     async def propose_conf_change(self, cc: eraftpb.ConfChange, timeout_s: float) -> Any:
         if self._stopping:
@@ -424,6 +562,7 @@ class Node:
         for w in self._leader_waiters:
             w.resolve()
         self._queued.clear()
+        self._queued_bytes = 0
         self._reads_queued.clear()
         self._read_rounds.clear()
         self._leader_waiters.clear()
@@ -432,6 +571,8 @@ class Node:
     async def _round(self) -> None:
         raw = self.raw
         inbound, self._inbound = self._inbound, []
+        # Every pending snapshot's message is in `inbound` (deliver_snapshot queues both).
+        self._staged_stepped, self._staged_pending = self._staged_pending, {}
         for msg in inbound:
             try:
                 raw.step(msg)
@@ -458,6 +599,7 @@ class Node:
             self._on_ticks()
 
         queued, self._queued = self._queued, []
+        self._queued_bytes = 0
         for p in queued:
             if p.future.done():
                 continue
@@ -478,12 +620,10 @@ class Node:
             raw.read_index(ctx)
 
         if raw.has_ready():
-            if self.config.async_persist:
-                await self._handle_ready_async()
-            else:
-                await self._handle_ready()
+            self._handle_ready()
             if raw.has_ready():
                 self._wake.set()
+        self._discard_ignored_snapshots()
         self._serve_reads()
         if self._reads_queued and not self._read_index_in_flight():
             self._wake.set()
@@ -560,9 +700,17 @@ class Node:
         staged = None
         if snapshot is not None:
             key = (snapshot.metadata.index, snapshot.metadata.term)
-            staged = self._staged.pop(key, None)
+            staged = self._staged_stepped.pop(key, None)
             assert staged is not None, f"snapshot {key} in Ready was never staged"
         return snapshot, staged
+
+    def _discard_ignored_snapshots(self) -> None:
+        """After the round's Ready was taken: the snapshots whose messages this round
+        stepped and Raft did not restore can never be restored (their messages are
+        gone); delete their files."""
+        for staged in self._staged_stepped.values():
+            sa.discard_staged(staged)
+        self._staged_stepped.clear()
 
     def _take_ready_writes(
         self, rd: raft.Ready
@@ -582,34 +730,121 @@ class Node:
                  self.id, snapshot.metadata.index, snapshot.metadata.term, self.raw.raft.term)
         self._refresh_addresses()
 
-    async def _handle_ready_async(self) -> None:
+    def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the
-        Ready's writes go to the persister and the loop moves on — stepping acks,
-        applying, serving reads — while the fsync runs; the persisted messages leave
-        when the persister reports the write durable."""
+        Ready's writes go to the persister and its committed entries to the apply task;
+        the loop moves on — stepping acks, ticking, serving reads — while both run."""
         raw = self.raw
         rd = raw.ready()
         snapshot, staged, entries, hs, committed = self._take_ready_writes(rd)
-        job = PersistJob(rd.number(), entries, hs, snapshot, staged,
-                         rd.take_persisted_messages())
+        persisted_messages = rd.take_persisted_messages()
         raw.advance_append_async(rd)
         if not (entries or hs is not None or snapshot is not None) and \
                 not self._persist_queue and not self._persisting:
             # Nothing to write and nothing ahead of it: done now (a follower's
             # heartbeat and ReadIndex replies need not wait for the persister).
-            raw.on_persist_ready(job.number)
-            self.transport.send(job.persisted_messages)
+            raw.on_persist_ready(rd.number())
+            self.transport.send(persisted_messages)
         else:
-            # Queued even with nothing to write, so persisted messages leave in Ready
+            early, held = self._split_early(persisted_messages)
+            self.transport.send(early)
+            # Queued even with nothing to write, so the held messages leave in Ready
             # order (an ack never overtakes the write it follows).
-            self._persist_queue.append(job)
+            self._persist_queue.append(PersistJob(rd.number(), entries, hs, snapshot,
+                                                  staged, held))
             self._persist_wake.set()
+        if snapshot is not None:
+            # Everything handed out so far is older than the snapshot, which replaces it.
+            self._backlog.reset(snapshot.metadata.index)
+            self._raft_conf_state = snapshot.metadata.conf_state
         # Committed entries handed out are durable here already (RaftLog only hands
         # out min(committed, persisted)), so they apply while the write runs.
-        results = await self._apply_soon(committed)
-        self._on_applied(committed, results)
+        self._hand_out(committed)
         raw.advance_apply()
-        self._maybe_compact()
+        self._notify_admission()
+
+    def _split_early(self, messages: list[eraftpb.Message]
+                     ) -> tuple[list[eraftpb.Message], list[eraftpb.Message]]:
+        """(messages that may leave now, messages that wait for the queued writes)."""
+        early: list[eraftpb.Message] = []
+        held: list[eraftpb.Message] = []
+        durable_term = self._durable_term
+        for m in messages:
+            if m.msg_type in EARLY_MESSAGE_TYPES and m.term <= durable_term:
+                early.append(m)
+            else:
+                held.append(m)
+        return early, held
+
+    # ------------------------------------------------------------------ applying
+    def _hand_out(self, committed: list[eraftpb.Entry]) -> None:
+        """Give committed entries to the apply task. A conf change takes effect in Raft
+        now, in log order (only the loop touches the RawNode); the state machine writes
+        its ConfState when it applies the entry."""
+        if not committed:
+            return
+        for entry in committed:
+            if entry.entry_type != eraftpb.EntryNormal:
+                self._conf_states[entry.index] = self._apply_conf_change_to_raft(entry)
+        self._backlog.add(committed)
+        self._apply_wake.set()
+
+    def _apply_conf_change_to_raft(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
+        if entry.entry_type == eraftpb.EntryConfChange:
+            cc: Any = eraftpb.ConfChange.FromString(entry.data)
+        else:
+            cc = eraftpb.ConfChangeV2.FromString(entry.data)
+        try:
+            self._raft_conf_state = self.raw.apply_conf_change(cc)
+        except raft.RaftError as e:
+            # Every node refuses the same change the same way (it is deterministic).
+            self._refused_conf_changes[entry.index] = str(e)
+        return self._raft_conf_state
+
+    async def _applier(self) -> None:
+        """The apply task: one bounded batch at a time on the apply lane; waiters,
+        reads and compaction follow on the loop."""
+        try:
+            while not self._stopping:
+                batch = self._backlog.next_batch()
+                if batch is None:
+                    self._apply_wake.clear()
+                    await self._apply_wake.wait()
+                    continue
+                entries, results = await self.io.apply(self._apply_batch, batch)
+                self._backlog.complete(batch, entries)
+                last = self._backlog.applied
+                for index in [i for i in self._conf_states if i <= last]:
+                    del self._conf_states[index]
+                self._on_applied(entries, results)
+                self._serve_reads()
+                self._maybe_compact()
+                self._notify_admission()
+        except Exception as e:
+            self._fail_fatally(e)
+
+    def _apply_batch(self, batch: ApplyBatch) -> tuple[list[eraftpb.Entry], list[Any]]:
+        """On the apply lane: (the batch's entries, their apply results)."""
+        entries = batch.entries
+        if not entries:
+            try:
+                entries = self.store.log.entries(batch.read_from, batch.read_to + 1,
+                                                 batch.read_bytes_max)
+            except CompactedError:
+                # A snapshot installed meanwhile replaced these entries (and the log).
+                assert self.store.sm.applied_index >= batch.read_from
+                return [], []
+        t0 = time.perf_counter()
+        results = self.store.sm.apply(entries, self._conf_state_of)
+        self.metrics.apply_latency.observe(time.perf_counter() - t0)
+        return entries, results
+
+    def _conf_state_of(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
+        """KVStateMachine.apply's callback (apply lane): the ConfState Raft reached when
+        the entry was handed out, written with the applied index."""
+        cs = self._conf_states.get(entry.index)
+        assert cs is not None, f"conf change at {entry.index} was never handed out"
+        return cs
 
     async def _persister(self) -> None:
         try:
@@ -650,7 +885,7 @@ class Node:
                     return
                 if self._compact_due:
                     self._compact_due = False
-                    await asyncio.to_thread(self._compact)
+                    await self.io.persist(self._compact)
                     continue
                 self._persist_wake.clear()
                 await self._persist_wake.wait()
@@ -662,9 +897,10 @@ class Node:
             if any(j.entries or j.hs is not None or j.snapshot is not None for j in jobs):
                 self._persisting = True
                 try:
-                    await asyncio.to_thread(self._write_jobs, jobs)
+                    await self.io.persist(self._write_jobs, jobs)
                 finally:
                     self._persisting = False
+                self._durable_term = self.store.log.hard_state().term
             self.raw.on_persist_ready(jobs[-1].number)
             for job in jobs:
                 if job.snapshot is not None:
@@ -673,7 +909,7 @@ class Node:
             self._wake.set()   # the leader's own ack may commit; followers may apply
 
     def _write_jobs(self, jobs: list[PersistJob]) -> None:
-        """On the persistence thread: install a snapshot, or persist merged entries."""
+        """On the persistence lane: install a snapshot, or persist merged entries."""
         assert jobs[0].snapshot is None or len(jobs) == 1
         entries, hs = merge_jobs(jobs)
         self._write_durable(jobs[0].snapshot, jobs[0].staged, entries, hs)
@@ -685,7 +921,7 @@ class Node:
         entries: list[eraftpb.Entry],
         hs: eraftpb.HardState | None,
     ) -> None:
-        """On the persistence thread: install a Ready's snapshot, then write its entries
+        """On the persistence lane: install a Ready's snapshot, then write its entries
         and hard state in one synced batch."""
         if snapshot is not None:
             # Replaces the data and the Raft log together, crash-atomically (storage
@@ -697,77 +933,7 @@ class Node:
             self.metrics.fsync_latency.observe(time.perf_counter() - t0)
             self.metrics.ready_entries.observe(len(entries))
 
-    async def _handle_ready(self) -> None:
-        raw = self.raw
-        rd = raw.ready()
-        snapshot, staged, entries, hs, committed = self._take_ready_writes(rd)
-        persisted_messages = rd.take_persisted_messages()
-        if entries or hs is not None or snapshot is not None:
-            results = await asyncio.to_thread(
-                self._persist_and_apply, entries, hs, snapshot, staged, committed
-            )
-        else:
-            results = await self._apply_soon(committed)
-        if snapshot is not None:
-            self._on_snapshot_installed(snapshot)
-        self.transport.send(persisted_messages)
-        self._on_applied(committed, results)
-
-        light = raw.advance(rd)
-        self.transport.send(light.take_messages())
-        committed = light.take_committed_entries()
-        if committed:
-            results = await self._apply_soon(committed)
-            self._on_applied(committed, results)
-        raw.advance_apply()
-        self._maybe_compact()
-
-    # ------------------------------------------------ persistence thread (no Raft here)
-    def _persist_and_apply(
-        self,
-        entries: list[eraftpb.Entry],
-        hs: eraftpb.HardState | None,
-        snapshot: eraftpb.Snapshot | None,
-        staged: Any,
-        committed: list[eraftpb.Entry],
-    ) -> list[Any]:
-        self._write_durable(snapshot, staged, list(entries), hs)
-        return self._apply(committed) if committed else []
-
-    async def _apply_soon(self, committed: list[eraftpb.Entry]) -> list[Any]:
-        """Apply with nothing to make durable: a few entries on the loop (an unsynced
-        LevelDB batch costs less than a thread hop), a long catch-up on the thread so
-        heartbeats keep flowing."""
-        if not committed:
-            return []
-        if len(committed) <= INLINE_APPLY_ENTRIES_MAX or any(
-                e.entry_type != eraftpb.EntryNormal for e in committed):
-            # Conf changes call RawNode.apply_conf_change: only on the loop, which
-            # owns the RawNode (the persister may be touching it concurrently).
-            return self._apply(committed)
-        return await asyncio.to_thread(self._apply, committed)
-
-    def _apply(self, committed: list[eraftpb.Entry]) -> list[Any]:
-        t0 = time.perf_counter()
-        results = self.store.sm.apply(list(committed), self._apply_conf_change_in_thread)
-        self.metrics.apply_latency.observe(time.perf_counter() - t0)
-        return results
-
     # ------------------------------------------------------------ after apply
-    def _apply_conf_change_in_thread(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
-        """KVStateMachine.apply's callback: apply a committed conf change to Raft; the
-        state machine writes the returned ConfState with the applied index."""
-        if entry.entry_type == eraftpb.EntryConfChange:
-            cc: Any = eraftpb.ConfChange.FromString(entry.data)
-        else:
-            cc = eraftpb.ConfChangeV2.FromString(entry.data)
-        try:
-            return self.raw.apply_conf_change(cc)
-        except raft.RaftError as e:
-            # Every node refuses the same change the same way (it is deterministic).
-            self._refused_conf_changes[entry.index] = str(e)
-            return self._conf_state
-
     def _on_applied(self, committed: list[eraftpb.Entry], results: list[Any]) -> None:
         by_index = {r.index: r for r in results}
         for entry in committed:
@@ -862,6 +1028,8 @@ class Node:
         m.commit_index.set(r.raft_log.committed)
         m.applied_index.set(self.store.sm.applied_index)
         m.is_leader.set(1 if r.state == StateRole.Leader else 0)
+        m.apply_backlog_entries.set(self._backlog.entries)
+        m.apply_backlog_bytes.set(self._backlog.bytes)
 
     def _election_timeout_s(self) -> float:
         return self.config.election_tick * self.config.tick_interval_s
@@ -947,14 +1115,15 @@ class Node:
         `applied`, entries well behind it can go; a trailing window stays so a follower
         a little behind catches up from the log instead of a full snapshot."""
         applied = self.store.sm.applied_index
-        if applied - self.store.log.first_index() >= self.store.policy.snapshot_entries:
+        # By entries or by bytes (large entries: bulk-load batches), as the policy says.
+        if self.store.log.compaction_target(applied, self.store.policy) is not None:
             # Compaction writes (synced) and deletes: the persister does it between
             # Ready writes, off the loop.
             self._compact_due = True
             self._persist_wake.set()
 
     def _compact(self) -> None:
-        """On the persistence thread."""
+        """On the persistence lane."""
         applied = self.store.sm.applied_index
         first = self.store.log.maybe_compact(applied, self.store.policy)
         if first is not None:

@@ -189,3 +189,16 @@ def test_missing_staged_file_of_an_interrupted_install_is_damage(tmp_path: Path)
             index=5, term=1)), sync=True)
     with pytest.raises(DataDirError, match=r"interrupted snapshot install needs .*gone\.snap"):
         DataDir.open(tmp_path / "b", 2)
+
+
+def test_the_trailing_window_is_bounded_in_bytes_too(datadir: DataDir) -> None:
+    """Large entries (bulk-load batches): the window keeps at most trailing_bytes of
+    them, so the log a restart reads does not grow with the data."""
+    store, sm = LevelDBStorage(datadir), KVStateMachine(datadir)
+    fill(sm, store, 1, 50)
+    size = store.log_bytes() // 50
+    policy = CompactionPolicy(snapshot_entries=10**6, snapshot_log_bytes=10 * size,
+                              trailing_entries=40, trailing_bytes=5 * size)
+    assert store.maybe_compact(sm.applied_index, policy) == 46
+    assert store.first_index() == 46
+    assert store.compaction_target(sm.applied_index, policy) is None
