@@ -64,7 +64,12 @@ def test_a_publish_applied_after_a_role_change_keeps_the_new_role(
         node = make_node(tmp_path, learner=was_learner)
         try:
             publish = queued_publish(node, index=2)  # proposed in the old role ...
-            node._apply([role_change(1, change), publish])  # ... applied after the change
+            # ... applied after the change, through the node's own path: handed out
+            # (the conf change takes effect in Raft) and applied by the apply lane.
+            node._hand_out([role_change(1, change), publish])
+            batch = node._backlog.next_batch()
+            assert batch is not None
+            node._apply_batch(batch)
             sm = node.store.sm
             cs = sm.conf_state()
             assert (2 in cs.learners) == now_learner and (2 in cs.voters) != now_learner, (
