@@ -14,6 +14,11 @@ connection, one JSON line back.
                                             and exits: the power cut (see model.py)
     {"op": "stop"}                       -> {"ok": true}; makes everything durable,
                                             unmounts and exits: a clean shutdown
+    {"op": "journal"}                    -> {"ok": true, "syncs": [path, ...]}: the
+                                            first fsyncs, in order ("dir/" for dirs)
+    {"op": "arm", "syncs": N}            -> {"ok": true}; the power fails right after
+                                            the N-th next fsync: every later call fails
+                                            with EIO (counters say "frozen"); then cut
 
 The programs using the mount must be dead before a cut (the harness SIGKILLs them);
 after it every file-system call fails with EIO until the process has unmounted.
@@ -290,13 +295,19 @@ class Control:
         if op == "ping":
             return {"ok": True, "mode": self.store.mode.value, "pid": os.getpid()}, False
         if op == "counters":
-            counters = dict(self.store.counters, unsynced_bytes=self.store.unsynced_bytes)
+            counters = dict(self.store.counters, unsynced_bytes=self.store.unsynced_bytes,
+                            frozen=int(self.store.frozen))
             return {"ok": True, "counters": counters}, False
         if op == "cut":
             rng = random.Random(int(request["seed"]))
             report = self.store.cut(rng, float(request.get("torn_probability", 0.5)))
             log.info("cut: %s", report.as_dict())
             return {"ok": True, "report": report.as_dict()}, True
+        if op == "journal":
+            return {"ok": True, "syncs": list(self.store.sync_journal)}, False
+        if op == "arm":
+            self.store.arm(int(request["syncs"]))
+            return {"ok": True}, False
         if op == "stop":
             self.store.sync_all()
             log.info("clean stop")

@@ -46,6 +46,9 @@ NAMESPACE_VERSION = 1
 # ENOSPC (LevelDB then reports an I/O error) instead of the lazyfs process growing
 # without bound.
 UNSYNCED_BYTES_MAX = 1 << 30
+# The first fsyncs are named in `LazyStore.sync_journal` (to say where an armed cut
+# lands); later ones are only counted.
+SYNC_JOURNAL_ENTRIES_MAX = 512
 # The suffix of LevelDB's write-ahead log files (NNNNNN.log), counted apart in cuts.
 WAL_SUFFIX = b".log"
 
@@ -156,6 +159,11 @@ class LazyStore:
         self._durable_names: dict[int, tuple[int, bytes]] = {}
         self.unsynced_bytes = 0
         self.dead = False
+        # The power fails right after the N-th next fsync returns (`arm`): from then on
+        # every call fails with EIO, so nothing after that point reaches any layer.
+        self.syncs_before_freeze: int | None = None
+        self.frozen = False
+        self.sync_journal: list[str] = []  # "path" of each fsync, "path/" of a directory's
         self.counters: dict[str, int] = {
             "writes": 0, "write_bytes": 0, "truncates": 0, "fsyncs": 0, "fsyncdirs": 0,
             "namespace_writes": 0, "objects_reaped": 0,
@@ -225,8 +233,32 @@ class LazyStore:
 
     # --- helpers ---------------------------------------------------------------------
     def _check_alive(self) -> None:
-        if self.dead:
+        if self.dead or self.frozen:
             raise StoreDead()
+
+    def arm(self, syncs: int) -> None:
+        """Freeze the store right after `syncs` more fsyncs (of files or directories):
+        a power cut at an exact point of a program's sequence of durable writes."""
+        assert syncs >= 1
+        self.syncs_before_freeze = syncs
+
+    def path_of(self, node: Node) -> str:
+        """The node's current path from the root ("" for the root), for reports."""
+        parts: list[bytes] = []
+        while node.link is not None:
+            parts.append(node.link[1])
+            node = self.nodes[node.link[0]]
+        if node.id != ROOT_ID:
+            parts.append(b"(unlinked)")
+        return "/".join(os.fsdecode(p) for p in reversed(parts))
+
+    def _synced(self, node: Node) -> None:
+        if len(self.sync_journal) < SYNC_JOURNAL_ENTRIES_MAX:
+            self.sync_journal.append(self.path_of(node) + ("/" if node.is_dir else ""))
+        if self.syncs_before_freeze is not None:
+            self.syncs_before_freeze -= 1
+            if self.syncs_before_freeze == 0:
+                self.frozen = True
 
     def node(self, node_id: int) -> Node:
         self._check_alive()
@@ -452,6 +484,7 @@ class LazyStore:
         assert node.durable_size == node.size, (node.id, node.durable_size, node.size)
         if self.mode is Mode.EXT4 and self._make_name_durable(node):
             self._settle_durable_changes()
+        self._synced(node)
 
     def fsyncdir(self, dir_id: int) -> None:
         """fsync of a directory: its current entries become its durable entries."""
@@ -465,6 +498,7 @@ class LazyStore:
             changed |= self._make_name_durable(directory)
         if changed:
             self._settle_durable_changes()
+        self._synced(directory)
 
     def _set_durable_entries(self, directory: Node, entries: dict[bytes, int]) -> None:
         old = self.durable.get(directory.id, {})
@@ -557,7 +591,8 @@ class LazyStore:
 
         A torn file keeps its unsynced operations up to a random point (whole ones,
         the last maybe cut short) and loses the rest; the other files lose all."""
-        self._check_alive()
+        if self.dead:
+            raise StoreDead()
         report = CutReport()
         for node in self.nodes.values():
             if node.is_dir:

@@ -144,6 +144,14 @@ class LazyMount:
             self.request("stop")
             self._wait_exit()
 
+    def arm(self, syncs: int) -> None:
+        """The power fails right after `syncs` more fsyncs (see lazyfs `arm`)."""
+        self.request("arm", syncs=syncs)
+
+    def sync_journal(self) -> list[str]:
+        """The paths fsynced so far (the first ones), in order; directories end in /."""
+        return self.request("journal")["syncs"]
+
     def counters(self) -> dict[str, int]:
         return self.request("counters")["counters"]
 

@@ -101,6 +101,8 @@ class WriteLoad:
         self._lock = threading.Lock()
         self._next = 0
         self._stop = threading.Event()
+        self._running = threading.Event()  # cleared: writers wait (during checks)
+        self._running.set()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []  # unexpected exceptions in a writer
 
@@ -116,6 +118,13 @@ class WriteLoad:
         for t in self._threads:
             t.join(timeout=WRITE_TIMEOUT_S * 3)
 
+    def pause(self) -> None:
+        """Writers send nothing new until resume() (puts in flight finish)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
     def acked_count(self) -> int:
         with self._lock:
             return len(self.history.acked)
@@ -129,6 +138,8 @@ class WriteLoad:
         rng = random.Random(self.seed * 1000 + n)
         with Client(self.endpoints, timeout=WRITE_TIMEOUT_S) as client:
             while not self._stop.is_set():
+                if not self._running.wait(timeout=WRITE_PAUSE_AFTER_ERROR_S):
+                    continue
                 with self._lock:
                     if self._next >= WRITES_MAX:
                         return
@@ -201,6 +212,36 @@ class RunConfig:
     log: Callable[[str], None] = print
 
 
+# --------------------------------------------------------------------------- the cluster
+def lazy_cluster(root: Path, mode: str) -> tuple[LocalCluster, dict[int, LazyMount]]:
+    """NODES defined (not started) members, each data directory on its own lazyfs
+    mount (mounted). The caller closes the cluster, then the mounts, then `root`."""
+    cluster = LocalCluster(root, tick_s=TICK_S, extra_args=[
+        "--leveldb-write-buffer-bytes", str(WRITE_BUFFER_BYTES),
+        "--snapshot-entries", str(SNAPSHOT_ENTRIES),
+        "--snapshot-keep-entries", str(SNAPSHOT_KEEP_ENTRIES),
+    ])
+    cluster.keep_root = True  # mounts live inside it
+    mounts: dict[int, LazyMount] = {}
+    for node_id in range(1, NODES + 1):
+        node = cluster.define(node_id)
+        mount = LazyMount(root / f"node{node_id}" / "fs", mode=mode)
+        mounts[node_id] = mount
+        mount.start()
+        node.data_dir = mount.mountpoint / "data"
+    cluster.initial_cluster = {i: n.peer_address for i, n in cluster.nodes.items()}
+    return cluster, mounts
+
+
+def close_lazy_cluster(cluster: LocalCluster, mounts: dict[int, LazyMount]) -> None:
+    """Kill what still runs; keep what the nodes left (all made durable) for a look."""
+    cluster.close()
+    for mount in mounts.values():
+        with contextlib.suppress(LazyFsError, OSError):
+            mount.stop()
+        mount.close()
+
+
 # --------------------------------------------------------------------------- the run
 class PowerLossRun:
     def __init__(self, config: RunConfig) -> None:
@@ -209,13 +250,8 @@ class PowerLossRun:
         self.root = Path(config.root or tempfile.mkdtemp(prefix="kvraft-powerloss-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.report = RunReport(config.seed, config.mode, str(self.root))
+        self.cluster: LocalCluster | None = None
         self.mounts: dict[int, LazyMount] = {}
-        self.cluster = LocalCluster(self.root, tick_s=TICK_S, extra_args=[
-            "--leveldb-write-buffer-bytes", str(WRITE_BUFFER_BYTES),
-            "--snapshot-entries", str(SNAPSHOT_ENTRIES),
-            "--snapshot-keep-entries", str(SNAPSHOT_KEEP_ENTRIES),
-        ])
-        self.cluster.keep_root = True  # mounts live inside it: this run removes it
         self.load: WriteLoad | None = None
         self.context = "before the first cut"
         self.checks_dir = self.root / "checks"
@@ -257,13 +293,7 @@ class PowerLossRun:
             f"  directories kept at {self.root}\n  replay the plan: {replay}")
 
     def _start(self) -> None:
-        for node_id in range(1, NODES + 1):
-            node = self.cluster.define(node_id)
-            mount = LazyMount(self.root / f"node{node_id}" / "fs", mode=self.config.mode)
-            self.mounts[node_id] = mount
-            mount.start()
-            node.data_dir = mount.mountpoint / "data"
-        self.cluster.initial_cluster = {i: n.peer_address for i, n in self.cluster.nodes.items()}
+        self.cluster, self.mounts = lazy_cluster(self.root, self.config.mode)
         for node_id in self.cluster.nodes:
             self.cluster.launch(node_id)
         for node_id in self.cluster.nodes:
@@ -276,12 +306,8 @@ class PowerLossRun:
     def _teardown(self, keep: bool) -> None:
         if self.load is not None:
             self.load.stop()
-        self.cluster.close()  # SIGKILLs what still runs
-        for mount in self.mounts.values():
-            with contextlib.suppress(LazyFsError, OSError):
-                # Keep the state the nodes left (everything durable) for inspection.
-                mount.stop()
-            mount.close()
+        if self.cluster is not None:
+            close_lazy_cluster(self.cluster, self.mounts)
         (self.root / "report.json").write_text(json.dumps(self.report.__dict__, indent=1))
         if keep:
             self.log(f"directories kept at {self.root}")
@@ -331,10 +357,16 @@ class PowerLossRun:
             self.cluster.launch(victim)
         for victim in victims:
             self._wait_recovered(victim)
-        self._check_acknowledged()
-        for victim in victims:
-            self._check_caught_up(victim)
         assert self.load is not None
+        # The checks scan everything written so far: hold the load meanwhile, so the
+        # data (and each check) does not grow with the time the checks themselves take.
+        self.load.pause()
+        try:
+            self._check_acknowledged()
+            for victim in victims:
+                self._check_caught_up(victim)
+        finally:
+            self.load.resume()
         rollback = ", ".join(f"node {s.node_id} {applied_before[s.node_id]}->{s.applied_index}"
                              for s in states)
         self.log(f"cut {number:>3} {kind:>3} {victims}: ok; {self.load.acked_count()} acked, "

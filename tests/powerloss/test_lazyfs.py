@@ -181,3 +181,16 @@ def test_a_killed_lazyfs_leaves_no_mount_behind(tmp_path: Path, fuse_available: 
         os.kill(fs.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
         fs.proc.wait(timeout=10)  # type: ignore[union-attr]
     assert not mounted(fs.mountpoint)
+
+
+def test_an_armed_cut_freezes_right_after_the_nth_fsync(lazy_mount: MakeMount) -> None:
+    fs = lazy_mount("ext4")
+    fs.arm(2)
+    path = fs.mountpoint / "f"
+    write_file(path, b"one", fsync=True)   # fsync 1
+    write_file(path, b"two", fsync=True)   # fsync 2: the power fails as it returns
+    assert fs.counters()["frozen"] == 1
+    with pytest.raises(OSError):
+        write_file(path, b"three", fsync=False)
+    reboot(fs)
+    assert path.read_bytes() == b"onetwo"
