@@ -85,11 +85,13 @@ chaos: install
 # fsynced) power-cut CUTS times, a quarter (or ALL_CUTS) of them all members at once,
 # checked after each cut. No SEED draws one, which the run prints; a failure prints the
 # seed and keeps the run's directory. MODE=posix also needs directory fsyncs for names.
+# SWEEP=1 first cuts a founding member right after each fsync of its bootstrap.
 CUTS ?= 100
 MODE ?= ext4
+SWEEP ?= 0
 powerloss: install
 	$(PY) -m tests.powerloss.run --cuts $(CUTS) --mode $(MODE) $(if $(SEED),--seed $(SEED)) \
-	  $(if $(ALL_CUTS),--all-cuts $(ALL_CUTS))
+	  $(if $(ALL_CUTS),--all-cuts $(ALL_CUTS)) $(if $(filter 1,$(SWEEP)),--bootstrap-sweep)
 
 # The compose plugin when present, docker-compose v1 otherwise (deferred: only these
 # targets pay for the probe). Neither target needs the venv: the image is built from

@@ -562,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torn-probability", type=float, default=0.5)
     parser.add_argument("--dir", type=Path, default=None, help="run directory [default: temp]")
     parser.add_argument("--keep", action="store_true", help="keep the directory on success")
+    parser.add_argument("--bootstrap-sweep", action="store_true",
+                        help="first cut a founding member at every fsync of its bootstrap "
+                        "(tests/powerloss/bootstrap.py)")
     args = parser.parse_args(argv)
     if args.cuts < 1:
         parser.error("--cuts must be at least 1")
@@ -571,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     with contextlib.suppress(AttributeError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sweep_failed = False
+    if args.bootstrap_sweep:
+        from .bootstrap import sweep  # imports this module: not at the top
+
+        sweep_report = sweep(args.mode)
+        sweep_failed = bool(sweep_report.failures)
+        print(("FAILED: " if sweep_failed else "PASSED: ") + sweep_report.line())
     try:
         report = PowerLossRun(RunConfig(
             seed=seed, one_member_cuts=args.cuts - all_cuts, all_member_cuts=all_cuts,
@@ -580,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return 1
     print(f"PASSED: {report.line()}")
-    return 0
+    return 1 if sweep_failed else 0
 
 
 if __name__ == "__main__":
