@@ -223,12 +223,17 @@ def lazy_cluster(root: Path, mode: str) -> tuple[LocalCluster, dict[int, LazyMou
     ])
     cluster.keep_root = True  # mounts live inside it
     mounts: dict[int, LazyMount] = {}
-    for node_id in range(1, NODES + 1):
-        node = cluster.define(node_id)
-        mount = LazyMount(root / f"node{node_id}" / "fs", mode=mode)
-        mounts[node_id] = mount
-        mount.start()
-        node.data_dir = mount.mountpoint / "data"
+    try:
+        for node_id in range(1, NODES + 1):
+            node = cluster.define(node_id)
+            mount = LazyMount(root / f"node{node_id}" / "fs", mode=mode)
+            mounts[node_id] = mount
+            mount.start()
+            node.data_dir = mount.mountpoint / "data"
+    except BaseException:
+        for mount in mounts.values():
+            mount.close()
+        raise
     cluster.initial_cluster = {i: n.peer_address for i, n in cluster.nodes.items()}
     return cluster, mounts
 
