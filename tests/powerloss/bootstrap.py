@@ -95,8 +95,10 @@ def _one_point(root: Path, mode: str, point: int) -> str | None:
         try:
             _rejoins(cluster, point)
         except (ClusterError, KvraftError) as e:
-            first_line = str(e).splitlines()[0]
-            return f"{first_line}\n{cluster.log_tail(VICTIM, lines=6)}"
+            # The node's own last word says why (e.g. "error: data directory ...").
+            said = [line for line in cluster.log_tail(VICTIM, lines=200).splitlines()
+                    if line.startswith("error:") or "Error" in line]
+            return str(e).splitlines()[0] + (f"; it said: {said[-1]}" if said else "")
         return None
     finally:
         close_lazy_cluster(cluster, mounts)
