@@ -231,11 +231,15 @@ def cli() -> None:
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), envvar="KVRAFT_EVENT_LOOP",
               default="uvloop", show_default=True,
               help="The node's event loop: uvloop (libuv), or the standard library's asyncio.")
+@click.option("--leveldb-write-buffer-bytes", type=click.IntRange(min=64 << 10, max=1 << 30),
+              envvar="KVRAFT_LEVELDB_WRITE_BUFFER_BYTES", default=4 << 20, show_default=True,
+              metavar="BYTES", help="LevelDB memtable size; it starts a new write-ahead log "
+              "file each time this fills.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
-          event_loop: str) -> int:
+          event_loop: str, leveldb_write_buffer_bytes: int) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -267,6 +271,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         advertise_peer=advertise_peer or initial_cluster.get(node_id),
         tick_interval_s=tick_interval, snapshot_entries=snapshot_entries,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
+        leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
     )
     try:
         config.validate()

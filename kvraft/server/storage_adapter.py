@@ -70,7 +70,8 @@ def bootstrap_entries(initial_cluster: dict[int, str]) -> list[eraftpb.Entry]:
 
 def open_store(config: NodeConfig) -> Store:
     try:
-        datadir = DataDir.open(config.data_dir, config.node_id)
+        datadir = DataDir.open(config.data_dir, config.node_id,
+                               write_buffer_bytes=config.leveldb_write_buffer_bytes)
     except DataDirError as e:
         raise ServeError(str(e)) from None
     try:

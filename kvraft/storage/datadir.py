@@ -119,8 +119,11 @@ class DataDir:
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, node_id: int, *, create: bool = True) -> DataDir:
+    def open(cls, path: str | Path, node_id: int, *, create: bool = True,
+             write_buffer_bytes: int | None = None) -> DataDir:
         """Open (and with `create`, make) the data directory of node `node_id`.
+
+        `write_buffer_bytes` sizes LevelDB's memtable (None: LevelDB's default).
 
         Refuses, with a DataDirError: a directory of another node or of an unknown
         format version, one locked by a running process, a damaged one (unreadable
@@ -142,7 +145,7 @@ class DataDir:
                 raise DataDirError(path, f"cannot be created: {e.strerror}") from e
         lock_fd = cls._lock(path)
         try:
-            return cls._open_locked(path, node_id, create, lock_fd)
+            return cls._open_locked(path, node_id, create, lock_fd, write_buffer_bytes)
         except BaseException:
             os.close(lock_fd)  # releases the flock
             raise
@@ -166,7 +169,8 @@ class DataDir:
         return fd
 
     @classmethod
-    def _open_locked(cls, path: Path, node_id: int, create: bool, lock_fd: int) -> DataDir:
+    def _open_locked(cls, path: Path, node_id: int, create: bool, lock_fd: int,
+                     write_buffer_bytes: int | None) -> DataDir:
         meta_path = path / META_NAME
         db_path = path / DB_NAME
         if meta_path.exists():
@@ -190,7 +194,7 @@ class DataDir:
             cluster_id = 0
             incarnation = new_incarnation()
             cls._write_meta(path, node_id, cluster_id, incarnation)
-        db = cls._open_db(path, db_path)
+        db = cls._open_db(path, db_path, write_buffer_bytes)
         try:
             is_new = next(db.iterator(prefix=keys.RAFT_PREFIX, include_value=False),
                           None) is None
@@ -205,14 +209,15 @@ class DataDir:
         return datadir
 
     @staticmethod
-    def _open_db(path: Path, db_path: Path) -> plyvel.DB:
+    def _open_db(path: Path, db_path: Path, write_buffer_bytes: int | None) -> plyvel.DB:
         # paranoid_checks: corruption found while opening (a damaged MANIFEST, a WAL
         # record failing its checksum) is an error, not silently skipped. A record torn
         # by a crash at the very end of the WAL is not corruption to LevelDB (the
         # write never completed, so it was never acknowledged) and is dropped.
+        options = {} if write_buffer_bytes is None else {"write_buffer_size": write_buffer_bytes}
         try:
             return plyvel.DB(str(db_path), create_if_missing=True, paranoid_checks=True,
-                             max_open_files=DB_MAX_OPEN_FILES)
+                             max_open_files=DB_MAX_OPEN_FILES, **options)
         except plyvel.CorruptionError as e:
             raise DataDirError(path, f"is damaged: LevelDB reports corruption: {e}") from e
         except plyvel.Error as e:

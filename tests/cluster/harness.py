@@ -136,6 +136,9 @@ class LocalCluster:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.command = serve_command()
+        # True: close() leaves `root` in place (a caller that keeps it for inspection,
+        # or that has mounts inside it to take down first).
+        self.keep_root = False
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -288,7 +291,8 @@ class LocalCluster:
                     os.kill(node.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.proc.wait(timeout=STOP_TIMEOUT_S)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ clients
     def endpoints(self, ids: Iterable[int] | None = None) -> str:

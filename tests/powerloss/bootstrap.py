@@ -1,0 +1,152 @@
+"""Power cuts at every fsync of a founding member's first start (issue 11, item 3).
+
+    python -m tests.powerloss.bootstrap [--mode ext4|posix] [--points 1,5,9]
+
+A random cut almost never lands inside bootstrap, which takes a few milliseconds, so
+this sweep places one there on purpose: a fresh 3-node cluster is started with node 1's
+lazyfs armed to lose power right after its k-th fsync (lazyfs `arm`); node 1 is then
+SIGKILLed, cut, remounted and restarted, and must rejoin (serve, know the leader, apply
+a write made after its restart). k runs over every fsync node 1 makes until it serves,
+as counted by a first, uncut start; each point names the fsync it follows.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvraft.client import Client, KvraftError
+from tests.cluster.harness import ClusterError, LocalCluster, wait_until
+
+from .mount import LazyFsError, LazyMount
+from .run import close_lazy_cluster, lazy_cluster
+
+VICTIM = 1
+FREEZE_TIMEOUT_S = 30.0
+REJOIN_TIMEOUT_S = 45.0
+
+
+@dataclass
+class SweepReport:
+    mode: str
+    root: str
+    points: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"bootstrap sweep ({self.mode}): {self.points} cut points, "
+                f"{len(self.failures)} where node {VICTIM} did not recover")
+
+
+def _bootstrap_journal(root: Path, mode: str) -> list[str]:
+    """The fsyncs node 1 makes from its first start until it serves."""
+    cluster, mounts = lazy_cluster(root, mode)
+    try:
+        for node_id in cluster.nodes:
+            cluster.launch(node_id)
+        cluster.wait_serving(VICTIM)
+        return mounts[VICTIM].sync_journal()
+    finally:
+        close_lazy_cluster(cluster, mounts)
+
+
+def _rejoins(cluster: LocalCluster, point: int) -> None:
+    """Node 1 serves, knows a leader, and applies a write made after its restart."""
+    node = cluster.nodes[VICTIM]
+
+    def knows_leader() -> bool:
+        if not node.running():
+            code = node.proc.returncode if node.proc else None
+            raise ClusterError(f"node {VICTIM} exited with {code}")
+        return cluster.status(VICTIM, timeout_s=1.0).header.leader_id > 0
+
+    wait_until(knows_leader, REJOIN_TIMEOUT_S, f"node {VICTIM} to serve and know a leader")
+    others = [i for i in cluster.nodes if i != VICTIM]
+    with Client(cluster.endpoints(others), timeout=10.0) as client:
+        client.put(b"bootstrap/%d" % point, b"after the cut")
+    leader = cluster.wait_leader()
+    target = cluster.status(leader).header.applied_index
+    cluster.wait_applied(VICTIM, target, timeout_s=REJOIN_TIMEOUT_S)
+    value = cluster.get(VICTIM, b"bootstrap/%d" % point, serializable=True)
+    if value != b"after the cut":
+        raise ClusterError(f"node {VICTIM} applied index {target} without the write "
+                           f"made before it (found {value!r})")
+
+
+def _one_point(root: Path, mode: str, point: int) -> str | None:
+    """Cut node 1 right after its `point`-th fsync; None if it recovers, else why not."""
+    cluster, mounts = lazy_cluster(root, mode)
+    victim: LazyMount = mounts[VICTIM]
+    try:
+        victim.arm(point)
+        for node_id in cluster.nodes:
+            cluster.launch(node_id)
+        wait_until(lambda: victim.counters()["frozen"], FREEZE_TIMEOUT_S,
+                   f"node {VICTIM}'s fsync {point}")
+        cluster.kill9(VICTIM)
+        victim.cut(seed=point, torn_probability=0.5)
+        victim.start()
+        cluster.launch(VICTIM)
+        try:
+            _rejoins(cluster, point)
+        except (ClusterError, KvraftError) as e:
+            # The node's own last word says why (e.g. "error: data directory ...").
+            said = [line for line in cluster.log_tail(VICTIM, lines=200).splitlines()
+                    if line.startswith("error:") or "Error" in line]
+            return str(e).splitlines()[0] + (f"; it said: {said[-1]}" if said else "")
+        return None
+    finally:
+        close_lazy_cluster(cluster, mounts)
+
+
+def sweep(mode: str = "ext4", points: Iterable[int] | None = None, root: Path | None = None,
+          log: Callable[[str], None] = print, keep: bool = False) -> SweepReport:
+    base = Path(root or tempfile.mkdtemp(prefix="kvraft-bootstrap-"))
+    report = SweepReport(mode, str(base))
+    journal = _bootstrap_journal(base / "measure", mode)
+    chosen = list(points) if points is not None else list(range(1, len(journal) + 1))
+    log(f"bootstrap sweep ({mode}): node {VICTIM} makes {len(journal)} fsyncs before it "
+        f"serves; cutting after each of {chosen} (directory {base})")
+    for point in chosen:
+        started = time.monotonic()
+        where = journal[point - 1] if point <= len(journal) else "?"
+        try:
+            problem = _one_point(base / f"point{point:03d}", mode, point)
+        except (ClusterError, LazyFsError) as e:
+            problem = f"the sweep could not run this point: {str(e).splitlines()[0]}"
+        report.points += 1
+        if problem is None:
+            shutil.rmtree(base / f"point{point:03d}", ignore_errors=True)
+            log(f"  cut after fsync {point:>2} ({where}): rejoined "
+                f"({time.monotonic() - started:.0f} s)")
+        else:
+            failure = (f"cut after fsync {point} ({where}): node {VICTIM} did not recover: "
+                       f"{problem} [kept: {base / f'point{point:03d}'}]")
+            report.failures.append(failure)
+            log(f"  {failure}")
+    if not report.failures and not keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.powerloss.bootstrap",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["ext4", "posix"], default="ext4")
+    parser.add_argument("--points", default=None,
+                        help="comma-separated fsync numbers [default: every one]")
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    points = [int(p) for p in args.points.split(",")] if args.points else None
+    report = sweep(args.mode, points, args.dir)
+    print(("FAILED: " if report.failures else "PASSED: ") + report.line())
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
