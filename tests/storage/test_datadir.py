@@ -85,12 +85,36 @@ def test_database_without_meta(tmp_path: Path) -> None:
     assert "a database is present but META is missing" in refusal(tmp_path / "d")
 
 
-def test_meta_without_database(tmp_path: Path) -> None:
-    make_dir(tmp_path / "d")
-    for f in sorted((tmp_path / "d" / "db").iterdir()):
+def remove_database(path: Path) -> None:
+    for f in sorted((path / "db").iterdir()):
         f.unlink()
-    (tmp_path / "d" / "db").rmdir()
+    (path / "db").rmdir()
+
+
+def test_meta_without_database(tmp_path: Path) -> None:
+    """A directory of a cluster (its id recorded) whose database is gone is damaged."""
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        LevelDBStorage(dd).initialize(eraftpb.ConfState(voters=[1]))
+        dd.set_cluster_id(0xABC)
+    remove_database(tmp_path / "d")
     assert "the database db/ is missing" in refusal(tmp_path / "d")
+
+
+def test_a_directory_cut_short_before_its_database_is_finished(tmp_path: Path) -> None:
+    """A power cut after META but before the database was in place (no cluster id yet,
+    so nothing was ever stored): the next open finishes making it, whatever a staged
+    db.new/ holds, instead of refusing the member for good."""
+    with DataDir.open(tmp_path / "d", 1):
+        pass
+    remove_database(tmp_path / "d")
+    (tmp_path / "d" / "db.new").mkdir()
+    (tmp_path / "d" / "db.new" / "MANIFEST-000001").write_bytes(b"")  # never fsync'd
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        assert dd.is_new and dd.cluster_id == 0
+        LevelDBStorage(dd).initialize(eraftpb.ConfState(voters=[1]))
+    assert not (tmp_path / "d" / "db.new").exists()
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        assert not dd.is_new
 
 
 def test_leveldb_corruption(tmp_path: Path) -> None:

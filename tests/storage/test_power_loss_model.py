@@ -111,8 +111,8 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteLog]:
     log = WriteLog()
     real_open_db = datadir_module.DataDir._open_db
 
-    def open_db(path: Path, db_path: Path) -> RecordingDB:
-        return RecordingDB(real_open_db(path, db_path), log)
+    def open_db(path: Path, db_path: Path, write_buffer_bytes: int | None) -> RecordingDB:
+        return RecordingDB(real_open_db(path, db_path, write_buffer_bytes), log)
 
     monkeypatch.setattr(datadir_module.DataDir, "_open_db", staticmethod(open_db))
     yield log
