@@ -202,8 +202,15 @@ def add_learner(cluster: LocalCluster, report: Report, ids: list[int]) -> None:
     wait_until(lambda: caught_up(cluster, learner.id, commit), CATCH_UP_TIMEOUT_S,
                "the learner to catch up")
     report.learner_s = time.perf_counter() - t0
-    text = cluster.metrics_text(learner.id)
-    report.learner_snapshots = metric(text, "kvraft_snapshots_installed")
+    # The install's counter is bumped just after the applied index moves: give it a
+    # moment, or a learner that did install a snapshot would read as "from the log".
+    deadline = time.monotonic() + 5.0
+    while True:
+        text = cluster.metrics_text(learner.id)
+        report.learner_snapshots = metric(text, "kvraft_snapshots_installed")
+        if report.learner_snapshots or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     assert learner.pid is not None
     report.learner_rss_mib = rss_mib(learner.pid)[0]
     for i in ids:
