@@ -862,6 +862,21 @@ class Node:
         self._persist_wake.set()
         self._stopped.set()
 
+    # --------------------------------------------- asked by the peer service (seam)
+    @property
+    def incarnation(self) -> int:
+        """This data directory's incarnation (META), sent on every peer batch."""
+        return self.store.datadir.incarnation
+
+    def replaced_member(self, member_id: int, incarnation: int) -> str | None:
+        """The refusal line if `member_id` presents another incarnation than its
+        replicated record holds, else None."""
+        return sa.replaced_member(self.store, member_id, incarnation)
+
+    def snapshot_receiver(self, snapshot: eraftpb.Snapshot) -> sa.SnapshotReceiver:
+        """Where an inbound snapshot's chunks are staged."""
+        return sa.snapshot_receiver(self.store, snapshot)
+
     def exit_with_error(self, message: str) -> None:
         """The fatal path for what only the operator can resolve (a peer refused this
         node's replaced data directory): ONE clear log line, no traceback; every

@@ -49,7 +49,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             reason = f"cluster {cluster_id:016x} is not this node's cluster {node.cluster_id:016x}"
         elif not node.is_member(from_id) and node.member_ids():
             reason = f"node {from_id} is not a member"
-        elif (replaced := sa.replaced_member(node.store, from_id, incarnation)) is not None:
+        elif (replaced := node.replaced_member(from_id, incarnation)) is not None:
             reason = replaced
             metadata = ((REFUSAL_METADATA_KEY, REFUSAL_REPLACED),)
         else:
@@ -66,7 +66,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         directory replaced the member's. Exit (the node's fatal path) and tell the
         sender why, without the refusal mark (the sender must not exit)."""
         node = self.node
-        message = sa.replaced_member_message(node.id, node.store.datadir.incarnation, known)
+        message = sa.replaced_member_message(node.id, node.incarnation, known)
         node.exit_with_error(message)
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
 
@@ -76,8 +76,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> peer_pb2.SendSummary:
         batches = 0
         checked_from = -1
-        store = self.node.store
-        own = store.datadir.incarnation
+        own = self.node.incarnation
         async for batch in request_iterator:
             if batch.to_incarnation and batch.to_incarnation != own:
                 await self._exit_replaced(batch.from_id, batch.to_incarnation, context)
@@ -85,7 +84,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             # incarnation on every batch (a dict lookup), as the cluster may learn it
             # after this stream opened.
             if batch.from_id != checked_from or not self.node.is_member(batch.from_id) or \
-                    sa.replaced_member(store, batch.from_id, batch.from_incarnation):
+                    self.node.replaced_member(batch.from_id, batch.from_incarnation):
                 await self._check(batch.cluster_id, batch.from_id, batch.from_incarnation,
                                   context)
                 checked_from = batch.from_id
@@ -108,7 +107,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         try:
             async for chunk in request_iterator:
                 if msg is None:
-                    own = node.store.datadir.incarnation
+                    own = node.incarnation
                     if chunk.to_incarnation and chunk.to_incarnation != own:
                         await self._exit_replaced(chunk.from_id, chunk.to_incarnation, context)
                     await self._check(chunk.cluster_id, chunk.from_id,
@@ -116,7 +115,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                     if not chunk.HasField("message"):
                         return peer_pb2.SnapshotReply(accepted=False, reason="no message first")
                     msg = chunk.message
-                    receiver = sa.snapshot_receiver(node.store, msg.snapshot)
+                    receiver = node.snapshot_receiver(msg.snapshot)
                     continue
                 if chunk.data:
                     await asyncio.to_thread(receiver.write, chunk.data)

@@ -558,6 +558,21 @@ class _PeerEndpoint:
     def learn_address(self, peer_id: int, address: str) -> None:
         """The members and their addresses are fixed by the configuration."""
 
+    @property
+    def incarnation(self) -> int:
+        assert self._node._datadir is not None
+        return self._node._datadir.incarnation
+
+    def replaced_member(self, member_id: int, incarnation: int) -> str | None:
+        """Members are fixed and keep no replicated records: nothing to compare."""
+        return None
+
+    def snapshot_receiver(self, snapshot: eraftpb.Snapshot) -> object:
+        raise RuntimeError("ReplicatedNode does not install snapshots")
+
+    def exit_with_error(self, message: str) -> None:
+        self._node._fail_all(message)
+
     def deliver(self, messages: list[eraftpb.Message]) -> None:
         self._node._deliver(messages)
 
