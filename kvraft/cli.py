@@ -62,11 +62,12 @@ TRANSFER_POLL_S = 0.1
 
 
 class CliError(click.ClickException):
-    """A one-line failure with its exit code."""
+    """A one-line failure with its exit code (`exit_status`: click declares
+    ClickException.exit_code one constant for the whole class)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_NEGATIVE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_status = exit_code
 
 
 # --------------------------------------------------------------------------- params
@@ -330,7 +331,7 @@ def get(key: str, serializable: bool, endpoints: list[str], timeout: float) -> i
     if value is None:
         _err(f"key not found: {escape_bytes(_key_bytes(key))}")
         return EXIT_NEGATIVE
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer  # click.get_binary_stream is deprecated (click 8.5)
     out.write(value + b"\n")
     out.flush()
     return EXIT_OK
@@ -668,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except click.ClickException as e:
         _err(_one_line(e.format_message()))
-        return e.exit_code
+        return e.exit_status if isinstance(e, CliError) else e.exit_code
     except KvraftError as e:
         _err(_describe(e))
         return EXIT_OUTCOME_UNKNOWN if e.outcome_unknown else EXIT_REQUEST_FAILED

@@ -295,8 +295,8 @@ def _short_reason(details: str) -> str:
 
 def _marked_retry_safe(err: grpc.RpcError) -> bool:
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == RETRY_SAFE_METADATA_KEY and value in ("1", b"1"):
+    for item in trailing or ():  # grpc's _Metadatum: a named tuple (key, value)
+        if item.key == RETRY_SAFE_METADATA_KEY and item.value in ("1", b"1"):
             return True
     return False
 
@@ -696,7 +696,7 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
                      f"no member answered in time: {summary}", endpoint=last.endpoint)
 
 
-def _consistency(serializable: bool) -> int:
+def _consistency(serializable: bool) -> pb.ReadConsistency:
     return pb.SERIALIZABLE if serializable else pb.LINEARIZABLE
 
 

@@ -283,7 +283,8 @@ def run_load(spec: LoadSpec, progress: Callable[[float, int], None] | None = Non
     if fatal:
         raise LoadError(fatal[0])
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    read_lat, write_lat, errors = array("d"), array("d"), {}
+    read_lat, write_lat = array("d"), array("d")
+    errors: dict[str, int] = {}
     reads = writes = 0
     for out in outs.values():
         reads += out["reads"]

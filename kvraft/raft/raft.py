@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Protocol
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import confchange
@@ -91,7 +91,7 @@ def is_response_msg(msg_type: int) -> bool:
     return msg_type in RESPONSE_MSG_TYPES
 
 
-def vote_resp_msg_type(msg_type: int) -> int:
+def vote_resp_msg_type(msg_type: int) -> eraftpb.MessageType:
     if msg_type == MSG_REQUEST_VOTE:
         return MSG_REQUEST_VOTE_RESPONSE
     if msg_type == MSG_REQUEST_PRE_VOTE:
@@ -103,7 +103,7 @@ def _msg_priority(m: eraftpb.Message) -> int:
     return m.priority if m.priority != 0 else m.deprecated_priority
 
 
-class _RaftLogger(logging.LoggerAdapter):
+class _RaftLogger(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every record with the node id and its current term, and attaches them
     as `raft_id` / `raft_term` for structured handlers."""
 
@@ -111,10 +111,17 @@ class _RaftLogger(logging.LoggerAdapter):
         super().__init__(_logger, {})
         self._raft = raft
 
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]
+                ) -> tuple[str, MutableMapping[str, Any]]:
         raft = self._raft
         kwargs.setdefault("extra", {}).update(raft_id=raft.id, raft_term=raft.term)
         return f"[{raft.id} term {raft.term}] {msg}", kwargs
+
+
+class _ElectionRng(Protocol):
+    """Where election timeouts come from: a `random.Random`, or the `random` module."""
+
+    def randrange(self, start: int, stop: int, /) -> int: ...
 
 
 class UncommittedState:
@@ -162,7 +169,7 @@ class Raft:
         self.logger = _RaftLogger(self)
         # Randomness only for the election timeout; the module RNG by default, so a
         # simulation can replay a run by seeding `random`.
-        self._rng: Any = rng if rng is not None else random
+        self._rng: _ElectionRng = rng if rng is not None else random
         raft_state = store.initial_state()
         self.raft_log = RaftLog(store)
         self.term: int = 0

@@ -25,6 +25,7 @@ from kvraft.storage.compaction import CompactionPolicy
 from kvraft.storage.datadir import DataDir, DataDirError
 from kvraft.storage.log_store import LevelDBStorage
 from kvraft.storage.snapshot import SnapshotReceiver
+from kvraft.storage.snapshot_install import recover_unfinished_install
 from kvraft.storage.state_machine import KVStateMachine
 
 from .config import NodeConfig, ServeError, cluster_id_for
@@ -76,6 +77,9 @@ def open_store(config: NodeConfig) -> Store:
         raise ServeError(str(e)) from None
     try:
         log_store = LevelDBStorage(datadir)
+        # A crash in the middle of a snapshot install: redo it before anything reads the
+        # state machine (which refuses a directory with an unfinished install).
+        recover_unfinished_install(datadir, log_store)
         sm = KVStateMachine(datadir, scan_page_entries_max=config.scan_page_max)
         if datadir.is_new and not config.join:
             _bootstrap(config, datadir, log_store)

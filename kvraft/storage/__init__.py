@@ -22,7 +22,9 @@ from kvraft.storage.snapshot import (
     SnapshotStreamError,
     StagedSnapshot,
 )
+from kvraft.storage.snapshot_install import recover_unfinished_install
 from kvraft.storage.state_machine import ApplyResult, KVStateMachine
+from kvraft.storage.store import NodeStore, open_store
 
 __all__ = [
     "ApplyResult",
@@ -33,6 +35,7 @@ __all__ = [
     "KVStateMachine",
     "LevelDBStorage",
     "MemberRecord",
+    "NodeStore",
     "SnapshotHandle",
     "SnapshotReceiver",
     "SnapshotStreamError",
@@ -45,5 +48,7 @@ __all__ = [
     "encode_command",
     "encode_members",
     "member_update_command",
+    "open_store",
     "put_command",
+    "recover_unfinished_install",
 ]

@@ -31,9 +31,10 @@ Threading: `add` from the applying thread; flushes from any thread, one at a tim
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Final
 
 import plyvel
 
@@ -41,11 +42,11 @@ APPLY_BUFFER_BYTES_MAX = 8 << 20   # buffered bytes (keys + values + overhead) b
 WRITE_OVERHEAD_BYTES = 64          # per buffered write, for the bound: dict entry + objects
 
 
-class _Missing:
-    pass
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
 
 
-MISSING: Any = _Missing()  # "not in the buffer": look in LevelDB
+MISSING: Final = _Missing.MISSING  # "not in the buffer": look in LevelDB
 
 
 def prefix_stop(prefix: bytes) -> bytes:
@@ -59,7 +60,8 @@ class MergedIterator:
     """(key, value) in key order: LevelDB's items overlaid by buffered writes (a buffered
     None hides the key). A context manager; `close()` releases what it reads from."""
 
-    def __init__(self, inner: Any, overlay: list[tuple[bytes, bytes | None]],
+    def __init__(self, inner: plyvel.Iterator[tuple[bytes, bytes]],
+                 overlay: list[tuple[bytes, bytes | None]],
                  on_close: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self._on_close = on_close
@@ -84,7 +86,8 @@ class MergedIterator:
         self.close()
 
 
-def _merge(inner: Any, overlay: list[tuple[bytes, bytes | None]]
+def _merge(inner: plyvel.Iterator[tuple[bytes, bytes]],
+           overlay: list[tuple[bytes, bytes | None]]
            ) -> Iterator[tuple[bytes, bytes]]:
     pos, count = 0, len(overlay)
     for key, value in inner:
@@ -115,7 +118,8 @@ class FrozenView:
     """LevelDB as of one moment plus the writes buffered at that moment: what the state
     machine was then, whatever is applied or installed afterwards. `close()` it."""
 
-    def __init__(self, snapshot: Any, overlay: dict[bytes, bytes | None]) -> None:
+    def __init__(self, snapshot: plyvel.Snapshot, overlay: dict[bytes, bytes | None]
+                 ) -> None:
         self._snapshot = snapshot
         self._overlay = overlay
 

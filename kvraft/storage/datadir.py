@@ -139,8 +139,10 @@ class DataDir:
 
         Refuses, with a DataDirError: a directory of another node or of an unknown
         format version, one locked by a running process, a damaged one (unreadable
-        META, a database without META, LevelDB corruption, an unfinished snapshot
-        install whose staged file is gone).
+        META, a database without META, LevelDB corruption).
+
+        Only the directory: finishing a snapshot install a crash interrupted needs the
+        Raft log too, and is the opener's (`open_store`, store.py).
         """
         if node_id <= 0:
             raise DataDirError(path, f"node id must be a positive integer, got {node_id}")
@@ -218,9 +220,6 @@ class DataDir:
                           None) is None
             datadir = cls(path, node_id, cluster_id, db, lock_fd, is_new, incarnation)
             (path / SNAP_DIR_NAME).mkdir(exist_ok=True)
-            # Imported here: snapshot.py builds on this module.
-            from kvraft.storage.snapshot import recover_unfinished_install
-            recover_unfinished_install(datadir)
         except BaseException:
             db.close()
             raise

@@ -55,7 +55,8 @@ def log_key(index: int) -> bytes:
 
 def log_index(key: bytes) -> int:
     assert len(key) == 9 and key[:1] == LOG_PREFIX, f"not a log key: {key!r}"
-    return _INDEX.unpack_from(key, 1)[0]
+    index: int = _INDEX.unpack_from(key, 1)[0]
+    return index
 
 
 def kv_key(key: bytes) -> bytes:

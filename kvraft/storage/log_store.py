@@ -28,11 +28,10 @@ needs to wait for an fsync in progress.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import plyvel
@@ -49,27 +48,6 @@ from kvraft.storage.log_cache import LogTailCache
 _M = TypeVar("_M", bound=Message)
 SnapshotProvider = Callable[[int, int], eraftpb.Snapshot]
 COMPACT_DELETE_BATCH_KEYS = 1024  # keys per (unsynced) batch when dropping compacted entries
-
-
-def snapshot_log_ops(db: plyvel.DB, batch: plyvel.WriteBatch,
-                     meta: eraftpb.SnapshotMetadata) -> eraftpb.HardState:
-    """Add to `batch` what applying a snapshot does to the Raft log: drop every entry,
-    move the offset to the snapshot, commit it, adopt its configuration (raft-rs
-    apply_snapshot). Returns the resulting hard state. Used by `persist` and by the
-    state machine's snapshot install, which must change log and data atomically."""
-    for key in db.iterator(prefix=keys.LOG_PREFIX, include_value=False):
-        batch.delete(key)
-    hs = eraftpb.HardState()
-    raw = db.get(keys.HARD_STATE)
-    if raw is not None:
-        hs.ParseFromString(raw)
-    hs.term = max(hs.term, meta.term)
-    hs.commit = meta.index
-    batch.put(keys.HARD_STATE, hs.SerializeToString())
-    batch.put(keys.LOG_OFFSET, keys.pack_index_term(meta.index, meta.term))
-    batch.put(keys.SNAPSHOT_META, meta.SerializeToString())
-    batch.put(keys.CONF_STATE, meta.conf_state.SerializeToString())
-    return hs
 
 
 class LevelDBStorage:
@@ -163,11 +141,6 @@ class LevelDBStorage:
             self._log_bytes = sum(sizes)
             self._cache.clear()
             self._cache.append(list(tail), list(tail_sizes))
-
-    def reload(self) -> None:
-        """Re-read everything from LevelDB (after a snapshot install wrote the log)."""
-        with self._write_lock:
-            self._load()
 
     # --- the Storage protocol -----------------------------------------------------------
     def initial_state(self) -> RaftState:
@@ -325,7 +298,7 @@ class LevelDBStorage:
             snap_meta = snapshot.metadata
             if offset_index + 1 > snap_meta.index:
                 raise SnapshotOutOfDateError()
-            hs = snapshot_log_ops(self._db, batch, snap_meta)
+            hs = self._snapshot_log_ops(batch, snap_meta)
             offset_index, offset_term, last = snap_meta.index, snap_meta.term, snap_meta.index
         encoded: list[bytes] = []
         if entries:
@@ -455,9 +428,43 @@ class LevelDBStorage:
             for key in batch_keys:
                 batch.delete(key)
 
-    @contextlib.contextmanager
-    def exclusive_write(self) -> Iterator[None]:
-        """Hold off every other writer (used by the snapshot install's final write,
-        which rewrites the log together with the state machine)."""
+    # --- snapshots ----------------------------------------------------------------------
+    def _snapshot_log_ops(self, batch: plyvel.WriteBatch,
+                          meta: eraftpb.SnapshotMetadata) -> eraftpb.HardState:
+        """Add to `batch` what applying a snapshot does to the Raft log: drop every
+        entry, move the offset to the snapshot, commit it, adopt its configuration
+        (raft-rs apply_snapshot). Returns the resulting hard state. Reads LevelDB, not
+        the in-memory view: also right before `_load` (recovery at open)."""
+        for key in self._db.iterator(prefix=keys.LOG_PREFIX, include_value=False):
+            batch.delete(key)
+        hs = eraftpb.HardState()
+        raw = self._db.get(keys.HARD_STATE)
+        if raw is not None:
+            hs.ParseFromString(raw)
+        hs.term = max(hs.term, meta.term)
+        hs.commit = meta.index
+        batch.put(keys.HARD_STATE, hs.SerializeToString())
+        batch.put(keys.LOG_OFFSET, keys.pack_index_term(meta.index, meta.term))
+        batch.put(keys.SNAPSHOT_META, meta.SerializeToString())
+        batch.put(keys.CONF_STATE, meta.conf_state.SerializeToString())
+        return hs
+
+    def write_snapshot_install(self, meta: eraftpb.SnapshotMetadata,
+                               carried: dict[bytes, bytes | None]) -> None:
+        """The commit point of a state-machine snapshot install (snapshot_install.py):
+        in ONE synced batch, what applying the snapshot `meta` does to the Raft log
+        together with `carried`, the installer's own writes (its applied index, the
+        removal of its marker; None deletes) — so log and state machine change together
+        or not at all, across a crash or a power loss. Then the in-memory view is
+        rebuilt from LevelDB. Holds the writer lock throughout: no persist or
+        compaction interleaves with the rewrite of the log."""
         with self._write_lock:
-            yield
+            batch = self._db.write_batch(sync=True)
+            for key, value in carried.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            self._snapshot_log_ops(batch, meta)
+            batch.write()
+            self._load()

@@ -7,22 +7,8 @@ a stream of byte chunks of a bounded size — never the data set in memory.
 Receiving side: `SnapshotReceiver` writes the chunks to a file in `<data-dir>/snap/`,
 checking the stream as it arrives; `finish()` fsyncs it and returns a `StagedSnapshot`.
 
-Installing (`install_staged`) replaces the state machine AND the Raft log atomically
-(thesis §5.3: a follower that receives a snapshot discards its log): a durable
-"installing" marker is written first; then the old data is cleared and the staged
-image loaded in bounded batches; a final synced batch sets the applied index, applies
-the snapshot to the Raft log and removes the marker. If the process dies in between,
-`DataDir.open` finds the marker and redoes the install from the staged file, so after
-any crash the store is entirely old (no marker yet) or entirely new.
-
-Why that holds across a power loss, not only a crash of the process: every batch of the
-install is written with sync=True, so each is durable before the next is written, and
-the final batch that removes the marker can only survive if all the clearing and
-loading before it did. (Unsynced batches would not do: LevelDB may lose an unsynced
-write in an older log file while a later synced one survives, see apply_buffer.py.)
-The staged file is fsynced (file and directory) before the marker names it, and is
-deleted only after the final batch. Cost: one fsync per INSTALL_BATCH_BYTES loaded or
-CLEAR_BATCH_KEYS cleared, small beside writing that much.
+Installing a staged snapshot — replacing the state machine and the Raft log by it,
+atomically across crashes — is snapshot_install.py's.
 
 Stream format (version 1):
     header   MAGIC, u32 length, SnapshotMetadata
@@ -41,17 +27,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import plyvel
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.storage import keys
 from kvraft.storage.apply_buffer import FrozenView
-from kvraft.storage.datadir import DataDir, DataDirError, fsync_dir
-
-if TYPE_CHECKING:
-    from kvraft.storage.log_store import LevelDBStorage
+from kvraft.storage.datadir import DataDir, fsync_dir
 
 MAGIC = b"KVRSNAP\x01"
 TAG_KV = 1
@@ -64,8 +46,6 @@ METADATA_BYTES_MAX = 1 << 20
 RECORD_KEY_BYTES_MAX = 1 << 20
 RECORD_VALUE_BYTES_MAX = 256 << 20
 DEFAULT_CHUNK_BYTES = 1 << 20
-INSTALL_BATCH_BYTES = 4 << 20  # bytes of puts per (synced) batch while installing
-CLEAR_BATCH_KEYS = 10_000      # deletes per (synced) batch while clearing old data
 READ_BLOCK_BYTES = 1 << 20
 STAGED_SUFFIX = ".snap"
 PARTIAL_SUFFIX = ".part"
@@ -304,97 +284,3 @@ def iter_staged_records(path: Path, expected: eraftpb.SnapshotMetadata
             yield from parser.feed(block)
     if not parser.done:
         raise SnapshotStreamError(f"staged snapshot {path} is truncated")
-
-
-# --- installing -------------------------------------------------------------------------
-def _encode_marker(staged_name: str, meta: eraftpb.SnapshotMetadata) -> bytes:
-    raw = meta.SerializeToString()
-    return _LEN.pack(len(raw)) + raw + staged_name.encode()
-
-
-def _decode_marker(value: bytes) -> tuple[str, eraftpb.SnapshotMetadata]:
-    (meta_len,) = _LEN.unpack_from(value, 0)
-    meta = eraftpb.SnapshotMetadata.FromString(value[_LEN.size: _LEN.size + meta_len])
-    return value[_LEN.size + meta_len:].decode(), meta
-
-
-def _clear_prefix(db: plyvel.DB, prefix: bytes) -> None:
-    """Delete every key under `prefix`, in synced batches (see the module docstring)."""
-    batch = db.write_batch(sync=True)
-    pending = 0
-    with db.iterator(prefix=prefix, include_value=False) as it:
-        for key in it:
-            batch.delete(key)
-            pending += 1
-            if pending >= CLEAR_BATCH_KEYS:
-                batch.write()
-                batch, pending = db.write_batch(sync=True), 0
-    if pending:
-        batch.write()
-
-
-def install_staged(datadir: DataDir, staged: StagedSnapshot,
-                   log_store: LevelDBStorage | None) -> None:
-    """Replace state machine and Raft log by `staged`, atomically across crashes."""
-    assert staged.path.parent == datadir.snap_dir, "staged snapshot outside the data dir"
-    datadir.db.put(keys.INSTALLING, _encode_marker(staged.path.name, staged.metadata),
-                   sync=True)
-    _redo_install(datadir, staged.path, staged.metadata, log_store)
-
-
-def _redo_install(datadir: DataDir, path: Path, meta: eraftpb.SnapshotMetadata,
-                  log_store: LevelDBStorage | None) -> None:
-    from kvraft.storage.log_store import snapshot_log_ops
-
-    db = datadir.db
-    # Every batch below is synced: the final one (which removes the marker) must not
-    # be able to survive a power loss that some earlier clearing or loading did not.
-    _clear_prefix(db, keys.KV_PREFIX)
-    _clear_prefix(db, keys.MEMBER_PREFIX)
-    batch = db.write_batch(sync=True)
-    pending_bytes = 0
-    for tag, key, value in iter_staged_records(path, meta):
-        full_key = (keys.KV_PREFIX + key) if tag == TAG_KV else (keys.MEMBER_PREFIX + key)
-        batch.put(full_key, value)
-        pending_bytes += len(full_key) + len(value)
-        if pending_bytes >= INSTALL_BATCH_BYTES:
-            batch.write()
-            batch, pending_bytes = db.write_batch(sync=True), 0
-    if pending_bytes:
-        batch.write()
-    writers = log_store.exclusive_write() if log_store is not None else contextlib.nullcontext()
-    with writers:
-        final = db.write_batch(sync=True)
-        final.put(keys.APPLIED, keys.pack_index_term(meta.index, meta.term))
-        snapshot_log_ops(db, final, meta)
-        final.delete(keys.INSTALLING)
-        final.write()
-        if log_store is not None:
-            log_store.reload()
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def recover_unfinished_install(datadir: DataDir) -> None:
-    """At open: finish an install a crash interrupted; drop stale partial files."""
-    marker = datadir.db.get(keys.INSTALLING)
-    keep: str | None = None
-    if marker is not None:
-        try:
-            keep, meta = _decode_marker(marker)
-        except Exception as e:
-            raise DataDirError(datadir.path, f"is damaged: snapshot install marker is "
-                                             f"unreadable ({e})") from e
-        path = datadir.snap_dir / keep
-        if not path.exists():
-            raise DataDirError(datadir.path, f"is damaged: an interrupted snapshot install "
-                                             f"needs {path}, which is missing")
-        try:
-            _redo_install(datadir, path, meta, None)
-        except SnapshotStreamError as e:
-            raise DataDirError(datadir.path, f"is damaged: staged snapshot {path} is "
-                                             f"unreadable ({e})") from e
-        keep = None
-    for stale in datadir.snap_dir.iterdir():
-        if stale.name != keep and stale.suffix in (STAGED_SUFFIX, PARTIAL_SUFFIX):
-            stale.unlink()

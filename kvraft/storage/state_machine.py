@@ -53,14 +53,10 @@ from kvraft.storage.commands import (
     decode_command,
     decode_members,
 )
-from kvraft.storage.datadir import DataDir
+from kvraft.storage.datadir import DataDir, DataDirError
 from kvraft.storage.log_store import LevelDBStorage
-from kvraft.storage.snapshot import (
-    SnapshotHandle,
-    SnapshotReceiver,
-    StagedSnapshot,
-    install_staged,
-)
+from kvraft.storage.snapshot import SnapshotHandle, SnapshotReceiver, StagedSnapshot
+from kvraft.storage.snapshot_install import install_pending, install_staged
 
 # ApplyResult.kind
 PUT = "put"
@@ -176,6 +172,11 @@ class KVStateMachine:
                  scan_page_bytes_max: int = 4 << 20, snapshot_handles_max: int = 4) -> None:
         assert scan_page_entries_max >= 1 and scan_page_bytes_max >= 1
         assert snapshot_handles_max >= 1
+        if install_pending(datadir):
+            # Its data is half old, half new until the install is redone, which needs
+            # the Raft log: the opener's job (open_store, store.py), done before this.
+            raise DataDirError(datadir.path, "holds an interrupted snapshot install: "
+                                             "open it with kvraft.storage.open_store")
         self._datadir = datadir
         self._db = datadir.db
         self._buffer = datadir.apply_buffer
@@ -506,7 +507,8 @@ class KVStateMachine:
         snapshot, before `log_store.persist(...)` of that Ready (whose snapshot part is
         then already in place). Reads do not wait: until it is complete they are
         served from a frozen view of the state before it. If it raises, reads keep that
-        view and apply/install refuse (reopening the directory finishes the install).
+        view and apply/install refuse (reopening the store, `open_store`, finishes the
+        install).
         """
         with self._state_lock:
             self._check_usable()
@@ -531,7 +533,7 @@ class KVStateMachine:
     def _check_usable(self) -> None:
         if self._install_failed is not None:
             raise RuntimeError(f"a snapshot install failed ({self._install_failed}); "
-                               "reopen the data directory to finish it")
+                               "reopen the store to finish it")
 
     def close(self) -> None:
         """Release the open snapshot images (the DataDir flushes the buffered applies

@@ -33,6 +33,7 @@ from kvraft.storage import (
     batch_command,
     cas_command,
     delete_command,
+    open_store,
     put_command,
 )
 from kvraft.storage.snapshot import StagedSnapshot
@@ -96,8 +97,8 @@ def run_log(path: str, seed: int) -> None:
 
 
 def run_install(path: str, image: str, index: int, term: int) -> None:
-    dd = DataDir.open(path, 1)
-    store, sm = LevelDBStorage(dd), KVStateMachine(dd)
+    opened = open_store(path, 1)  # finishes the install the previous round's kill cut
+    dd, store, sm = opened.datadir, opened.log, opened.sm
     print("opened", flush=True)
     staged_path = dd.snap_dir / (Path(image).name + ".snap")
     shutil.copyfile(image, staged_path)

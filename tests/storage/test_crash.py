@@ -24,6 +24,7 @@ from kvraft.storage import (
     KVStateMachine,
     LevelDBStorage,
     decode_command,
+    open_store,
 )
 from tests.storage.crash_child import command
 
@@ -250,8 +251,8 @@ def test_sigkill_during_snapshot_install_leaves_old_or_new(tmp_path: Path, spawn
         assert child.readline() == "opened"
         time.sleep(delay_s)
         child.kill()
-        with DataDir.open(path, 1) as dd:  # finishes an interrupted install
-            sm, store = KVStateMachine(dd), LevelDBStorage(dd)
+        with open_store(path, 1) as opened:  # finishes an interrupted install
+            dd, sm, store = opened.datadir, opened.sm, opened.log
             applied = sm.applied_index
             assert applied in (current, target), f"seed {seed} round {round_no}: {applied}"
             prefix = images[applied][1]

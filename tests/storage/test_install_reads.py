@@ -14,6 +14,7 @@ import pytest
 from kvraft.raft import eraftpb
 from kvraft.storage import DataDir, KVStateMachine, LevelDBStorage, MemberRecord, put_command
 from kvraft.storage import snapshot as snapshot_module
+from kvraft.storage import snapshot_install as install_module
 
 READ_TIMEOUT_S = 10.0   # generous: a read that waits for the install never returns
 STALL_TIMEOUT_S = 30.0
@@ -50,7 +51,7 @@ def stalled_install(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading
                                                                        threading.Event]]:
     """Makes the next install stop after its first loaded records until released."""
     stalled, release = threading.Event(), threading.Event()
-    real = snapshot_module.iter_staged_records
+    real = install_module.iter_staged_records
 
     def stalling(path, expected):  # type: ignore[no-untyped-def]
         for i, record in enumerate(real(path, expected)):
@@ -59,8 +60,8 @@ def stalled_install(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading
                 assert release.wait(STALL_TIMEOUT_S), "the test never released the install"
             yield record
 
-    monkeypatch.setattr(snapshot_module, "iter_staged_records", stalling)
-    monkeypatch.setattr(snapshot_module, "INSTALL_BATCH_BYTES", 500)  # written half way
+    monkeypatch.setattr(install_module, "iter_staged_records", stalling)
+    monkeypatch.setattr(install_module, "INSTALL_BATCH_BYTES", 500)  # written half way
     try:
         yield stalled, release
     finally:

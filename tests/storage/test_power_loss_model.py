@@ -28,9 +28,16 @@ import plyvel
 import pytest
 
 from kvraft.raft import eraftpb
-from kvraft.storage import CompactionPolicy, DataDir, KVStateMachine, LevelDBStorage, keys
+from kvraft.storage import (
+    CompactionPolicy,
+    DataDir,
+    KVStateMachine,
+    LevelDBStorage,
+    keys,
+    open_store,
+)
 from kvraft.storage import datadir as datadir_module
-from kvraft.storage import snapshot as snapshot_module
+from kvraft.storage import snapshot_install as install_module
 from kvraft.storage.snapshot import StagedSnapshot
 from tests.storage.crash_child import command, make_entry
 from tests.storage.test_crash import Model
@@ -238,8 +245,8 @@ def build_image(path: Path, index: int, term: int) -> Path:
 
 
 def check_old_or_new(path: Path, old_applied: int, new_index: int) -> str:
-    with DataDir.open(path, 1) as dd:  # redoes an install a crash interrupted
-        store, sm = LevelDBStorage(dd), KVStateMachine(dd)
+    with open_store(path, 1) as opened:  # redoes an install a crash interrupted
+        store, sm = opened.log, opened.sm
         held = dict(sm.scan(b"", b"", 0)[0])
         if sm.applied_index == new_index:
             assert held == {b"new%05d" % i: b"N" * 50 for i in range(IMAGE_KEYS)}, (
@@ -256,8 +263,8 @@ def check_old_or_new(path: Path, old_applied: int, new_index: int) -> str:
 def test_power_loss_during_a_snapshot_install_leaves_old_or_new(
         tmp_path: Path, recording: WriteLog, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small batches, so the install is many writes and a cut can fall between them.
-    monkeypatch.setattr(snapshot_module, "INSTALL_BATCH_BYTES", 2000)
-    monkeypatch.setattr(snapshot_module, "CLEAR_BATCH_KEYS", 50)
+    monkeypatch.setattr(install_module, "INSTALL_BATCH_BYTES", 2000)
+    monkeypatch.setattr(install_module, "CLEAR_BATCH_KEYS", 50)
     new_index = 1000
     image = build_image(tmp_path / "src", new_index, 2)
     start = len(recording.writes)

@@ -16,9 +16,11 @@ from kvraft.storage import (
     MemberRecord,
     SnapshotStreamError,
     keys,
+    open_store,
     put_command,
 )
 from kvraft.storage.snapshot import StagedSnapshot
+from kvraft.storage.snapshot_install import encode_marker
 
 
 def fill(sm: KVStateMachine, store: LevelDBStorage, first: int, count: int,
@@ -170,11 +172,10 @@ def test_install_interrupted_after_its_marker_is_redone_on_open(tmp_path: Path) 
             receiver.write(chunk)
         staged = receiver.finish()
         # Simulate a crash right after the marker and part of the new data landed.
-        from kvraft.storage.snapshot import _encode_marker
-        b.db.put(keys.INSTALLING, _encode_marker(staged.path.name, meta), sync=True)
+        b.db.put(keys.INSTALLING, encode_marker(staged.path.name, meta), sync=True)
         b.db.put(keys.kv_key(b"k000001"), b"half", sync=True)
-    with DataDir.open(tmp_path / "b", 2) as b:
-        sm, store = KVStateMachine(b), LevelDBStorage(b)
+    with open_store(tmp_path / "b", 2) as opened:
+        b, sm, store = opened.datadir, opened.sm, opened.log
         assert sm.applied_index == 200
         assert sm.scan(b"", b"", 0)[0] == [(b"k%06d" % i, b"new") for i in range(1, 201)]
         assert store.first_index() == 201 and store.hard_state().commit == 200
@@ -183,12 +184,11 @@ def test_install_interrupted_after_its_marker_is_redone_on_open(tmp_path: Path) 
 
 def test_missing_staged_file_of_an_interrupted_install_is_damage(tmp_path: Path) -> None:
     from kvraft.storage import DataDirError
-    from kvraft.storage.snapshot import _encode_marker
     with DataDir.open(tmp_path / "b", 2) as b:
-        b.db.put(keys.INSTALLING, _encode_marker("gone.snap", eraftpb.SnapshotMetadata(
+        b.db.put(keys.INSTALLING, encode_marker("gone.snap", eraftpb.SnapshotMetadata(
             index=5, term=1)), sync=True)
     with pytest.raises(DataDirError, match=r"interrupted snapshot install needs .*gone\.snap"):
-        DataDir.open(tmp_path / "b", 2)
+        open_store(tmp_path / "b", 2)
 
 
 def test_the_trailing_window_is_bounded_in_bytes_too(datadir: DataDir) -> None:
@@ -202,3 +202,19 @@ def test_the_trailing_window_is_bounded_in_bytes_too(datadir: DataDir) -> None:
     assert store.maybe_compact(sm.applied_index, policy) == 46
     assert store.first_index() == 46
     assert store.compaction_target(sm.applied_index, policy) is None
+def test_the_state_machine_refuses_a_directory_whose_install_is_unfinished(
+        tmp_path: Path) -> None:
+    """Recovery is the opener's (open_store), not DataDir.open's: a state machine opened
+    on the directory alone would read half-installed data, so it refuses; the log
+    opens (it is the old one, whole, until the install's final batch)."""
+    from kvraft.storage import DataDirError
+    with DataDir.open(tmp_path / "b", 2) as b:
+        LevelDBStorage(b).initialize(eraftpb.ConfState(voters=[2]))
+        b.db.put(keys.INSTALLING, encode_marker("x.snap", eraftpb.SnapshotMetadata(
+            index=5, term=1)), sync=True)
+    with DataDir.open(tmp_path / "b", 2) as b:
+        assert b.db.get(keys.INSTALLING) is not None  # DataDir.open left it alone
+        assert LevelDBStorage(b).initial_state().conf_state.voters == [2]
+        with pytest.raises(DataDirError, match=r"interrupted snapshot install: open it "
+                                               r"with kvraft.storage.open_store"):
+            KVStateMachine(b)

@@ -8,7 +8,7 @@ from kvraft.raft.confchange.changer import Changer
 from kvraft.raft.tracker import ProgressTracker
 
 
-def _single(change_type: int, node_id: int) -> eraftpb.ConfChangeSingle:
+def _single(change_type: eraftpb.ConfChangeType, node_id: int) -> eraftpb.ConfChangeSingle:
     return eraftpb.ConfChangeSingle(change_type=change_type, node_id=node_id)
 
 
