@@ -254,10 +254,11 @@ class DataDir:
         # record failing its checksum) is an error, not silently skipped. A record torn
         # by a crash at the very end of the WAL is not corruption to LevelDB (the
         # write never completed, so it was never acknowledged) and is dropped.
-        options = {} if write_buffer_bytes is None else {"write_buffer_size": write_buffer_bytes}
+        # write_buffer_size None: LevelDB's default.
         try:
             return plyvel.DB(str(db_path), create_if_missing=True, paranoid_checks=True,
-                             max_open_files=DB_MAX_OPEN_FILES, **options)
+                             max_open_files=DB_MAX_OPEN_FILES,
+                             write_buffer_size=write_buffer_bytes)
         except plyvel.CorruptionError as e:
             raise DataDirError(path, f"is damaged: LevelDB reports corruption: {e}") from e
         except plyvel.Error as e:
