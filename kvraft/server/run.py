@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc, peer_pb2_grpc
+from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
@@ -20,7 +21,7 @@ from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
-from .transport import CHANNEL_OPTIONS, GRPC_MESSAGE_BYTES_MAX
+from .transport import CHANNEL_OPTIONS
 
 log = logging.getLogger("kvraft.server")
 
