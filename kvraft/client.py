@@ -48,6 +48,7 @@ from kvraft.wire import (
     GRPC_MESSAGE_BYTES_MAX,
     RETRY_SAFE_METADATA_KEY,
     RETRY_SAFE_METADATA_VALUE,
+    UINT64_MAX,
 )
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -68,7 +69,6 @@ SCAN_PAGES_MAX = 1000
 MEMBER_MAP_TIMEOUT_S = 1.0
 # Channels kept open to addresses outside the endpoint list (status of other members).
 EXTRA_CHANNELS_MAX = 64
-UINT64_MAX = (1 << 64) - 1
 UINT32_MAX = (1 << 32) - 1
 # gRPC reconnect backoff: the default climbs to 120 s, which would keep a restarted
 # member out of rotation for minutes.

@@ -18,3 +18,6 @@ RETRY_SAFE_METADATA_VALUE = "1"
 # client accepts: a client's receive limit below the server's send limit would turn a
 # big Scan page into RESOURCE_EXHAUSTED.
 GRPC_MESSAGE_BYTES_MAX = 64 << 20
+
+# Member ids are uint64 on the wire (protos/kvraft.proto); 0 means "none" (no leader).
+UINT64_MAX = (1 << 64) - 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Callable
 
@@ -46,18 +45,17 @@ def run_node(config: NodeConfig) -> int:
     config.validate()
     configure_logging(config.log_level)
     loop_factory = event_loop_factory(config.event_loop)
-    profile_path = os.environ.get("KVRAFT_PROFILE")
-    if not profile_path:
+    if not config.profile_path:
         return _run_on(loop_factory, config)
-    # A development aid: KVRAFT_PROFILE=FILE ({id} = node id) writes a cProfile of the node's Python
-    # code (the event loop and every round) when it stops.
+    # A development aid (`kvraft serve --profile FILE`): a cProfile of the node's Python
+    # code (the event loop and every round), written when it stops.
     import cProfile
 
     profiler = cProfile.Profile()
     try:
         return profiler.runcall(_run_on, loop_factory, config)
     finally:
-        profiler.dump_stats(profile_path.replace("{id}", str(config.node_id)))
+        profiler.dump_stats(config.profile_path.replace("{id}", str(config.node_id)))
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -12,8 +12,8 @@ directory under one temp dir, and a log file (`cluster.log_tail(id)`). `close()`
 called by the context manager even when a test fails — resumes paused nodes, kills
 every process it started (by PID) and removes the temp dir.
 
-Nodes start with `kvraft serve` when the CLI provides it, else `python -m kvraft.server`
-(same flags). Set KVRAFT_TEST_TICK_S to change the tick interval of test nodes.
+Nodes run `kvraft serve` (as `python -m kvraft serve`). Set KVRAFT_TEST_TICK_S to change
+the tick interval of test nodes.
 """
 from __future__ import annotations
 
@@ -57,18 +57,8 @@ def free_port() -> int:
 
 
 def serve_command() -> list[str]:
-    """`kvraft serve` through the CLI module when it has one, else the server's own."""
-    try:
-        import kvraft.cli as cli
-
-        group = getattr(cli, "cli", None) or getattr(cli, "main", None)
-        commands = getattr(group, "commands", {})
-        if "serve" in commands:
-            return [sys.executable, "-c",
-                    "import sys; from kvraft.cli import main; sys.exit(main())", "serve"]
-    except Exception:
-        pass
-    return [sys.executable, "-m", "kvraft.server"]
+    """`kvraft serve`, the one entry point of a node, run by this interpreter."""
+    return [sys.executable, "-m", "kvraft", "serve"]
 
 
 def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
