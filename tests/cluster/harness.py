@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,8 +52,41 @@ class ClusterError(AssertionError):
     """A harness wait timed out or a node misbehaved; the message carries log tails."""
 
 
+# Node ports come from below the kernel's ephemeral range. A port found free by binding
+# port 0 lies inside that range, where the kernel may hand it out again before the node
+# binds it — as the source port of any outgoing connection on this shared machine, or to
+# another process's bind(0) — and the node then fails with "address already in use".
+# Below the range only another explicit choice can take it.
+FREE_PORT_LOW = 20000
+_ports_handed_out: set[int] = set()   # this process's picks, never handed out twice
+_port_rng = random.Random()           # not the global one: tests seed that
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port nothing is bound to now, not handed out before by this process."""
+    high = _ephemeral_low() - 1
+    if high - FREE_PORT_LOW >= 1000:
+        if len(_ports_handed_out) > (high - FREE_PORT_LOW) // 2:
+            _ports_handed_out.clear()  # long runs: forget the oldest picks wholesale
+        for _ in range(100):
+            port = _port_rng.randint(FREE_PORT_LOW, high)
+            if port in _ports_handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below the range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -94,7 +128,13 @@ class NodeProcess(ServeProcess):
 
     @property
     def stopped_by_harness(self) -> bool:
+        """ServeProcess.stop_requested under the harness's old name; a test that expects
+        an exit may set it, so check_no_crash does not report that exit."""
         return self.stop_requested
+
+    @stopped_by_harness.setter
+    def stopped_by_harness(self, value: bool) -> None:
+        self.stop_requested = value
 
     def grpc_channel(self) -> grpc.Channel:
         if self.channel is None:
