@@ -211,9 +211,9 @@ def cli() -> None:
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), envvar="KVRAFT_EVENT_LOOP",
               default=NodeConfig.event_loop, show_default=True,
               help="The node's event loop: uvloop (libuv), or the standard library's asyncio.")
-@click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None, hidden=True,
-              metavar="FILE", help="Write a cProfile of the node to FILE ({id} = node id) "
-              "when it stops (a development aid).")
+@click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
+              metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
+              "({id} = node id) when it stops.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
