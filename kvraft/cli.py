@@ -40,7 +40,7 @@ from kvraft.client import (
     parse_endpoints,
     prefix_end,
 )
-from kvraft.server.config import EVENT_LOOPS
+from kvraft.server.config import EVENT_LOOPS, NodeConfig, ServeError, parse_initial_cluster
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -115,7 +115,7 @@ class InitialClusterType(click.ParamType):
             return value
         try:
             return parse_initial_cluster(str(value))
-        except ValueError as e:
+        except ServeError as e:
             self.fail(str(e), param, ctx)
 
 
@@ -123,28 +123,6 @@ ADDRESS = AddressType()
 ENDPOINTS = EndpointsType()
 MEMBER_ID = MemberIdType()
 INITIAL_CLUSTER = InitialClusterType()
-
-
-def parse_initial_cluster(text: str) -> dict[int, str]:
-    """`1=host:2380,2=host:2381` -> {1: "host:2380", 2: "host:2381"}; ValueError if bad."""
-    cluster: dict[int, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        member, sep, address = item.partition("=")
-        if not sep:
-            raise ValueError(f"malformed member {item!r}: expected ID=HOST:PORT")
-        member = member.strip()
-        if not member.isdigit() or not 0 < int(member) <= UINT64_MAX:
-            raise ValueError(f"invalid member id {member!r} in {item!r}: "
-                             "expected a positive integer")
-        member_id = int(member)
-        if member_id in cluster:
-            raise ValueError(f"member id {member_id} is listed twice")
-        address = parse_endpoint(address)
-        if address in cluster.values():
-            raise ValueError(f"address {address} is listed twice")
-        cluster[member_id] = address
-    return cluster
 
 
 def _client_options(fn: Callable) -> Callable:
@@ -214,33 +192,40 @@ def cli() -> None:
 @click.option("--metrics-listen", type=ADDRESS, envvar="KVRAFT_METRICS_LISTEN", default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
-              envvar="KVRAFT_LOG_LEVEL", default="info", show_default=True)
+              envvar="KVRAFT_LOG_LEVEL", default=NodeConfig.log_level.lower(),
+              show_default=True)
 @click.option("--advertise-client", type=ADDRESS, envvar="KVRAFT_ADVERTISE_CLIENT",
               default=None, help="Client address published to members. [default: --listen]")
 @click.option("--advertise-peer", type=ADDRESS, envvar="KVRAFT_ADVERTISE_PEER", default=None,
               help="Peer address others dial. [default: this node's --initial-cluster "
               "entry, else --peer-listen]")
 @click.option("--tick-interval", type=click.FloatRange(min=0.001, max=10.0),
-              envvar="KVRAFT_TICK_INTERVAL", default=0.1, show_default=True,
-              metavar="SECONDS", help="Raft tick; elections fire after 10-20 ticks.")
+              envvar="KVRAFT_TICK_INTERVAL", default=NodeConfig.tick_interval_s,
+              show_default=True, metavar="SECONDS",
+              help="Raft tick; elections fire after 10-20 ticks.")
 @click.option("--snapshot-entries", type=click.IntRange(min=1), envvar="KVRAFT_SNAPSHOT_ENTRIES",
-              default=10_000, show_default=True,
+              default=NodeConfig.snapshot_entries, show_default=True,
               help="Snapshot and compact the log after this many applied entries.")
 @click.option("--snapshot-keep-entries", type=click.IntRange(min=0),
-              envvar="KVRAFT_SNAPSHOT_KEEP_ENTRIES", default=1_000, show_default=True,
-              help="Log entries kept behind a snapshot for slow followers.")
+              envvar="KVRAFT_SNAPSHOT_KEEP_ENTRIES", default=NodeConfig.snapshot_keep_entries,
+              show_default=True, help="Log entries kept behind a snapshot for slow followers.")
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), envvar="KVRAFT_EVENT_LOOP",
-              default="uvloop", show_default=True,
+              default=NodeConfig.event_loop, show_default=True,
               help="The node's event loop: uvloop (libuv), or the standard library's asyncio.")
 @click.option("--leveldb-write-buffer-bytes", type=click.IntRange(min=64 << 10, max=1 << 30),
-              envvar="KVRAFT_LEVELDB_WRITE_BUFFER_BYTES", default=4 << 20, show_default=True,
-              metavar="BYTES", help="LevelDB memtable size; it starts a new write-ahead log "
-              "file each time this fills.")
+              envvar="KVRAFT_LEVELDB_WRITE_BUFFER_BYTES",
+              default=NodeConfig.leveldb_write_buffer_bytes, show_default=True, metavar="BYTES",
+              help="LevelDB memtable size; it starts a new write-ahead log file each time "
+              "this fills.")
+@click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
+              metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
+              "({id} = node id) when it stops.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
-          event_loop: str, leveldb_write_buffer_bytes: int) -> int:
+          event_loop: str, leveldb_write_buffer_bytes: int,
+          profile_path: str | None) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -262,7 +247,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         if address is not None:
             _check_bindable(flag, address)
     try:
-        from kvraft.server import NodeConfig, ServeError, run_node
+        from kvraft.server import run_node
     except ImportError as e:
         raise CliError(f"the node is not available in this build ({e})") from None
     config = NodeConfig(
@@ -273,6 +258,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         tick_interval_s=tick_interval, snapshot_entries=snapshot_entries,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
         leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
+        profile_path=profile_path or None,
     )
     try:
         config.validate()

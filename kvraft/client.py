@@ -44,13 +44,15 @@ import grpc
 
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+from kvraft.wire import (
+    GRPC_MESSAGE_BYTES_MAX,
+    RETRY_SAFE_METADATA_KEY,
+    RETRY_SAFE_METADATA_VALUE,
+    UINT64_MAX,
+)
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 DEFAULT_TIMEOUT_S = 5.0
-# Trailing metadata a server sets on an UNAVAILABLE answer to a write it rejected
-# before proposing it (no leader known, shutting down): the write was not applied and
-# never will be, so the client may send it elsewhere. See docs/INTERFACES.md.
-RETRY_SAFE_METADATA_KEY = "kvraft-retry-safe"
 # A read attempt waits at least this long before the client gives up on that member.
 READ_ATTEMPT_MIN_S = 0.5
 # A write is re-sent (after a failure known to have applied nothing) only while this
@@ -67,7 +69,6 @@ SCAN_PAGES_MAX = 1000
 MEMBER_MAP_TIMEOUT_S = 1.0
 # Channels kept open to addresses outside the endpoint list (status of other members).
 EXTRA_CHANNELS_MAX = 64
-UINT64_MAX = (1 << 64) - 1
 UINT32_MAX = (1 << 32) - 1
 # gRPC reconnect backoff: the default climbs to 120 s, which would keep a restarted
 # member out of rotation for minutes.
@@ -75,16 +76,24 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
 ]
-# Phrases of gRPC's own UNAVAILABLE errors raised before a request leaves the client:
-# no connection could be established, or the name did not resolve.
-_NOT_SENT_PHRASES = (
-    "failed to connect to all addresses",
-    "dns resolution failed",
-    "errors resolving",
-    "name resolution failure",
+# How gRPC's own UNAVAILABLE errors begin when it failed a call before the request left
+# this process: the channel's load balancer found no connected address (every
+# connection attempt failed: refused, reset or closed during the HTTP/2 handshake), or
+# the name did not resolve. gRPC offers nothing typed that tells these apart from an
+# UNAVAILABLE after sending (a connection lost mid-call, or a server's own answer): all
+# are StatusCode.UNAVAILABLE, without trailing or initial metadata, and
+# debug_error_string() is the same text. The channel's connectivity state is no proof
+# either: it is reported asynchronously, so a READY seen late would pass for "never
+# connected". Hence the narrowest match: the fixed start of gRPC core's own messages,
+# case and all (checked on grpcio 1.60 and 1.85, the range pyproject.toml allows), and
+# never a phrase anywhere in the details, which a server's message could contain.
+_NOT_SENT_DETAIL_PREFIXES = (
+    "failed to connect to all addresses; last error: ",   # the picker, no connection
+    "errors resolving ",                                   # the resolver, 1.85
+    "DNS resolution failed for ",                          # the resolver, 1.60
 )
 
 Bytesish: TypeAlias = bytes | bytearray | memoryview | str
@@ -284,8 +293,7 @@ def _not_sent(err: grpc.RpcError) -> bool:
     """True when gRPC failed the call before the request left this process."""
     if err.code() != grpc.StatusCode.UNAVAILABLE:
         return False
-    details = (err.details() or "").lower()
-    return any(phrase in details for phrase in _NOT_SENT_PHRASES)
+    return (err.details() or "").startswith(_NOT_SENT_DETAIL_PREFIXES)
 
 
 def _short_reason(details: str) -> str:
@@ -296,7 +304,8 @@ def _short_reason(details: str) -> str:
 def _marked_retry_safe(err: grpc.RpcError) -> bool:
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for item in trailing or ():  # grpc's _Metadatum: a named tuple (key, value)
-        if item.key == RETRY_SAFE_METADATA_KEY and item.value in ("1", b"1"):
+        if item.key == RETRY_SAFE_METADATA_KEY and item.value in (
+                RETRY_SAFE_METADATA_VALUE, RETRY_SAFE_METADATA_VALUE.encode()):
             return True
     return False
 

@@ -2,37 +2,35 @@
 
     python -m kvraft.devcluster [--nodes 5] [--dir .run]
 
-Each node is a `kvraft serve` child process with its data in DIR/nodeN/ and its log in
-DIR/nodeN.log. The ports are picked free on the first run and kept in DIR/cluster.json,
-so a second run restarts the same cluster from its data. It prints the endpoints and a
-first command, then waits. A node that dies is reported and the others keep running
-(kill one to watch a failover). Ctrl-C (or SIGTERM) stops every node: SIGTERM to each
-child by PID, a bounded wait, SIGKILL for any that hangs.
+Each node is a `kvraft serve` child process (kvraft.procs) with its data in DIR/nodeN/
+and its log in DIR/nodeN.log. The ports are picked free on the first run and kept in
+DIR/cluster.json, so a second run restarts the same cluster from its data. It prints the
+endpoints and a first command, then waits. A node that dies is reported and the others
+keep running (kill one to watch a failover). Ctrl-C (or SIGTERM) stops every node:
+SIGTERM to each child by PID, a bounded wait, SIGKILL for any that hangs.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvraft.client import Client, KvraftError
+from kvraft import procs
+from kvraft.procs import ServeProcess
 
 HOST = "127.0.0.1"
 NODES_MAX = 9
 READY_TIMEOUT_S = 60.0
 READY_POLL_S = 0.2
+STATUS_TIMEOUT_S = 1.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 5
-_PR_SET_PDEATHSIG = 1
 
 
 class Stop(Exception):
@@ -89,71 +87,44 @@ def load_layout(run_dir: Path, nodes: int) -> list[NodeSpec]:
     return specs
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the dev cluster process dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def start_node(spec: NodeSpec, specs: list[NodeSpec], run_dir: Path) -> ServeProcess:
+    """Start node `spec` as a child in the terminal's process group (a Ctrl-C reaches
+    every node as it reaches us), which dies with us."""
+    node = ServeProcess(f"node {spec.id}", run_dir / f"node{spec.id}.log")
+    args = procs.serve_args(spec.id, run_dir / f"node{spec.id}", spec.client, spec.peer,
+                            initial_cluster={s.id: s.peer for s in specs})
+    node.start([*procs.serve_command(), *args], procs.child_env(), own_session=False,
+               die_with_parent=True)
+    return node
 
 
-def start_node(spec: NodeSpec, specs: list[NodeSpec], run_dir: Path) -> subprocess.Popen:
-    initial = ",".join(f"{s.id}={s.peer}" for s in specs)
-    args = [sys.executable, "-m", "kvraft", "serve", "--id", str(spec.id),
-            "--data-dir", str(run_dir / f"node{spec.id}"), "--listen", spec.client,
-            "--peer-listen", spec.peer, "--initial-cluster", initial]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVRAFT_")}
-    with open(run_dir / f"node{spec.id}.log", "ab") as log:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent)
-
-
-def _log_tail(run_dir: Path, node_id: int) -> str:
-    try:
-        lines = (run_dir / f"node{node_id}.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in lines[-LOG_TAIL_LINES:])
-
-
-def wait_ready(procs: dict[int, subprocess.Popen], specs: list[NodeSpec],
-               run_dir: Path) -> int:
+def wait_ready(nodes: dict[int, ServeProcess], specs: list[NodeSpec], run_dir: Path) -> int:
     """Wait until every node answers Status and one leader is agreed; return its id."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with Client([s.client for s in specs], timeout=1.0) as kv:
-        while True:
-            for node_id, proc in procs.items():
-                if proc.poll() is not None:
-                    raise SystemExit(f"error: node {node_id} exited with code {proc.returncode}"
-                                     f" while starting; its log:\n{_log_tail(run_dir, node_id)}")
-            leaders = set()
-            for spec in specs:
-                try:
-                    leaders.add(kv.status(spec.client, timeout=1.0).leader_id)
-                except KvraftError:
-                    leaders.add(-1)
-            if len(leaders) == 1 and min(leaders) > 0:
-                return leaders.pop()
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: no agreed leader after {READY_TIMEOUT_S:.0f} s; "
-                                 f"see the logs in {run_dir}/")
-            time.sleep(READY_POLL_S)
+    while True:
+        for node_id, node in nodes.items():
+            if not node.running():
+                raise SystemExit(f"error: node {node_id} exited with code {node.returncode}"
+                                 f" while starting; its log:\n"
+                                 f"{node.log_tail(LOG_TAIL_LINES)}")
+        leaders = set()
+        for spec in specs:
+            status = procs.node_status(spec.client, STATUS_TIMEOUT_S)
+            leaders.add(status.leader_id if status is not None else -1)
+        if len(leaders) == 1 and min(leaders) > 0:
+            return leaders.pop()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: no agreed leader after {READY_TIMEOUT_S:.0f} s; "
+                             f"see the logs in {run_dir}/")
+        time.sleep(READY_POLL_S)
 
 
-def stop_all(procs: dict[int, subprocess.Popen]) -> None:
+def stop_all(nodes: dict[int, ServeProcess]) -> None:
     """SIGTERM every live child by PID, wait (bounded), SIGKILL the stragglers."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for node_id, proc in procs.items():
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            print(f"node {node_id} (pid {proc.pid}) ignored SIGTERM; killing it", flush=True)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=STOP_TIMEOUT_S)
+    def killing(node: ServeProcess) -> None:
+        print(f"{node.name} (pid {node.pid}) ignored SIGTERM; killing it", flush=True)
+
+    procs.stop_all(nodes.values(), STOP_TIMEOUT_S, on_kill=killing)
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -168,14 +139,14 @@ def _short_path(path: Path) -> str:
         return str(path)
 
 
-def _print_banner(specs: list[NodeSpec], procs: dict[int, subprocess.Popen], leader: int,
+def _print_banner(specs: list[NodeSpec], nodes: dict[int, ServeProcess], leader: int,
                   run_dir: Path) -> None:
     endpoints = ",".join(s.client for s in specs)
     kvraft = Path(sys.executable).with_name("kvraft")
     python = _short_path(Path(sys.executable))
     cli = _short_path(kvraft) if kvraft.exists() else f"{python} -m kvraft"
     lines = [f"kvraft: {len(specs)}-node cluster on {HOST}, data and logs in {run_dir}/"]
-    lines += [f"  node {s.id}  client {s.client}  peer {s.peer}  pid {procs[s.id].pid}"
+    lines += [f"  node {s.id}  client {s.client}  peer {s.peer}  pid {nodes[s.id].pid}"
               for s in specs]
     lines += [
         f"leader: node {leader}",
@@ -190,39 +161,39 @@ def _print_banner(specs: list[NodeSpec], procs: dict[int, subprocess.Popen], lea
     print("\n".join(lines), flush=True)
 
 
-def run(nodes: int, run_dir: Path) -> int:
+def run(count: int, run_dir: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
-    specs = load_layout(run_dir, nodes)
+    specs = load_layout(run_dir, count)
     busy = [a for s in specs for a in (s.client, s.peer) if not _port_free(a)]
     if busy:
         raise SystemExit(f"error: port(s) {', '.join(busy)} in use (is another `make run` "
                          f"going?); stop it, or remove {run_dir}/ to pick new ports")
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    procs: dict[int, subprocess.Popen] = {}
+    nodes: dict[int, ServeProcess] = {}
     try:
         for spec in specs:
-            procs[spec.id] = start_node(spec, specs, run_dir)
-        leader = wait_ready(procs, specs, run_dir)
-        _print_banner(specs, procs, leader, run_dir)
-        by_pid = {p.pid: node_id for node_id, p in procs.items()}
+            nodes[spec.id] = start_node(spec, specs, run_dir)
+        leader = wait_ready(nodes, specs, run_dir)
+        _print_banner(specs, nodes, leader, run_dir)
+        by_pid = {node.pid: node_id for node_id, node in nodes.items()}
         while by_pid:
             pid, status = os.wait()  # until a node exits or a signal raises Stop
             node_id = by_pid.pop(pid, None)
             if node_id is None:
                 continue
-            procs[node_id].returncode = os.waitstatus_to_exitcode(status)
-            print(f"node {node_id} (pid {pid}) exited with code {procs[node_id].returncode}"
+            code = nodes[node_id].record_exit(status)
+            print(f"node {node_id} (pid {pid}) exited with code {code}"
                   f"; {len(by_pid)} node(s) still running", flush=True)
         print("every node has exited", flush=True)
         return 1
     except Stop as stop:
-        print(f"\n{stop}: stopping {sum(p.poll() is None for p in procs.values())} node(s)",
+        print(f"\n{stop}: stopping {sum(n.running() for n in nodes.values())} node(s)",
               flush=True)
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the stop below finish
-        stop_all(procs)
+        stop_all(nodes)
         print("every node stopped", flush=True)
 
 

@@ -1,15 +1,18 @@
 """The node's configuration (`NodeConfig`), its validation, and the cluster id.
 
 `kvraft serve` (kvraft.cli) parses options into a NodeConfig; everything here is pure
-and fails with `ServeError`, whose message is one line the CLI prints as is.
+and fails with `ServeError`, whose message is one line the CLI prints as is. The CLI is
+the one place that reads command-line options and KVRAFT_* variables; NodeConfig's
+defaults are plain values, and they are the defaults `kvraft serve` shows.
 """
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kvraft.wire import UINT64_MAX
 
 MAX_KEY_BYTES = 4096
 MIB = 1 << 20
@@ -43,11 +46,38 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError as e:
             raise ServeError(f"malformed {what} {address!r}: bad IPv6 host") from e
-    if not host or any(c.isspace() for c in host) or "/" in host:
+    elif ":" in host:  # an IPv6 host must be bracketed; anything else is not a host
         raise ServeError(f"malformed {what} {address!r}: expected HOST:PORT")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # The characters a gRPC target would read as something else (path, user, query).
+    if not host or any(c.isspace() or c in "/@?#[]" for c in host):
+        raise ServeError(f"malformed {what} {address!r}: expected HOST:PORT")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ServeError(f"malformed {what} {address!r}: port must be 1-65535")
     return host, int(port_text)
+
+
+def parse_initial_cluster(text: str) -> dict[int, str]:
+    """`1=host:2380,2=host:2381` -> {1: "host:2380", 2: "host:2381"}: the founding
+    members' peer addresses (`kvraft serve --initial-cluster`). Raises ServeError."""
+    cluster: dict[int, str] = {}
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        member, sep, address = item.partition("=")
+        if not sep:
+            raise ServeError(f"malformed member {item!r}: expected ID=HOST:PORT")
+        member = member.strip()
+        if not (member.isascii() and member.isdigit()) or not 0 < int(member) <= UINT64_MAX:
+            raise ServeError(f"invalid member id {member!r} in {item!r}: "
+                             "expected a positive integer")
+        member_id = int(member)
+        if member_id in cluster:
+            raise ServeError(f"member id {member_id} is listed twice")
+        address = address.strip()
+        parse_address(address, f"address of member {member_id}")
+        if address in cluster.values():
+            raise ServeError(f"address {address} is listed twice")
+        cluster[member_id] = address
+    return cluster
 
 
 def cluster_id_for(initial_cluster: dict[int, str]) -> int:
@@ -58,20 +88,6 @@ def cluster_id_for(initial_cluster: dict[int, str]) -> int:
     canonical = ",".join(f"{i}={initial_cluster[i]}" for i in sorted(initial_cluster))
     digest = hashlib.sha256(canonical.encode()).digest()
     return int.from_bytes(digest[:8], "big") or 1
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise ServeError(f"{name} must be a number") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        raise ServeError(f"{name} must be an integer") from None
 
 
 @dataclass
@@ -91,24 +107,20 @@ class NodeConfig:
     advertise_peer: str | None = None
     # Raft timing. Thesis §3.4: the election timeout must be well above the broadcast
     # time; with 100 ms ticks an election fires after 1-2 s of silence, which rides out
-    # a loaded 2-core machine without needless elections.
-    # KVRAFT_TICK_INTERVAL / KVRAFT_SNAPSHOT_ENTRIES / KVRAFT_SNAPSHOT_KEEP_ENTRIES
-    # override the defaults (tests use short ticks and early compaction).
-    tick_interval_s: float = field(
-        default_factory=lambda: _env_float("KVRAFT_TICK_INTERVAL", 0.1))
+    # a loaded 2-core machine without needless elections. (`kvraft serve
+    # --tick-interval` / KVRAFT_TICK_INTERVAL; tests use short ticks.)
+    tick_interval_s: float = 0.1
     election_tick: int = 10
     heartbeat_tick: int = 2
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MIB
     max_batch_bytes: int = 4 * MIB
     default_deadline_s: float = 5.0
-    snapshot_entries: int = field(
-        default_factory=lambda: _env_int("KVRAFT_SNAPSHOT_ENTRIES", 10_000))
-    snapshot_keep_entries: int = field(
-        default_factory=lambda: _env_int("KVRAFT_SNAPSHOT_KEEP_ENTRIES", 1_000))
+    snapshot_entries: int = 10_000      # --snapshot-entries: compact after this many
+    snapshot_keep_entries: int = 1_000  # --snapshot-keep-entries: trailing log window
     snapshot_chunk_bytes: int = MIB
-    leveldb_write_buffer_bytes: int = field(default_factory=lambda: _env_int(
-        "KVRAFT_LEVELDB_WRITE_BUFFER_BYTES", LEVELDB_WRITE_BUFFER_BYTES_DEFAULT))
+    # --leveldb-write-buffer-bytes: LevelDB's memtable; each fill starts a new WAL file.
+    leveldb_write_buffer_bytes: int = LEVELDB_WRITE_BUFFER_BYTES_DEFAULT
     peer_queue_messages_max: int = 4096
     peer_queue_bytes_max: int = 64 * MIB
     peer_batch_bytes_max: int = 16 * MIB
@@ -120,6 +132,9 @@ class NodeConfig:
     # ... or, on the leader, while more than this many bytes of its entries wait for a
     # quorum's disks (and its own) to make them durable.
     uncommitted_bytes_max: int = 32 * MIB
+    # A development aid (`kvraft serve --profile FILE`, KVRAFT_PROFILE): a cProfile of the
+    # node's Python code written to FILE ({id} = the node id) when it stops.
+    profile_path: str | None = None
 
     @property
     def client_address(self) -> str:

@@ -19,6 +19,7 @@ import grpc
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+from kvraft.wire import RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE
 
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError, parse_address
@@ -28,7 +29,6 @@ from .waiters import NodeError
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
-RETRY_SAFE_KEY = "kvraft-retry-safe"
 NO_DEADLINE_S = 1e6   # grpc reports a huge time_remaining when the client set none
 
 
@@ -75,11 +75,11 @@ class _Base:
             return await body(timeout_s)
         except NodeError as e:
             code = e.code
-            if code == grpc.StatusCode.UNAVAILABLE and client_deadline and \
-                    e.message.startswith("no leader or quorum before the deadline"):
+            if e.deadline_passed and client_deadline:
                 # The client's own deadline passed: the write's outcome is unknown.
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-            trailers = ((RETRY_SAFE_KEY, "1"),) if e.retry_safe else ()
+            trailers = ((RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE),) \
+                if e.retry_safe else ()
             await context.abort(code, e.message, trailing_metadata=trailers)
             raise AssertionError("abort returns by raising") from None
         except BaseException:

@@ -56,7 +56,7 @@ from .loop_lag import LoopLagProbe
 from .metrics import NodeMetrics
 from .storage_io import StorageIO
 from .transport import PeerTransport
-from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, unavailable
+from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, expire, unavailable
 
 log = logging.getLogger("kvraft.server.node")
 
@@ -529,7 +529,7 @@ class Node:
         # One timer per call and the waiter's own future awaited directly: a cancelled
         # call cancels the future, which every completion path treats as done. (This is
         # wait_for(shield(...)) without its two extra futures and callbacks per request.)
-        deadline = asyncio.get_running_loop().call_later(timeout_s, _expire, w)
+        deadline = asyncio.get_running_loop().call_later(timeout_s, expire, w)
         try:
             return await w.future
         finally:
@@ -1145,10 +1145,6 @@ class Node:
             self.metrics.snapshots_created.inc()
             log.info("node %d: compacted the log: first index now %d (applied %d)",
                      self.id, first, applied)
-
-
-def _expire(w: Any) -> None:
-    w.fail(unavailable("no leader or quorum before the deadline"))
 
 
 def _ids_of(cs: eraftpb.ConfState) -> set[int]:

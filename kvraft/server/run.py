@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc, peer_pb2_grpc
+from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
@@ -20,7 +20,7 @@ from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
-from .transport import CHANNEL_OPTIONS, GRPC_MESSAGE_BYTES_MAX
+from .transport import CHANNEL_OPTIONS
 
 log = logging.getLogger("kvraft.server")
 
@@ -45,18 +45,17 @@ def run_node(config: NodeConfig) -> int:
     config.validate()
     configure_logging(config.log_level)
     loop_factory = event_loop_factory(config.event_loop)
-    profile_path = os.environ.get("KVRAFT_PROFILE")
-    if not profile_path:
+    if not config.profile_path:
         return _run_on(loop_factory, config)
-    # A development aid: KVRAFT_PROFILE=FILE ({id} = node id) writes a cProfile of the node's Python
-    # code (the event loop and every round) when it stops.
+    # A development aid (`kvraft serve --profile FILE`): a cProfile of the node's Python
+    # code (the event loop and every round), written when it stops.
     import cProfile
 
     profiler = cProfile.Profile()
     try:
         return profiler.runcall(_run_on, loop_factory, config)
     finally:
-        profiler.dump_stats(profile_path.replace("{id}", str(config.node_id)))
+        profiler.dump_stats(config.profile_path.replace("{id}", str(config.node_id)))
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -24,6 +24,7 @@ import grpc
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import peer_pb2, peer_pb2_grpc
+from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from .metrics import NodeMetrics
 
@@ -37,7 +38,6 @@ REFUSAL_REPLACED = "replaced-data-directory"
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
-GRPC_MESSAGE_BYTES_MAX = 64 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),

@@ -16,13 +16,33 @@ import grpc
 class NodeError(Exception):
     """A request failed with a gRPC status code (SPEC §2)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, retry_safe: bool = False) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, retry_safe: bool = False,
+                 deadline_passed: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         # True when the request surely had no effect (rejected before it was proposed),
         # so a client may re-send a write elsewhere (docs/INTERFACES.md, kvraft.client).
         self.retry_safe = retry_safe
+        # True when the wait ran out: the call's deadline passed before a leader and a
+        # quorum answered. The service then answers DEADLINE_EXCEEDED if that deadline
+        # was the client's own (kv_service.py); a write's outcome is unknown either way.
+        self.deadline_passed = deadline_passed
+
+
+# What a waiter whose deadline passed fails with (`wait_expired`).
+WAIT_EXPIRED_MESSAGE = "no leader or quorum before the deadline"
+
+
+def wait_expired() -> NodeError:
+    """The error of a waiter whose wait ran out before its call was answered."""
+    return NodeError(grpc.StatusCode.UNAVAILABLE, WAIT_EXPIRED_MESSAGE, deadline_passed=True)
+
+
+def expire(waiter: Proposal | ReadWaiter) -> None:
+    """The timer callback of a waiter's deadline: fail it as expired (a no-op when it
+    already ended)."""
+    waiter.fail(wait_expired())
 
 
 def unavailable(message: str, *, retry_safe: bool = False) -> NodeError:

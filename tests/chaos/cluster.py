@@ -1,7 +1,8 @@
 """Real `kvraft serve` processes, one per network namespace of a `Network`.
 
 Each node listens on its namespace's address (clients on CLIENT_PORT, peers on
-PEER_PORT; the ports can be fixed because every node has its own address). Its
+PEER_PORT; the ports can be fixed because every node has its own address). The
+processes are kvraft.procs's, the harness `make run` and the cluster tests share: its
 stdout and stderr are appended to `<workdir>/node<N>.log` across restarts, with a
 marker line per start, so a failing run leaves one readable log per node.
 """
@@ -9,16 +10,14 @@ marker line per start, so a failing run leaves one readable log per node.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kvraft import procs
+from kvraft.client import NodeStatus
+from kvraft.procs import ServeProcess, StopTimeout
 from tests.chaos.netns import Network
 
 CLIENT_PORT = 2379
@@ -30,27 +29,14 @@ SNAPSHOT_ENTRIES = 1000
 SNAPSHOT_KEEP_ENTRIES = 100
 
 
-def kvraft_executable() -> str | None:
-    """The `kvraft` console script of this interpreter's environment."""
-    beside = Path(sys.executable).parent / "kvraft"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("kvraft")
-
-
 ServeArgv = Callable[["Cluster", int], list[str]]
 
 
 def kvraft_serve_argv(cluster: Cluster, index: int) -> list[str]:
-    exe = kvraft_executable()
-    assert exe is not None, "the kvraft console script is not installed"
     return [
-        exe, "serve",
-        "--id", str(index),
-        "--data-dir", str(cluster.data_dir(index)),
-        "--listen", cluster.client_address(index),
-        "--peer-listen", cluster.peer_address(index),
-        "--initial-cluster", cluster.initial_cluster(),
+        *procs.serve_command(),
+        *procs.serve_args(index, cluster.data_dir(index), cluster.client_address(index),
+                          cluster.peer_address(index), initial_cluster=cluster.peers()),
         "--log-level", "info",
         # Small snapshots, so that a node back from a kill or a partition is often
         # brought up to date by a snapshot rather than by log entries.
@@ -59,27 +45,18 @@ def kvraft_serve_argv(cluster: Cluster, index: int) -> list[str]:
     ]
 
 
-@dataclasses.dataclass
-class NodeProcess:
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-    starts: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
 class Cluster:
     """Start, kill, pause and restart the nodes; find the leader."""
 
-    def __init__(self, net: Network, workdir: Path, serve_argv: ServeArgv = kvraft_serve_argv):
+    def __init__(self, net: Network, workdir: Path,
+                 serve_argv: ServeArgv = kvraft_serve_argv) -> None:
         self.net = net
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.serve_argv = serve_argv
-        self.nodes = {i: NodeProcess(i) for i in range(1, net.size + 1)}
+        self.nodes = {i: ServeProcess(f"node {i}", self.log_path(i))
+                      for i in range(1, net.size + 1)}
+        # Only the process that made the cluster stops it (not a forked child).
         self.owner_pid = os.getpid()
 
     def __enter__(self) -> Cluster:
@@ -103,8 +80,11 @@ class Cluster:
     def endpoints(self) -> list[str]:
         return [self.client_address(i) for i in self.indexes]
 
+    def peers(self) -> dict[int, str]:
+        return {i: self.peer_address(i) for i in self.indexes}
+
     def initial_cluster(self) -> str:
-        return ",".join(f"{i}={self.peer_address(i)}" for i in self.indexes)
+        return procs.format_initial_cluster(self.peers())
 
     def data_dir(self, index: int) -> Path:
         return self.workdir / f"node{index}"
@@ -115,117 +95,68 @@ class Cluster:
     # -- processes ---------------------------------------------------------------------
 
     def start(self, index: int) -> None:
-        node = self.nodes[index]
-        assert not node.running, f"node {index} is already running"
         argv = self.net.exec_argv(index, self.serve_argv(self, index))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVRAFT_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        node.starts += 1
-        with open(self.log_path(index), "ab") as log:
-            stamp = time.strftime("%H:%M:%S")
-            log.write(f"=== chaos harness: start #{node.starts} at {stamp}\n".encode())
-            log.flush()
-            # A session of its own: a Ctrl-C on the terminal reaches the harness only,
-            # which then stops the nodes itself.
-            node.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )
-        node.paused = False
+        self.nodes[index].start(argv, procs.child_env())
 
     def start_all(self) -> None:
         for i in self.indexes:
             self.start(i)
 
-    def _signal(self, index: int, sig: signal.Signals) -> None:
-        node = self.nodes[index]
-        assert node.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(node.proc.pid, sig)
-
     def kill9(self, index: int) -> None:
         """SIGKILL: the node loses everything it had not made durable."""
-        node = self.nodes[index]
-        if not node.running:
-            return
-        self._signal(index, signal.SIGKILL)
-        assert node.proc is not None
-        node.proc.wait(timeout=STOP_TIMEOUT_S)
-        node.paused = False
+        if self.nodes[index].running():
+            self.nodes[index].kill(STOP_TIMEOUT_S)
 
     def terminate(self, index: int) -> None:
         """SIGTERM, a clean shutdown; SIGKILL if it does not finish in time."""
-        node = self.nodes[index]
-        if not node.running:
-            return
-        assert node.proc is not None
-        if node.paused:
-            self._signal(index, signal.SIGCONT)
-            node.paused = False
-        self._signal(index, signal.SIGTERM)
-        try:
-            node.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill9(index)
+        if self.nodes[index].running():
+            with contextlib.suppress(StopTimeout):
+                self.nodes[index].terminate(timeout_s=STOP_TIMEOUT_S)
 
     def pause(self, index: int) -> None:
-        if self.nodes[index].running:
-            self._signal(index, signal.SIGSTOP)
-            self.nodes[index].paused = True
+        self.nodes[index].pause()
 
     def resume(self, index: int) -> None:
-        node = self.nodes[index]
-        if node.running and node.paused:
-            self._signal(index, signal.SIGCONT)
-        node.paused = False
+        self.nodes[index].resume()
 
     def restart(self, index: int) -> None:
         """Start a node that is down (killed or exited) on its same data directory."""
-        if not self.nodes[index].running:
+        if not self.nodes[index].running():
             self.start(index)
 
     def stop_all(self) -> None:
         if os.getpid() != self.owner_pid:
             return
         for i in self.indexes:
-            node = self.nodes[i]
-            if node.running:
-                self.kill9(i)
+            self.kill9(i)
 
     def exited(self) -> dict[int, int]:
-        """Nodes that exited on their own (not killed by the harness): index -> code."""
+        """Nodes that exited on their own (not stopped by the harness): index -> code."""
         out = {}
         for i, node in self.nodes.items():
-            if node.proc is not None:
-                code = node.proc.poll()
-                if code is not None and code != -signal.SIGKILL:
-                    out[i] = code
+            code = node.exited_on_its_own()
+            if code is not None:
+                out[i] = code
         return out
 
     # -- observation -------------------------------------------------------------------
 
-    def statuses(self, indexes: Sequence[int] | None = None) -> dict[int, object]:
+    def statuses(self, indexes: Sequence[int] | None = None) -> dict[int, NodeStatus | None]:
         """Status of every reachable node (None for those that did not answer)."""
-        from kvraft.client import Client, KvraftError
-
-        out: dict[int, object] = {}
+        out: dict[int, NodeStatus | None] = {}
         for i in indexes or self.indexes:
-            if not self.nodes[i].running or self.nodes[i].paused:
-                out[i] = None
-                continue
-            try:
-                with Client([self.client_address(i)], timeout=STATUS_TIMEOUT_S) as c:
-                    out[i] = c.status(self.client_address(i), timeout=STATUS_TIMEOUT_S)
-            except KvraftError:
-                out[i] = None
+            node = self.nodes[i]
+            running = node.running() and not node.paused
+            out[i] = procs.node_status(self.client_address(i), STATUS_TIMEOUT_S) \
+                if running else None
         return out
 
     def leader(self) -> int | None:
         """The node that says it leads in the highest term, if any answers so."""
         best: tuple[int, int] | None = None
         for i, st in self.statuses().items():
-            if st is not None and st.role == "leader":  # type: ignore[attr-defined]
-                term = st.term  # type: ignore[attr-defined]
+            if st is not None and st.role == "leader":
+                term = st.term
                 if best is None or term > best[0]:
                     best = (term, i)
         return None if best is None else best[1]

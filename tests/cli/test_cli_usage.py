@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvraft.cli import main, parse_initial_cluster
+from kvraft.cli import main
 from kvraft.cli_format import escape_bytes, format_table
+from kvraft.server.config import NodeConfig, ServeError, parse_initial_cluster
 from tests.cli.helpers import assert_one_error_line, run_kvraft
 
 BAD_USAGE = [
@@ -118,11 +119,14 @@ def test_help_and_version_succeed() -> None:
 
 
 def test_parse_initial_cluster() -> None:
+    """The one parser of --initial-cluster (kvraft.server.config), used by `serve`."""
     assert parse_initial_cluster("1=127.0.0.1:2380, 2=node-2:2380,3=[::1]:2380") == {
         1: "127.0.0.1:2380", 2: "node-2:2380", 3: "[::1]:2380"}
-    for bad in ("", "1=", "=h:1", "1=h", "1=h:1;2=h:2"):
-        with pytest.raises(ValueError):
+    for bad in ("", "1=", "=h:1", "1=h", "1=h:1;2=h:2", "1=h:1,1=h:2", "1=h:1,2=h:1",
+                "\u00b2=h:1", "1=h:\u00b2", f"{1 << 64}=h:1", "1=a:b:1", "1=u@h:1"):
+        with pytest.raises(ServeError) as info:
             parse_initial_cluster(bad)
+        assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -217,6 +221,34 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
     # A flag wins over its variable.
     assert main(["serve", "--id", "2", "--log-level", "error"]) == 0
     assert (captured_config[1].node_id, captured_config[1].log_level) == (2, "ERROR")
+
+
+def test_serve_defaults_are_node_config_defaults(captured_config: list) -> None:
+    """`kvraft serve` without tuning flags or variables runs NodeConfig's defaults."""
+    assert main(["serve", "--listen", _free_address(), "--peer-listen", _free_address()]) == 0
+    (config,) = captured_config
+    for name in ("tick_interval_s", "snapshot_entries", "snapshot_keep_entries", "event_loop",
+                 "log_level", "profile_path"):
+        assert getattr(config, name) == getattr(NodeConfig, name), name
+
+
+def test_node_config_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI is the one reader of KVRAFT_* variables: a NodeConfig built in-process
+    (an embedding, a test) gets its plain defaults whatever the environment says."""
+    for name in ("KVRAFT_TICK_INTERVAL", "KVRAFT_SNAPSHOT_ENTRIES",
+                 "KVRAFT_SNAPSHOT_KEEP_ENTRIES", "KVRAFT_PROFILE"):
+        monkeypatch.setenv(name, "7")
+    config = NodeConfig(node_id=1, data_dir="/nonexistent", listen="127.0.0.1:1",
+                        peer_listen="127.0.0.1:2", initial_cluster={1: "127.0.0.1:2"})
+    assert (config.tick_interval_s, config.snapshot_entries, config.snapshot_keep_entries,
+            config.profile_path) == (0.1, 10_000, 1_000, None)
+
+
+def test_serve_passes_profile_from_its_variable(captured_config: list,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVRAFT_PROFILE", "/tmp/p-{id}.out")
+    assert main(["serve", "--listen", _free_address(), "--peer-listen", _free_address()]) == 0
+    assert captured_config[0].profile_path == "/tmp/p-{id}.out"
 
 
 def test_serve_with_a_file_as_data_dir_is_one_line(tmp_path) -> None:

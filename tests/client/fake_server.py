@@ -9,6 +9,7 @@ and lets a test make one node misbehave:
 - "unavailable": UNAVAILABLE without applying (and without the retry-safe mark);
 - "unavailable-retry-safe": UNAVAILABLE marked `kvraft-retry-safe: 1`;
 - "apply-then-unavailable": apply the write, then answer UNAVAILABLE (outcome unknown);
+  "apply-then-unavailable:<details>" does so with those details;
 - "hang": hold the call until the client's deadline passes, then apply a write anyway
   (a write whose outcome the client cannot know);
 - "error:<CODE>": answer that gRPC status code, e.g. "error:FAILED_PRECONDITION".
@@ -22,9 +23,9 @@ from concurrent import futures
 
 import grpc
 
-from kvraft.client import RETRY_SAFE_METADATA_KEY
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+from kvraft.wire import RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE
 
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1 << 20
@@ -115,7 +116,8 @@ class FakeNode(pb_grpc.KVServicer, pb_grpc.ClusterServicer):
         if mode == "unavailable":
             context.abort(grpc.StatusCode.UNAVAILABLE, "no leader (fake)")
         if mode == "unavailable-retry-safe":
-            context.set_trailing_metadata(((RETRY_SAFE_METADATA_KEY, "1"),))
+            context.set_trailing_metadata(
+                ((RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "no leader, not proposed (fake)")
         if mode.startswith("error:"):
             code = getattr(grpc.StatusCode, mode.split(":", 1)[1])
@@ -127,8 +129,9 @@ class FakeNode(pb_grpc.KVServicer, pb_grpc.ClusterServicer):
                 self._apply(method, apply)
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hung (fake)")
         result = self._apply(method, apply) if write else apply()
-        if mode == "apply-then-unavailable":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost after apply (fake)")
+        if mode == "apply-then-unavailable" or mode.startswith("apply-then-unavailable:"):
+            details = mode.partition(":")[2] or "connection lost after apply (fake)"
+            context.abort(grpc.StatusCode.UNAVAILABLE, details)
         return result
 
     def _apply(self, method: str, apply):

@@ -179,6 +179,13 @@ def test_reads_and_writes_fail_over_past_a_dead_endpoint(fake_cluster: FakeClust
     assert fake_cluster.applied_writes == [(1, "CompareAndSwap"), (1, "Put")]
 
 
+def test_a_connection_closed_in_the_handshake_is_not_sent_so_a_cas_fails_over(
+        fake_cluster: FakeCluster, closing_endpoint: str) -> None:
+    with Client([closing_endpoint, *fake_cluster.endpoints], timeout=GENEROUS_S) as kv:
+        assert kv.cas("k", None, "v") is True
+    assert fake_cluster.applied_writes == [(1, "CompareAndSwap")]
+
+
 def test_failover_when_a_member_stops(fake_cluster: FakeCluster) -> None:
     with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv:
         kv.put("k", "v")
@@ -220,6 +227,24 @@ def test_unmarked_unavailable_write_surfaces_unknown_outcome(fake_cluster: FakeC
     assert fake_cluster.node(3).calls["CompareAndSwap"] == 0
     expected = [(1, "CompareAndSwap")] if mode == "apply-then-unavailable" else []
     assert fake_cluster.applied_writes == expected
+
+
+@pytest.mark.parametrize("details", [
+    # A member's own UNAVAILABLE may quote gRPC's words (about its hop to the leader,
+    # say): the request reached it, so the write's outcome is unknown.
+    "forwarding to the leader: failed to connect to all addresses; last error: refused",
+    "failed to connect to all addresses of the leader",
+    "the leader's name: dns resolution failed for node-1",
+    "name resolution failure (fake)",
+])
+def test_a_server_answer_quoting_grpc_connect_errors_is_not_taken_for_not_sent(
+        fake_cluster: FakeCluster, details: str) -> None:
+    fake_cluster.node(1).mode = f"apply-then-unavailable:{details}"
+    with Client(fake_cluster.endpoints, timeout=GENEROUS_S) as kv, \
+            pytest.raises(Unavailable) as info:
+        kv.cas("k", None, "v")
+    assert info.value.outcome_unknown is True
+    assert fake_cluster.applied_writes == [(1, "CompareAndSwap")]  # applied once, not re-sent
 
 
 def test_write_marked_retry_safe_moves_to_the_next_member(fake_cluster: FakeCluster) -> None:

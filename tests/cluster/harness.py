@@ -12,28 +12,30 @@ directory under one temp dir, and a log file (`cluster.log_tail(id)`). `close()`
 called by the context manager even when a test fails — resumes paused nodes, kills
 every process it started (by PID) and removes the temp dir.
 
-Nodes start with `kvraft serve` when the CLI provides it, else `python -m kvraft.server`
-(same flags). Set KVRAFT_TEST_TICK_S to change the tick interval of test nodes.
+Nodes are `kvraft serve` processes of kvraft.procs, the process harness `make run` and
+the chaos tests share: they get the caller's environment without its KVRAFT_* variables,
+plus the cluster's `env`. Set KVRAFT_TEST_TICK_S to change the tick interval of test
+nodes.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from kvraft import procs
+from kvraft.procs import ProcessError, ServeProcess
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 
@@ -50,25 +52,43 @@ class ClusterError(AssertionError):
     """A harness wait timed out or a node misbehaved; the message carries log tails."""
 
 
+# Node ports come from below the kernel's ephemeral range. A port found free by binding
+# port 0 lies inside that range, where the kernel may hand it out again before the node
+# binds it — as the source port of any outgoing connection on this shared machine, or to
+# another process's bind(0) — and the node then fails with "address already in use".
+# Below the range only another explicit choice can take it.
+FREE_PORT_LOW = 20000
+_ports_handed_out: set[int] = set()   # this process's picks, never handed out twice
+_port_rng = random.Random()           # not the global one: tests seed that
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port nothing is bound to now, not handed out before by this process."""
+    high = _ephemeral_low() - 1
+    if high - FREE_PORT_LOW >= 1000:
+        if len(_ports_handed_out) > (high - FREE_PORT_LOW) // 2:
+            _ports_handed_out.clear()  # long runs: forget the oldest picks wholesale
+        for _ in range(100):
+            port = _port_rng.randint(FREE_PORT_LOW, high)
+            if port in _ports_handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below the range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def serve_command() -> list[str]:
-    """`kvraft serve` through the CLI module when it has one, else the server's own."""
-    try:
-        import kvraft.cli as cli
-
-        group = getattr(cli, "cli", None) or getattr(cli, "main", None)
-        commands = getattr(group, "commands", {})
-        if "serve" in commands:
-            return [sys.executable, "-c",
-                    "import sys; from kvraft.cli import main; sys.exit(main())", "serve"]
-    except Exception:
-        pass
-    return [sys.executable, "-m", "kvraft.server"]
 
 
 def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
@@ -90,29 +110,31 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
         time.sleep(POLL_INTERVAL_S)
 
 
-@dataclass
-class NodeProcess:
-    """One node: its identity, addresses, data dir and (when running) its process."""
+class NodeProcess(ServeProcess):
+    """One node: its identity, addresses and data dir, and (when running) its process
+    (`proc`, `pid`, `running()`, `paused`, `starts` of kvraft.procs.ServeProcess)."""
 
-    id: int
-    data_dir: Path
-    client_address: str
-    peer_address: str
-    metrics_address: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-    channel: grpc.Channel | None = None
-    starts: int = 0
-    stopped_by_harness: bool = False
-    extra_args: list[str] = field(default_factory=list)
+    def __init__(self, id: int, data_dir: Path, client_address: str, peer_address: str,
+                 metrics_address: str, log_path: Path,
+                 extra_args: Iterable[str] = ()) -> None:
+        super().__init__(f"node {id}", log_path)
+        self.id = id
+        self.data_dir = data_dir  # a caller may point it elsewhere before the first launch
+        self.client_address = client_address
+        self.peer_address = peer_address
+        self.metrics_address = metrics_address
+        self.extra_args = list(extra_args)
+        self.channel: grpc.Channel | None = None
 
     @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+    def stopped_by_harness(self) -> bool:
+        """ServeProcess.stop_requested under the harness's old name; a test that expects
+        an exit may set it, so check_no_crash does not report that exit."""
+        return self.stop_requested
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    @stopped_by_harness.setter
+    def stopped_by_harness(self, value: bool) -> None:
+        self.stop_requested = value
 
     def grpc_channel(self) -> grpc.Channel:
         if self.channel is None:
@@ -135,7 +157,7 @@ class LocalCluster:
             os.environ.get("KVRAFT_TEST_TICK_S", "0.05"))
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
-        self.command = serve_command()
+        self.command = procs.serve_command()
         # True: close() leaves `root` in place (a caller that keeps it for inspection,
         # or that has mounts inside it to take down first).
         self.keep_root = False
@@ -176,85 +198,49 @@ class LocalCluster:
     def launch(self, node_id: int, *, join: bool = False, extra_args: Iterable[str] = ()) -> None:
         node = self.nodes[node_id]
         assert not node.running(), f"node {node_id} is already running"
-        initial = self.initial_cluster or {node_id: node.peer_address}
+        initial = None if join else (self.initial_cluster or {node_id: node.peer_address})
         args = [
             *self.command,
-            "--id", str(node_id),
-            "--data-dir", str(node.data_dir),
-            "--listen", node.client_address,
-            "--peer-listen", node.peer_address,
-            "--metrics-listen", node.metrics_address,
-            *(["--join"] if join else [
-                "--initial-cluster", ",".join(f"{i}={a}" for i, a in sorted(initial.items()))]),
+            *procs.serve_args(node_id, node.data_dir, node.client_address, node.peer_address,
+                              initial_cluster=initial, join=join,
+                              metrics_listen=node.metrics_address),
             *self.extra_args, *extra_args, *node.extra_args,
         ]
-        env = dict(os.environ)
-        env["KVRAFT_TICK_INTERVAL"] = str(self.tick_s)
-        env.update(self.env)
-        with open(node.log_path, "ab") as log_file:
-            log_file.write(f"=== start #{node.starts + 1}: {' '.join(args)}\n".encode())
-            log_file.flush()
-            node.proc = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )
-        node.starts += 1
-        node.paused = False
-        node.stopped_by_harness = False
+        env = procs.child_env({"KVRAFT_TICK_INTERVAL": str(self.tick_s), **self.env})
+        node.start(args, env)
 
     # -------------------------------------------------------------- process control
     def wait_serving(self, node_id: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        node = self.nodes[node_id]
-
-        def up() -> bool:
-            if not node.running():
-                code = node.proc.returncode if node.proc else None
-                raise ClusterError(f"node {node_id} exited with {code}:\n{self.log_tail(node_id)}")
-            self.status(node_id, timeout_s=1.0)
-            return True
-
-        wait_until(up, timeout_s, f"node {node_id} to serve", lambda: self.log_tail(node_id))
+        try:
+            self.nodes[node_id].wait_serving(
+                lambda: bool(self.status(node_id, timeout_s=1.0)), timeout_s)
+        except (ProcessError, TimeoutError) as e:
+            raise ClusterError(f"node {node_id} did not start serving: {e}") from None
 
     def kill9(self, node_id: int) -> None:
         """SIGKILL by PID: no clean shutdown, like a power cut of the process."""
         node = self.nodes[node_id]
         assert node.proc is not None
-        node.stopped_by_harness = True
         node.close_channel()
-        if node.running():
-            os.kill(node.proc.pid, signal.SIGKILL)
-        node.proc.wait(timeout=STOP_TIMEOUT_S)
-        node.paused = False
+        node.kill(STOP_TIMEOUT_S)
 
     def terminate(self, node_id: int, sig: int = signal.SIGTERM) -> int:
         """A clean stop (SIGTERM/SIGINT); returns the exit code."""
         node = self.nodes[node_id]
         assert node.proc is not None
-        node.stopped_by_harness = True
         node.close_channel()
-        if node.paused:
-            self.resume(node_id)
-        if node.running():
-            os.kill(node.proc.pid, sig)
         try:
-            return node.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(node.proc.pid, signal.SIGKILL)
-            node.proc.wait(timeout=STOP_TIMEOUT_S)
-            raise ClusterError(
-                f"node {node_id} ignored signal {sig}:\n{self.log_tail(node_id)}") from None
+            return node.terminate(sig, STOP_TIMEOUT_S)
+        except ProcessError as e:
+            raise ClusterError(str(e)) from None
 
     def pause(self, node_id: int) -> None:
         node = self.nodes[node_id]
         assert node.running()
-        os.kill(node.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-        node.paused = True
+        node.pause()
 
     def resume(self, node_id: int) -> None:
-        node = self.nodes[node_id]
-        if node.paused and node.running():
-            os.kill(node.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
-        node.paused = False
+        self.nodes[node_id].resume()
 
     def restart(self, node_id: int, *, join: bool = False, wait: bool = True) -> None:
         node = self.nodes[node_id]
@@ -272,9 +258,10 @@ class LocalCluster:
     def check_no_crash(self) -> None:
         """Raise at once if a node exited that the harness did not stop."""
         for node_id, node in self.nodes.items():
-            if node.proc is not None and not node.stopped_by_harness and not node.running():
+            code = node.exited_on_its_own()
+            if code is not None:
                 raise ClusterError(f"node {node_id} exited unexpectedly with "
-                                   f"{node.proc.returncode}:\n{self.log_tail(node_id)}")
+                                   f"{code}:\n{self.log_tail(node_id)}")
 
     def running_ids(self) -> list[int]:
         return [i for i, n in sorted(self.nodes.items()) if n.running() and not n.paused]
@@ -282,15 +269,8 @@ class LocalCluster:
     def close(self) -> None:
         for node in self.nodes.values():
             node.close_channel()
-            if node.proc is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                if node.paused:
-                    os.kill(node.proc.pid, signal.SIGCONT)
-                if node.proc.poll() is None:
-                    os.kill(node.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(timeout=STOP_TIMEOUT_S)
+            with contextlib.suppress(Exception):  # close every node whatever one does
+                node.kill(STOP_TIMEOUT_S)
         if not self.keep_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -364,12 +344,7 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ logs
     def log_tail(self, node_id: int, lines: int = 40) -> str:
-        path = self.nodes[node_id].log_path
-        try:
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return f"(no log for node {node_id})"
-        return f"--- node {node_id} log tail ---\n" + "\n".join(text)
+        return self.nodes[node_id].log_tail(lines)
 
     def all_log_tails(self, lines: int = 20) -> str:
         return "\n".join(self.log_tail(i, lines) for i in sorted(self.nodes))

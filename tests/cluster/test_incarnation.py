@@ -44,11 +44,15 @@ def test_a_member_back_on_an_empty_directory_is_refused_until_removed_and_re_add
         assert line is not None, cluster.log_tail(victim)
         assert f"remove it with `kvraft member remove {victim}` and add it again" in line
         assert "Traceback" not in victim_log.split("=== start #2")[-1]
-        # Whichever side spoke first, a peer logged one line naming the member: it
-        # refused the member's traffic, or the member refused its heartbeats.
-        peers_logs = [cluster.nodes[i].log_path.read_text() for i in cluster.nodes
-                      if i != victim]
-        assert any(expected in text for text in peers_logs), cluster.all_log_tails()
+        # Whichever side spoke first, a peer logs one line naming the member: it
+        # refused the member's traffic, or the member refused its heartbeats — the
+        # latter once the refusal reaches the peer, which may be after the member exited.
+        def a_peer_logged_it() -> bool:
+            return any(expected in cluster.nodes[i].log_path.read_text()
+                       for i in cluster.nodes if i != victim)
+
+        wait_until(a_peer_logged_it, EXIT_TIMEOUT_S, "a peer to log the refusal",
+                   cluster.all_log_tails)
 
         # The others carry on; the operator removes the member and adds it again.
         leader = cluster.wait_leader([i for i in cluster.nodes if i != victim])

@@ -12,7 +12,7 @@ import pytest
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 
-from .harness import LocalCluster, retry_unavailable
+from .harness import LocalCluster, retry_unavailable, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -44,6 +44,10 @@ def test_in_flight_calls_fail_unavailable_on_shutdown() -> None:
         with grpc.insecure_channel(cluster.nodes[leader].client_address) as channel:
             pending = pb_grpc.KVStub(channel).Put.future(
                 pb.PutRequest(key=b"k", value=b"v"), timeout=30)
+            # Stop only once the write waits on the leader: a SIGTERM that overtakes it
+            # meets a server already shutting down, whose answer is another matter.
+            wait_until(lambda: "kvraft_proposals_in_flight 1.0" in cluster.metrics_text(leader),
+                       30, "the write to be in flight on the leader", cluster.all_log_tails)
             assert cluster.terminate(leader, signal.SIGTERM) == 0
             with pytest.raises(grpc.RpcError) as info:
                 pending.result()

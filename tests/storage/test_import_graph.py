@@ -29,12 +29,12 @@ PACKAGE_DIR = ROOT / "kvraft"
 # its submodules ("kvraft" only the top module itself: __version__). A module that no
 # name covers fails the layering test until it is given a layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("kvraft", "kvraft.proto"),      # the version; the generated protobuf modules
+    ("kvraft", "kvraft.proto", "kvraft.wire"),  # the version; generated protobuf; wire constants
     ("kvraft.raft",),
     ("kvraft.storage",),
     ("kvraft.server",),
     ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
-     "kvraft.devcluster", "kvraft.__main__"),
+     "kvraft.devcluster", "kvraft.procs", "kvraft.__main__"),
 ]
 
 
@@ -251,7 +251,8 @@ def test_the_checker_resolves_names_and_relative_imports(tmp_path: Path) -> None
 @pytest.mark.parametrize(("module", "layer"), [
     ("kvraft", 0), ("kvraft.proto.kvraft_pb2", 0), ("kvraft.raft.tracker.progress", 1),
     ("kvraft.storage.keys", 2), ("kvraft.server.node", 3), ("kvraft.cli", 4),
-    ("kvraft.cli_format", 4), ("kvraft.bench.loadgen", 4), ("kvraft.wire", None),
+    ("kvraft.cli_format", 4), ("kvraft.bench.loadgen", 4), ("kvraft.wire", 0),
+    ("kvraft.procs", 4), ("kvraft.nowhere", None),
 ])
 def test_a_module_is_in_the_layer_that_lists_it_or_its_package(module: str,
                                                                 layer: int | None) -> None:
