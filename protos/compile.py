@@ -8,6 +8,14 @@ that this directory *is* `kvraft/proto` (`-Ikvraft/proto=protos`, a virtual path
 .proto imports another by that path (`import "kvraft/proto/eraftpb.proto";`), so the
 generated module imports `from kvraft.proto import eraftpb_pb2` exactly as protoc
 writes it: nothing generated is edited afterwards.
+
+The directory is flat: one file per protobuf package, named after its package's last
+part (kvraft.proto, peer.proto for kvraft.peer, eraftpb.proto; etcd's v3 API as
+etcdserverpb.proto, mvccpb.proto and authpb.proto, hence `kvraft.proto.etcdserverpb_pb2`,
+`kvraft.proto.mvccpb_pb2`, `kvraft.proto.authpb_pb2`). Flat on purpose: the generated
+modules then all land in kvraft/proto/, which is what .gitignore, package-data,
+`make clean` and the Makefile's rebuild rule name. A .proto in a subdirectory would
+silently not be compiled, so it is refused.
 """
 from __future__ import annotations
 
@@ -27,6 +35,11 @@ def compile_protos() -> list[Path]:
     from grpc_tools import protoc
 
     sources = sorted(PROTO_DIR.glob("*.proto"))
+    nested = sorted(p for p in PROTO_DIR.rglob("*.proto") if p.parent != PROTO_DIR)
+    if nested:
+        raise RuntimeError(
+            "protos/ is flat (see protos/compile.py): move "
+            + ", ".join(str(p.relative_to(PROTO_DIR)) for p in nested) + " up into protos/")
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
