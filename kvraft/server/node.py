@@ -57,7 +57,7 @@ from .proposals import Proposals
 from .reads import Reads
 from .snapshots import SnapshotStaging, snapshot_chunks
 from .storage_io import StorageIO, StorageLanes
-from .transport import PeerTransport
+from .transport import PeerTransport, Transport
 from .waiters import NodeError, Proposal, ReadWaiter, unavailable
 
 log = logging.getLogger("kvraft.server.node")
@@ -98,6 +98,10 @@ ROLE_NAMES = {
 }
 
 
+Clock = Callable[[], float]   # monotonic seconds, on the event loop's time scale
+TransportFactory = Callable[["Node"], Transport]
+
+
 class Node:
     """One member of the cluster: Raft + storage + transport, owned by the event loop.
 
@@ -111,10 +115,20 @@ class Node:
     * `_leader_id`, `_role`: those of the last SoftState taken from a Ready.
     * `_stopping`: set once (stop, a fatal error, an exit); from then on no new work is
       accepted and every waiter has failed. `_fatal`: why the node stopped on its own.
+
+    What it takes from outside (the production ones are the defaults; a simulation or
+    a test passes its own, issue 15): `io`, where storage work runs (storage_io.py);
+    `transport`, a factory of its outbound transport, given the node (which receives
+    what the transport reports, TransportEvents); `clock`, the time its ticker and
+    pacing read — it must be the event loop's time scale, since the node also sleeps
+    and sets deadlines through the loop; `rng`, every random choice the node and its
+    Raft make (election timeouts, publish jitter and request ids, read contexts), so
+    that a seeded one makes a run repeatable.
     """
 
     def __init__(self, config: NodeConfig, store: sa.Store, metrics: NodeMetrics, *,
-                 io: StorageLanes | None = None) -> None:
+                 io: StorageLanes | None = None, transport: TransportFactory | None = None,
+                 clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
         self.config = config
         self.id = config.node_id
         self.store = store
@@ -136,16 +150,11 @@ class Node:
             # back writes at half of it; this one also stops forwarded proposals.
             max_uncommitted_size=2 * config.uncommitted_bytes_max,
         )
-        self.raw = RawNode(raft_config, store.log)
+        self.rng = rng if rng is not None else random.Random(secrets.randbits(128))
+        self.clock = clock
+        self.raw = RawNode(raft_config, store.log, self.rng)
         self.io: StorageLanes = io or StorageIO()
-        self.transport = PeerTransport(
-            self.id, config.peer_address, lambda: self.cluster_id, self, metrics,
-            queue_messages_max=config.peer_queue_messages_max,
-            queue_bytes_max=config.peer_queue_bytes_max,
-            batch_bytes_max=config.peer_batch_bytes_max,
-            incarnation=store.datadir.incarnation,
-            peer_incarnation=sa.incarnation_lookup(store),
-        )
+        self.transport: Transport = (transport or Node._peer_transport)(self)
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -162,16 +171,32 @@ class Node:
         self._last_round_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         # Warn well before a blocked loop could cost an election (a quarter of it).
-        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4)
+        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4,
+                                     clock=clock)
         self.snapshots = SnapshotStaging(self.id)
-        self.reads = Reads(secrets.token_bytes(8))
+        self.reads = Reads(self.rng.randbytes(8))
         self.proposals = Proposals(self.id, config, metrics)
-        self.membership = Membership(config, store, self.transport,
-                                     random.Random(secrets.randbits(128)), sa.new_request_id)
+        self.membership = Membership(config, store, self.transport, self.rng,
+                                     self._new_request_id)
         self.applier = Applier(store, self.io, self.membership, metrics, self._on_applied)
         self.persister = Persister(self.id, store, self.io, metrics, self._on_persisted)
         self.store.log.set_snapshot_provider(store.sm.raft_snapshot)
         self.membership.refresh_addresses()
+
+    def _peer_transport(self) -> Transport:
+        """The production transport: gRPC streams to the peers (transport.py)."""
+        return PeerTransport(
+            self.id, self.config.peer_address, lambda: self.cluster_id, self, self.metrics,
+            queue_messages_max=self.config.peer_queue_messages_max,
+            queue_bytes_max=self.config.peer_queue_bytes_max,
+            batch_bytes_max=self.config.peer_batch_bytes_max,
+            incarnation=self.store.datadir.incarnation,
+            peer_incarnation=sa.incarnation_lookup(self.store),
+        )
+
+    def _new_request_id(self) -> int:
+        """A random 63-bit id for the node's own proposals (sa.new_request_id's range)."""
+        return self.rng.getrandbits(63) or 1
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -241,11 +266,12 @@ class Node:
 
     async def _ticker(self) -> None:
         interval_s = self.config.tick_interval_s
-        next_at = time.monotonic()
+        clock = self.clock
+        next_at = clock()
         while True:
             next_at += interval_s
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            now = time.monotonic()
+            await asyncio.sleep(max(0.0, next_at - clock()))
+            now = clock()
             if now - next_at > interval_s:
                 # The process was starved (a loaded machine, a pause): drop the missed
                 # ticks, as a Go ticker does, instead of firing them in a burst that
@@ -261,10 +287,10 @@ class Node:
             # messages), so they join this round instead of each starting one.
             await asyncio.sleep(0)
             if self._busy():
-                wait_s = self._last_round_at + BUSY_ROUND_INTERVAL_S - time.monotonic()
+                wait_s = self._last_round_at + BUSY_ROUND_INTERVAL_S - self.clock()
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
-            self._last_round_at = time.monotonic()
+            self._last_round_at = self.clock()
             self._wake.clear()
             if self._stopping:
                 break
@@ -381,14 +407,14 @@ class Node:
     async def transfer_leader(self, to: int, timeout_s: float) -> None:
         if not self.membership.is_member(to) or to in self.membership.learner_ids():
             raise NodeError(grpc.StatusCode.FAILED_PRECONDITION, f"{to} is not a voting member")
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         while self.raw.raft.leader_id != to:
             if self._stopping:
                 raise unavailable("the node is shutting down", retry_safe=True)
             if self.raw.raft.leader_id != 0:
                 self._transfers.append(to)
                 self._wake.set()
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 raise unavailable(f"leadership did not move to {to} before the deadline")
             w = ReadWaiter()
