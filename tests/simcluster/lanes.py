@@ -89,8 +89,11 @@ class SimLanes:
     def stall(self, seconds: float) -> None:
         self._stalled_until = max(self._stalled_until, self._loop.time() + seconds)
 
-    def unstall(self) -> None:
+    def heal(self) -> None:
+        """No more stalls nor failures (the end of the chaos)."""
         self._stalled_until = 0.0
+        self._fail_next = None
+        self.on_persist_submitted = None
 
     def fail_next_persist(self, written: bool) -> None:
         self._fail_next = written

@@ -333,8 +333,7 @@ class Simulation:
         for i in c.ids():
             m = c.nodes[i]
             if m.lanes is not None:
-                m.lanes.unstall()
-                m.lanes.on_persist_submitted = None
+                m.lanes.heal()
         self.trace("heal everything; faults off")
 
     async def _wait_restarted(self) -> None:
@@ -360,14 +359,17 @@ class Simulation:
             op = await w.one(-1, leader, Kind.PUT, w.keys[0])
             if op is not None:
                 final_index = w.acked[-1].index
-        while not all(self.cluster.nodes[i].store.sm.applied_index >= final_index  # type: ignore[union-attr]
-                      for i in self.cluster.ids()):
+        while not all(self._applied(i) >= final_index for i in self.cluster.ids()):
             if self.loop.time() > deadline:
                 raise SimFailure(f"liveness: not every member applied {final_index} within "
                                  f"{LIVENESS_S_MAX} s of healing ({self._states()})")
             await asyncio.sleep(0.1)
         self.trace(f"liveness: every member applied the final write at {final_index}")
         return final_index
+
+    def _applied(self, i: int) -> int:
+        store = self.cluster.nodes[i].store
+        return store.sm.applied_index if store is not None else -1
 
     def _states(self) -> str:
         parts = []
@@ -397,7 +399,7 @@ class Simulation:
     async def _same_state(self) -> None:
         members = [self.cluster.nodes[i] for i in self.cluster.ids()]
         deadline = self.loop.time() + LIVENESS_S_MAX
-        while len({m.store.sm.applied_index for m in members}) != 1:  # type: ignore[union-attr]
+        while len({self._applied(m.id) for m in members}) != 1:
             if self.loop.time() > deadline:
                 raise SimFailure(f"members did not reach the same applied index ({self._states()})")
             await asyncio.sleep(0.1)
