@@ -9,7 +9,8 @@ snapshots, streamed in chunks into the real snapshot staging (`SnapshotReceiver`
 `Node.deliver_snapshot`). Faults, all drawn from the run's seeded generator: a batch is
 dropped or duplicated with the seed's rates, delays are random (so batches overtake
 each other) unless the seed keeps every link FIFO, and the run partitions, cuts one
-way and heals links. Delays are whole milliseconds, so deliveries often coincide — two
+way and heals links, and pauses receivers (what arrives meanwhile is handed over at
+once when they resume). Delays are whole milliseconds, so deliveries often coincide — two
 snapshots from two leaders in one instant is how issue 11's item 2 happened.
 """
 from __future__ import annotations
@@ -101,6 +102,10 @@ class SimNetwork:
         self.endpoints = endpoints
         self.trace = trace
         self.cut: set[tuple[int, int]] = set()
+        # Paused receivers (their process is not scheduled: a GC pause, a starved CPU, a
+        # blocked loop): what reaches them waits, and is handed over all at once, in
+        # arrival order, when they resume — as gRPC queues calls for a busy loop.
+        self._paused: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
         self.send_hooks: list[SendHook] = []
         self._link_free_at: dict[tuple[int, int], float] = {}
         self._tasks: dict[asyncio.Task[None], Node] = {}   # peer-service call -> receiver
@@ -117,6 +122,24 @@ class SimNetwork:
 
     def heal(self) -> None:
         self.cut.clear()
+
+    def pause(self, node_id: int, seconds: float) -> None:
+        if node_id in self._paused:
+            return
+        self._paused[node_id] = []
+        self.loop.call_later(seconds, self._resume, node_id)
+
+    def _resume(self, node_id: int) -> None:
+        for fn, args in self._paused.pop(node_id, []):
+            fn(*args)
+
+    def _held(self, to: int, fn: Callable[..., None], *args: Any) -> bool:
+        """Hold an arrival for a paused receiver; False if it is not paused."""
+        held = self._paused.get(to)
+        if held is None:
+            return False
+        held.append((fn, args))
+        return True
 
     # ------------------------------------------------------------- delivery
     def _delay(self, a: int, b: int) -> float:
@@ -164,6 +187,8 @@ class SimNetwork:
                               wire)
 
     def _deliver_batch(self, sender: Node, to: int, wire: bytes) -> None:
+        if self._held(to, self._deliver_batch, sender, to, wire):
+            return
         endpoint = self.endpoints(to)
         if endpoint is None or (sender.id, to) in self.cut:
             self.dropped += 1
@@ -228,6 +253,8 @@ class SimNetwork:
 
     def _deliver_snapshot(self, sender: Node, to: int, wire: list[bytes],
                           done: Callable[[bool], None] | None) -> None:
+        if self._held(to, self._deliver_snapshot, sender, to, wire, done):
+            return
         endpoint = self.endpoints(to)
         if endpoint is None or (sender.id, to) in self.cut:
             self.dropped += 1

@@ -17,8 +17,9 @@ real proposal path once the voters elect a leader.
 Faults during the chaos phase: partitions, one-way cuts, heals; crashes (a power cut:
 the queued persistence jobs and the unsynced applies are lost), crashes at the moment
 a Ready's write was queued after its messages left, reboots; disk stalls of several
-election timeouts; failed fsyncs (the node fails, a supervisor restarts it); lossy,
-duplicating, reordering links. Clients put, get and compare-and-swap all along.
+election timeouts; failed fsyncs (the node fails, a supervisor restarts it); pauses
+(what reaches the member meanwhile is handed over at once); lossy, duplicating,
+reordering links. Clients put, get and compare-and-swap all along.
 
 Checked after every step of the loop: the Raft properties tests/raft/sim.py's Checker
 checks (Election Safety, Log Matching over every node's durable log, committed entries
@@ -128,7 +129,7 @@ class Simulation:
     # Relative weights of the faults the nemesis draws.
     FAULTS: ClassVar[dict[str, float]] = {
         "partition": 1.0, "heal": 1.5, "cut_one_way": 0.5, "crash": 1.0, "reboot": 0.7,
-        "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4,
+        "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4, "pause": 1.0,
     }
 
     def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False) -> None:
@@ -282,6 +283,18 @@ class Simulation:
             assert lanes is not None
             lanes.stall(seconds)
             self.trace(f"node {i}: disk stalls for {seconds:.3f} s")
+
+    def _fault_pause(self) -> None:
+        """The member's process is not scheduled for a while (a GC pause, a starved
+        CPU): its disk waits, and what reaches it is handed over all at once after."""
+        i = self._pick_alive()
+        if i is not None:
+            seconds = self.rng.uniform(0.05, 3 * ELECTION_TIMEOUT_S)
+            lanes = self.cluster.nodes[i].lanes
+            assert lanes is not None
+            lanes.stall(seconds)
+            self.cluster.network.pause(i, seconds)
+            self.trace(f"node {i}: paused for {seconds:.3f} s")
 
     def _fault_fsync_failure(self) -> None:
         i = self._pick_alive()
