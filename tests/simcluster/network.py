@@ -43,7 +43,7 @@ class NetworkFaults:
     delay_max_s: float
     fifo: bool
     # Snapshot streams: their copies (dup_rate) come later, up to this much.
-    dup_delay_max_s: float = 0.5
+    dup_delay_max_s: float = 2.0
 
 
 class Aborted(Exception):

@@ -100,7 +100,9 @@ class Params:
         voters, learners = LAYOUTS[seed % len(LAYOUTS)]
         delay_max_s = r.choice([0.002, 0.01, 0.05])
         persist_max_s = r.choice([0.002, 0.01, 0.03])
-        snapshot_entries = r.choice([12, 30, 100, 10_000])
+        # Mostly small logs: a member that falls behind needs a snapshot, so snapshots
+        # travel often (and their staging is exercised); sometimes none at all.
+        snapshot_entries = r.choice([4, 8, 8, 16, 50, 10_000])
         return cls(
             seed=seed, voters=voters, learners=learners,
             network=NetworkFaults(
@@ -109,9 +111,9 @@ class Params:
             timing=DiskTiming(persist_min_s=0.0005, persist_max_s=persist_max_s,
                               apply_min_s=0.0002, apply_max_s=persist_max_s / 2),
             snapshot_entries=snapshot_entries,
-            snapshot_keep_entries=r.choice([1, 3, 8]) if snapshot_entries < 10_000 else 1_000,
+            snapshot_keep_entries=r.choice([0, 1, 3]) if snapshot_entries < 10_000 else 1_000,
             fault_interval_s=r.choice([0.3, 1.0, 2.5]),
-            clients=r.choice([2, 3, 5]),
+            clients=r.choice([2, 4, 6]),
             keys=r.choice([1, 3, 5]),
         )
 
@@ -129,7 +131,7 @@ class Simulation:
     # Relative weights of the faults the nemesis draws.
     FAULTS: ClassVar[dict[str, float]] = {
         "partition": 1.0, "heal": 1.5, "cut_one_way": 0.5, "crash": 1.0, "reboot": 0.7,
-        "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4, "pause": 1.0,
+        "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4, "pause": 1.5,
     }
 
     def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False) -> None:
