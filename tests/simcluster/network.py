@@ -107,6 +107,9 @@ class SimNetwork:
         # arrival order, when they resume — as gRPC queues calls for a busy loop.
         self._paused: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
         self.send_hooks: list[SendHook] = []
+        # Called with (sender, receiver) when a snapshot stream leaves (the run may
+        # pause the receiver: what else reaches it meanwhile then arrives together).
+        self.snapshot_hooks: list[Callable[[int, int], None]] = []
         self._link_free_at: dict[tuple[int, int], float] = {}
         self._tasks: dict[asyncio.Task[None], Node] = {}   # peer-service call -> receiver
         self.delivered = self.dropped = self.duplicated = 0
@@ -237,6 +240,8 @@ class SimNetwork:
         chunks.append(peer_pb2.SnapshotChunk(cluster_id=sender.cluster_id,
                                              from_id=sender.id, last=True))
         wire = [c.SerializeToString() for c in chunks]
+        for snapshot_hook in self.snapshot_hooks:
+            snapshot_hook(sender.id, to)
         if (sender.id, to) in self.cut or self.rng.random() < self.faults.drop_rate:
             self.dropped += 1
             self.loop.call_at(self._delay(sender.id, to), done, False)

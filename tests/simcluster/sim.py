@@ -71,6 +71,7 @@ SETUP_S_MAX = 60.0             # to elect a first leader and add the learners
 LIVENESS_S_MAX = 60.0          # after healing: a write commits and every member applies it
 CALL_TIMEOUT_S = 2.0           # a client call's deadline
 RESTART_DELAY_S = (0.1, 3.0)   # a crashed member comes back after this long
+SNAPSHOT_RECEIVER_PAUSE_SHARE = 0.3   # of the snapshots sent in the chaos phase
 REPLAY = "python -m tests.simcluster --seed {seed} -v   (or: make sim-cluster SEED={seed})"
 LAYOUTS = [(3, 0), (5, 0), (3, 2), (1, 2), (1, 4)]
 
@@ -144,6 +145,7 @@ class Simulation:
         self.loop = VirtualTimeLoop()
         self._restarting: set[int] = set()
         self._failure: SimFailure | None = None
+        self._chaos = False   # in the chaos phase (faults on)
         self.cluster: SimCluster
         self.checker: Checker
         self.workload: Workload
@@ -172,6 +174,7 @@ class Simulation:
              "snapshot_chunk_bytes": 4096},
             self.trace)
         self.checker = Checker(self.cluster)  # type: ignore[arg-type]
+        network.snapshot_hooks.append(self._on_snapshot_sent)
         self.workload = Workload(self.cluster, random.Random(self.rng.getrandbits(64)),
                                  [b"k%d" % i for i in range(p.keys)], CALL_TIMEOUT_S,
                                  think_max_s=0.05, trace=self.trace)
@@ -243,8 +246,9 @@ class Simulation:
         self.trace(f"cut {a} -> {b}")
 
     def _fault_crash(self) -> None:
-        i = self._pick_alive()
-        if i is not None:
+        leader = self.cluster.leader()
+        i = leader if leader is not None and self.rng.random() < 0.5 else self._pick_alive()
+        if i is not None and i not in self._restarting:
             self.cluster.crash(i)
             self._schedule_restart(i)
 
@@ -297,6 +301,19 @@ class Simulation:
             lanes.stall(seconds)
             self.cluster.network.pause(i, seconds)
             self.trace(f"node {i}: paused for {seconds:.3f} s")
+
+    def _on_snapshot_sent(self, sender: int, to: int) -> None:
+        """Sometimes pause the receiver of a snapshot: whatever else reaches it before
+        it resumes — another leader's snapshot, a late copy — arrives together (issue
+        11's item 2 needed two snapshots between two rounds)."""
+        if self._chaos and self.rng.random() < SNAPSHOT_RECEIVER_PAUSE_SHARE:
+            seconds = self.rng.uniform(0.05, 4 * ELECTION_TIMEOUT_S)
+            lanes = self.cluster.nodes[to].lanes
+            if lanes is not None:
+                lanes.stall(seconds)
+            self.cluster.network.pause(to, seconds)
+            self.trace(f"node {to}: paused for {seconds:.3f} s while a snapshot from "
+                       f"{sender} travels")
 
     def _fault_fsync_failure(self) -> None:
         i = self._pick_alive()
@@ -439,7 +456,9 @@ class Simulation:
         chaos_end = self.loop.time() + self.chaos_s
         clients = [self.loop.create_task(self.workload.client(k))
                    for k in range(self.p.clients)]
+        self._chaos = True
         await self._nemesis(chaos_end)
+        self._chaos = False
         self._heal_all()
         await self._wait_restarted()
         await self._liveness()
