@@ -513,6 +513,15 @@ class RawNode:
         self.raft.commit_apply(applied)
 
     # --- introspection ------------------------------------------------------------------
+    @property
+    def durable_term(self) -> int:
+        """The highest term known to be on stable storage: the storage's at start, then
+        that of the newest HardState in a Ready reported persisted. An application that
+        sends some persisted messages before a queued write completes (a heartbeat
+        response that acknowledges nothing unwritten) may send only those at or below
+        it (thesis §3.8)."""
+        return self._durable_term
+
     def status(self) -> Status:
         return Status.from_raft(self.raft)
 

@@ -6,7 +6,13 @@ docs/INTERFACES.md, section "kvraft.server".
 Modules, one concern each:
     config.py           NodeConfig, ServeError, address parsing, the cluster id
     run.py              run_node: open the store, start servers, signals, clean shutdown
-    node.py             the event loop: rounds over RawNode, the persister, apply, reads
+    node.py             the Node facade and its Ready loop (rounds over RawNode)
+    persist.py          the persist queue and task: group commit, compaction
+    applier.py          the apply task: committed entries into the state machine
+    proposals.py        write and member-change waiters; the pushback on writes
+    reads.py            ReadIndex rounds for linearizable reads
+    membership.py       the configuration, conf changes, addresses, the self-publish
+    snapshots.py        received snapshots staged until installed; sent ones streamed
     storage_io.py       the threads storage work runs on (persistence lane, apply lane)
     apply_backlog.py    committed entries waiting to be applied, bounded in memory
     loop_lag.py         the event-loop lag probe and its metrics

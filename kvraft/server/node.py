@@ -13,20 +13,19 @@ client queued a proposal or a read — and then runs one *round*:
 A round never waits for storage: nothing that can block for long — a LevelDB write,
 which stalls while compaction is behind; a large apply — runs on the event loop (issue
 11, item 8). Three tasks share the loop, each awaiting its own storage lane
-(storage_io.py):
+(storage_io.py): the persister (persist.py), the apply task (applier.py), the ticker.
+Messages that acknowledge nothing the pending writes hold (heartbeat responses at a
+durable term, forwarded proposals and reads) leave at once, so a member whose disk
+stalls still answers its leader's heartbeats; append acks and votes wait for the write.
 
-* the persister writes queued Readys (entries + hard state, + snapshot) in ONE synced
-  batch and then sends their `persisted_messages()` — append acks and votes only after
-  the write is durable (thesis §3.8); messages that acknowledge nothing unwritten
-  (heartbeat responses at a durable term, forwarded proposals and reads) leave at once,
-  so a member whose disk stalls still answers its leader's heartbeats;
-* the apply task applies committed entries in bounded batches (apply_backlog.py) and
-  completes their waiters;
-* the ticker.
-
-A member that falls behind — committed entries waiting to be applied, or (leader) its
-entries waiting for a quorum's disks — holds new writes back for up to half their
-deadline, then refuses them with RESOURCE_EXHAUSTED (retry-safe: never proposed).
+This module is the facade and the round; each concern has its own module, with the
+invariants of its state written beside it:
+    persist.py      the persist queue and its task (group commit, compaction)
+    applier.py      the apply backlog and its task
+    proposals.py    write and member-change waiters, the pushback
+    reads.py        ReadIndex rounds
+    membership.py   the configuration, conf changes, addresses, the self-publish
+    snapshots.py    received snapshots staged until installed; sent ones streamed
 
 Client calls never touch Raft directly: they queue work and await a waiter (waiters.py).
 """
@@ -34,50 +33,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import random
 import secrets
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
 
 import grpc
 
 from kvraft import raft
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import Config, RawNode, StateRole
-from kvraft.raft.errors import CompactedError
+from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot
 
 from . import storage_adapter as sa
-from .apply_backlog import ApplyBacklog, ApplyBatch
-from .config import MIB, NodeConfig
+from .applier import Applier
+from .config import NodeConfig
 from .loop_lag import LoopLagProbe
+from .membership import Membership
 from .metrics import NodeMetrics
-from .storage_io import StorageIO
-from .transport import PeerTransport
-from .waiters import NodeError, Proposal, ReadRound, ReadWaiter, expire, unavailable
+from .persist import Persister, PersistJob
+from .proposals import Proposals
+from .reads import Reads
+from .snapshots import SnapshotStaging, snapshot_chunks
+from .storage_io import StorageIO, StorageLanes
+from .transport import PeerTransport, Transport
+from .waiters import NodeError, Proposal, ReadWaiter, expire, unavailable
 
 log = logging.getLogger("kvraft.server.node")
 
-PENDING_PROPOSALS_MAX = 20_000
-PENDING_READS_MAX = 20_000
 INBOUND_MESSAGES_MAX = 50_000
-SNAPSHOT_HANDLES_KEPT = 2
-# Staged snapshots whose MsgSnapshot waits to be stepped. Each new leader (one per term)
-# sends at most one at a time, so a few cover every leader change between two rounds;
-# beyond that a snapshot is refused (its sender retries, as for any lost message).
-STAGED_SNAPSHOTS_MAX = 4
 MAX_SIZE_PER_MSG_BYTES = 1 << 20
 MAX_INFLIGHT_MSGS = 256
-COMMIT_PERSIST_LAG_ENTRIES = 1_000
-# The apply task's batches: one state-machine write each; the reads waiting for an
-# applied index wait for the batch. ~4 bulk-load entries of 2,000 puts, ~0.1 s of apply.
-APPLY_BATCH_BYTES_MAX = 1 << 20
-APPLY_BATCH_ENTRIES_MAX = 1_024
-# Committed entries waiting to be applied are held in memory up to this much; beyond
-# it they are read back from the Raft log when their turn comes (apply_backlog.py).
-APPLY_BACKLOG_HELD_BYTES_MAX = 16 << 20
 # Messages that acknowledge nothing the pending writes hold: they may leave before the
 # persister is done, if their term is durable (no message may carry a term its sender
 # could forget, thesis §3.8). Append acks and votes always wait for the write.
@@ -111,42 +98,37 @@ ROLE_NAMES = {
 }
 
 
-@dataclass
-class PersistJob:
-    """One Ready's writes, queued for the persister."""
-
-    number: int
-    entries: list[eraftpb.Entry]
-    hs: eraftpb.HardState | None
-    snapshot: eraftpb.Snapshot | None
-    staged: Any
-    persisted_messages: list[eraftpb.Message]
-
-
-def merge_jobs(jobs: list[PersistJob]) -> tuple[list[eraftpb.Entry], eraftpb.HardState | None]:
-    """The entries and hard state of consecutive Readys as ONE write: later entries
-    replace the suffix they overlap (a new leader's log wins, thesis §5.3), the last
-    hard state wins."""
-    entries: list[eraftpb.Entry] = []
-    hs = None
-    for job in jobs:
-        if job.entries:
-            first = job.entries[0].index
-            if entries and first <= entries[-1].index:
-                del entries[max(0, first - entries[0].index):]
-            assert not entries or entries[-1].index + 1 == first, (
-                f"Ready entries not contiguous: {entries[-1].index} then {first}")
-            entries.extend(job.entries)
-        if job.hs is not None:
-            hs = job.hs
-    return entries, hs
+Clock = Callable[[], float]   # monotonic seconds, on the event loop's time scale
+TransportFactory = Callable[["Node"], Transport]
 
 
 class Node:
-    """One member of the cluster: Raft + storage + transport, owned by the event loop."""
+    """One member of the cluster: Raft + storage + transport, owned by the event loop.
+
+    The loop's own state (the parts keep theirs):
+    * `_inbound`, `_unreachable`, `_snapshot_reports`, `_transfers`, `_ticks_due`:
+      inputs that arrived since the last round began; each round takes them all
+      (at most INBOUND_MESSAGES_MAX messages wait: beyond, they are dropped, and Raft
+      retransmits, thesis §3.5). `_wake` is set whenever one of them is non-empty or a
+      part has work for a round.
+    * `_tick_count`: ticks taken since start (dropped ones included).
+    * `_leader_id`, `_role`: those of the last SoftState taken from a Ready.
+    * `_stopping`: set once (stop, a fatal error, an exit); from then on no new work is
+      accepted and every waiter has failed. `_fatal`: why the node stopped on its own.
+
+    What it takes from outside (the production ones are the defaults; a simulation or
+    a test passes its own, issue 15): `io`, where storage work runs (storage_io.py);
+    `transport`, a factory of its outbound transport, given the node (which receives
+    what the transport reports, TransportEvents); `clock`, the time its ticker and
+    pacing read — it must be the event loop's time scale, since the node also sleeps
+    and sets deadlines through the loop; `rng`, every random choice the node and its
+    Raft make (election timeouts, publish jitter and request ids, read contexts), so
+    that a seeded one makes a run repeatable.
+    """
 
     def __init__(self, config: NodeConfig, store: sa.Store, metrics: NodeMetrics, *,
-                 io: StorageIO | None = None) -> None:
+                 io: StorageLanes | None = None, transport: TransportFactory | None = None,
+                 clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
         self.config = config
         self.id = config.node_id
         self.store = store
@@ -164,20 +146,15 @@ class Node:
             # its majority step down, so clients are told UNAVAILABLE, not left waiting.
             pre_vote=True,
             check_quorum=True,
-            # The hard limit behind the leader's pushback (_admission_refusal), which
-            # holds back writes at half of it; this one also stops forwarded proposals.
+            # The hard limit behind the leader's pushback (proposals.py), which holds
+            # back writes at half of it; this one also stops forwarded proposals.
             max_uncommitted_size=2 * config.uncommitted_bytes_max,
         )
-        self.raw = RawNode(raft_config, store.log)
-        self.io = io or StorageIO()
-        self.transport = PeerTransport(
-            self.id, config.peer_address, lambda: self.cluster_id, self, metrics,
-            queue_messages_max=config.peer_queue_messages_max,
-            queue_bytes_max=config.peer_queue_bytes_max,
-            batch_bytes_max=config.peer_batch_bytes_max,
-            incarnation=store.datadir.incarnation,
-            peer_incarnation=sa.incarnation_lookup(store),
-        )
+        self.rng = rng if rng is not None else random.Random(secrets.randbits(128))
+        self.clock = clock
+        self.raw = RawNode(raft_config, store.log, self.rng)
+        self.io: StorageLanes = io or StorageIO()
+        self.transport: Transport = (transport or Node._peer_transport)(self)
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -186,75 +163,49 @@ class Node:
         self._inbound: list[eraftpb.Message] = []
         self._unreachable: set[int] = set()
         self._snapshot_reports: list[tuple[int, bool]] = []
-        self._queued: list[Proposal] = []
-        self._queued_bytes = 0     # data of the writes in _queued (not yet proposed)
-        self._proposals: dict[int, Proposal] = {}          # request id -> waiter
-        self._conf_proposals: dict[int, Proposal] = {}     # ConfChange.id -> waiter
-        self._by_index: dict[int, Proposal] = {}           # leader-side log index -> waiter
-        self._reads_queued: list[ReadWaiter] = []
-        self._reads_in_flight = 0          # linearizable reads waiting on this node
-        self._read_rounds: dict[bytes, ReadRound] = {}
-        self._read_ctx = itertools.count(1)
-        self._read_ctx_prefix = secrets.token_bytes(8)
-        # Staged snapshot files by (index, term). Pending: delivered, their MsgSnapshot
-        # is in _inbound, not yet stepped (Raft may still restore any of them); at most
-        # STAGED_SNAPSHOTS_MAX. Stepped: only during a round, those whose message this
-        # round stepped; Raft restored at most one of them, which this round's Ready
-        # carries; the others were ignored (older than the commit index, thesis §5.3) and
-        # are discarded when the round's Ready has been taken. Empty between rounds.
-        self._staged_pending: dict[tuple[int, int], Any] = {}
-        self._staged_stepped: dict[tuple[int, int], Any] = {}
-        self._refused_conf_changes: dict[int, str] = {}
         self._transfers: list[int] = []
         self._leader_id = 0
         self._role = self.raw.raft.state
-        self._published = False
-        self._next_publish_tick = 0
-        self._members_version_seen = store.sm.members_version
-        self._persisted_commit = store.log.hard_state().commit
-        self._deferred_hs: eraftpb.HardState | None = None
-        self._persist_queue: list[PersistJob] = []
-        self._persisting = False      # a write of popped jobs is running on the thread
-        self._persist_wake = asyncio.Event()
-        # The term of the hard state on disk: a message may leave before the pending
-        # writes only if its term is at most this (EARLY_MESSAGE_TYPES).
-        self._durable_term = store.log.hard_state().term
-        self._backlog = ApplyBacklog(
-            store.sm.applied_index, held_bytes_max=APPLY_BACKLOG_HELD_BYTES_MAX,
-            batch_bytes_max=APPLY_BATCH_BYTES_MAX, batch_entries_max=APPLY_BATCH_ENTRIES_MAX)
-        self._apply_wake = asyncio.Event()
-        # Conf changes take effect in Raft when handed out (on the loop, which owns the
-        # RawNode), in log order; the state machine writes the resulting ConfState when
-        # it applies the entry: index -> ConfState, for handed-out conf changes whose
-        # apply has not completed. _raft_conf_state is Raft's configuration after the
-        # last one handed out (or restored).
-        self._conf_states: dict[int, eraftpb.ConfState] = {}
-        self._raft_conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
-        # Writes held back by the pushback wait on this event; it is set (and replaced)
-        # whenever what the pushback measures went down.
-        self._admission_event = asyncio.Event()
-        self._admission_waiters = 0
-        self._compact_due = False
+        self._leader_waiters: list[ReadWaiter] = []   # transfer_leader calls
         self._fatal: BaseException | None = None
         self._last_round_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         # Warn well before a blocked loop could cost an election (a quarter of it).
-        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4)
-        self._conf_state: eraftpb.ConfState = store.log.initial_state().conf_state
-        self._conf_ids = _ids_of(self._conf_state)
-        self._extra_addresses: dict[int, str] = dict(config.initial_cluster)
-        self._leader_waiters: list[ReadWaiter] = []
+        self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4,
+                                     clock=clock)
+        self.snapshots = SnapshotStaging(self.id)
+        self.reads = Reads(self.rng.randbytes(8))
+        self.proposals = Proposals(self.id, config, metrics)
+        self.membership = Membership(config, store, self.transport, self.rng,
+                                     self._new_request_id)
+        self.applier = Applier(store, self.io, self.membership, metrics, self._on_applied)
+        self.persister = Persister(self.id, store, self.io, metrics, self._on_persisted)
         self.store.log.set_snapshot_provider(store.sm.raft_snapshot)
-        self._refresh_addresses()
+        self.membership.refresh_addresses()
+
+    def _peer_transport(self) -> Transport:
+        """The production transport: gRPC streams to the peers (transport.py)."""
+        return PeerTransport(
+            self.id, self.config.peer_address, lambda: self.cluster_id, self, self.metrics,
+            queue_messages_max=self.config.peer_queue_messages_max,
+            queue_bytes_max=self.config.peer_queue_bytes_max,
+            batch_bytes_max=self.config.peer_batch_bytes_max,
+            incarnation=self.store.datadir.incarnation,
+            peer_incarnation=sa.incarnation_lookup(self.store),
+        )
+
+    def _new_request_id(self) -> int:
+        """A random 63-bit id for the node's own proposals (sa.new_request_id's range)."""
+        return self.rng.getrandbits(63) or 1
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._ticker(), name="raft-ticker"),
-            loop.create_task(self._run(), name="raft-loop"),
-            loop.create_task(self._persister(), name="raft-persister"),
-            loop.create_task(self._applier(), name="raft-applier"),
+            loop.create_task(self._guard(self._run()), name="raft-loop"),
+            loop.create_task(self._guard(self.persister.run()), name="raft-persister"),
+            loop.create_task(self._guard(self.applier.run()), name="raft-applier"),
             loop.create_task(self.loop_lag.run(), name="loop-lag-probe"),
         ]
 
@@ -271,9 +222,9 @@ class Node:
             self._stopping = True
             self._fail_all(unavailable("the node is shutting down"))
         self._wake.set()
-        self._persist_wake.set()   # the persister finishes its queue, then returns
-        self._apply_wake.set()     # the apply task finishes its batch, then returns
-        self._notify_admission()
+        self.persister.stop()   # it finishes its queue, then returns
+        self.applier.stop()     # it finishes its batch, then returns
+        self.proposals.notify_admission()
         for task in self._tasks:
             if task.get_name() in ("raft-ticker", "loop-lag-probe"):
                 task.cancel()
@@ -282,13 +233,45 @@ class Node:
         self.io.shutdown()
         self._stopped.set()
 
+    async def _guard(self, work: Coroutine[object, object, None]) -> None:
+        try:
+            await work
+        except Exception as e:
+            self._fail_fatally(e)
+
+    def _fail_fatally(self, e: BaseException) -> None:
+        # A failed round or write (disk error, broken invariant) must not leave a
+        # half-alive node answering clients: record it, fail everyone, let run_node exit.
+        log.critical("node %d: event loop failed: %s", self.id, e, exc_info=e)
+        self._fatal = e
+        self._stop_on_own(unavailable("the node failed"))
+
+    def exit_with_error(self, message: str) -> None:
+        """The fatal path for what only the operator can resolve (a peer refused this
+        node's replaced data directory): ONE clear log line, no traceback; every
+        waiter fails, the loop stops and run_node returns 1."""
+        if self._fatal is not None:
+            return
+        log.critical("node %d: exiting: %s", self.id, message)
+        self._fatal = RuntimeError(message)
+        self._stop_on_own(unavailable(message))
+
+    def _stop_on_own(self, error: NodeError) -> None:
+        self._stopping = True
+        self._fail_all(error)
+        self._wake.set()
+        self.persister.stop()
+        self.applier.stop()
+        self._stopped.set()
+
     async def _ticker(self) -> None:
         interval_s = self.config.tick_interval_s
-        next_at = time.monotonic()
+        clock = self.clock
+        next_at = clock()
         while True:
             next_at += interval_s
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            now = time.monotonic()
+            await asyncio.sleep(max(0.0, next_at - clock()))
+            now = clock()
             if now - next_at > interval_s:
                 # The process was starved (a loaded machine, a pause): drop the missed
                 # ticks, as a Go ticker does, instead of firing them in a burst that
@@ -298,30 +281,27 @@ class Node:
             self._wake.set()
 
     async def _run(self) -> None:
-        try:
-            while not self._stopping:
-                await self._wake.wait()
-                # Let the callbacks already due run first (arriving RPCs and peer
-                # messages), so they join this round instead of each starting one.
-                await asyncio.sleep(0)
-                if self._busy():
-                    wait_s = self._last_round_at + BUSY_ROUND_INTERVAL_S - time.monotonic()
-                    if wait_s > 0:
-                        await asyncio.sleep(wait_s)
-                self._last_round_at = time.monotonic()
-                self._wake.clear()
-                if self._stopping:
-                    break
-                await self._round()
-        except Exception as e:
-            self._fail_fatally(e)
+        while not self._stopping:
+            await self._wake.wait()
+            # Let the callbacks already due run first (arriving RPCs and peer
+            # messages), so they join this round instead of each starting one.
+            await asyncio.sleep(0)
+            if self._busy():
+                wait_s = self._last_round_at + BUSY_ROUND_INTERVAL_S - self.clock()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+            self._last_round_at = self.clock()
+            self._wake.clear()
+            if self._stopping:
+                break
+            self._round()
 
     def _busy(self) -> bool:
         """Enough work in flight that batching it beats answering each at once: write
         waiters on this node, linearizable reads waiting on this node, or (on the
         leader) entries appended but not committed."""
-        if len(self._proposals) >= BUSY_ENTRIES_MIN or \
-                self._reads_in_flight >= BUSY_READS_MIN:
+        if len(self.proposals.writes) >= BUSY_ENTRIES_MIN or \
+                self.reads.in_flight >= BUSY_READS_MIN:
             return True
         raft_log = self.raw.raft.raft_log
         return raft_log.last_index() - raft_log.committed >= BUSY_ENTRIES_MIN
@@ -341,28 +321,19 @@ class Node:
         self._snapshot_reports.append((peer_id, ok))
         self._wake.set()
 
-    def deliver_snapshot(self, msg: eraftpb.Message, staged: Any) -> bool:
+    def deliver_snapshot(self, msg: eraftpb.Message, staged: StagedSnapshot) -> bool:
         """Queue a received MsgSnapshot with its staged file; False (file discarded)
         when too many wait already — the leader sends it again later."""
-        meta = msg.snapshot.metadata
-        key = (meta.index, meta.term)
-        previous = self._staged_pending.pop(key, None)
-        if previous is not None:
-            # The same snapshot twice (a retry): Raft restores it at most once, from
-            # either message; keep the newer file.
-            sa.discard_staged(previous)
-        elif len(self._staged_pending) >= STAGED_SNAPSHOTS_MAX:
-            log.warning("node %d: refused snapshot at index %d term %d: %d snapshots "
-                        "already wait to be stepped", self.id, meta.index, meta.term,
-                        len(self._staged_pending))
-            sa.discard_staged(staged)
+        if not self.snapshots.stage(msg, staged):
             return False
-        self._staged_pending[key] = staged
         self.deliver([msg])
         return True
 
+    def snapshot_chunks(self, msg: eraftpb.Message) -> Iterator[bytes]:
+        return snapshot_chunks(self.store, msg, self.config.snapshot_chunk_bytes)
+
     def is_member(self, peer_id: int) -> bool:
-        return peer_id in self._conf_ids
+        return self.membership.is_member(peer_id)
 
     def accept_cluster(self, cluster_id: int) -> bool:
         """A joining node adopts the cluster id of the first member that talks to it."""
@@ -375,9 +346,22 @@ class Node:
         return cluster_id == self.cluster_id
 
     def learn_address(self, peer_id: int, address: str) -> None:
-        if address and self.transport.address_of(peer_id) is None and peer_id != self.id:
-            self._extra_addresses[peer_id] = address
-            self._refresh_addresses()
+        self.membership.learn_address(peer_id, address)
+
+    # --------------------------------------------- asked by the peer service (seam)
+    @property
+    def incarnation(self) -> int:
+        """This data directory's incarnation (META), sent on every peer batch."""
+        return self.store.datadir.incarnation
+
+    def replaced_member(self, member_id: int, incarnation: int) -> str | None:
+        """The refusal line if `member_id` presents another incarnation than its
+        replicated record holds, else None."""
+        return sa.replaced_member(self.store, member_id, incarnation)
+
+    def snapshot_receiver(self, snapshot: eraftpb.Snapshot) -> sa.SnapshotReceiver:
+        """Where an inbound snapshot's chunks are staged."""
+        return sa.snapshot_receiver(self.store, snapshot)
 
     # ------------------------------------------------------- client-facing API
     def header(self) -> tuple[int, int, int, int]:
@@ -388,107 +372,64 @@ class Node:
     def stopping(self) -> bool:
         return self._stopping
 
-    async def propose(self, request_id: int, data: bytes, timeout_s: float) -> Any:
+    async def propose(self, request_id: int, data: bytes, timeout_s: float) -> ApplyResult:
         """Replicate a command; return its ApplyResult once applied on this node."""
         if self._stopping:
             raise unavailable("the node is shutting down", retry_safe=True)
-        if len(self._proposals) >= PENDING_PROPOSALS_MAX:
+        if self.proposals.full:
             raise unavailable("too many writes in flight", retry_safe=True)
         if self._admission_refusal() is not None:
-            timeout_s = await self._admit(timeout_s)
+            timeout_s = await self.proposals.admit(timeout_s, self._admission_refusal,
+                                                   lambda: self._stopping)
         p = Proposal(request_id=request_id, data=data)
-        assert request_id not in self._proposals
-        self._proposals[request_id] = p
-        self._queued.append(p)
-        self._queued_bytes += len(data)
+        self.proposals.add_write(p)
         self._wake.set()
-        return await self._await(p, timeout_s, self._forget_proposal)
+        result = await self._await(p, timeout_s, lambda: self.proposals.forget(p))
+        assert isinstance(result, ApplyResult)
+        return result
 
     def _admission_refusal(self) -> str | None:
-        """Why this member holds new writes back now, or None (cheap: every write)."""
-        backlog = self._backlog.bytes
-        if backlog > self.config.apply_backlog_bytes_max:
-            return (f"member {self.id} is behind: {backlog / MIB:.1f} MiB of committed "
-                    f"writes wait to be applied (limit "
-                    f"{self.config.apply_backlog_bytes_max / MIB:.0f} MiB)")
-        r = self.raw.raft
-        if r.state == StateRole.Leader:
-            # Writes admitted but not yet proposed count too: held-back writes released
-            # together must not overshoot the limit.
-            uncommitted = r.uncommitted_state.uncommitted_size + self._queued_bytes
-            if uncommitted > self.config.uncommitted_bytes_max:
-                return (f"leader {self.id} is behind: {uncommitted / MIB:.1f} MiB of writes "
-                        f"wait for a quorum to make them durable (limit "
-                        f"{self.config.uncommitted_bytes_max / MIB:.0f} MiB)")
-        return None
+        return self.proposals.refusal(self.applier.backlog.bytes, self.raw.raft)
 
-    async def _admit(self, timeout_s: float) -> float:
-        """Hold a write back while this member is behind (slower acceptance) for at
-        most half its time, so that a refusal reaches the client before its deadline;
-        returns the time left for the write itself."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        give_up = loop.time() + timeout_s / 2
-        self.metrics.proposals_held_back.inc()
-        self._admission_waiters += 1
-        try:
-            while (reason := self._admission_refusal()) is not None:
-                if self._stopping:
-                    raise unavailable("the node is shutting down", retry_safe=True)
-                remaining = give_up - loop.time()
-                if remaining <= 0:
-                    self.metrics.proposals_refused.inc()
-                    raise NodeError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"{reason}; the write was not proposed: retry later",
-                                    retry_safe=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._admission_event.wait(), remaining)
-        finally:
-            self._admission_waiters -= 1
-        return max(0.0, deadline - loop.time())
-
-    def _notify_admission(self) -> None:
-        if self._admission_waiters:
-            event, self._admission_event = self._admission_event, asyncio.Event()
-            event.set()
-
-    async def propose_conf_change(self, cc: eraftpb.ConfChange, timeout_s: float) -> Any:
+    async def propose_conf_change(self, cc: eraftpb.ConfChange, timeout_s: float
+                                  ) -> eraftpb.ConfState:
         if self._stopping:
             raise unavailable("the node is shutting down", retry_safe=True)
         p = Proposal(request_id=cc.id, conf_change=cc)
-        self._conf_proposals[cc.id] = p
-        self._queued.append(p)
+        self.proposals.add_conf_change(p)
         self._wake.set()
-        return await self._await(p, timeout_s, self._forget_proposal)
+        cs = await self._await(p, timeout_s, lambda: self.proposals.forget(p))
+        assert isinstance(cs, eraftpb.ConfState)
+        return cs
 
     async def read_index(self, timeout_s: float) -> None:
         """Return once this node has applied everything committed when the read began."""
         if self._stopping:
             raise unavailable("the node is shutting down", retry_safe=True)
-        if len(self._reads_queued) >= PENDING_READS_MAX:
+        if self.reads.full:
             raise unavailable("too many reads in flight", retry_safe=True)
         w = ReadWaiter()
-        self._reads_queued.append(w)
+        self.reads.queue(w)
         self.metrics.reads_in_flight.inc()
-        self._reads_in_flight += 1
+        self.reads.in_flight += 1
         self._wake.set()
         try:
             await self._await(w, timeout_s, None)
         finally:
             self.metrics.reads_in_flight.dec()
-            self._reads_in_flight -= 1
+            self.reads.in_flight -= 1
 
     async def transfer_leader(self, to: int, timeout_s: float) -> None:
-        if to not in self._conf_ids or to in self._learners():
+        if not self.membership.is_member(to) or to in self.membership.learner_ids():
             raise NodeError(grpc.StatusCode.FAILED_PRECONDITION, f"{to} is not a voting member")
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         while self.raw.raft.leader_id != to:
             if self._stopping:
                 raise unavailable("the node is shutting down", retry_safe=True)
             if self.raw.raft.leader_id != 0:
                 self._transfers.append(to)
                 self._wake.set()
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 raise unavailable(f"leadership did not move to {to} before the deadline")
             w = ReadWaiter()
@@ -500,10 +441,10 @@ class Node:
                 if w in self._leader_waiters:
                     self._leader_waiters.remove(w)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, str | int]:
         r = self.raw.raft
         role = ROLE_NAMES.get(r.state, str(r.state))
-        if self.id in self._learners():
+        if self.id in self.membership.learner_ids():
             role = "learner"
         return {
             "role": role,
@@ -511,21 +452,22 @@ class Node:
             "last_index": r.raft_log.last_index(),
         }
 
-    def members(self) -> list[Any]:
-        return self.store.sm.members()
+    def members(self) -> list[MemberRecord]:
+        return self.membership.members()
 
     def member_ids(self) -> set[int]:
-        return set(self._conf_ids)
+        return self.membership.member_ids()
 
     def learner_ids(self) -> set[int]:
-        return self._learners()
+        return self.membership.learner_ids()
 
     def pending_conf_change(self) -> bool:
         r = self.raw.raft
         pending = getattr(r, "pending_conf_index", 0)
         return r.state == StateRole.Leader and pending > r.raft_log.applied
 
-    async def _await(self, w: Any, timeout_s: float, forget: Any) -> Any:
+    async def _await(self, w: Proposal | ReadWaiter, timeout_s: float,
+                     forget: Callable[[], None] | None) -> object:
         # One timer per call and the waiter's own future awaited directly: a cancelled
         # call cancels the future, which every completion path treats as done. (This is
         # wait_for(shield(...)) without its two extra futures and callbacks per request.)
@@ -537,42 +479,21 @@ class Node:
             if not w.future.done():
                 w.fail(unavailable("abandoned"))
             if forget is not None:
-                forget(w)
-
-    def _forget_proposal(self, p: Proposal) -> None:
-        if p.conf_change is not None:
-            self._conf_proposals.pop(p.request_id, None)
-        else:
-            self._proposals.pop(p.request_id, None)
-        if p.index and self._by_index.get(p.index) is p:
-            del self._by_index[p.index]
-        self.metrics.proposals_in_flight.set(len(self._proposals))
+                forget()
 
     def _fail_all(self, error: NodeError) -> None:
-        never_proposed = unavailable(error.message, retry_safe=True)
-        for p in self._queued:
-            p.fail(never_proposed)
-        for p in itertools.chain(self._proposals.values(), self._conf_proposals.values()):
-            p.fail(error)
-        for w in self._reads_queued:
-            w.fail(error)
-        for rr in self._read_rounds.values():
-            for w in rr.waiters:
-                w.fail(error)
+        self.proposals.fail_all(error)
+        self.reads.fail_all(error)
         for w in self._leader_waiters:
             w.resolve()
-        self._queued.clear()
-        self._queued_bytes = 0
-        self._reads_queued.clear()
-        self._read_rounds.clear()
         self._leader_waiters.clear()
 
     # ------------------------------------------------------------------ the round
-    async def _round(self) -> None:
+    def _round(self) -> None:
         raw = self.raw
         inbound, self._inbound = self._inbound, []
         # Every pending snapshot's message is in `inbound` (deliver_snapshot queues both).
-        self._staged_stepped, self._staged_pending = self._staged_pending, {}
+        self.snapshots.begin_round()
         for msg in inbound:
             try:
                 raw.step(msg)
@@ -598,137 +519,46 @@ class Node:
             self._tick_count += ticks
             self._on_ticks()
 
-        queued, self._queued = self._queued, []
-        self._queued_bytes = 0
-        for p in queued:
-            if p.future.done():
-                continue
-            self._propose_one(p)
-        self.metrics.proposals_in_flight.set(len(self._proposals))
-
-        if self._reads_queued and raw.raft.leader_id == 0:
-            # Raft drops a ReadIndex when no leader is known: say so now, as for writes.
-            for w in self._reads_queued:
-                w.fail(unavailable("no leader to confirm the read", retry_safe=True))
-            self._reads_queued.clear()
-        if self._reads_queued and not self._read_index_in_flight():
-            # One ReadIndex at a time (thesis §6.4): every read that arrives while it
-            # is out shares the next one, so a read costs a heartbeat round per batch.
-            waiters, self._reads_queued = self._reads_queued, []
-            ctx = self._read_ctx_prefix + next(self._read_ctx).to_bytes(8, "big")
-            self._read_rounds[ctx] = ReadRound(ctx, waiters, self._tick_count)
-            raw.read_index(ctx)
+        self.proposals.propose_queued(raw)
+        self.reads.issue(raw, self._tick_count)
 
         if raw.has_ready():
             self._handle_ready()
             if raw.has_ready():
                 self._wake.set()
-        self._discard_ignored_snapshots()
-        self._serve_reads()
-        if self._reads_queued and not self._read_index_in_flight():
+        self.snapshots.end_round()
+        self.reads.serve(self.store.sm.applied_index)
+        if self.reads.needs_round():
             self._wake.set()
         self._update_gauges()
 
-    def _read_index_in_flight(self) -> bool:
-        return any(rr.index < 0 for rr in self._read_rounds.values())
-
-    def _propose_one(self, p: Proposal) -> None:
-        raw = self.raw
-        try:
-            if p.conf_change is not None:
-                raw.propose_conf_change(b"", p.conf_change)
-            else:
-                raw.propose(b"", p.data)
-        except raft.ProposalDropped:
-            p.fail(unavailable("no leader to take the write" if raw.raft.leader_id == 0
-                               else "the leader dropped the write", retry_safe=True))
-            return
-        if raw.raft.state == StateRole.Leader:
-            # On the leader the entry was appended at the tail: remember where, so a
-            # different entry applied at that index (a new leader truncated ours)
-            # fails this waiter at once instead of at its deadline.
-            p.index = raw.raft.raft_log.last_index()
-            old = self._by_index.get(p.index)
-            if old is not None and old is not p:
-                old.fail(unavailable("the write was overwritten by a new leader"))
-            self._by_index[p.index] = p
-
     def _on_ticks(self) -> None:
-        # ReadIndex requests are dropped silently when there is no leader or the leader
-        # has not yet committed an entry of its term (thesis §6.4); re-ask for rounds
-        # that got no answer within a quarter of an election timeout.
-        retry_ticks = max(2, self.config.election_tick // 4)
-        for rr in list(self._read_rounds.values()):
-            if not rr.live():
-                del self._read_rounds[rr.context]
-            elif rr.index < 0 and self._tick_count - rr.issued_tick >= retry_ticks:
-                rr.issued_tick = self._tick_count
-                self.raw.read_index(rr.context)
+        self.reads.retry(self.raw, self._tick_count, max(2, self.config.election_tick // 4))
         self._maybe_publish_self()
 
-    def _hard_state_to_write(self, rd: Any, entries: list[eraftpb.Entry]
-                             ) -> eraftpb.HardState | None:
-        hs = rd.hs()
-        if hs is not None and not rd.must_sync() and \
-                hs.commit - self._persisted_commit < COMMIT_PERSIST_LAG_ENTRIES:
-            # Only the commit index moved: Raft re-learns it after a restart (and startup
-            # raises it to the applied index), so it rides along with the next synced
-            # write instead of costing an fsync on every commit (raft-rs must_sync).
-            self._deferred_hs = hs
-            return None
-        if hs is None and entries and self._deferred_hs is not None:
-            hs = self._deferred_hs
-        if hs is not None:
-            self._deferred_hs = None
-            self._persisted_commit = hs.commit
-        return hs
+    def _maybe_publish_self(self) -> None:
+        """Once a leader exists, make sure the replicated member record of this node
+        carries its current client and peer addresses (founding members start with
+        peer addresses only; an operator may restart a node with a new --listen) and
+        its data directory's incarnation (membership.py). Called every tick."""
+        self.membership.refresh_if_records_changed()
+        if self._leader_id == 0 or self._stopping:
+            return
+        step = self.membership.publish(self._tick_count, self.config.election_tick)
+        if isinstance(step, str):   # the cluster's log knows another data directory
+            self.exit_with_error(step)
+            return
+        if step is None:
+            return
+        p = step
+        self.proposals.add_write(p)
 
-    def _take_ready_head(self, rd: Any) -> tuple[eraftpb.Snapshot | None, Any]:
-        """Soft state, read states and messages of a Ready; returns its snapshot (None
-        when empty) and that snapshot's staged data."""
-        ss = rd.ss()
-        if ss is not None:
-            self._on_soft_state(ss.leader_id, ss.raft_state)
-        for rs in rd.take_read_states():
-            rr = self._read_rounds.get(rs.request_ctx)
-            if rr is not None and rr.index < 0:
-                rr.index = rs.index
-        self.transport.send(rd.take_messages())
-        snapshot = rd.snapshot()
-        if snapshot is not None and snapshot.metadata.index == 0:
-            snapshot = None
-        staged = None
-        if snapshot is not None:
-            key = (snapshot.metadata.index, snapshot.metadata.term)
-            staged = self._staged_stepped.pop(key, None)
-            assert staged is not None, f"snapshot {key} in Ready was never staged"
-        return snapshot, staged
+        def forget() -> None:
+            if not p.future.done():
+                p.fail(unavailable("publish timed out"))
+            self.proposals.forget(p)
 
-    def _discard_ignored_snapshots(self) -> None:
-        """After the round's Ready was taken: the snapshots whose messages this round
-        stepped and Raft did not restore can never be restored (their messages are
-        gone); delete their files."""
-        for staged in self._staged_stepped.values():
-            sa.discard_staged(staged)
-        self._staged_stepped.clear()
-
-    def _take_ready_writes(
-        self, rd: raft.Ready
-    ) -> tuple[eraftpb.Snapshot | None, Any, list[eraftpb.Entry], eraftpb.HardState | None,
-               list[eraftpb.Entry]]:
-        """What a Ready asks to make durable and to apply: (snapshot, its staged data,
-        entries, hard state to write, committed entries)."""
-        snapshot, staged = self._take_ready_head(rd)
-        entries = rd.take_entries()
-        hs = self._hard_state_to_write(rd, entries)
-        return snapshot, staged, entries, hs, rd.take_committed_entries()
-
-    def _on_snapshot_installed(self, snapshot: eraftpb.Snapshot) -> None:
-        self.metrics.snapshots_installed.inc()
-        self._set_conf_state(snapshot.metadata.conf_state)
-        log.info("node %d: installed snapshot at index %d term %d (term %d)",
-                 self.id, snapshot.metadata.index, snapshot.metadata.term, self.raw.raft.term)
-        self._refresh_addresses()
+        asyncio.get_running_loop().call_later(self._election_timeout_s() * 2, forget)
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the
@@ -736,11 +566,21 @@ class Node:
         the loop moves on — stepping acks, ticking, serving reads — while both run."""
         raw = self.raw
         rd = raw.ready()
-        snapshot, staged, entries, hs, committed = self._take_ready_writes(rd)
+        ss = rd.ss()
+        if ss is not None:
+            self._on_soft_state(ss.leader_id, ss.raft_state)
+        self.reads.on_read_states(rd.take_read_states())
+        self.transport.send(rd.take_messages())
+        snapshot = rd.snapshot()
+        if snapshot is not None and snapshot.metadata.index == 0:
+            snapshot = None
+        staged = self.snapshots.take(snapshot) if snapshot is not None else None
+        entries = rd.take_entries()
+        hs = self.persister.hard_state_to_write(rd, entries)
+        committed = rd.take_committed_entries()
         persisted_messages = rd.take_persisted_messages()
         raw.advance_append_async(rd)
-        if not (entries or hs is not None or snapshot is not None) and \
-                not self._persist_queue and not self._persisting:
+        if not (entries or hs is not None or snapshot is not None) and self.persister.idle:
             # Nothing to write and nothing ahead of it: done now (a follower's
             # heartbeat and ReadIndex replies need not wait for the persister).
             raw.on_persist_ready(rd.number())
@@ -750,25 +590,25 @@ class Node:
             self.transport.send(early)
             # Queued even with nothing to write, so the held messages leave in Ready
             # order (an ack never overtakes the write it follows).
-            self._persist_queue.append(PersistJob(rd.number(), entries, hs, snapshot,
-                                                  staged, held))
-            self._persist_wake.set()
+            self.persister.enqueue(PersistJob(rd.number(), entries, hs, snapshot, staged,
+                                              held))
         if snapshot is not None:
             # Everything handed out so far is older than the snapshot, which replaces it.
-            self._backlog.reset(snapshot.metadata.index)
-            self._raft_conf_state = snapshot.metadata.conf_state
+            self.applier.reset(snapshot.metadata.index)
+            self.membership.on_snapshot_restored(snapshot)
         # Committed entries handed out are durable here already (RaftLog only hands
         # out min(committed, persisted)), so they apply while the write runs.
-        self._hand_out(committed)
+        self.applier.hand_out(raw, committed)
         raw.advance_apply()
-        self._notify_admission()
+        self.proposals.notify_admission()
 
     def _split_early(self, messages: list[eraftpb.Message]
                      ) -> tuple[list[eraftpb.Message], list[eraftpb.Message]]:
-        """(messages that may leave now, messages that wait for the queued writes)."""
+        """(messages that may leave now, messages that wait for the queued writes).
+        The durable term is RawNode's (it tracks the HardStates reported persisted)."""
         early: list[eraftpb.Message] = []
         held: list[eraftpb.Message] = []
-        durable_term = self._durable_term
+        durable_term = self.raw.durable_term
         for m in messages:
             if m.msg_type in EARLY_MESSAGE_TYPES and m.term <= durable_term:
                 early.append(m)
@@ -776,226 +616,35 @@ class Node:
                 held.append(m)
         return early, held
 
-    # ------------------------------------------------------------------ applying
-    def _hand_out(self, committed: list[eraftpb.Entry]) -> None:
-        """Give committed entries to the apply task. A conf change takes effect in Raft
-        now, in log order (only the loop touches the RawNode); the state machine writes
-        its ConfState when it applies the entry."""
-        if not committed:
-            return
-        for entry in committed:
-            if entry.entry_type != eraftpb.EntryNormal:
-                self._conf_states[entry.index] = self._apply_conf_change_to_raft(entry)
-        self._backlog.add(committed)
-        self._apply_wake.set()
+    # --------------------------------------------------- what the tasks report
+    def _on_persisted(self, jobs: list[PersistJob]) -> None:
+        """The persister made `jobs` durable: tell Raft, then send what waited."""
+        self.raw.on_persist_ready(jobs[-1].number)
+        for job in jobs:
+            if job.snapshot is not None:
+                self._on_snapshot_installed(job.snapshot)
+            self.transport.send(job.persisted_messages)
+        self._wake.set()   # the leader's own ack may commit; followers may apply
 
-    def _apply_conf_change_to_raft(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
-        if entry.entry_type == eraftpb.EntryConfChange:
-            cc: Any = eraftpb.ConfChange.FromString(entry.data)
-        else:
-            cc = eraftpb.ConfChangeV2.FromString(entry.data)
-        try:
-            self._raft_conf_state = self.raw.apply_conf_change(cc)
-        except raft.RaftError as e:
-            # Every node refuses the same change the same way (it is deterministic).
-            self._refused_conf_changes[entry.index] = str(e)
-        return self._raft_conf_state
+    def _on_snapshot_installed(self, snapshot: eraftpb.Snapshot) -> None:
+        self.metrics.snapshots_installed.inc()
+        log.info("node %d: installed snapshot at index %d term %d (term %d)",
+                 self.id, snapshot.metadata.index, snapshot.metadata.term, self.raw.raft.term)
+        self.membership.on_snapshot_installed(snapshot)
 
-    async def _applier(self) -> None:
-        """The apply task: one bounded batch at a time on the apply lane; waiters,
-        reads and compaction follow on the loop."""
-        try:
-            while not self._stopping:
-                batch = self._backlog.next_batch()
-                if batch is None:
-                    self._apply_wake.clear()
-                    await self._apply_wake.wait()
-                    continue
-                entries, results = await self.io.apply(self._apply_batch, batch)
-                self._backlog.complete(batch, entries)
-                last = self._backlog.applied
-                for index in [i for i in self._conf_states if i <= last]:
-                    del self._conf_states[index]
-                self._on_applied(entries, results)
-                self._serve_reads()
-                self._maybe_compact()
-                self._notify_admission()
-        except Exception as e:
-            self._fail_fatally(e)
+    def _on_applied(self, entries: list[eraftpb.Entry], results: list[ApplyResult]) -> None:
+        """The apply task applied a batch: complete waiters, serve reads, and look at
+        compaction and the pushback."""
+        self.proposals.on_applied(entries, results, self._on_conf_change_applied)
+        self.reads.serve(self.store.sm.applied_index)
+        self.persister.maybe_compact()
+        self.proposals.notify_admission()
 
-    def _apply_batch(self, batch: ApplyBatch) -> tuple[list[eraftpb.Entry], list[Any]]:
-        """On the apply lane: (the batch's entries, their apply results)."""
-        entries = batch.entries
-        if not entries:
-            try:
-                entries = self.store.log.entries(batch.read_from, batch.read_to + 1,
-                                                 batch.read_bytes_max)
-            except CompactedError:
-                # A snapshot installed meanwhile replaced these entries (and the log).
-                assert self.store.sm.applied_index >= batch.read_from
-                return [], []
-        t0 = time.perf_counter()
-        results = self.store.sm.apply(entries, self._conf_state_of)
-        self.metrics.apply_latency.observe(time.perf_counter() - t0)
-        return entries, results
-
-    def _conf_state_of(self, entry: eraftpb.Entry) -> eraftpb.ConfState:
-        """KVStateMachine.apply's callback (apply lane): the ConfState Raft reached when
-        the entry was handed out, written with the applied index."""
-        cs = self._conf_states.get(entry.index)
-        assert cs is not None, f"conf change at {entry.index} was never handed out"
-        return cs
-
-    async def _persister(self) -> None:
-        try:
-            await self._persist_loop()
-        except Exception as e:
-            self._fail_fatally(e)
-
-    def _fail_fatally(self, e: BaseException) -> None:
-        # A failed round or write (disk error, broken invariant) must not leave a
-        # half-alive node answering clients: record it, fail everyone, let run_node exit.
-        log.critical("node %d: event loop failed: %s", self.id, e, exc_info=e)
-        self._fatal = e
-        self._stopping = True
-        self._fail_all(unavailable("the node failed"))
-        self._persist_wake.set()
-        self._stopped.set()
-
-    # --------------------------------------------- asked by the peer service (seam)
-    @property
-    def incarnation(self) -> int:
-        """This data directory's incarnation (META), sent on every peer batch."""
-        return self.store.datadir.incarnation
-
-    def replaced_member(self, member_id: int, incarnation: int) -> str | None:
-        """The refusal line if `member_id` presents another incarnation than its
-        replicated record holds, else None."""
-        return sa.replaced_member(self.store, member_id, incarnation)
-
-    def snapshot_receiver(self, snapshot: eraftpb.Snapshot) -> sa.SnapshotReceiver:
-        """Where an inbound snapshot's chunks are staged."""
-        return sa.snapshot_receiver(self.store, snapshot)
-
-    def exit_with_error(self, message: str) -> None:
-        """The fatal path for what only the operator can resolve (a peer refused this
-        node's replaced data directory): ONE clear log line, no traceback; every
-        waiter fails, the loop stops and run_node returns 1."""
-        if self._fatal is not None:
-            return
-        log.critical("node %d: exiting: %s", self.id, message)
-        self._fatal = RuntimeError(message)
-        self._stopping = True
-        self._fail_all(unavailable(message))
-        self._wake.set()
-        self._persist_wake.set()
-        self._stopped.set()
-
-    async def _persist_loop(self) -> None:
-        """Drains the persist queue: all jobs waiting when a write starts go into ONE
-        synced LevelDB batch (group commit); a snapshot job is written on its own."""
-        while True:
-            if not self._persist_queue:
-                if self._stopping:
-                    return
-                if self._compact_due:
-                    self._compact_due = False
-                    await self.io.persist(self._compact)
-                    continue
-                self._persist_wake.clear()
-                await self._persist_wake.wait()
-                continue
-            jobs = [self._persist_queue.pop(0)]
-            if jobs[0].snapshot is None:
-                while self._persist_queue and self._persist_queue[0].snapshot is None:
-                    jobs.append(self._persist_queue.pop(0))
-            if any(j.entries or j.hs is not None or j.snapshot is not None for j in jobs):
-                self._persisting = True
-                try:
-                    await self.io.persist(self._write_jobs, jobs)
-                finally:
-                    self._persisting = False
-                self._durable_term = self.store.log.hard_state().term
-            self.raw.on_persist_ready(jobs[-1].number)
-            for job in jobs:
-                if job.snapshot is not None:
-                    self._on_snapshot_installed(job.snapshot)
-                self.transport.send(job.persisted_messages)
-            self._wake.set()   # the leader's own ack may commit; followers may apply
-
-    def _write_jobs(self, jobs: list[PersistJob]) -> None:
-        """On the persistence lane: install a snapshot, or persist merged entries."""
-        assert jobs[0].snapshot is None or len(jobs) == 1
-        entries, hs = merge_jobs(jobs)
-        self._write_durable(jobs[0].snapshot, jobs[0].staged, entries, hs)
-
-    def _write_durable(
-        self,
-        snapshot: eraftpb.Snapshot | None,
-        staged: Any,
-        entries: list[eraftpb.Entry],
-        hs: eraftpb.HardState | None,
-    ) -> None:
-        """On the persistence lane: install a Ready's snapshot, then write its entries
-        and hard state in one synced batch."""
-        if snapshot is not None:
-            # Replaces the data and the Raft log together, crash-atomically (storage
-            # snapshot.py); the log part of this Ready's snapshot is then in place.
-            self.store.sm.install_snapshot(staged, self.store.log)
-        if entries or hs is not None:
-            t0 = time.perf_counter()
-            self.store.log.persist(entries, hs)
-            self.metrics.fsync_latency.observe(time.perf_counter() - t0)
-            self.metrics.ready_entries.observe(len(entries))
-
-    # ------------------------------------------------------------ after apply
-    def _on_applied(self, committed: list[eraftpb.Entry], results: list[Any]) -> None:
-        by_index = {r.index: r for r in results}
-        for entry in committed:
-            waiter = self._by_index.pop(entry.index, None)
-            result = by_index.get(entry.index)
-            if result is None:
-                continue  # applied before a restart
-            if entry.entry_type == eraftpb.EntryNormal:
-                p = self._proposals.get(result.request_id) if result.request_id else None
-                if p is not None:
-                    p.resolve(result)
-            else:
-                p = self._conf_proposals.get(result.request_id) if result.request_id else None
-                self._on_conf_change_applied(entry, result, p)
-            if waiter is not None and waiter is not p:
-                if waiter.conf_change is not None:
-                    waiter.fail(NodeError(grpc.StatusCode.FAILED_PRECONDITION,
-                                          "another member change was in progress"))
-                else:
-                    waiter.fail(unavailable("the write was overwritten by a new leader"))
-
-    def _on_conf_change_applied(self, entry: eraftpb.Entry, result: Any,
+    def _on_conf_change_applied(self, entry: eraftpb.Entry, result: ApplyResult,
                                 p: Proposal | None) -> None:
-        refused = self._refused_conf_changes.pop(entry.index, None)
-        if refused is not None:
-            log.warning("node %d: member change at index %d refused: %s",
-                        self.id, entry.index, refused)
-            if p is not None:
-                p.fail(NodeError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"member change refused: {refused}"))
-            return
-        cs = result.conf_state if result.conf_state is not None else self._conf_state
-        self._set_conf_state(cs)
-        self._refresh_addresses()
-        if entry.entry_type == eraftpb.EntryConfChange:
-            cc = eraftpb.ConfChange.FromString(entry.data)
-            what = {eraftpb.AddNode: "voter", eraftpb.RemoveNode: "removed",
-                    eraftpb.AddLearnerNode: "learner"}.get(cc.change_type, "changed")
-            log.info("node %d: member change at index %d: node %d %s (term %d);"
-                     " voters %s learners %s", self.id, entry.index, cc.node_id, what,
-                     self.raw.raft.term, sorted(cs.voters), sorted(cs.learners))
-            if cc.change_type == eraftpb.RemoveNode and cc.node_id == self.id:
-                log.warning("node %d: this node was removed from the cluster", self.id)
-        if p is not None:
-            p.resolve(cs)
+        self.membership.on_conf_change_applied(entry, result, p, self.raw.raft.term)
 
-    def _on_soft_state(self, leader_id: int, role: Any) -> None:
+    def _on_soft_state(self, leader_id: int, role: StateRole) -> None:
         term = self.raw.raft.term
         if role != self._role:
             if role == StateRole.Leader:
@@ -1014,27 +663,13 @@ class Node:
                 # No leader: nothing queued will be committed soon. Tell clients now
                 # (UNAVAILABLE) rather than at their deadline. The outcome of a write
                 # that already reached a log stays unknown, as after any timeout.
-                self._fail_in_flight(unavailable("lost the leader"))
+                error = unavailable("lost the leader")
+                self.proposals.fail_in_flight(error)
+                self.reads.fail_rounds(error)
             self._leader_id = leader_id
             for w in self._leader_waiters:
                 w.resolve()
             self._leader_waiters.clear()
-
-    def _fail_in_flight(self, error: NodeError) -> None:
-        for p in list(self._proposals.values()) + list(self._conf_proposals.values()):
-            p.fail(error)
-        for rr in self._read_rounds.values():
-            for w in rr.waiters:
-                w.fail(error)
-        self._read_rounds.clear()
-
-    def _serve_reads(self) -> None:
-        applied = self.store.sm.applied_index
-        for ctx, rr in list(self._read_rounds.items()):
-            if 0 <= rr.index <= applied:
-                for w in rr.waiters:
-                    w.resolve()
-                del self._read_rounds[ctx]
 
     def _update_gauges(self) -> None:
         r = self.raw.raft
@@ -1043,109 +678,10 @@ class Node:
         m.commit_index.set(r.raft_log.committed)
         m.applied_index.set(self.store.sm.applied_index)
         m.is_leader.set(1 if r.state == StateRole.Leader else 0)
-        m.apply_backlog_entries.set(self._backlog.entries)
-        m.apply_backlog_bytes.set(self._backlog.bytes)
+        m.apply_backlog_entries.set(self.applier.backlog.entries)
+        m.apply_backlog_bytes.set(self.applier.backlog.bytes)
 
     def _election_timeout_s(self) -> float:
         return self.config.election_tick * self.config.tick_interval_s
 
-    # ------------------------------------------------------ membership & addresses
-    def _set_conf_state(self, cs: eraftpb.ConfState) -> None:
-        self._conf_state = cs
-        self._conf_ids = _ids_of(cs)
 
-    def _learners(self) -> set[int]:
-        return set(self._conf_state.learners) | set(self._conf_state.learners_next)
-
-    def _refresh_addresses(self) -> None:
-        addresses = dict(self._extra_addresses)
-        for m in self.store.sm.members():
-            if m.peer_address:
-                addresses[m.id] = m.peer_address
-        self.transport.set_addresses(addresses)
-
-    def _maybe_publish_self(self) -> None:
-        """Once a leader exists, make sure the replicated member record of this node
-        carries its current client and peer addresses (founding members start with
-        peer addresses only; an operator may restart a node with a new --listen) and
-        its data directory's incarnation (issue 11, item 7: if the record already
-        holds another one, this directory replaced the member's: exit).
-
-        The publish is a normal entry (storage MemberUpdate), never a conf change: it
-        updates the record's addresses and nothing else, so a publish proposed before
-        this member was promoted or demoted and applied after cannot change its role
-        back (issue 11, item 5). Called every tick, it also hands the transport the
-        addresses other members published (normal entries do not pass through
-        _on_conf_change_applied)."""
-        version = self.store.sm.members_version
-        if version != self._members_version_seen:
-            self._members_version_seen = version
-            self._refresh_addresses()
-        if self._published or self._leader_id == 0 or self._stopping:
-            return
-        if self._tick_count < self._next_publish_tick:
-            return
-        # Founding members publish at once; retries (the publish was lost with a
-        # leader) are spread out with jitter so the members do not all retry together.
-        self._next_publish_tick = self._tick_count + self.config.election_tick + \
-            secrets.randbelow(self.config.election_tick)
-        if self.id not in self._conf_ids:
-            return
-        incarnation = self.store.datadir.incarnation
-        mine = self.store.sm.member(self.id)
-        if mine is not None:
-            replaced = sa.replaced_member(self.store, self.id, incarnation)
-            if replaced is not None:  # the cluster's log knows another data directory
-                self.exit_with_error(replaced)
-                return
-            if (mine.client_address, mine.peer_address, mine.incarnation) == (
-                    self.config.client_address, self.config.peer_address, incarnation):
-                self._published = True
-                return
-        request_id = sa.new_request_id()
-        p = Proposal(request_id=request_id, data=sa.publish_self_command(
-            request_id, self.id, self.config.peer_address, self.config.client_address,
-            incarnation))
-        self._proposals[request_id] = p
-        self._queued.append(p)
-        loop = asyncio.get_running_loop()
-
-        def forget() -> None:
-            if not p.future.done():
-                p.fail(unavailable("publish timed out"))
-            self._forget_proposal(p)
-
-        loop.call_later(self._election_timeout_s() * 2, forget)
-
-    # ----------------------------------------------------------------- snapshots
-    def snapshot_chunks(self, msg: eraftpb.Message) -> Iterator[bytes]:
-        meta = msg.snapshot.metadata
-        handle = self.store.sm.snapshot_handle(meta.index, meta.term)
-        if handle is None:
-            raise RuntimeError(f"no snapshot image at index {meta.index} term {meta.term}")
-        return iter(handle.chunks(self.config.snapshot_chunk_bytes))
-
-    def _maybe_compact(self) -> None:
-        """Thesis §5.1: once the state machine holds the effect of the log up to
-        `applied`, entries well behind it can go; a trailing window stays so a follower
-        a little behind catches up from the log instead of a full snapshot."""
-        applied = self.store.sm.applied_index
-        # By entries or by bytes (large entries: bulk-load batches), as the policy says.
-        if self.store.log.compaction_target(applied, self.store.policy) is not None:
-            # Compaction writes (synced) and deletes: the persister does it between
-            # Ready writes, off the loop.
-            self._compact_due = True
-            self._persist_wake.set()
-
-    def _compact(self) -> None:
-        """On the persistence lane."""
-        applied = self.store.sm.applied_index
-        first = self.store.log.maybe_compact(applied, self.store.policy)
-        if first is not None:
-            self.metrics.snapshots_created.inc()
-            log.info("node %d: compacted the log: first index now %d (applied %d)",
-                     self.id, first, applied)
-
-
-def _ids_of(cs: eraftpb.ConfState) -> set[int]:
-    return set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing) | set(cs.learners_next)

@@ -10,9 +10,15 @@ compaction is behind — so storage work runs on two threads of its own (issue 1
 * the apply lane: state-machine applies of committed entries.
 
 Two lanes, so a stalled fsync does not hold up applies nor a long apply the acks that
-wait for an fsync. Both executors can be passed in (a simulation runs them at virtual
-time, a test stalls them — issue 15); the default ones are one thread each, owned and
-shut down by the StorageIO.
+wait for an fsync. Both executors can be passed in (a test stalls them), or the whole
+`StorageLanes` replaced (the whole-node simulation, tests/simcluster, runs each job
+inline at a virtual time of its choosing, and drops the queued ones on a crash — issue
+15); the default ones are one thread each, owned and shut down by the StorageIO.
+
+What the node relies on from any `StorageLanes`: the jobs of one lane run one at a
+time, in the order they were submitted, and none of them runs on the event loop
+between two of the loop's callbacks in a way that could interleave with its own
+state (the node only awaits them).
 """
 from __future__ import annotations
 
@@ -21,9 +27,17 @@ import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class StorageLanes(Protocol):
+    """Where a node runs its blocking storage work (see the module docstring)."""
+
+    async def persist(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def apply(self, fn: Callable[..., T], *args: Any) -> T: ...
+    def shutdown(self) -> None: ...
 
 
 class StorageIO:

@@ -60,6 +60,18 @@ class TransportEvents(Protocol):
     def exit_with_error(self, message: str) -> None: ...
 
 
+class Transport(Protocol):
+    """What a node needs of its outbound transport (PeerTransport in production; the
+    whole-node simulation, tests/simcluster, passes its simulated network). Messages
+    may be lost, delayed, duplicated or reordered: Raft tolerates all of it (thesis
+    §3.5); a MsgSnapshot is streamed and its outcome reported with report_snapshot."""
+
+    def send(self, messages: list[eraftpb.Message]) -> None: ...
+    def set_addresses(self, addresses: dict[int, str]) -> None: ...
+    def address_of(self, peer_id: int) -> str | None: ...
+    async def close(self) -> None: ...
+
+
 class _PeerSender:
     """One peer's bounded queue and the task that streams it."""
 

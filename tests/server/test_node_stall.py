@@ -209,3 +209,58 @@ def test_the_node_runs_its_storage_work_on_the_executors_it_is_given(tmp_path: P
         assert gate.calls_on_loop == []
 
     asyncio.run(scenario())
+
+
+def test_the_node_sends_through_the_transport_and_reads_the_clock_it_is_given(
+        tmp_path: Path) -> None:
+    """The other seams a simulation builds on (issue 15): outbound messages go to the
+    transport the factory made (nothing else: no gRPC channel is opened), and the
+    ticker and pacing read the clock passed in."""
+    import random
+
+    from kvraft.proto import eraftpb_pb2 as eraftpb
+
+    from .inprocess import node_config, open_node
+
+    class Recording:
+        def __init__(self) -> None:
+            self.sent: list[eraftpb.Message] = []
+            self.addresses: dict[int, str] = {}
+
+        def send(self, messages: list[eraftpb.Message]) -> None:
+            self.sent.extend(messages)
+
+        def set_addresses(self, addresses: dict[int, str]) -> None:
+            self.addresses = dict(addresses)
+
+        def address_of(self, peer_id: int) -> str | None:
+            return self.addresses.get(peer_id)
+
+        async def close(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        transport = Recording()
+        loop = asyncio.get_running_loop()
+        clock_reads = 0
+
+        def clock() -> float:
+            nonlocal clock_reads
+            clock_reads += 1
+            return loop.time()
+
+        node, store = open_node(node_config(tmp_path / "n1", members=3, tick_interval_s=TICK_S),
+                                transport=lambda _node: transport, rng=random.Random(7),
+                                clock=clock)
+        try:
+            node.start()
+            await wait_for(lambda: any(m.msg_type == eraftpb.MsgRequestPreVote
+                                       for m in transport.sent), 10.0, "a pre-vote request")
+        finally:
+            await node.stop()
+            store.close()
+        assert {m.to for m in transport.sent} == {2, 3}
+        assert {2, 3} <= set(transport.addresses)
+        assert clock_reads > 0, "the node never read the clock it was given"
+
+    asyncio.run(scenario())

@@ -40,8 +40,9 @@ def queued_publish(node: Node, index: int) -> eraftpb.Entry:
     """The entry the node's publish proposal becomes once appended at `index`."""
     node._leader_id = 1  # a leader is known: the node publishes
     node._maybe_publish_self()
-    assert len(node._queued) == 1, "the node did not publish its addresses"
-    p = node._queued.pop()
+    queued = node.proposals._queued
+    assert len(queued) == 1, "the node did not publish its addresses"
+    p = queued.pop()
     if p.conf_change is not None:  # as RawNode.propose_conf_change builds it
         return eraftpb.Entry(index=index, term=1, entry_type=eraftpb.EntryConfChange,
                              data=p.conf_change.SerializeToString())
@@ -66,10 +67,10 @@ def test_a_publish_applied_after_a_role_change_keeps_the_new_role(
             publish = queued_publish(node, index=2)  # proposed in the old role ...
             # ... applied after the change, through the node's own path: handed out
             # (the conf change takes effect in Raft) and applied by the apply lane.
-            node._hand_out([role_change(1, change), publish])
-            batch = node._backlog.next_batch()
+            node.applier.hand_out(node.raw, [role_change(1, change), publish])
+            batch = node.applier.backlog.next_batch()
             assert batch is not None
-            node._apply_batch(batch)
+            node.applier.apply_batch(batch)
             sm = node.store.sm
             cs = sm.conf_state()
             assert (2 in cs.learners) == now_learner and (2 in cs.voters) != now_learner, (

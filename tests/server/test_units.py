@@ -7,7 +7,7 @@ import pytest
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.server import NodeConfig, ServeError
 from kvraft.server.config import cluster_id_for, parse_address
-from kvraft.server.node import PersistJob, merge_jobs
+from kvraft.server.persist import PersistJob, merge_jobs
 from kvraft.server.storage_adapter import bootstrap_entries, member_conf_change
 from kvraft.storage import commands
 

@@ -1,0 +1,211 @@
+"""Simulated members: real Nodes over real stores, started, crashed and restarted.
+
+A member is one node id and its data directory, across incarnations. `start` opens the
+store (`open_store`, as `kvraft serve` does: bootstrap or recovery), builds a real
+`Node` with the simulation's storage lanes, transport, virtual clock and a seeded
+generator, and a real `PeerService` for it. `crash` is a power cut of that process:
+its tasks vanish mid-await, the persistence jobs still queued are never written, the
+state machine's applies not yet in a synced batch are lost (apply_buffer.py), and the
+database is closed as the OS would release it. `stop` is a clean shutdown.
+
+`SimCluster` is also the `net` that tests/raft/sim.py's Checker reads: `nodes` (id ->
+member, whose `raw` is its live RawNode and `storage` its DiskMirror), `ids()`,
+`alive_ids()` and the hooks it registers (applied entries, restarts, messages sent).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvraft.proto import eraftpb_pb2 as eraftpb
+from kvraft.raft import RawNode, StateRole
+from kvraft.server.config import NodeConfig
+from kvraft.server.metrics import NodeMetrics
+from kvraft.server.node import Node
+from kvraft.server.peer_service import PeerService
+from kvraft.server.storage_adapter import Store, open_store
+
+from .disk import DiskMirror
+from .lanes import DiskTiming, SimLanes
+from .network import SimNetwork, SimTransport
+
+log = logging.getLogger("kvraft.simcluster")
+
+TICK_INTERVAL_S = 0.05
+ELECTION_TICK = 10
+
+
+def peer_address(node_id: int) -> str:
+    return f"127.0.0.1:{21000 + node_id}"   # a name on the simulated network only
+
+
+def client_address(node_id: int) -> str:
+    return f"127.0.0.1:{22000 + node_id}"
+
+
+@dataclass
+class _NoState:
+    """What Checker.on_restore reads of a restored state machine: the KV state machine
+    keeps no applied sequence (its restart is checked through the log and the apply
+    hook instead)."""
+
+    applied: list[Any] = field(default_factory=list)
+    base_index: int = 0
+
+
+class SimMember:
+    """One node id across its incarnations.
+
+    Holds, always: `node`, `store`, `lanes`, `service` are all set (alive) or all None
+    (down); `disk` is the mirror of its durable log whatever the state; `client_tasks`
+    are the client calls running on the live incarnation, cancelled by a crash.
+    """
+
+    def __init__(self, node_id: int, config: NodeConfig) -> None:
+        self.id = node_id
+        self.config = config
+        self.disk = DiskMirror(node_id)
+        self.node: Node | None = None
+        self.store: Store | None = None
+        self.lanes: SimLanes | None = None
+        self.service: PeerService | None = None
+        self.transport: SimTransport | None = None
+        # Insertion-ordered (a set of tasks would iterate in address order: not repeatable).
+        self.client_tasks: dict[asyncio.Task[Any], None] = {}
+        self.incarnations = 0
+        self.read_states: list[Any] = []   # the Checker's ReadIndex check: unused here
+
+    @property
+    def alive(self) -> bool:
+        return self.node is not None
+
+    @property
+    def raw(self) -> RawNode:
+        assert self.node is not None, f"node {self.id} is down"
+        return self.node.raw
+
+    @property
+    def storage(self) -> DiskMirror:
+        return self.disk
+
+
+class SimCluster:
+    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop, rng: random.Random,
+                 network: SimNetwork, timing: DiskTiming, voters: list[int],
+                 learners: list[int], config_overrides: dict[str, Any],
+                 trace: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.rng = rng
+        self.network = network
+        self.timing = timing
+        self.trace = trace
+        self.voters = voters
+        self.learners = learners
+        founding = {i: peer_address(i) for i in voters}
+        self.nodes: dict[int, SimMember] = {}
+        for i in voters + learners:
+            config = NodeConfig(
+                node_id=i, data_dir=root / f"n{i}", listen=client_address(i),
+                peer_listen=peer_address(i), initial_cluster=dict(founding),
+                join=i in learners, tick_interval_s=TICK_INTERVAL_S,
+                election_tick=ELECTION_TICK, **config_overrides)
+            self.nodes[i] = SimMember(i, config)
+        # The Checker's hooks (tests/raft/sim.py registers into these).
+        self.applied_hooks: list[Callable[[SimMember, eraftpb.Entry], None]] = []
+        self.restore_hooks: list[Callable[[SimMember, Any], None]] = []
+        self.send_hooks = network.send_hooks
+        self.crashes = 0
+        self.jobs_lost = 0
+
+    # ------------------------------------------------------- the Checker's net
+    def ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def alive_ids(self) -> list[int]:
+        return [i for i, m in self.nodes.items() if m.alive]
+
+    def endpoint(self, node_id: int) -> tuple[Node, PeerService] | None:
+        m = self.nodes[node_id]
+        if m.node is None or m.service is None or m.node.stopping:
+            return None
+        return m.node, m.service
+
+    def leader(self) -> int | None:
+        """The live leader of the highest term, if any."""
+        best: tuple[int, int] | None = None
+        for i in self.alive_ids():
+            r = self.nodes[i].raw.raft
+            if r.state == StateRole.Leader and (best is None or r.term > best[0]):
+                best = (r.term, i)
+        return best[1] if best else None
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self, node_id: int) -> None:
+        m = self.nodes[node_id]
+        assert not m.alive
+        store = open_store(m.config)
+        if m.incarnations:
+            m.disk.reverted = True   # the crash may have lost writes: re-derive checks
+        m.disk.attach(store, lambda e, m=m: self._applied(m, e))
+        lanes = SimLanes(self.loop, random.Random(self.rng.getrandbits(64)), self.timing)
+        transports: list[SimTransport] = []
+
+        def transport(node: Node) -> SimTransport:
+            t = SimTransport(self.network, node)
+            transports.append(t)
+            return t
+
+        node = Node(m.config, store, NodeMetrics(), io=lanes, transport=transport,
+                    clock=self.loop.time, rng=random.Random(self.rng.getrandbits(64)))
+        m.node, m.store, m.lanes, m.transport = node, store, lanes, transports[0]
+        m.service = PeerService(node)
+        m.incarnations += 1
+        for hook in self.restore_hooks:
+            hook(m, _NoState())
+        node.start()
+        self.trace(f"node {node_id}: started (incarnation {m.incarnations}, term "
+                   f"{node.raw.raft.term}, applied {store.sm.applied_index}, log "
+                   f"{store.log.first_index()}..{store.log.last_index()})")
+
+    def _applied(self, m: SimMember, entry: eraftpb.Entry) -> None:
+        for hook in self.applied_hooks:
+            hook(m, entry)
+
+    def crash(self, node_id: int, why: str = "crash") -> None:
+        """A power cut of the member's process (see the module docstring)."""
+        m = self.nodes[node_id]
+        node, store, lanes = m.node, m.store, m.lanes
+        assert node is not None and store is not None and lanes is not None
+        lost = lanes.crash()
+        self.jobs_lost += lost
+        self.crashes += 1
+        for task in list(m.client_tasks):
+            task.cancel()
+        m.client_tasks.clear()
+        for task in node._tasks:   # the process is gone: its tasks end where they are
+            task.cancel()
+        if m.transport is not None:
+            m.transport.closed = True
+        self.network.cancel_tasks_of(node)
+        m.disk.detach()
+        # The applies not yet in a synced batch die with the process (apply_buffer.py);
+        # everything LevelDB acknowledged with sync=True stays.
+        store.datadir.apply_buffer.discard()
+        store.close()
+        m.node = m.store = m.lanes = m.service = m.transport = None
+        self.trace(f"node {node_id}: {why} ({lost} persistence jobs lost)")
+
+    async def stop(self, node_id: int) -> None:
+        """A clean shutdown (the end of the run)."""
+        m = self.nodes[node_id]
+        if m.node is None or m.store is None:
+            return
+        await m.node.stop()
+        m.disk.detach()
+        m.store.close()
+        m.node = m.store = m.lanes = m.service = m.transport = None

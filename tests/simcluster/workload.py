@@ -1,0 +1,152 @@
+"""Clients of the simulated cluster: put, get and compare-and-swap on a few keys,
+recorded as a history for the project's linearizability checker
+(tests/chaos/linearizability.py).
+
+They call the Node as the KV service does (kv_service.py): a write is `Node.propose`
+of the storage command, a linearizable get is `Node.read_index` then a state-machine
+read. Every written value is unique. Outcomes, as a real client would classify them:
+a result -> a completed operation; a failure marked retry-safe (never proposed) -> the
+operation did not happen; any other failure, or the member crashing under the call ->
+a write's outcome is unknown (indeterminate: it may take effect at any later time, or
+never), a read tells nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvraft.server import storage_adapter as sa
+from kvraft.server.waiters import NodeError
+from tests.chaos.linearizability import Kind, Op
+
+from .cluster import SimCluster
+
+
+@dataclass
+class Acked:
+    """An acknowledged write: the entry it was applied from must stay committed."""
+
+    index: int
+    data: bytes
+    what: str
+
+
+@dataclass
+class Workload:
+    cluster: SimCluster
+    rng: random.Random
+    keys: list[bytes]
+    call_timeout_s: float
+    think_max_s: float
+    trace: Callable[[str], None]
+    history: list[Op] = field(default_factory=list)
+    acked: list[Acked] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    stopping: bool = False
+    _next_op: int = 0
+    _values: int = 0
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    def _pick_member(self) -> int | None:
+        alive = self.cluster.alive_ids()
+        if not alive:
+            return None
+        leader = self.cluster.leader()
+        if leader is not None and self.rng.random() < 0.6:
+            return leader
+        return self.rng.choice(alive)
+
+    async def client(self, c: int) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            await asyncio.sleep(self.rng.uniform(0.0, self.think_max_s))
+            member = self._pick_member()
+            if member is None or self.stopping:
+                continue
+            roll = self.rng.random()
+            kind = Kind.GET if roll < 0.4 else Kind.PUT if roll < 0.75 else Kind.CAS
+            key = self.rng.choice(self.keys)
+            task = loop.create_task(self.one(c, member, kind, key))
+            await asyncio.wait({task})
+
+    def _value(self, c: int) -> bytes:
+        self._values += 1
+        return b"c%d-v%d" % (c, self._values)
+
+    def _expected(self, key: bytes) -> bytes | None:
+        """A CAS expects a value recently written to the key (or absence), so that
+        some succeed."""
+        written = [op.value for op in self.history[-50:]
+                   if op.key == key and op.kind is not Kind.GET and op.value is not None]
+        if not written or self.rng.random() < 0.15:
+            return None
+        return self.rng.choice(written)
+
+    async def one(self, c: int, member_id: int, kind: Kind, key: bytes) -> Op | None:
+        """One call on `member_id`, recorded; returns the completed op, if it did."""
+        m = self.cluster.nodes[member_id]
+        node = m.node
+        if node is None:
+            return None
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        m.client_tasks[task] = None
+        self._next_op += 1
+        value = self._value(c) if kind is not Kind.GET else None
+        expected = self._expected(key) if kind is Kind.CAS else None
+        base = Op(id=self._next_op, client=c, key=key, kind=kind, invoke_s=loop.time(),
+                  complete_s=None, value=value, expected=expected)
+        request_id = self.rng.getrandbits(63) or 1
+        what = f"client {c} {kind.value} {key.decode()}"
+        try:
+            if kind is Kind.GET:
+                await node.read_index(self.call_timeout_s)
+                got = node.store.sm.get(key)
+                done = dataclasses.replace(base, complete_s=loop.time(), result=got)
+                what += f" -> {got.decode() if got is not None else 'nil'}"
+            elif kind is Kind.PUT:
+                assert value is not None
+                data = sa.encode_put(request_id, key, value)
+                result = await node.propose(request_id, data, self.call_timeout_s)
+                done = dataclasses.replace(base, complete_s=loop.time())
+                self.acked.append(Acked(result.index, data, what))
+                what += f" {value.decode()} -> ok at {result.index}"
+            else:
+                assert value is not None
+                data = sa.encode_cas(request_id, key, expected, value)
+                result = await node.propose(request_id, data, self.call_timeout_s)
+                current = None if result.ok or not result.found else result.current
+                done = dataclasses.replace(base, complete_s=loop.time(), result=result.ok,
+                                           current=current, current_known=not result.ok)
+                self.acked.append(Acked(result.index, data, what))
+                what += (f" {expected.decode() if expected else 'nil'} -> {value.decode()}: "
+                         f"{'ok' if result.ok else 'failed'} at {result.index}")
+        except NodeError as e:
+            self._failed(base, f"{what}: {e.code.name} {e.message}", certain=e.retry_safe)
+            return None
+        except asyncio.CancelledError:
+            # The member crashed under the call: the connection broke.
+            self._failed(base, f"{what}: the member went away", certain=False)
+            return None
+        finally:
+            m.client_tasks.pop(task, None)
+        self.history.append(done)
+        self._count(f"{kind.value} ok")
+        self.trace(f"{what} (node {member_id})")
+        return done
+
+    def _failed(self, base: Op, what: str, certain: bool) -> None:
+        self.trace(what)
+        if base.kind is Kind.GET:
+            self._count("get failed")
+        elif certain:
+            self._count("write refused")
+        else:
+            self._count("write indeterminate")
+            self.history.append(base)
