@@ -108,7 +108,8 @@ class Params:
             seed=seed, voters=voters, learners=learners,
             network=NetworkFaults(
                 drop_rate=r.choice([0.0, 0.01, 0.05]), dup_rate=r.choice([0.0, 0.02, 0.1]),
-                delay_min_s=0.001, delay_max_s=delay_max_s, fifo=r.random() < 0.3),
+                delay_min_s=0.001, delay_max_s=delay_max_s, fifo=r.random() < 0.3,
+                snapshot_transfer_max_s=r.choice([0.01, 0.3, 1.0])),
             timing=DiskTiming(persist_min_s=0.0005, persist_max_s=persist_max_s,
                               apply_min_s=0.0002, apply_max_s=persist_max_s / 2),
             snapshot_entries=snapshot_entries,
