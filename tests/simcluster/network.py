@@ -110,6 +110,7 @@ class SimNetwork:
         # arrival order, when they resume — as gRPC queues calls for a busy loop.
         self._paused: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
         self.send_hooks: list[SendHook] = []
+        self.on_violation: Callable[[AssertionError], None] | None = None
         # Called with (sender, receiver) when a snapshot stream leaves (the run may
         # pause the receiver: what else reaches it meanwhile then arrives together).
         self.snapshot_hooks: list[Callable[[int, int], None]] = []
@@ -174,11 +175,21 @@ class SimNetwork:
 
         task.add_done_callback(finished)
 
+    def _sent(self, sender: int, m: eraftpb.Message) -> None:
+        """The checks on what goes on the wire; a violation ends the run (reported to
+        `on_violation`, not raised into the sending node, which would just fail)."""
+        try:
+            for hook in self.send_hooks:
+                hook(sender, m)
+        except AssertionError as e:
+            if self.on_violation is None:
+                raise
+            self.on_violation(e)
+
     def post(self, sender: Node, to: int, messages: list[eraftpb.Message]) -> None:
         """One batch from `sender` to `to` (a transport's write of its queue)."""
         for m in messages:
-            for hook in self.send_hooks:
-                hook(sender.id, m)
+            self._sent(sender.id, m)
         if (sender.id, to) in self.cut or self.rng.random() < self.faults.drop_rate:
             self.dropped += 1
             return
@@ -230,8 +241,7 @@ class SimNetwork:
     def post_snapshot(self, sender: Node, to: int, msg: eraftpb.Message,
                       done: Callable[[bool], None]) -> None:
         """Stream the snapshot `msg` names to `to`; `done(accepted)` reports back."""
-        for hook in self.send_hooks:
-            hook(sender.id, msg)
+        self._sent(sender.id, msg)
         try:
             # The image is a point-in-time view: read now, as the sender would stream it.
             data = list(sender.snapshot_chunks(msg))

@@ -136,8 +136,12 @@ class Simulation:
         "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4, "pause": 1.5,
     }
 
-    def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False) -> None:
+    def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
+                 wire_check: bool = True) -> None:
         self.p = Params.from_seed(seed)
+        # Whether to check the durable-state rule on the wire; without it only its
+        # consequences are checked (as tests/raft/sim.py --no-wire-check).
+        self.wire_check = wire_check
         self.seed = seed
         self.chaos_s = chaos_s
         self.verbose = verbose
@@ -174,8 +178,9 @@ class Simulation:
              "snapshot_keep_entries": p.snapshot_keep_entries,
              "snapshot_chunk_bytes": 4096},
             self.trace)
-        self.checker = Checker(self.cluster)  # type: ignore[arg-type]
+        self.checker = Checker(self.cluster, wire_check=self.wire_check)  # type: ignore[arg-type]
         network.snapshot_hooks.append(self._on_snapshot_sent)
+        network.on_violation = lambda e: self._fail(f"invariant: {e}")
         self.workload = Workload(self.cluster, random.Random(self.rng.getrandbits(64)),
                                  [b"k%d" % i for i in range(p.keys)], CALL_TIMEOUT_S,
                                  think_max_s=0.05, trace=self.trace)
@@ -203,6 +208,8 @@ class Simulation:
                 self._fail(f"node {i} failed: {type(fatal).__name__}: {fatal}")
 
     def _fail(self, what: str) -> None:
+        if self._failure is not None:
+            return
         self.trace(f"FAILED: {what}")
         self._failure = SimFailure(what)
         self.loop.stop()
@@ -551,12 +558,12 @@ def _scratch_root() -> Path:
 
 
 def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
-             on_start: Callable[[Simulation], None] | None = None
+             on_start: Callable[[Simulation], None] | None = None, wire_check: bool = True
              ) -> tuple[str | None, dict[str, Any]]:
     """Run one seed: (None, its statistics) if every property held, else (the failure
     with its replay line, {})."""
     root = _scratch_root()
-    sim = Simulation(seed, chaos_s, verbose)
+    sim = Simulation(seed, chaos_s, verbose, wire_check)
     if on_start is not None:
         on_start(sim)
     try:
@@ -566,8 +573,9 @@ def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
     except Exception as err:
         detail = (traceback.format_exc() if verbose and not isinstance(err, SimFailure)
                   else "".join(traceback.format_exception_only(type(err), err))).strip()
+        flags = "" if wire_check else "   (add --no-wire-check)"
         return (f"seed {seed} FAILED at {sim.loop.time():.3f} s ({sim.p.describe()}): "
-                f"{detail}\n  replay: {REPLAY.format(seed=seed)}"), {}
+                f"{detail}\n  replay: {REPLAY.format(seed=seed)}{flags}"), {}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -599,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="virtual seconds of faults and clients per seed")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="trace every event, with the nodes' own log lines")
+    ap.add_argument("--no-wire-check", dest="wire_check", action="store_false",
+                    help="do not check that messages carry only durable terms and votes; "
+                         "check only the consequences of breaking that rule")
     args = ap.parse_args(argv)
     kvraft_log = logging.getLogger("kvraft")
     kvraft_log.propagate = False
@@ -615,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             kvraft_log.addHandler(handler)
             print(Params.from_seed(seed).describe())
         failure, stats = run_seed(seed, args.chaos_s, args.verbose,
-                                  on_start=lambda sim, h=handler: setattr(h, "sim", sim))
+                                  on_start=lambda sim, h=handler: setattr(h, "sim", sim),
+                                  wire_check=args.wire_check)
         kvraft_log.removeHandler(handler)
         if failure:
             failures.append(failure)
