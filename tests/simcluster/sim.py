@@ -267,27 +267,43 @@ class Simulation:
             self.cluster.start(i)
 
     def _fault_crash_before_fsync(self) -> None:
-        """Crash a member the next time it queues a Ready's write: after the Ready's
-        messages() left, before the write is durable (a power cut before the fsync).
-        The leader is the interesting one (its appends leave before its write)."""
+        """Crash a member before its queued writes are durable, after the messages
+        of their Readys left: at the next write it queues, or at the end of a slow
+        disk spell (every write queued meanwhile is lost — a power cut during a long
+        fsync). The leader is the interesting one (its appends leave before its
+        write); a member just restarted, too (its election's hard state is queued)."""
         leader = self.cluster.leader()
         i = leader if leader is not None and self.rng.random() < 0.7 else self._pick_alive()
-        if i is None or i in self._restarting:
-            return
+        if i is not None and i not in self._restarting:
+            self._arm_crash_before_fsync(i)
+
+    def _arm_crash_before_fsync(self, i: int) -> None:
         lanes = self.cluster.nodes[i].lanes
         assert lanes is not None
 
-        def crash() -> None:
-            if self.cluster.nodes[i].lanes is lanes and i not in self._restarting:
-                self.cluster.crash(i, "crash before the fsync of its queued write")
-                # Reboot at once half of the time (a single voter must come back).
-                if self.rng.random() < 0.5:
-                    self.cluster.start(i)
-                else:
-                    self._schedule_restart(i)
+        def crash(why: str) -> None:
+            if self.cluster.nodes[i].lanes is not lanes or i in self._restarting:
+                return
+            self.cluster.crash(i, why)
+            # Reboot at once half of the time (a single voter must come back), and
+            # sometimes crash it again before its first writes are durable.
+            if self.rng.random() < 0.5:
+                self.cluster.start(i)
+                if self._chaos and self.rng.random() < 0.5:
+                    self._arm_crash_before_fsync(i)
+            else:
+                self._schedule_restart(i)
 
-        lanes.on_persist_submitted = crash
-        self.trace(f"node {i}: will crash at its next queued write")
+        if self.rng.random() < 0.5:
+            lanes.on_persist_submitted = lambda: crash(
+                "crash before the fsync of its queued write")
+            self.trace(f"node {i}: will crash at its next queued write")
+        else:
+            seconds = self.rng.uniform(0.05, ELECTION_TIMEOUT_S * 2)
+            lanes.stall(seconds)
+            self.loop.call_later(seconds * self.rng.uniform(0.5, 1.0), crash,
+                                 "crash during a slow fsync")
+            self.trace(f"node {i}: its disk stalls for {seconds:.3f} s, then it crashes")
 
     def _fault_stall(self) -> None:
         i = self._pick_alive()
