@@ -277,7 +277,7 @@ class Simulation:
         if i is not None and i not in self._restarting:
             self._arm_crash_before_fsync(i)
 
-    def _arm_crash_before_fsync(self, i: int) -> None:
+    def _arm_crash_before_fsync(self, i: int, restarted: bool = False) -> None:
         lanes = self.cluster.nodes[i].lanes
         assert lanes is not None
 
@@ -290,16 +290,18 @@ class Simulation:
             if self.rng.random() < 0.5:
                 self.cluster.start(i)
                 if self._chaos and self.rng.random() < 0.5:
-                    self._arm_crash_before_fsync(i)
+                    self._arm_crash_before_fsync(i, restarted=True)
             else:
                 self._schedule_restart(i)
 
-        if self.rng.random() < 0.5:
+        if not restarted and self.rng.random() < 0.5:
             lanes.on_persist_submitted = lambda: crash(
                 "crash before the fsync of its queued write")
             self.trace(f"node {i}: will crash at its next queued write")
         else:
-            seconds = self.rng.uniform(0.05, ELECTION_TIMEOUT_S * 2)
+            # Just restarted: long enough for it to win an election and take writes.
+            seconds = self.rng.uniform(ELECTION_TIMEOUT_S, ELECTION_TIMEOUT_S * 3) \
+                if restarted else self.rng.uniform(0.05, ELECTION_TIMEOUT_S * 2)
             lanes.stall(seconds)
             self.loop.call_later(seconds * self.rng.uniform(0.5, 1.0), crash,
                                  "crash during a slow fsync")
