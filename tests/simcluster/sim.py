@@ -569,6 +569,21 @@ def _seeded_incarnations(rng: random.Random) -> Any:
         datadir_module.new_incarnation = original
 
 
+@contextlib.contextmanager
+def _node_logs(verbose: bool) -> Any:
+    """The nodes log every election and member change, thousands per run: only into a
+    verbose trace (a failure is reported by the run itself)."""
+    kvraft_log = logging.getLogger("kvraft")
+    saved = kvraft_log.level, kvraft_log.propagate
+    kvraft_log.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    kvraft_log.propagate = not verbose
+    try:
+        yield
+    finally:
+        kvraft_log.setLevel(saved[0])
+        kvraft_log.propagate = saved[1]
+
+
 def _scratch_root() -> Path:
     shm = Path("/dev/shm")   # fsyncs cost nothing there; the run's work is the point
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
@@ -585,7 +600,8 @@ def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
     if on_start is not None:
         on_start(sim)
     try:
-        with _seeded_incarnations(random.Random(f"incarnations-{seed}")):
+        with _seeded_incarnations(random.Random(f"incarnations-{seed}")), \
+                _node_logs(verbose):
             stats = sim.run(root)
         return None, stats
     except Exception as err:
@@ -630,11 +646,6 @@ def main(argv: list[str] | None = None) -> int:
                          "check only the consequences of breaking that rule")
     args = ap.parse_args(argv)
     kvraft_log = logging.getLogger("kvraft")
-    kvraft_log.propagate = False
-    if args.verbose:
-        kvraft_log.setLevel(logging.INFO)
-    else:
-        kvraft_log.setLevel(logging.CRITICAL + 1)   # failures are reported by the run
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started = time.monotonic()
     failures = []
