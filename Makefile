@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvraft-installed
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint test test-fast docs sim run bench bench-compare chaos powerloss docker-up docker-down clean
+.PHONY: help install protos lint test test-fast docs sim sim-cluster run bench bench-compare chaos powerloss docker-up docker-down clean
 
 help:
 	@echo "make run          start a local 5-node cluster on loopback (Ctrl-C stops it)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint         ruff over the package and the tests; mypy over the package"
 	@echo "make docs         the contract pages and API reference into build/docs-site (warnings fail)"
 	@echo "make sim SEEDS=N  randomized Raft simulation over N seeds (SEED=S replays one)"
+	@echo "make sim-cluster SEEDS=N  whole-node deterministic simulation (SEED=S replays one with a trace)"
 	@echo "make bench        the project's benchmarks, printing a table"
 	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
 	@echo "make powerloss    power cuts of a 3-node cluster on lazyfs (CUTS=, SEED=, MODE=ext4|posix)"
@@ -66,6 +67,16 @@ SEEDS ?= 1000
 sim: install
 	@if [ -n "$(SEED)" ]; then $(PY) -m tests.raft.sim --seed $(SEED) -v; \
 	  else $(PY) -m tests.raft.sim --seeds $(SEEDS); fi
+
+# The whole-node simulation (tests/simcluster): real Nodes and LevelDB stores on a virtual
+# clock, seeded faults. SEED=S replays one seed with a trace; otherwise seeds 0..N-1
+# (SEEDS given on the command line, else 100). NO_WIRE_CHECK=1 checks only consequences.
+sim-cluster: install
+	@if [ -n "$(SEED)" ]; then $(PY) -m tests.simcluster --seed $(SEED) -v \
+	  $(if $(NO_WIRE_CHECK),--no-wire-check); \
+	  else $(PY) -m tests.simcluster \
+	  --seeds $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),100) \
+	  $(if $(NO_WIRE_CHECK),--no-wire-check); fi
 
 # A local cluster on loopback in the foreground; data and logs in $(RUN_DIR) (reused by the
 # next run). Ctrl-C stops every node.

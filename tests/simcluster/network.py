@@ -42,6 +42,9 @@ class NetworkFaults:
     delay_min_s: float
     delay_max_s: float
     fifo: bool
+    # Streaming a snapshot takes up to this much more than a batch (an image is large,
+    # and its stream is not the batches' one: a later one may overtake it).
+    snapshot_transfer_max_s: float = 0.3
     # Snapshot streams: their copies (dup_rate) come later, up to this much.
     dup_delay_max_s: float = 2.0
 
@@ -107,6 +110,7 @@ class SimNetwork:
         # arrival order, when they resume — as gRPC queues calls for a busy loop.
         self._paused: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
         self.send_hooks: list[SendHook] = []
+        self.on_violation: Callable[[AssertionError], None] | None = None
         # Called with (sender, receiver) when a snapshot stream leaves (the run may
         # pause the receiver: what else reaches it meanwhile then arrives together).
         self.snapshot_hooks: list[Callable[[int, int], None]] = []
@@ -147,12 +151,17 @@ class SimNetwork:
     # ------------------------------------------------------------- delivery
     def _delay(self, a: int, b: int) -> float:
         f = self.faults
-        delay = self.rng.uniform(f.delay_min_s, f.delay_max_s)
-        at = self.loop.time() + max(1, round(delay / DELAY_QUANTUM_S)) * DELAY_QUANTUM_S
+        at = self.loop.time() + _quantized(self.rng.uniform(f.delay_min_s, f.delay_max_s))
         if f.fifo:
             at = max(at, self._link_free_at.get((a, b), 0.0))
             self._link_free_at[(a, b)] = at
         return at
+
+    def _snapshot_arrival(self, a: int, b: int) -> float:
+        """When a snapshot stream sent now has been received whole."""
+        return self.loop.time() + _quantized(
+            self.rng.uniform(self.faults.delay_min_s, self.faults.delay_max_s)
+            + self.rng.uniform(0, self.faults.snapshot_transfer_max_s))
 
     def _spawn(self, work: Any, receiver: Node,
                on_cancel: Callable[[], None] | None = None) -> None:
@@ -166,11 +175,21 @@ class SimNetwork:
 
         task.add_done_callback(finished)
 
+    def _sent(self, sender: int, m: eraftpb.Message) -> None:
+        """The checks on what goes on the wire; a violation ends the run (reported to
+        `on_violation`, not raised into the sending node, which would just fail)."""
+        try:
+            for hook in self.send_hooks:
+                hook(sender, m)
+        except AssertionError as e:
+            if self.on_violation is None:
+                raise
+            self.on_violation(e)
+
     def post(self, sender: Node, to: int, messages: list[eraftpb.Message]) -> None:
         """One batch from `sender` to `to` (a transport's write of its queue)."""
         for m in messages:
-            for hook in self.send_hooks:
-                hook(sender.id, m)
+            self._sent(sender.id, m)
         if (sender.id, to) in self.cut or self.rng.random() < self.faults.drop_rate:
             self.dropped += 1
             return
@@ -222,8 +241,7 @@ class SimNetwork:
     def post_snapshot(self, sender: Node, to: int, msg: eraftpb.Message,
                       done: Callable[[bool], None]) -> None:
         """Stream the snapshot `msg` names to `to`; `done(accepted)` reports back."""
-        for hook in self.send_hooks:
-            hook(sender.id, msg)
+        self._sent(sender.id, msg)
         try:
             # The image is a point-in-time view: read now, as the sender would stream it.
             data = list(sender.snapshot_chunks(msg))
@@ -246,15 +264,14 @@ class SimNetwork:
             self.dropped += 1
             self.loop.call_at(self._delay(sender.id, to), done, False)
             return
-        self.loop.call_at(self._delay(sender.id, to), self._deliver_snapshot, sender, to,
-                          wire, done)
+        self.loop.call_at(self._snapshot_arrival(sender.id, to), self._deliver_snapshot,
+                          sender, to, wire, done)
         if self.rng.random() < self.faults.dup_rate:
             # A copy of the stream arrives later (a retry the sender did not know of).
             self.duplicated += 1
-            at = self._delay(sender.id, to) + self.rng.uniform(0, self.faults.dup_delay_max_s)
-            at = round(at / DELAY_QUANTUM_S) * DELAY_QUANTUM_S
-            self.loop.call_at(max(at, self.loop.time()), self._deliver_snapshot, sender, to,
-                              wire, None)
+            at = self._snapshot_arrival(sender.id, to) + _quantized(
+                self.rng.uniform(0, self.faults.dup_delay_max_s))
+            self.loop.call_at(at, self._deliver_snapshot, sender, to, wire, None)
 
     def _deliver_snapshot(self, sender: Node, to: int, wire: list[bytes],
                           done: Callable[[bool], None] | None) -> None:
@@ -297,6 +314,10 @@ class SimNetwork:
         for task, receiver in list(self._tasks.items()):
             if receiver is node:
                 task.cancel()
+
+
+def _quantized(seconds: float) -> float:
+    return max(1, round(seconds / DELAY_QUANTUM_S)) * DELAY_QUANTUM_S
 
 
 def _report_unreachable(sender: Node, to: int) -> None:

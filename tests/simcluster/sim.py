@@ -108,7 +108,8 @@ class Params:
             seed=seed, voters=voters, learners=learners,
             network=NetworkFaults(
                 drop_rate=r.choice([0.0, 0.01, 0.05]), dup_rate=r.choice([0.0, 0.02, 0.1]),
-                delay_min_s=0.001, delay_max_s=delay_max_s, fifo=r.random() < 0.3),
+                delay_min_s=0.001, delay_max_s=delay_max_s, fifo=r.random() < 0.3,
+                snapshot_transfer_max_s=r.choice([0.01, 0.3, 1.0])),
             timing=DiskTiming(persist_min_s=0.0005, persist_max_s=persist_max_s,
                               apply_min_s=0.0002, apply_max_s=persist_max_s / 2),
             snapshot_entries=snapshot_entries,
@@ -135,8 +136,12 @@ class Simulation:
         "crash_before_fsync": 1.0, "stall": 0.8, "fsync_failure": 0.4, "pause": 1.5,
     }
 
-    def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False) -> None:
+    def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
+                 wire_check: bool = True) -> None:
         self.p = Params.from_seed(seed)
+        # Whether to check the durable-state rule on the wire; without it only its
+        # consequences are checked (as tests/raft/sim.py --no-wire-check).
+        self.wire_check = wire_check
         self.seed = seed
         self.chaos_s = chaos_s
         self.verbose = verbose
@@ -173,8 +178,9 @@ class Simulation:
              "snapshot_keep_entries": p.snapshot_keep_entries,
              "snapshot_chunk_bytes": 4096},
             self.trace)
-        self.checker = Checker(self.cluster)  # type: ignore[arg-type]
+        self.checker = Checker(self.cluster, wire_check=self.wire_check)  # type: ignore[arg-type]
         network.snapshot_hooks.append(self._on_snapshot_sent)
+        network.on_violation = lambda e: self._fail(f"invariant: {e}")
         self.workload = Workload(self.cluster, random.Random(self.rng.getrandbits(64)),
                                  [b"k%d" % i for i in range(p.keys)], CALL_TIMEOUT_S,
                                  think_max_s=0.05, trace=self.trace)
@@ -202,6 +208,8 @@ class Simulation:
                 self._fail(f"node {i} failed: {type(fatal).__name__}: {fatal}")
 
     def _fail(self, what: str) -> None:
+        if self._failure is not None:
+            return
         self.trace(f"FAILED: {what}")
         self._failure = SimFailure(what)
         self.loop.stop()
@@ -259,27 +267,45 @@ class Simulation:
             self.cluster.start(i)
 
     def _fault_crash_before_fsync(self) -> None:
-        """Crash a member the next time it queues a Ready's write: after the Ready's
-        messages() left, before the write is durable (a power cut before the fsync).
-        The leader is the interesting one (its appends leave before its write)."""
+        """Crash a member before its queued writes are durable, after the messages
+        of their Readys left: at the next write it queues, or at the end of a slow
+        disk spell (every write queued meanwhile is lost — a power cut during a long
+        fsync). The leader is the interesting one (its appends leave before its
+        write); a member just restarted, too (its election's hard state is queued)."""
         leader = self.cluster.leader()
         i = leader if leader is not None and self.rng.random() < 0.7 else self._pick_alive()
-        if i is None or i in self._restarting:
-            return
+        if i is not None and i not in self._restarting:
+            self._arm_crash_before_fsync(i)
+
+    def _arm_crash_before_fsync(self, i: int, restarted: bool = False) -> None:
         lanes = self.cluster.nodes[i].lanes
         assert lanes is not None
 
-        def crash() -> None:
-            if self.cluster.nodes[i].lanes is lanes and i not in self._restarting:
-                self.cluster.crash(i, "crash before the fsync of its queued write")
-                # Reboot at once half of the time (a single voter must come back).
-                if self.rng.random() < 0.5:
-                    self.cluster.start(i)
-                else:
-                    self._schedule_restart(i)
+        def crash(why: str) -> None:
+            if self.cluster.nodes[i].lanes is not lanes or i in self._restarting:
+                return
+            self.cluster.crash(i, why)
+            # Reboot at once half of the time (a single voter must come back), and
+            # sometimes crash it again before its first writes are durable.
+            if self.rng.random() < 0.5:
+                self.cluster.start(i)
+                if self._chaos and self.rng.random() < 0.5:
+                    self._arm_crash_before_fsync(i, restarted=True)
+            else:
+                self._schedule_restart(i)
 
-        lanes.on_persist_submitted = crash
-        self.trace(f"node {i}: will crash at its next queued write")
+        if not restarted and self.rng.random() < 0.5:
+            lanes.on_persist_submitted = lambda: crash(
+                "crash before the fsync of its queued write")
+            self.trace(f"node {i}: will crash at its next queued write")
+        else:
+            # Just restarted: long enough for it to win an election and take writes.
+            seconds = self.rng.uniform(ELECTION_TIMEOUT_S, ELECTION_TIMEOUT_S * 3) \
+                if restarted else self.rng.uniform(0.05, ELECTION_TIMEOUT_S * 2)
+            lanes.stall(seconds)
+            self.loop.call_later(seconds * self.rng.uniform(0.5, 1.0), crash,
+                                 "crash during a slow fsync")
+            self.trace(f"node {i}: its disk stalls for {seconds:.3f} s, then it crashes")
 
     def _fault_stall(self) -> None:
         i = self._pick_alive()
@@ -543,6 +569,21 @@ def _seeded_incarnations(rng: random.Random) -> Any:
         datadir_module.new_incarnation = original
 
 
+@contextlib.contextmanager
+def _node_logs(verbose: bool) -> Any:
+    """The nodes log every election and member change, thousands per run: only into a
+    verbose trace (a failure is reported by the run itself)."""
+    kvraft_log = logging.getLogger("kvraft")
+    saved = kvraft_log.level, kvraft_log.propagate
+    kvraft_log.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    kvraft_log.propagate = not verbose
+    try:
+        yield
+    finally:
+        kvraft_log.setLevel(saved[0])
+        kvraft_log.propagate = saved[1]
+
+
 def _scratch_root() -> Path:
     shm = Path("/dev/shm")   # fsyncs cost nothing there; the run's work is the point
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
@@ -550,23 +591,25 @@ def _scratch_root() -> Path:
 
 
 def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
-             on_start: Callable[[Simulation], None] | None = None
+             on_start: Callable[[Simulation], None] | None = None, wire_check: bool = True
              ) -> tuple[str | None, dict[str, Any]]:
     """Run one seed: (None, its statistics) if every property held, else (the failure
     with its replay line, {})."""
     root = _scratch_root()
-    sim = Simulation(seed, chaos_s, verbose)
+    sim = Simulation(seed, chaos_s, verbose, wire_check)
     if on_start is not None:
         on_start(sim)
     try:
-        with _seeded_incarnations(random.Random(f"incarnations-{seed}")):
+        with _seeded_incarnations(random.Random(f"incarnations-{seed}")), \
+                _node_logs(verbose):
             stats = sim.run(root)
         return None, stats
     except Exception as err:
         detail = (traceback.format_exc() if verbose and not isinstance(err, SimFailure)
                   else "".join(traceback.format_exception_only(type(err), err))).strip()
+        flags = "" if wire_check else "   (add --no-wire-check)"
         return (f"seed {seed} FAILED at {sim.loop.time():.3f} s ({sim.p.describe()}): "
-                f"{detail}\n  replay: {REPLAY.format(seed=seed)}"), {}
+                f"{detail}\n  replay: {REPLAY.format(seed=seed)}{flags}"), {}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -598,13 +641,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="virtual seconds of faults and clients per seed")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="trace every event, with the nodes' own log lines")
+    ap.add_argument("--no-wire-check", dest="wire_check", action="store_false",
+                    help="do not check that messages carry only durable terms and votes; "
+                         "check only the consequences of breaking that rule")
     args = ap.parse_args(argv)
     kvraft_log = logging.getLogger("kvraft")
-    kvraft_log.propagate = False
-    if args.verbose:
-        kvraft_log.setLevel(logging.INFO)
-    else:
-        kvraft_log.setLevel(logging.CRITICAL + 1)   # failures are reported by the run
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started = time.monotonic()
     failures = []
@@ -614,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
             kvraft_log.addHandler(handler)
             print(Params.from_seed(seed).describe())
         failure, stats = run_seed(seed, args.chaos_s, args.verbose,
-                                  on_start=lambda sim, h=handler: setattr(h, "sim", sim))
+                                  on_start=lambda sim, h=handler: setattr(h, "sim", sim),
+                                  wire_check=args.wire_check)
         kvraft_log.removeHandler(handler)
         if failure:
             failures.append(failure)

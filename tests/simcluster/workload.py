@@ -73,6 +73,9 @@ class Workload:
             key = self.rng.choice(self.keys)
             task = loop.create_task(self.one(c, member, kind, key))
             await asyncio.wait({task})
+            if task.result() is None:
+                # Refused or failed (no leader, a crash): back off as a real client does.
+                await asyncio.sleep(self.rng.uniform(0.05, 0.25))
 
     def _value(self, c: int) -> bytes:
         self._values += 1
