@@ -1,10 +1,10 @@
 """The peer service's answer to a streamed snapshot says whether the node kept it.
 
 A follower holds at most STAGED_SNAPSHOTS_MAX received snapshots waiting for its Raft
-loop; `Node.deliver_snapshot` refuses (and discards) one more. The reply must then say
-accepted=False: the sender reports the snapshot as failed and Raft sends it again
-later (thesis §5.1, InstallSnapshot). accepted=True would make the leader believe the follower has it,
-and wait on a follower that will never answer it.
+loop; `Node.deliver_snapshot` refuses (and discards) one more. The reply must then
+say accepted=False: the sender reports the snapshot as failed and Raft sends it again
+later (thesis §5.1, InstallSnapshot). accepted=True makes the leader believe the
+follower has it, and wait on a follower that will never answer it.
 """
 from __future__ import annotations
 
