@@ -29,6 +29,7 @@ from .run import close_lazy_cluster, lazy_cluster
 VICTIM = 1
 FREEZE_TIMEOUT_S = 30.0
 REJOIN_TIMEOUT_S = 45.0
+START_MARK = "=== start #"  # tests/cluster/harness.py opens each start's log with it
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SweepReport:
 
     def line(self) -> str:
         return (f"bootstrap sweep ({self.mode}): {self.points} cut points, "
-                f"{len(self.failures)} where node {VICTIM} did not recover")
+                f"{len(self.failures)} where the cluster did not recover")
 
 
 def _bootstrap_journal(root: Path, mode: str) -> list[str]:
@@ -78,8 +79,15 @@ def _rejoins(cluster: LocalCluster, point: int) -> None:
                            f"made before it (found {value!r})")
 
 
-def _one_point(root: Path, mode: str, point: int) -> str | None:
-    """Cut node 1 right after its `point`-th fsync; None if it recovers, else why not."""
+@dataclass
+class PointResult:
+    landed: str            # the path whose fsync the power failed after, in THIS start
+    problem: str | None    # None: the cluster recovered
+
+
+def _one_point(root: Path, mode: str, point: int) -> PointResult:
+    """Cut node 1 right after its `point`-th fsync; say where that was, and whether
+    the cluster recovered."""
     cluster, mounts = lazy_cluster(root, mode)
     victim: LazyMount = mounts[VICTIM]
     try:
@@ -88,6 +96,10 @@ def _one_point(root: Path, mode: str, point: int) -> str | None:
             cluster.launch(node_id)
         wait_until(lambda: victim.counters()["frozen"], FREEZE_TIMEOUT_S,
                    f"node {VICTIM}'s fsync {point}")
+        # Timing decides how many log fsyncs come before serving: the k-th fsync of
+        # this start need not be the measuring start's k-th.
+        journal = victim.sync_journal()
+        landed = journal[point - 1] if point <= len(journal) else "?"
         cluster.kill9(VICTIM)
         victim.cut(seed=point, torn_probability=0.5)
         victim.start()
@@ -95,13 +107,39 @@ def _one_point(root: Path, mode: str, point: int) -> str | None:
         try:
             _rejoins(cluster, point)
         except (ClusterError, KvraftError) as e:
-            # The node's own last word says why (e.g. "error: data directory ...").
-            said = [line for line in cluster.log_tail(VICTIM, lines=200).splitlines()
-                    if line.startswith("error:") or "Error" in line]
-            return str(e).splitlines()[0] + (f"; it said: {said[-1]}" if said else "")
-        return None
+            return PointResult(landed, _why(cluster, str(e).splitlines()[0]))
+        return PointResult(landed, None)
     finally:
         close_lazy_cluster(cluster, mounts)
+
+
+def _why(cluster: LocalCluster, what: str) -> str:
+    """`what` went wrong; add each member that exited on its own (or the victim, if it
+    still runs) and the last error line it logged in its CURRENT start. A node's log
+    holds all its starts, and the victim's first one always ends in the EIO of the
+    frozen mount: that line says nothing about why the restarted cluster failed."""
+    exited = [i for i, n in sorted(cluster.nodes.items())
+              if n.proc is not None and not n.running() and not n.stopped_by_harness]
+    said = []
+    for node_id in exited or [VICTIM]:
+        lines = _current_start(cluster.nodes[node_id].log_path)
+        errors = [line for line in lines if line.startswith("error:") or "Error" in line
+                  or "CRITICAL" in line or "exiting:" in line]
+        code = cluster.nodes[node_id].proc.returncode if node_id in exited else None
+        state = f"exited with {code}" if code is not None else "still runs"
+        said.append(f"node {node_id} ({state}, start #{cluster.nodes[node_id].starts}) "
+                    + (f"said: {errors[-1].strip()}" if errors else "logged no error"))
+    return f"{what}; " + "; ".join(said)
+
+
+def _current_start(log_path: Path) -> list[str]:
+    """The lines the node logged since its last start (the harness marks each)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    starts = [n for n, line in enumerate(lines) if line.startswith(START_MARK)]
+    return lines[starts[-1] + 1:] if starts else lines
 
 
 def sweep(mode: str = "ext4", points: Iterable[int] | None = None, root: Path | None = None,
@@ -116,7 +154,10 @@ def sweep(mode: str = "ext4", points: Iterable[int] | None = None, root: Path | 
         started = time.monotonic()
         where = journal[point - 1] if point <= len(journal) else "?"
         try:
-            problem = _one_point(base / f"point{point:03d}", mode, point)
+            result = _one_point(base / f"point{point:03d}", mode, point)
+            problem = result.problem
+            if result.landed != where:
+                where = f"{result.landed}; in the measuring start {where}"
         except (ClusterError, LazyFsError) as e:
             problem = f"the sweep could not run this point: {str(e).splitlines()[0]}"
         report.points += 1
@@ -125,8 +166,8 @@ def sweep(mode: str = "ext4", points: Iterable[int] | None = None, root: Path | 
             log(f"  cut after fsync {point:>2} ({where}): rejoined "
                 f"({time.monotonic() - started:.0f} s)")
         else:
-            failure = (f"cut after fsync {point} ({where}): node {VICTIM} did not recover: "
-                       f"{problem} [kept: {base / f'point{point:03d}'}]")
+            failure = (f"cut after fsync {point} ({where}): {problem} "
+                       f"[kept: {base / f'point{point:03d}'}]")
             report.failures.append(failure)
             log(f"  {failure}")
     if not report.failures and not keep:
