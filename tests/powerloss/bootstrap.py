@@ -23,7 +23,7 @@ from pathlib import Path
 from kvraft.client import Client, KvraftError
 from tests.cluster.harness import ClusterError, LocalCluster, wait_until
 
-from .mount import LazyFsError, LazyMount
+from .mount import LazyFsError, LazyMount, clean_up_on_signals
 from .run import close_lazy_cluster, lazy_cluster
 
 VICTIM = 1
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
     points = [int(p) for p in args.points.split(",")] if args.points else None
+    clean_up_on_signals()
     report = sweep(args.mode, points, args.dir)
     print(("FAILED: " if report.failures else "PASSED: ") + report.line())
     return 1 if report.failures else 0

@@ -32,6 +32,20 @@ POLL_INTERVAL_S = 0.05
 CONTROL_REPLY_BYTES_MAX = 1 << 20
 
 
+def clean_up_on_signals() -> None:
+    """Make SIGTERM, SIGHUP and SIGINT unwind the program (SystemExit / KeyboardInterrupt)
+    so that every `finally` runs: the runs' teardown kills the nodes and unmounts.
+    Python's default dies at once on SIGTERM, and a program started in the background
+    by a shell inherits SIGINT ignored; either way its mounts and nodes would stay."""
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, unwind)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class LazyFsError(RuntimeError):
     """lazyfs could not be started, controlled or stopped; carries its log tail."""
 

@@ -51,7 +51,7 @@ from kvraft.proto import kvraft_pb2 as pb
 from tests.cluster.harness import ClusterError, LocalCluster, wait_until
 
 from .checks import DurableState, inspect_data_dir, kv_digest
-from .mount import LazyFsError, LazyMount
+from .mount import LazyFsError, LazyMount, clean_up_on_signals
 
 NODES = 3
 KEY_PREFIX = b"pl/"
@@ -579,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     with contextlib.suppress(AttributeError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    clean_up_on_signals()
     sweep_failed = False
     if args.bootstrap_sweep:
         from .bootstrap import sweep  # imports this module: not at the top
