@@ -52,6 +52,7 @@ from tests.cluster.harness import ClusterError, LocalCluster, wait_until
 
 from .checks import DurableState, inspect_data_dir, kv_digest
 from .mount import LazyFsError, LazyMount, clean_up_on_signals
+from .nodelog import address_taken, last_error
 
 NODES = 3
 KEY_PREFIX = b"pl/"
@@ -71,6 +72,8 @@ RECOVERY_TIMEOUT_S = 90.0        # a cut member serves and catches up within thi
 SCAN_TIMEOUT_S = 30.0
 SCAN_PAGES_MAX = 10_000
 SHOWN_MAX = 5
+RELAUNCHES_MAX = 5               # of a member whose port was taken while it was down
+RELAUNCH_PAUSE_S = 1.0
 
 
 class PowerLossFailure(AssertionError):
@@ -183,6 +186,7 @@ class RunReport:
     bytes_lost: int = 0
     names_lost: int = 0
     files_vanished: int = 0
+    relaunches: int = 0             # members launched again: their port was taken
     seconds: float = 0.0
 
     @property
@@ -195,9 +199,10 @@ class RunReport:
                 f"{self.acked_writes} acknowledged writes ({self.acked_checks} checks of "
                 f"acknowledged writes, {self.unknown_writes} outcomes unknown), torn WAL "
                 f"files {self.wal_files_torn}, dropped WAL tails {self.wal_files_dropped}, "
-                f"WAL bytes lost {self.wal_bytes_lost}, files torn {self.files_torn}, "
+                f"WAL bytes lost {self.wal_bytes_lost}, bytes lost {self.bytes_lost}, "
+                f"files torn {self.files_torn}, "
                 f"names lost {self.names_lost}, files vanished {self.files_vanished}, "
-                f"{self.seconds:.0f} s")
+                f"{self.relaunches} relaunches (port taken), {self.seconds:.0f} s")
 
 
 @dataclass
@@ -260,6 +265,7 @@ class PowerLossRun:
         self.load: WriteLoad | None = None
         self.context = "before the first cut"
         self.checks_dir = self.root / "checks"
+        self._relaunches_left: dict[int, int] = {}  # per member, reset at each restart
 
     def log(self, message: str) -> None:
         self.config.log(message)
@@ -302,7 +308,13 @@ class PowerLossRun:
         for node_id in self.cluster.nodes:
             self.cluster.launch(node_id)
         for node_id in self.cluster.nodes:
-            self.cluster.wait_serving(node_id)
+            while True:
+                try:
+                    self.cluster.wait_serving(node_id)
+                    break
+                except ClusterError:
+                    if not self._relaunched_if_address_taken(node_id):
+                        raise
         self.cluster.wait_leader()
         self.load = WriteLoad(self.cluster.endpoints(), self.config.seed)
         self.load.start()
@@ -423,20 +435,41 @@ class PowerLossRun:
                     f"{other.kv_keys} vs {state.kv_keys} keys)")
 
     def _wait_recovered(self, node_id: int) -> None:
-        """The member serves again, and knows a leader (it has rejoined)."""
+        """The member serves again, and knows a leader (it has rejoined). A member that
+        could not bind its address (another process took the port while it was down)
+        is launched again, at most RELAUNCHES_MAX times: the machine's doing."""
         node = self.cluster.nodes[node_id]
+        self._relaunches_left[node_id] = RELAUNCHES_MAX
 
         def serving_with_leader() -> bool:
             if not node.running():
+                if self._relaunched_if_address_taken(node_id):
+                    return False
                 raise PowerLossFailure(
                     f"node {node_id} did not recover: it exited with "
-                    f"{node.proc.returncode if node.proc else None} after the cut\n"
-                    f"{self.cluster.log_tail(node_id)}")
+                    f"{node.proc.returncode if node.proc else None} after the cut; "
+                    f"{last_error(node.log_path)}\n{self.cluster.log_tail(node_id)}")
             return self.cluster.status(node_id, timeout_s=1.0).header.leader_id > 0
 
         wait_until(serving_with_leader, RECOVERY_TIMEOUT_S,
                    f"node {node_id} to serve and know a leader after the cut",
                    lambda: self.cluster.log_tail(node_id))
+
+    def _relaunched_if_address_taken(self, node_id: int) -> bool:
+        """If the member exited because it could not bind its address, launch it again
+        (at most RELAUNCHES_MAX times per start) and say so; else False."""
+        node = self.cluster.nodes[node_id]
+        taken = address_taken(node.log_path)
+        left = self._relaunches_left.setdefault(node_id, RELAUNCHES_MAX)
+        if node.running() or taken is None or left == 0:
+            return False
+        self._relaunches_left[node_id] = left - 1
+        self.report.relaunches += 1
+        self.log(f"  node {node_id} could not listen ({taken}); launching it again "
+                 f"({RELAUNCHES_MAX - left + 1} of {RELAUNCHES_MAX})")
+        time.sleep(RELAUNCH_PAUSE_S)
+        self.cluster.launch(node_id)
+        return True
 
     def _check_acknowledged(self) -> None:
         """Every write acknowledged so far is in a linearizable scan; nothing else is
