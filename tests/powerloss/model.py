@@ -162,6 +162,9 @@ class LazyStore:
         # The power fails right after the N-th next fsync returns (`arm`): from then on
         # every call fails with EIO, so nothing after that point reaches any layer.
         self.syncs_before_freeze: int | None = None
+        # ... or right after the N-th next write to a write-ahead log (*.log) returns,
+        # before the program can fsync it: a cut in the middle of a synced write.
+        self.wal_writes_before_freeze: int | None = None
         self.frozen = False
         self.sync_journal: list[str] = []  # "path" of each fsync, "path/" of a directory's
         self.counters: dict[str, int] = {
@@ -236,11 +239,15 @@ class LazyStore:
         if self.dead or self.frozen:
             raise StoreDead()
 
-    def arm(self, syncs: int) -> None:
+    def arm(self, syncs: int | None = None, wal_writes: int | None = None) -> None:
         """Freeze the store right after `syncs` more fsyncs (of files or directories):
-        a power cut at an exact point of a program's sequence of durable writes."""
-        assert syncs >= 1
+        a power cut at an exact point of a program's sequence of durable writes; or
+        right after `wal_writes` more writes to a WAL file, which then holds data its
+        program never saw synced (LevelDB writes a record, then fsyncs it)."""
+        assert (syncs is None) != (wal_writes is None), "arm one trigger"
+        assert (syncs or wal_writes or 0) >= 1
         self.syncs_before_freeze = syncs
+        self.wal_writes_before_freeze = wal_writes
 
     def path_of(self, node: Node) -> str:
         """The node's current path from the root ("" for the root), for reports."""
@@ -416,6 +423,11 @@ class LazyStore:
             node.size = max(node.size, offset + len(data))
             self.counters["writes"] += 1
             self.counters["write_bytes"] += len(data)
+            if self.wal_writes_before_freeze is not None and \
+                    node.last_name.endswith(WAL_SUFFIX):
+                self.wal_writes_before_freeze -= 1
+                if self.wal_writes_before_freeze == 0:
+                    self.frozen = True  # this write returns; nothing after it does
         return len(data)
 
     def truncate(self, node_id: int, size: int) -> None:
@@ -632,11 +644,14 @@ class LazyStore:
 
     @staticmethod
     def _torn_prefix(pending: list[Op], rng: random.Random) -> list[Op]:
-        """A strict prefix of `pending` (possibly empty): the first `whole` operations,
-        then maybe the start of the next one."""
+        """A strict prefix of `pending`: the first `whole` operations, then maybe the
+        start of the next one — always when `whole` is 0, so that a torn file keeps
+        something whenever it can (a file with ONE unsynced write, as LevelDB's log
+        has between a record's write and its fsync, is then torn inside that write;
+        it is empty only when that write is a truncation or a single byte)."""
         whole = rng.randrange(len(pending))
         kept = list(pending[:whole])
         nxt = pending[whole]
-        if isinstance(nxt, Write) and len(nxt.data) > 1 and rng.random() < 0.5:
+        if isinstance(nxt, Write) and len(nxt.data) > 1 and (whole == 0 or rng.random() < 0.5):
             kept.append(Write(nxt.offset, nxt.data[: rng.randrange(1, len(nxt.data))]))
         return kept

@@ -162,6 +162,11 @@ class LazyMount:
         """The power fails right after `syncs` more fsyncs (see lazyfs `arm`)."""
         self.request("arm", syncs=syncs)
 
+    def arm_wal_write(self, wal_writes: int = 1) -> None:
+        """The power fails right after `wal_writes` more writes to a WAL (*.log) file
+        return, before the writer can fsync them: a cut inside a synced write."""
+        self.request("arm", wal_writes=wal_writes)
+
     def sync_journal(self) -> list[str]:
         """The paths fsynced so far (the first ones), in order; directories end in /."""
         return self.request("journal")["syncs"]

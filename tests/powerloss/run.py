@@ -11,7 +11,11 @@ unique keys and record which puts were acknowledged. A cut of one member or of a
 members at once is: SIGKILL the node(s), drop each mount's volatile layer (tearing
 some files' unsynced writes), remount, and then, before the node starts again, check
 a copy of its data directory offline (checks.py; members cut together at the same
-applied index must have the same state). Then restart, and check:
+applied index must have the same state). As kvraft syncs every write, a cut at a
+random moment seldom finds unsynced WAL data; so some one-member cuts (the
+mid-write probability) first arm the member's lazyfs to fail right after its next WAL
+write returns, before LevelDB's fsync: the record being written is then torn or lost.
+Then restart, and check:
 
 * every acknowledged write is there, with its value, in a linearizable scan, and
   nothing is there that no writer sent;
@@ -72,6 +76,8 @@ RECOVERY_TIMEOUT_S = 90.0        # a cut member serves and catches up within thi
 SCAN_TIMEOUT_S = 30.0
 SCAN_PAGES_MAX = 10_000
 SHOWN_MAX = 5
+MID_WRITE_TIMEOUT_S = 10.0       # an armed member writes its WAL within this under load
+MID_WRITE_POLL_S = 0.01
 RELAUNCHES_MAX = 5               # of a member whose port was taken while it was down
 RELAUNCH_PAUSE_S = 1.0
 
@@ -176,6 +182,7 @@ class RunReport:
     root: str
     one_member_cuts: int = 0
     all_member_cuts: int = 0
+    mid_write_cuts: int = 0         # one-member cuts that froze inside a WAL write
     acked_writes: int = 0           # acknowledged by the end of the run
     acked_checks: int = 0           # acknowledged writes verified, summed over checks
     unknown_writes: int = 0
@@ -195,7 +202,8 @@ class RunReport:
 
     def line(self) -> str:
         return (f"power-loss run (seed {self.seed}, mode {self.mode}): {self.cuts} cuts "
-                f"({self.one_member_cuts} of one member, {self.all_member_cuts} of all), "
+                f"({self.one_member_cuts} of one member, {self.mid_write_cuts} of them in "
+                f"a WAL write, {self.all_member_cuts} of all), "
                 f"{self.acked_writes} acknowledged writes ({self.acked_checks} checks of "
                 f"acknowledged writes, {self.unknown_writes} outcomes unknown), torn WAL "
                 f"files {self.wal_files_torn}, dropped WAL tails {self.wal_files_dropped}, "
@@ -212,6 +220,8 @@ class RunConfig:
     all_member_cuts: int
     mode: str = "ext4"
     torn_probability: float = 0.5
+    # A one-member cut lands right after a WAL write, before its fsync, this often.
+    mid_write_probability: float = 0.5
     root: Path | None = None     # default: a new directory under the system temp dir
     keep: bool = False           # keep the directory even when the run passes
     log: Callable[[str], None] = print
@@ -297,8 +307,10 @@ class PowerLossRun:
 
     def _failure(self, what: str) -> PowerLossFailure:
         c = self.config
-        replay = (f"make powerloss SEED={c.seed} CUTS={c.one_member_cuts + c.all_member_cuts}"
-                  f" ALL_CUTS={c.all_member_cuts} MODE={c.mode}")
+        replay = (f".venv/bin/python -m tests.powerloss.run --seed {c.seed} --cuts "
+                  f"{c.one_member_cuts + c.all_member_cuts} --all-cuts {c.all_member_cuts} "
+                  f"--mode {c.mode} --torn-probability {c.torn_probability} "
+                  f"--mid-write-probability {c.mid_write_probability}")
         return PowerLossFailure(
             f"POWER-LOSS FAILURE (seed {c.seed}, mode {c.mode}) {self.context}: {what}\n"
             f"  directories kept at {self.root}\n  replay the plan: {replay}")
@@ -359,8 +371,11 @@ class PowerLossRun:
             self.report.one_member_cuts += 1
             role = "the leader" if victims[0] == leader else "a follower"
             self.context = f"at cut {number} (node {victims[0]}, {role})"
+        mid_write = kind == "one" and self.rng.random() < self.config.mid_write_probability
         seeds = {v: self.rng.getrandbits(32) for v in victims}
         applied_before = {v: self._applied_or_none(v) for v in victims}
+        if mid_write:
+            self._freeze_at_wal_write(victims[0])
         for victim in victims:
             self.cluster.kill9(victim)
         for victim in victims:
@@ -389,6 +404,24 @@ class PowerLossRun:
         self.log(f"cut {number:>3} {kind:>3} {victims}: ok; {self.load.acked_count()} acked, "
                  f"torn WAL files so far {self.report.wal_files_torn}; applied index before"
                  f" the cut -> durable: {rollback}")
+
+    def _freeze_at_wal_write(self, node_id: int) -> None:
+        """Let the power fail right after the member's next write to its WAL returns,
+        before LevelDB fsyncs it: the cut then finds unsynced WAL data for certain (a
+        record being written), which a cut at a random moment rarely does when every
+        write is synced. The member sees EIO from then on (and may exit of it)."""
+        mount = self.mounts[node_id]
+        mount.arm_wal_write()
+        self.context += ", in a WAL write"
+        deadline = time.monotonic() + MID_WRITE_TIMEOUT_S
+        while not mount.counters()["frozen"]:
+            if time.monotonic() >= deadline:
+                # No WAL write came (the member is idle or stuck): cut it as it is.
+                self.log(f"  node {node_id} wrote no WAL record within "
+                         f"{MID_WRITE_TIMEOUT_S:.0f} s of being armed; cut anyway")
+                return
+            time.sleep(MID_WRITE_POLL_S)
+        self.report.mid_write_cuts += 1
 
     def _applied_or_none(self, node_id: int) -> int | None:
         try:
@@ -598,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="[default: drawn, printed]")
     parser.add_argument("--mode", choices=["ext4", "posix"], default="ext4")
     parser.add_argument("--torn-probability", type=float, default=0.5)
+    parser.add_argument("--mid-write-probability", type=float, default=0.5,
+                        help="how often a one-member cut lands inside a WAL write")
     parser.add_argument("--dir", type=Path, default=None, help="run directory [default: temp]")
     parser.add_argument("--keep", action="store_true", help="keep the directory on success")
     parser.add_argument("--bootstrap-sweep", action="store_true",
@@ -623,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = PowerLossRun(RunConfig(
             seed=seed, one_member_cuts=args.cuts - all_cuts, all_member_cuts=all_cuts,
-            mode=args.mode, torn_probability=args.torn_probability, root=args.dir,
+            mode=args.mode, torn_probability=args.torn_probability,
+            mid_write_probability=args.mid_write_probability, root=args.dir,
             keep=args.keep)).run()
     except PowerLossFailure as e:
         print(str(e), file=sys.stderr)
