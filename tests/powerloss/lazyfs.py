@@ -21,6 +21,9 @@ connection, one JSON line back.
                                             with EIO (counters say "frozen"); then cut
     {"op": "arm", "wal_writes": N}       -> the same, right after the N-th next write
                                             to a *.log file (before its fsync)
+    {"op": "arm", "volatile_wal_syncs": N} -> the same, right after the N-th next
+                                            fsync of a *.log file whose name it left
+                                            volatile (posix mode only)
 
 The programs using the mount must be dead before a cut (the harness SIGKILLs them);
 after it every file-system call fails with EIO until the process has unmounted.
@@ -310,6 +313,8 @@ class Control:
         if op == "arm":
             if "wal_writes" in request:
                 self.store.arm(wal_writes=int(request["wal_writes"]))
+            elif "volatile_wal_syncs" in request:
+                self.store.arm(volatile_wal_syncs=int(request["volatile_wal_syncs"]))
             else:
                 self.store.arm(syncs=int(request["syncs"]))
             return {"ok": True}, False

@@ -145,7 +145,7 @@ class LazyMount:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cut(self, seed: int, torn_probability: float = 0.5) -> dict[str, int]:
+    def cut(self, seed: int, torn_probability: float = 0.5) -> dict[str, Any]:
         """The power cut. Every process using the mount must already be dead. Returns
         what the cut lost and tore (model.CutReport); the mount is gone afterwards."""
         reply = self.request("cut", seed=seed, torn_probability=torn_probability)
@@ -166,6 +166,11 @@ class LazyMount:
         """The power fails right after `wal_writes` more writes to a WAL (*.log) file
         return, before the writer can fsync them: a cut inside a synced write."""
         self.request("arm", wal_writes=wal_writes)
+
+    def arm_volatile_wal_sync(self, syncs: int = 1) -> None:
+        """The power fails right after `syncs` more fsyncs of WAL (*.log) files whose
+        names stay volatile (posix mode: made since their directory's last fsync)."""
+        self.request("arm", volatile_wal_syncs=syncs)
 
     def sync_journal(self) -> list[str]:
         """The paths fsynced so far (the first ones), in order; directories end in /."""

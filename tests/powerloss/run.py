@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -193,6 +194,7 @@ class RunReport:
     bytes_lost: int = 0
     names_lost: int = 0
     files_vanished: int = 0
+    wal_files_vanished: int = 0     # of them, LevelDB logs (their synced records too)
     relaunches: int = 0             # members launched again: their port was taken
     seconds: float = 0.0
 
@@ -209,7 +211,8 @@ class RunReport:
                 f"files {self.wal_files_torn}, dropped WAL tails {self.wal_files_dropped}, "
                 f"WAL bytes lost {self.wal_bytes_lost}, bytes lost {self.bytes_lost}, "
                 f"files torn {self.files_torn}, "
-                f"names lost {self.names_lost}, files vanished {self.files_vanished}, "
+                f"names lost {self.names_lost}, files vanished {self.files_vanished} "
+                f"({self.wal_files_vanished} WAL), "
                 f"{self.relaunches} relaunches (port taken), {self.seconds:.0f} s")
 
 
@@ -429,7 +432,7 @@ class PowerLossRun:
         except grpc.RpcError:
             return None
 
-    def _count(self, cut: dict[str, int]) -> None:
+    def _count(self, cut: dict[str, Any]) -> None:
         r = self.report
         r.wal_files_torn += cut["wal_files_torn"]
         r.wal_files_dropped += cut["wal_files_dropped"]
@@ -438,6 +441,13 @@ class PowerLossRun:
         r.bytes_lost += cut["bytes_lost"]
         r.names_lost += cut["names_lost"]
         r.files_vanished += cut["files_vanished"]
+        wal_vanished = [p for p in cut.get("vanished", []) if p.endswith(".log")]
+        if wal_vanished:
+            # Only where a name needs its directory's fsync (posix mode): a WAL file
+            # LevelDB made since the directory's last fsync, with whatever it synced.
+            r.wal_files_vanished += len(wal_vanished)
+            self.log(f"  {self.context}: WAL files vanished with their names: "
+                     f"{', '.join(wal_vanished)}")
 
     # --- checks ----------------------------------------------------------------------
     def _check_offline(self, node_id: int, number: int) -> DurableState:
