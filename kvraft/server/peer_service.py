@@ -124,8 +124,14 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                     break
             if staged is None:
                 return peer_pb2.SnapshotReply(accepted=False, reason="stream ended early")
-            node.deliver_snapshot(msg, staged)
+            # The node owns the staged file from here on, kept or (refused) discarded.
             delivered = True
+            if not node.deliver_snapshot(msg, staged):
+                # Too many snapshots wait to be stepped: answering accepted would let the
+                # leader count this one as received; refused, it reports the snapshot
+                # failed and Raft sends it again later (thesis §5.1, InstallSnapshot).
+                return peer_pb2.SnapshotReply(
+                    accepted=False, reason="too many received snapshots wait to be stepped")
             return peer_pb2.SnapshotReply(accepted=True)
         finally:
             if not delivered and receiver is not None:

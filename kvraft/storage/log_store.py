@@ -281,6 +281,10 @@ class LevelDBStorage:
             with self._buffer.merged_into(batch, wait=False):
                 self._persist_into(batch, entries, hard_state, snapshot, has_snapshot,
                                    offset_index, offset_term, last, hs)
+            # The caller sends this Ready's acknowledgements next: on a file system that
+            # needs a directory fsync for a new file's name, the log file this write
+            # (or an install before it) went to must be named durably first.
+            self._datadir.make_db_names_durable()
 
     def _persist_into(self, batch: plyvel.WriteBatch, entries: list[eraftpb.Entry],
                       hard_state: eraftpb.HardState | None,

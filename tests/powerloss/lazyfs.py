@@ -19,6 +19,11 @@ connection, one JSON line back.
     {"op": "arm", "syncs": N}            -> {"ok": true}; the power fails right after
                                             the N-th next fsync: every later call fails
                                             with EIO (counters say "frozen"); then cut
+    {"op": "arm", "wal_writes": N}       -> the same, right after the N-th next write
+                                            to a *.log file (before its fsync)
+    {"op": "arm", "volatile_wal_syncs": N} -> the same, right after the N-th next
+                                            fsync of a *.log file whose name it left
+                                            volatile (posix mode only)
 
 The programs using the mount must be dead before a cut (the harness SIGKILLs them);
 after it every file-system call fails with EIO until the process has unmounted.
@@ -306,7 +311,12 @@ class Control:
         if op == "journal":
             return {"ok": True, "syncs": list(self.store.sync_journal)}, False
         if op == "arm":
-            self.store.arm(int(request["syncs"]))
+            if "wal_writes" in request:
+                self.store.arm(wal_writes=int(request["wal_writes"]))
+            elif "volatile_wal_syncs" in request:
+                self.store.arm(volatile_wal_syncs=int(request["volatile_wal_syncs"]))
+            else:
+                self.store.arm(syncs=int(request["syncs"]))
             return {"ok": True}, False
         if op == "stop":
             self.store.sync_all()

@@ -51,6 +51,7 @@ UNSYNCED_BYTES_MAX = 1 << 30
 SYNC_JOURNAL_ENTRIES_MAX = 512
 # The suffix of LevelDB's write-ahead log files (NNNNNN.log), counted apart in cuts.
 WAL_SUFFIX = b".log"
+VANISHED_SHOWN_MAX = 10  # paths of vanished files named in a cut's report
 
 
 class Mode(StrEnum):
@@ -127,8 +128,9 @@ class CutReport:
     names_lost: int = 0          # current directory entries that were not durable
     names_revived: int = 0       # durable entries that had been removed, back again
     files_vanished: int = 0      # files that existed but had no durable name
+    vanished: list[str] = field(default_factory=list)  # their paths (the first few)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | list[str]]:
         return dict(self.__dict__)
 
 
@@ -162,6 +164,12 @@ class LazyStore:
         # The power fails right after the N-th next fsync returns (`arm`): from then on
         # every call fails with EIO, so nothing after that point reaches any layer.
         self.syncs_before_freeze: int | None = None
+        # ... or right after the N-th next write to a write-ahead log (*.log) returns,
+        # before the program can fsync it: a cut in the middle of a synced write.
+        self.wal_writes_before_freeze: int | None = None
+        # ... or right after the N-th next fsync of a WAL file that leaves the file's
+        # own name volatile (posix mode: a file made since its directory's last fsync).
+        self.volatile_wal_syncs_before_freeze: int | None = None
         self.frozen = False
         self.sync_journal: list[str] = []  # "path" of each fsync, "path/" of a directory's
         self.counters: dict[str, int] = {
@@ -236,11 +244,19 @@ class LazyStore:
         if self.dead or self.frozen:
             raise StoreDead()
 
-    def arm(self, syncs: int) -> None:
+    def arm(self, syncs: int | None = None, wal_writes: int | None = None,
+            volatile_wal_syncs: int | None = None) -> None:
         """Freeze the store right after `syncs` more fsyncs (of files or directories):
-        a power cut at an exact point of a program's sequence of durable writes."""
-        assert syncs >= 1
+        a power cut at an exact point of a program's sequence of durable writes; or
+        right after `wal_writes` more writes to a WAL file, which then holds data its
+        program never saw synced (LevelDB writes a record, then fsyncs it); or right
+        after `volatile_wal_syncs` more fsyncs of WAL files whose names that fsync did
+        not make durable (the worst moment for a program that forgets the directory)."""
+        triggers = [t for t in (syncs, wal_writes, volatile_wal_syncs) if t is not None]
+        assert len(triggers) == 1 and triggers[0] >= 1, "arm one trigger, at 1 or more"
         self.syncs_before_freeze = syncs
+        self.wal_writes_before_freeze = wal_writes
+        self.volatile_wal_syncs_before_freeze = volatile_wal_syncs
 
     def path_of(self, node: Node) -> str:
         """The node's current path from the root ("" for the root), for reports."""
@@ -258,6 +274,11 @@ class LazyStore:
         if self.syncs_before_freeze is not None:
             self.syncs_before_freeze -= 1
             if self.syncs_before_freeze == 0:
+                self.frozen = True
+        if self.volatile_wal_syncs_before_freeze is not None and not node.is_dir and \
+                node.last_name.endswith(WAL_SUFFIX) and node.id not in self.durably_reachable():
+            self.volatile_wal_syncs_before_freeze -= 1
+            if self.volatile_wal_syncs_before_freeze == 0:
                 self.frozen = True
 
     def node(self, node_id: int) -> Node:
@@ -416,6 +437,11 @@ class LazyStore:
             node.size = max(node.size, offset + len(data))
             self.counters["writes"] += 1
             self.counters["write_bytes"] += len(data)
+            if self.wal_writes_before_freeze is not None and \
+                    node.last_name.endswith(WAL_SUFFIX):
+                self.wal_writes_before_freeze -= 1
+                if self.wal_writes_before_freeze == 0:
+                    self.frozen = True  # this write returns; nothing after it does
         return len(data)
 
     def truncate(self, node_id: int, size: int) -> None:
@@ -602,9 +628,10 @@ class LazyStore:
                 report.names_revived += sum(1 for n, i in durable.items()
                                             if node.entries.get(n) != i)
         reachable = self.durably_reachable()
-        report.files_vanished = sum(1 for n in self.nodes.values()
-                                    if not n.is_dir and n.link is not None
-                                    and n.id not in reachable)
+        vanished = [n for n in self.nodes.values()
+                    if not n.is_dir and n.link is not None and n.id not in reachable]
+        report.files_vanished = len(vanished)
+        report.vanished = sorted(self.path_of(n) for n in vanished)[:VANISHED_SHOWN_MAX]
         for node_id in sorted(reachable):
             node = self.nodes[node_id]
             if node.is_dir or not node.pending:
@@ -632,11 +659,14 @@ class LazyStore:
 
     @staticmethod
     def _torn_prefix(pending: list[Op], rng: random.Random) -> list[Op]:
-        """A strict prefix of `pending` (possibly empty): the first `whole` operations,
-        then maybe the start of the next one."""
+        """A strict prefix of `pending`: the first `whole` operations, then maybe the
+        start of the next one — always when `whole` is 0, so that a torn file keeps
+        something whenever it can (a file with ONE unsynced write, as LevelDB's log
+        has between a record's write and its fsync, is then torn inside that write;
+        it is empty only when that write is a truncation or a single byte)."""
         whole = rng.randrange(len(pending))
         kept = list(pending[:whole])
         nxt = pending[whole]
-        if isinstance(nxt, Write) and len(nxt.data) > 1 and rng.random() < 0.5:
+        if isinstance(nxt, Write) and len(nxt.data) > 1 and (whole == 0 or rng.random() < 0.5):
             kept.append(Write(nxt.offset, nxt.data[: rng.randrange(1, len(nxt.data))]))
         return kept

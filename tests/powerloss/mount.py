@@ -32,6 +32,20 @@ POLL_INTERVAL_S = 0.05
 CONTROL_REPLY_BYTES_MAX = 1 << 20
 
 
+def clean_up_on_signals() -> None:
+    """Make SIGTERM, SIGHUP and SIGINT unwind the program (SystemExit / KeyboardInterrupt)
+    so that every `finally` runs: the runs' teardown kills the nodes and unmounts.
+    Python's default dies at once on SIGTERM, and a program started in the background
+    by a shell inherits SIGINT ignored; either way its mounts and nodes would stay."""
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, unwind)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class LazyFsError(RuntimeError):
     """lazyfs could not be started, controlled or stopped; carries its log tail."""
 
@@ -131,7 +145,7 @@ class LazyMount:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cut(self, seed: int, torn_probability: float = 0.5) -> dict[str, int]:
+    def cut(self, seed: int, torn_probability: float = 0.5) -> dict[str, Any]:
         """The power cut. Every process using the mount must already be dead. Returns
         what the cut lost and tore (model.CutReport); the mount is gone afterwards."""
         reply = self.request("cut", seed=seed, torn_probability=torn_probability)
@@ -147,6 +161,16 @@ class LazyMount:
     def arm(self, syncs: int) -> None:
         """The power fails right after `syncs` more fsyncs (see lazyfs `arm`)."""
         self.request("arm", syncs=syncs)
+
+    def arm_wal_write(self, wal_writes: int = 1) -> None:
+        """The power fails right after `wal_writes` more writes to a WAL (*.log) file
+        return, before the writer can fsync them: a cut inside a synced write."""
+        self.request("arm", wal_writes=wal_writes)
+
+    def arm_volatile_wal_sync(self, syncs: int = 1) -> None:
+        """The power fails right after `syncs` more fsyncs of WAL (*.log) files whose
+        names stay volatile (posix mode: made since their directory's last fsync)."""
+        self.request("arm", volatile_wal_syncs=syncs)
 
     def sync_journal(self) -> list[str]:
         """The paths fsynced so far (the first ones), in order; directories end in /."""

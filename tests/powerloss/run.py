@@ -11,7 +11,11 @@ unique keys and record which puts were acknowledged. A cut of one member or of a
 members at once is: SIGKILL the node(s), drop each mount's volatile layer (tearing
 some files' unsynced writes), remount, and then, before the node starts again, check
 a copy of its data directory offline (checks.py; members cut together at the same
-applied index must have the same state). Then restart, and check:
+applied index must have the same state). As kvraft syncs every write, a cut at a
+random moment seldom finds unsynced WAL data; so some one-member cuts (the
+mid-write probability) first arm the member's lazyfs to fail right after its next WAL
+write returns, before LevelDB's fsync: the record being written is then torn or lost.
+Then restart, and check:
 
 * every acknowledged write is there, with its value, in a linearizable scan, and
   nothing is there that no writer sent;
@@ -43,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -51,7 +56,8 @@ from kvraft.proto import kvraft_pb2 as pb
 from tests.cluster.harness import ClusterError, LocalCluster, wait_until
 
 from .checks import DurableState, inspect_data_dir, kv_digest
-from .mount import LazyFsError, LazyMount
+from .mount import LazyFsError, LazyMount, clean_up_on_signals
+from .nodelog import address_taken, last_error
 
 NODES = 3
 KEY_PREFIX = b"pl/"
@@ -71,6 +77,10 @@ RECOVERY_TIMEOUT_S = 90.0        # a cut member serves and catches up within thi
 SCAN_TIMEOUT_S = 30.0
 SCAN_PAGES_MAX = 10_000
 SHOWN_MAX = 5
+MID_WRITE_TIMEOUT_S = 10.0       # an armed member writes its WAL within this under load
+MID_WRITE_POLL_S = 0.01
+RELAUNCHES_MAX = 5               # of a member whose port was taken while it was down
+RELAUNCH_PAUSE_S = 1.0
 
 
 class PowerLossFailure(AssertionError):
@@ -173,6 +183,7 @@ class RunReport:
     root: str
     one_member_cuts: int = 0
     all_member_cuts: int = 0
+    mid_write_cuts: int = 0         # one-member cuts that froze inside a WAL write
     acked_writes: int = 0           # acknowledged by the end of the run
     acked_checks: int = 0           # acknowledged writes verified, summed over checks
     unknown_writes: int = 0
@@ -183,6 +194,8 @@ class RunReport:
     bytes_lost: int = 0
     names_lost: int = 0
     files_vanished: int = 0
+    wal_files_vanished: int = 0     # of them, LevelDB logs (their synced records too)
+    relaunches: int = 0             # members launched again: their port was taken
     seconds: float = 0.0
 
     @property
@@ -191,13 +204,16 @@ class RunReport:
 
     def line(self) -> str:
         return (f"power-loss run (seed {self.seed}, mode {self.mode}): {self.cuts} cuts "
-                f"({self.one_member_cuts} of one member, {self.all_member_cuts} of all), "
+                f"({self.one_member_cuts} of one member, {self.mid_write_cuts} of them in "
+                f"a WAL write, {self.all_member_cuts} of all), "
                 f"{self.acked_writes} acknowledged writes ({self.acked_checks} checks of "
                 f"acknowledged writes, {self.unknown_writes} outcomes unknown), torn WAL "
                 f"files {self.wal_files_torn}, dropped WAL tails {self.wal_files_dropped}, "
-                f"WAL bytes lost {self.wal_bytes_lost}, files torn {self.files_torn}, "
-                f"names lost {self.names_lost}, files vanished {self.files_vanished}, "
-                f"{self.seconds:.0f} s")
+                f"WAL bytes lost {self.wal_bytes_lost}, bytes lost {self.bytes_lost}, "
+                f"files torn {self.files_torn}, "
+                f"names lost {self.names_lost}, files vanished {self.files_vanished} "
+                f"({self.wal_files_vanished} WAL), "
+                f"{self.relaunches} relaunches (port taken), {self.seconds:.0f} s")
 
 
 @dataclass
@@ -207,6 +223,8 @@ class RunConfig:
     all_member_cuts: int
     mode: str = "ext4"
     torn_probability: float = 0.5
+    # A one-member cut lands right after a WAL write, before its fsync, this often.
+    mid_write_probability: float = 0.5
     root: Path | None = None     # default: a new directory under the system temp dir
     keep: bool = False           # keep the directory even when the run passes
     log: Callable[[str], None] = print
@@ -260,6 +278,7 @@ class PowerLossRun:
         self.load: WriteLoad | None = None
         self.context = "before the first cut"
         self.checks_dir = self.root / "checks"
+        self._relaunches_left: dict[int, int] = {}  # per member, reset at each restart
 
     def log(self, message: str) -> None:
         self.config.log(message)
@@ -291,8 +310,10 @@ class PowerLossRun:
 
     def _failure(self, what: str) -> PowerLossFailure:
         c = self.config
-        replay = (f"make powerloss SEED={c.seed} CUTS={c.one_member_cuts + c.all_member_cuts}"
-                  f" ALL_CUTS={c.all_member_cuts} MODE={c.mode}")
+        replay = (f".venv/bin/python -m tests.powerloss.run --seed {c.seed} --cuts "
+                  f"{c.one_member_cuts + c.all_member_cuts} --all-cuts {c.all_member_cuts} "
+                  f"--mode {c.mode} --torn-probability {c.torn_probability} "
+                  f"--mid-write-probability {c.mid_write_probability}")
         return PowerLossFailure(
             f"POWER-LOSS FAILURE (seed {c.seed}, mode {c.mode}) {self.context}: {what}\n"
             f"  directories kept at {self.root}\n  replay the plan: {replay}")
@@ -302,7 +323,13 @@ class PowerLossRun:
         for node_id in self.cluster.nodes:
             self.cluster.launch(node_id)
         for node_id in self.cluster.nodes:
-            self.cluster.wait_serving(node_id)
+            while True:
+                try:
+                    self.cluster.wait_serving(node_id)
+                    break
+                except ClusterError:
+                    if not self._relaunched_if_address_taken(node_id):
+                        raise
         self.cluster.wait_leader()
         self.load = WriteLoad(self.cluster.endpoints(), self.config.seed)
         self.load.start()
@@ -347,8 +374,11 @@ class PowerLossRun:
             self.report.one_member_cuts += 1
             role = "the leader" if victims[0] == leader else "a follower"
             self.context = f"at cut {number} (node {victims[0]}, {role})"
+        mid_write = kind == "one" and self.rng.random() < self.config.mid_write_probability
         seeds = {v: self.rng.getrandbits(32) for v in victims}
         applied_before = {v: self._applied_or_none(v) for v in victims}
+        if mid_write:
+            self._freeze_at_wal_write(victims[0])
         for victim in victims:
             self.cluster.kill9(victim)
         for victim in victims:
@@ -378,13 +408,31 @@ class PowerLossRun:
                  f"torn WAL files so far {self.report.wal_files_torn}; applied index before"
                  f" the cut -> durable: {rollback}")
 
+    def _freeze_at_wal_write(self, node_id: int) -> None:
+        """Let the power fail right after the member's next write to its WAL returns,
+        before LevelDB fsyncs it: the cut then finds unsynced WAL data for certain (a
+        record being written), which a cut at a random moment rarely does when every
+        write is synced. The member sees EIO from then on (and may exit of it)."""
+        mount = self.mounts[node_id]
+        mount.arm_wal_write()
+        self.context += ", in a WAL write"
+        deadline = time.monotonic() + MID_WRITE_TIMEOUT_S
+        while not mount.counters()["frozen"]:
+            if time.monotonic() >= deadline:
+                # No WAL write came (the member is idle or stuck): cut it as it is.
+                self.log(f"  node {node_id} wrote no WAL record within "
+                         f"{MID_WRITE_TIMEOUT_S:.0f} s of being armed; cut anyway")
+                return
+            time.sleep(MID_WRITE_POLL_S)
+        self.report.mid_write_cuts += 1
+
     def _applied_or_none(self, node_id: int) -> int | None:
         try:
             return self.cluster.status(node_id, timeout_s=1.0).header.applied_index
         except grpc.RpcError:
             return None
 
-    def _count(self, cut: dict[str, int]) -> None:
+    def _count(self, cut: dict[str, Any]) -> None:
         r = self.report
         r.wal_files_torn += cut["wal_files_torn"]
         r.wal_files_dropped += cut["wal_files_dropped"]
@@ -393,6 +441,13 @@ class PowerLossRun:
         r.bytes_lost += cut["bytes_lost"]
         r.names_lost += cut["names_lost"]
         r.files_vanished += cut["files_vanished"]
+        wal_vanished = [p for p in cut.get("vanished", []) if p.endswith(".log")]
+        if wal_vanished:
+            # Only where a name needs its directory's fsync (posix mode): a WAL file
+            # LevelDB made since the directory's last fsync, with whatever it synced.
+            r.wal_files_vanished += len(wal_vanished)
+            self.log(f"  {self.context}: WAL files vanished with their names: "
+                     f"{', '.join(wal_vanished)}")
 
     # --- checks ----------------------------------------------------------------------
     def _check_offline(self, node_id: int, number: int) -> DurableState:
@@ -423,20 +478,41 @@ class PowerLossRun:
                     f"{other.kv_keys} vs {state.kv_keys} keys)")
 
     def _wait_recovered(self, node_id: int) -> None:
-        """The member serves again, and knows a leader (it has rejoined)."""
+        """The member serves again, and knows a leader (it has rejoined). A member that
+        could not bind its address (another process took the port while it was down)
+        is launched again, at most RELAUNCHES_MAX times: the machine's doing."""
         node = self.cluster.nodes[node_id]
+        self._relaunches_left[node_id] = RELAUNCHES_MAX
 
         def serving_with_leader() -> bool:
             if not node.running():
+                if self._relaunched_if_address_taken(node_id):
+                    return False
                 raise PowerLossFailure(
                     f"node {node_id} did not recover: it exited with "
-                    f"{node.proc.returncode if node.proc else None} after the cut\n"
-                    f"{self.cluster.log_tail(node_id)}")
+                    f"{node.proc.returncode if node.proc else None} after the cut; "
+                    f"{last_error(node.log_path)}\n{self.cluster.log_tail(node_id)}")
             return self.cluster.status(node_id, timeout_s=1.0).header.leader_id > 0
 
         wait_until(serving_with_leader, RECOVERY_TIMEOUT_S,
                    f"node {node_id} to serve and know a leader after the cut",
                    lambda: self.cluster.log_tail(node_id))
+
+    def _relaunched_if_address_taken(self, node_id: int) -> bool:
+        """If the member exited because it could not bind its address, launch it again
+        (at most RELAUNCHES_MAX times per start) and say so; else False."""
+        node = self.cluster.nodes[node_id]
+        taken = address_taken(node.log_path)
+        left = self._relaunches_left.setdefault(node_id, RELAUNCHES_MAX)
+        if node.running() or taken is None or left == 0:
+            return False
+        self._relaunches_left[node_id] = left - 1
+        self.report.relaunches += 1
+        self.log(f"  node {node_id} could not listen ({taken}); launching it again "
+                 f"({RELAUNCHES_MAX - left + 1} of {RELAUNCHES_MAX})")
+        time.sleep(RELAUNCH_PAUSE_S)
+        self.cluster.launch(node_id)
+        return True
 
     def _check_acknowledged(self) -> None:
         """Every write acknowledged so far is in a linearizable scan; nothing else is
@@ -565,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="[default: drawn, printed]")
     parser.add_argument("--mode", choices=["ext4", "posix"], default="ext4")
     parser.add_argument("--torn-probability", type=float, default=0.5)
+    parser.add_argument("--mid-write-probability", type=float, default=0.5,
+                        help="how often a one-member cut lands inside a WAL write")
     parser.add_argument("--dir", type=Path, default=None, help="run directory [default: temp]")
     parser.add_argument("--keep", action="store_true", help="keep the directory on success")
     parser.add_argument("--bootstrap-sweep", action="store_true",
@@ -579,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     with contextlib.suppress(AttributeError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    clean_up_on_signals()
     sweep_failed = False
     if args.bootstrap_sweep:
         from .bootstrap import sweep  # imports this module: not at the top
@@ -589,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = PowerLossRun(RunConfig(
             seed=seed, one_member_cuts=args.cuts - all_cuts, all_member_cuts=all_cuts,
-            mode=args.mode, torn_probability=args.torn_probability, root=args.dir,
+            mode=args.mode, torn_probability=args.torn_probability,
+            mid_write_probability=args.mid_write_probability, root=args.dir,
             keep=args.keep)).run()
     except PowerLossFailure as e:
         print(str(e), file=sys.stderr)

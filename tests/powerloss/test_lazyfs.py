@@ -194,3 +194,27 @@ def test_an_armed_cut_freezes_right_after_the_nth_fsync(lazy_mount: MakeMount) -
         write_file(path, b"three", fsync=False)
     reboot(fs)
     assert path.read_bytes() == b"onetwo"
+
+
+def test_a_cut_armed_at_a_wal_write_tears_that_write(lazy_mount: MakeMount) -> None:
+    """Armed at the next write to a *.log file, the power fails as that write returns:
+    its fsync fails, and a torn cut keeps a strict, non-empty prefix of it (the record
+    LevelDB wrote but never saw synced)."""
+    fs = lazy_mount("ext4")
+    other = durable_file(fs, "data", b"d")
+    wal = durable_file(fs, "000003.log", b"synced:")
+    fs.arm_wal_write()
+    write_file(other, b"not a log", fsync=True)  # does not count: not a WAL file
+    assert fs.counters()["frozen"] == 0
+    record = b"r" * 200
+    with open(wal, "ab") as f:
+        f.write(record)
+        f.flush()  # the write itself succeeds...
+        with pytest.raises(OSError):
+            os.fsync(f.fileno())  # ...and the power fails before its fsync
+    assert fs.counters()["frozen"] == 1
+    report = reboot(fs, seed=3, torn_probability=1.0)
+    kept = wal.read_bytes()[len(b"synced:"):]
+    assert 0 < len(kept) < len(record) and record.startswith(kept)
+    assert report["wal_files_torn"] == 1
+    assert other.read_bytes() == b"dnot a log"

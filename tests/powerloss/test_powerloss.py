@@ -17,18 +17,22 @@ pytestmark = [pytest.mark.powerloss, pytest.mark.cluster, pytest.mark.slow]
 SEED = int(os.environ.get("KVRAFT_POWERLOSS_SEED", "20261201"))
 
 
-# Ten cuts (16 members cut in all), and a WAL file with unsynced data is torn with
-# probability 0.9: the run must tear at least one, and when the storage syncs nearly
-# everything, few cuts find unsynced WAL data at all (about one member cut in four).
+# Ten cuts (16 members cut in all). The run must tear at least one WAL file, and as the
+# storage syncs every write, a cut at a random moment finds unsynced WAL data in about
+# one member cut in eight: so 0.7 of the one-member cuts land inside a WAL write (before
+# its fsync), and a WAL file with unsynced data is torn with probability 0.9. No torn
+# WAL in a run then has a probability of about (1 - 0.7 * 0.9) ** 7, under 0.1%.
 ONE_MEMBER_CUTS, ALL_MEMBER_CUTS = 7, 3
 TORN_PROBABILITY = 0.9
+MID_WRITE_PROBABILITY = 0.7
 
 
 @pytest.mark.timeout(420)
 def test_power_cuts_lose_no_acknowledged_write(fuse_available: None, tmp_path: Path) -> None:
     report = PowerLossRun(RunConfig(
         seed=SEED, one_member_cuts=ONE_MEMBER_CUTS, all_member_cuts=ALL_MEMBER_CUTS,
-        mode="ext4", torn_probability=TORN_PROBABILITY, root=tmp_path / "run")).run()
+        mode="ext4", torn_probability=TORN_PROBABILITY,
+        mid_write_probability=MID_WRITE_PROBABILITY, root=tmp_path / "run")).run()
     assert report.cuts == ONE_MEMBER_CUTS + ALL_MEMBER_CUTS
     assert report.wal_files_torn > 0  # run() fails before this otherwise; stated here too
     assert report.acked_checks > report.acked_writes > 0
