@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import peer_pb2
-from kvraft.server.node import STAGED_SNAPSHOTS_MAX
+from kvraft.server.snapshots import STAGED_SNAPSHOTS_MAX
 from kvraft.server.peer_service import PeerService
 from kvraft.storage import keys
 from kvraft.storage.datadir import DataDir
