@@ -121,6 +121,10 @@ class SimCluster:
         self.send_hooks = network.send_hooks
         self.crashes = 0
         self.jobs_lost = 0
+        # Set whenever something the Checker reads may have changed (a round, a
+        # persisted or applied batch, a disk write, a crash or start); the simulation
+        # checks after the loop iterations that set it, and clears it.
+        self.dirty = True
 
     # ------------------------------------------------------- the Checker's net
     def ids(self) -> list[int]:
@@ -162,15 +166,31 @@ class SimCluster:
 
         node = Node(m.config, store, NodeMetrics(), io=lanes, transport=transport,
                     clock=self.loop.time, rng=random.Random(self.rng.getrandbits(64)))
+        self._watch(node)
         m.node, m.store, m.lanes, m.transport = node, store, lanes, transports[0]
         m.service = PeerService(node)
         m.incarnations += 1
+        self.dirty = True
         for hook in self.restore_hooks:
             hook(m, _NoState())
         node.start()
         self.trace(f"node {node_id}: started (incarnation {m.incarnations}, term "
                    f"{node.raw.raft.term}, applied {store.sm.applied_index}, log "
                    f"{store.log.first_index()}..{store.log.last_index()})")
+
+    def _watch(self, node: Node) -> None:
+        """Mark the cluster dirty whenever the node's Raft state may change: its
+        rounds, and what its persister and apply task report (the callbacks they
+        were given; wrapped on the instances)."""
+        for owner, name in ((node, "_round"), (node.persister, "_persisted"),
+                            (node.applier, "_applied")):
+            inner = getattr(owner, name)
+
+            def watched(*args: Any, _inner: Callable[..., None] = inner) -> None:
+                self.dirty = True
+                _inner(*args)
+
+            setattr(owner, name, watched)
 
     def _applied(self, m: SimMember, entry: eraftpb.Entry) -> None:
         for hook in self.applied_hooks:
@@ -198,6 +218,7 @@ class SimCluster:
         store.datadir.apply_buffer.discard()
         store.close()
         m.node = m.store = m.lanes = m.service = m.transport = None
+        self.dirty = True
         self.trace(f"node {node_id}: {why} ({lost} persistence jobs lost)")
 
     async def stop(self, node_id: int) -> None:

@@ -187,8 +187,9 @@ class Simulation:
 
     def _after_step(self) -> None:
         """Run by the loop after each of its iterations."""
-        if self._failure is not None:
+        if self._failure is not None or not self.cluster.dirty:
             return
+        self.cluster.dirty = False
         try:
             self.checker.check()
         except InvariantViolation as e:
