@@ -443,8 +443,9 @@ class PowerLossRun:
         r.files_vanished += cut["files_vanished"]
         wal_vanished = [p for p in cut.get("vanished", []) if p.endswith(".log")]
         if wal_vanished:
-            # Only where a name needs its directory's fsync (posix mode): a WAL file
-            # LevelDB made since the directory's last fsync, with whatever it synced.
+            # A log file whose name was not durable: in ext4 mode one never fsynced
+            # (made just before the cut: it held nothing synced); in posix mode also one
+            # made since db/'s last fsync, with whatever was synced into it.
             r.wal_files_vanished += len(wal_vanished)
             self.log(f"  {self.context}: WAL files vanished with their names: "
                      f"{', '.join(wal_vanished)}")
