@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import peer_pb2
-from kvraft.server.snapshots import STAGED_SNAPSHOTS_MAX
 from kvraft.server.peer_service import PeerService
+from kvraft.server.snapshots import STAGED_SNAPSHOTS_MAX
 from kvraft.storage import keys
 from kvraft.storage.datadir import DataDir
 from kvraft.storage.snapshot import STAGED_SUFFIX, SnapshotHandle
