@@ -12,7 +12,7 @@ from tests.simcluster.sim import run_seed
 
 # CI's share of the simulation: seeds from FIRST_SEED on until this much time has gone
 # (at least SEEDS_MIN of them); KVRAFT_SIM_CLUSTER_BUDGET_S overrides it.
-BUDGET_S = float(os.environ.get("KVRAFT_SIM_CLUSTER_BUDGET_S", "100"))
+BUDGET_S = float(os.environ.get("KVRAFT_SIM_CLUSTER_BUDGET_S", "80"))
 SEEDS_MIN = 5
 FIRST_SEED = 1_000
 # Seeds that found issue 11's bugs on the code before their fixes (see tests/simcluster/
