@@ -20,14 +20,17 @@ from kvraft.storage.mvcc import (
     MVCCStore,
     PutRequest,
     PutResponse,
+    RangeLimits,
     RangeRequest,
     RangeResponse,
+    RangeTooLargeError,
     StatusCode,
     TooManyOpsError,
     TxnRequest,
     TxnResponse,
     check_txn,
 )
+from tests.storage.mvcc.conftest import Opened
 from tests.storage.mvcc.helpers import cmp, get, keys, put
 
 EQ, NE, GT, LT = (CompareResult.EQUAL, CompareResult.NOT_EQUAL, CompareResult.GREATER,
@@ -221,3 +224,19 @@ def test_too_many_ops_only_where_the_server_checks_before_proposing() -> None:
     with pytest.raises(TooManyOpsError):
         check_txn(nested, ops_max=2)
     check_txn(nested, ops_max=3)
+
+
+def test_a_range_over_the_bound_inside_a_txn_is_truncated_not_refused(opened: Opened) -> None:
+    """RangeLimits is one member's configuration: if it could refuse a txn, members
+    configured apart would disagree on whether the txn applied. The txn applies; the
+    range says it was cut (the server then answers RESOURCE_EXHAUSTED)."""
+    for i in range(10):
+        put(opened.store, b"k%d" % i)
+    small = MVCCStore(opened.db, range_limits=RangeLimits(entries_max=3), sync=False)
+    resp = small.txn(TxnRequest([], [PutRequest(b"written"), RangeRequest(b"k", b"l")]))
+    read = resp.responses[1]
+    assert isinstance(read, RangeResponse) and read.truncated
+    assert read.count == 10 and len(read.kvs) <= 4
+    assert get(small, b"written") is not None and small.revision == 12
+    with pytest.raises(RangeTooLargeError):   # outside an apply it is refused
+        small.range(RangeRequest(b"k", b"l"))
