@@ -330,13 +330,16 @@ class _Sorted(_Collector):
         self.matched += 1
         if self.truncated:
             return
+        sort_key = self._sort_key(key, rec)
+        if self.limit and len(self.heap) >= self.limit:
+            worst = self.heap[0].sort_key
+            if not (worst < sort_key if self.descending else sort_key < worst):
+                return  # no better than the worst entry held
         # Sorting by value holds the value even for a keys-only result.
         with_value = self.target == SortTarget.VALUE or not self.keys_only
-        item = _HeapItem(self._sort_key(key, rec), to_kv(key, rec, keys_only=self.keys_only),
+        item = _HeapItem(sort_key, to_kv(key, rec, keys_only=self.keys_only),
                          self._size(key, rec, with_value=with_value), self.descending)
         if self.limit and len(self.heap) >= self.limit:
-            if not self.heap[0] < item:
-                return  # no better than the worst entry held
             self._drop(heapq.heapreplace(self.heap, item).size)
         else:
             heapq.heappush(self.heap, item)
