@@ -22,7 +22,7 @@ Threading: one batch at a time per store (the applying thread), as for any apply
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -177,6 +177,27 @@ class MVCCBatch:
                     deleted += 1
             return DeleteRangeResponse(entry.revision(self.revision), deleted)
 
+    def write_ops(self, ops: Sequence[PutRequest | DeleteRangeRequest]
+                  ) -> list[PutResponse | DeleteRangeResponse]:
+        """kvraft's own batch command: its puts and deletes in order, as ONE entry (one
+        revision, a sub-revision per change), each seeing the ones before it. Unlike a
+        Txn it may write a key more than once (the later write wins; the key's version
+        counts each, as etcd's mvcc layer does). All or nothing, like any entry."""
+        for op in ops:
+            if isinstance(op, PutRequest):
+                check_put(op)
+            else:
+                check_delete(op)
+        with self._entry() as entry:
+            out: list[PutResponse | DeleteRangeResponse] = []
+            for op in ops:
+                if isinstance(op, PutRequest):
+                    self._check_put_state(op, lease_first=True)
+                    out.append(self._put(entry, op))
+                else:
+                    out.append(self._delete_range(entry, op))
+            return out
+
     # --- compaction -------------------------------------------------------------------------
     @property
     def compaction_pending(self) -> bool:
@@ -326,9 +347,10 @@ class MVCCBatch:
         responses: list[ResponseOp] = []
         for op, sub in self._branch(req, path):
             if isinstance(op, RangeRequest):
+                # truncate, not refuse: RangeLimits is one member's configuration
                 responses.append(range_at(self._ws, op, current=entry.revision(self.revision),
                                           compacted=self.compact_revision,
-                                          limits=self._range_limits))
+                                          limits=self._range_limits, truncate=True))
             elif isinstance(op, PutRequest):
                 responses.append(self._put(entry, op))
             elif isinstance(op, DeleteRangeRequest):

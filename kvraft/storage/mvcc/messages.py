@@ -98,12 +98,19 @@ class RangeResponse:
     """`revision`: the store's current revision (etcd's header, also for a read at a
     past revision). `count`: keys in the range at the read revision, before limit and
     before the min/max filters (etcd's). `more`: keys that passed the filters were left
-    out by the limit."""
+    out by the limit.
+
+    `truncated` (kvraft's, not on the wire): a range inside a txn whose result passed
+    the member's RangeLimits. The apply cannot refuse it (members configured apart
+    would then disagree on whether the txn applied), so it applies the txn, stops
+    collecting that range and says so; the server answers the client
+    RESOURCE_EXHAUSTED, as etcd's gRPC layer does for a response over its size."""
 
     revision: int
     kvs: Sequence[KeyValue] = ()
     more: bool = False
     count: int = 0
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,9 +154,14 @@ def to_kv(key: bytes, rec: Record, *, keys_only: bool = False) -> KeyValue:
 
 # --- Range -------------------------------------------------------------------------------
 def range_at(view: Reader, req: RangeRequest, *, current: int, compacted: int,
-             limits: RangeLimits = DEFAULT_RANGE_LIMITS) -> RangeResponse:
+             limits: RangeLimits = DEFAULT_RANGE_LIMITS, truncate: bool = False
+             ) -> RangeResponse:
     """etcd's Range over `view`, whose state is at revision `current` with compact
-    revision `compacted`. The response's revision is `current` (etcd's header)."""
+    revision `compacted`. The response's revision is `current` (etcd's header).
+
+    A result over `limits` raises RangeTooLargeError, or with `truncate` (a range
+    inside an apply: RangeResponse.truncated says why) stops collecting and is
+    flagged."""
     check_range(req)
     rev = read_revision(req.revision, current, compacted)
     keys = KeyRange.of(req.key, req.range_end)
@@ -169,6 +174,7 @@ def range_at(view: Reader, req: RangeRequest, *, current: int, compacted: int,
     limit = max(req.limit, 0)
     keep = _filter(req)
     collector = _collector(req, limit, limits)
+    collector.truncate = truncate
     with closing(iter_live(view, keys, rev)) as live:
         for key, raw in live:
             count += 1
@@ -179,7 +185,8 @@ def range_at(view: Reader, req: RangeRequest, *, current: int, compacted: int,
             if keep is None or keep(rec):
                 collector.add(key, rec)
     kvs = collector.result()
-    return RangeResponse(current, kvs, limit > 0 and collector.matched > limit, count)
+    return RangeResponse(current, kvs, limit > 0 and collector.matched > limit, count,
+                         collector.truncated)
 
 
 def _filter(req: RangeRequest) -> Callable[[Record], bool] | None:
@@ -206,6 +213,8 @@ class _Collector:
         self.held = 0        # entries held now
         self.held_bytes = 0  # their bytes, as RangeLimits counts them
         self.full = False    # no further entry can enter the result
+        self.truncate = False   # over the limits: stop collecting instead of raising
+        self.truncated = False  # ... and it did
 
     def add(self, key: bytes, rec: Record) -> None:
         raise NotImplementedError
@@ -220,7 +229,9 @@ class _Collector:
         self.held += 1
         self.held_bytes += size
         if self.held > self.limits.entries_max or self.held_bytes > self.limits.bytes_max:
-            raise RangeTooLargeError(self.limits.entries_max, self.limits.bytes_max)
+            if not self.truncate:
+                raise RangeTooLargeError(self.limits.entries_max, self.limits.bytes_max)
+            self.truncated = self.full = True
 
     def _drop(self, size: int) -> None:
         self.held -= 1
@@ -241,7 +252,7 @@ class _InKeyOrder(_Collector):
             return
         self._hold(self._size(key, rec, with_value=not self.keys_only))
         self.kvs.append(to_kv(key, rec, keys_only=self.keys_only))
-        self.full = self.limit > 0 and len(self.kvs) >= self.limit
+        self.full = self.full or (self.limit > 0 and len(self.kvs) >= self.limit)
 
     def result(self) -> list[KeyValue]:
         return self.kvs
@@ -257,6 +268,8 @@ class _LastInKeyOrder(_Collector):
 
     def add(self, key: bytes, rec: Record) -> None:
         self.matched += 1
+        if self.truncated:
+            return
         size = self._size(key, rec, with_value=not self.keys_only)
         self.kvs.append((to_kv(key, rec, keys_only=self.keys_only), size))
         if self.limit and len(self.kvs) > self.limit:
@@ -315,13 +328,18 @@ class _Sorted(_Collector):
 
     def add(self, key: bytes, rec: Record) -> None:
         self.matched += 1
+        if self.truncated:
+            return
+        sort_key = self._sort_key(key, rec)
+        if self.limit and len(self.heap) >= self.limit:
+            worst = self.heap[0].sort_key
+            if not (worst < sort_key if self.descending else sort_key < worst):
+                return  # no better than the worst entry held
         # Sorting by value holds the value even for a keys-only result.
         with_value = self.target == SortTarget.VALUE or not self.keys_only
-        item = _HeapItem(self._sort_key(key, rec), to_kv(key, rec, keys_only=self.keys_only),
+        item = _HeapItem(sort_key, to_kv(key, rec, keys_only=self.keys_only),
                          self._size(key, rec, with_value=with_value), self.descending)
         if self.limit and len(self.heap) >= self.limit:
-            if not self.heap[0] < item:
-                return  # no better than the worst entry held
             self._drop(heapq.heapreplace(self.heap, item).size)
         else:
             heapq.heappush(self.heap, item)

@@ -11,7 +11,7 @@ write (a snapshot is a point in time).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TypeVar
 
 import plyvel
@@ -79,6 +79,10 @@ class MVCCStore:
 
     def txn(self, req: TxnRequest) -> TxnResponse:
         return self._write(lambda b: b.txn(req))
+
+    def write_ops(self, ops: Sequence[PutRequest | DeleteRangeRequest]
+                  ) -> list[PutResponse | DeleteRangeResponse]:
+        return self._write(lambda b: b.write_ops(ops))
 
     def compact(self, revision: int) -> CompactResponse:
         return self._write(lambda b: b.compact(revision))
