@@ -99,6 +99,8 @@ ROLE_NAMES = {
 
 
 Clock = Callable[[], float]   # monotonic seconds, on the event loop's time scale
+ApplyListener = Callable[[list[eraftpb.Entry], list[ApplyResult]], None]
+RoleListener = Callable[[int, StateRole], None]   # (leader id, this node's role)
 TransportFactory = Callable[["Node"], Transport]
 
 
@@ -167,6 +169,12 @@ class Node:
         self._leader_id = 0
         self._role = self.raw.raft.state
         self._leader_waiters: list[ReadWaiter] = []   # transfer_leader calls
+        # Called on the loop, in log order, after each applied batch (the watch hub,
+        # the lessor): they must not block. Snapshot installs call them with no
+        # entries, so a listener that tracks the state re-reads it from the store.
+        self.apply_listeners: list[ApplyListener] = []
+        # Called on the loop when this node's (leader id, role) changes (the lessor).
+        self.role_listeners: list[RoleListener] = []
         self._fatal: BaseException | None = None
         self._last_round_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -631,12 +639,16 @@ class Node:
         log.info("node %d: installed snapshot at index %d term %d (term %d)",
                  self.id, snapshot.metadata.index, snapshot.metadata.term, self.raw.raft.term)
         self.membership.on_snapshot_installed(snapshot)
+        for listener in self.apply_listeners:
+            listener([], [])
 
     def _on_applied(self, entries: list[eraftpb.Entry], results: list[ApplyResult]) -> None:
         """The apply task applied a batch: complete waiters, serve reads, and look at
         compaction and the pushback."""
         self.proposals.on_applied(entries, results, self._on_conf_change_applied)
         self.reads.serve(self.store.sm.applied_index)
+        for listener in self.apply_listeners:
+            listener(entries, results)
         self.persister.maybe_compact()
         self.proposals.notify_admission()
 
@@ -646,6 +658,7 @@ class Node:
 
     def _on_soft_state(self, leader_id: int, role: StateRole) -> None:
         term = self.raw.raft.term
+        changed = role != self._role or leader_id != self._leader_id
         if role != self._role:
             if role == StateRole.Leader:
                 log.info("node %d: election won, leader at term %d", self.id, term)
@@ -670,6 +683,9 @@ class Node:
             for w in self._leader_waiters:
                 w.resolve()
             self._leader_waiters.clear()
+        if changed:
+            for role_listener in self.role_listeners:
+                role_listener(leader_id, role)
 
     def _update_gauges(self) -> None:
         r = self.raw.raft

@@ -16,6 +16,7 @@ from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
+from .etcd.register import add_etcd_services
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
@@ -112,12 +113,14 @@ async def _serve(config: NodeConfig) -> int:
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server
         )
+        etcd_names = add_etcd_services(client_server, node, config, metrics)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
         reflection.enable_server_reflection(
             [
                 kvraft_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
                 kvraft_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+                *etcd_names,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -137,7 +140,7 @@ async def _serve(config: NodeConfig) -> int:
         node.start()
         await client_server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in ("kvraft.KV", "kvraft.Cluster"):
+        for name in ("kvraft.KV", "kvraft.Cluster", *etcd_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %d: serving clients on %s, peers on %s (cluster %016x, %s loop)%s",
                  config.node_id, config.listen, config.peer_listen, node.cluster_id,

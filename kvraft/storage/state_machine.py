@@ -45,7 +45,7 @@ from google.protobuf.message import DecodeError
 from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
-from kvraft.storage import keys
+from kvraft.storage import keys, mvcc
 from kvraft.storage.apply_buffer import ApplyBuffer, FrozenView, MergedIterator, prefix_stop
 from kvraft.storage.commands import (
     CommandDecodeError,
@@ -382,6 +382,15 @@ class KVStateMachine:
         return result
 
     # --- reads --------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """The store's current MVCC revision (etcd's; 0 before the first write)."""
+        slot = self._views.enter()
+        try:
+            return mvcc.current_revision(slot.view)
+        finally:
+            self._views.leave(slot)
+
     def get(self, key: bytes) -> bytes | None:
         slot = self._views.enter()
         try:

@@ -1,0 +1,16 @@
+"""Which etcd services the client port serves: each module adds its own here."""
+from __future__ import annotations
+
+import grpc
+
+from ..config import NodeConfig
+from ..metrics import NodeMetrics
+from ..node import Node
+
+
+def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
+                      metrics: NodeMetrics) -> list[str]:
+    """Add every etcd service to `server`; returns their full names (for reflection
+    and the health service)."""
+    names: list[str] = []
+    return names
