@@ -351,15 +351,28 @@ class Client:
 
     # ------------------------------------------------------------------ KV
 
-    def put(self, key: Bytesish, value: Bytesish, *, timeout: float | None = None) -> None:
+    def put(self, key: Bytesish, value: Bytesish, *, lease: int = 0,
+            timeout: float | None = None) -> None:
+        """Set the key. lease > 0 attaches it to that lease (etcd's Put): the key is
+        deleted when the lease expires or is revoked."""
+        if lease:
+            self._etcd.put(_etcd().PutOp(key, value, lease=_lease_id(lease)), timeout=timeout)
+            return
         request = pb.PutRequest(key=to_bytes(key, "key"), value=to_bytes(value, "value"))
         self._call("kv", "Put", request, write=True, timeout=timeout)
 
     def get(
-        self, key: Bytesish, serializable: bool = False, *, timeout: float | None = None
+        self, key: Bytesish, serializable: bool = False, *, revision: int = 0,
+        timeout: float | None = None,
     ) -> bytes | None:
         """The key's value, or None when it does not exist. serializable=True reads the
-        answering member's local state (possibly stale) instead of a ReadIndex round."""
+        answering member's local state (possibly stale) instead of a ReadIndex round.
+        revision > 0 reads the value the key had at that revision (etcd's Range; a
+        compacted revision raises OUT_OF_RANGE)."""
+        if revision:
+            result = self._etcd.range(_etcd().RangeOp(key, revision=_revision(revision)),
+                                      serializable=serializable, timeout=timeout)
+            return result.kvs[0].value if result.kvs else None
         request = pb.GetRequest(key=to_bytes(key, "key"), consistency=_consistency(serializable))
         response = self._call("kv", "Get", request, write=False, timeout=timeout)
         return response.value if response.found else None
@@ -481,6 +494,102 @@ class Client:
         for op in ops:
             request.ops.append(_batch_op(op))
         return list(self._call("kv", "Batch", request, write=True, timeout=timeout).deleted)
+
+    # ------------------------------------------------------------------ etcd's API
+    # Revisions, txns, watches, leases, locks and elections: kvraft.client_etcd, over
+    # etcd's services on the same client port (SPEC §6, docs/client.md).
+
+    @property
+    def _etcd(self) -> client_etcd.EtcdCalls:
+        calls = self.__dict__.get("_etcd_calls")
+        if calls is None:
+            with self._lock:
+                calls = self.__dict__.setdefault("_etcd_calls", _etcd().EtcdCalls(self))
+        return calls
+
+    def range(
+        self, key: Bytesish, range_end: Bytesish = b"", *, prefix: bool = False,
+        revision: int = 0, limit: int = 0, keys_only: bool = False, count_only: bool = False,
+        serializable: bool = False, timeout: float | None = None,
+    ) -> client_etcd.RangeResult:
+        """etcd's Range: the keys of [key, range_end) (one key when range_end is empty,
+        every key starting with `key` when prefix=True) with their revisions, at
+        `revision` (0: the latest)."""
+        op = _etcd().RangeOp(key, range_end, prefix=prefix, revision=_revision(revision),
+                             limit=limit, keys_only=keys_only, count_only=count_only)
+        return self._etcd.range(op, serializable=serializable, timeout=timeout)
+
+    def txn(
+        self, compare: Iterable[client_etcd.CompareLike] = (),
+        success: Iterable[client_etcd.OpLike] = (),
+        failure: Iterable[client_etcd.OpLike] = (), *, timeout: float | None = None,
+    ) -> client_etcd.TxnResult:
+        """An etcd transaction, atomic at one revision: if every compare holds, run the
+        `success` ops, else the `failure` ops. Compares: `Compare.value(k) == v`,
+        `Compare.version(k) > 2`, `Compare.create(k) == 0` (k does not exist),
+        `Compare.mod(k) < r`, `Compare.lease(k) == id`; ops: RangeOp, PutOp, DeleteOp,
+        TxnOp (nested). etcd's own Compare and RequestOp messages are accepted too."""
+        return self._etcd.txn(compare, success, failure, timeout=timeout)
+
+    def compact(self, revision: int, *, physical: bool = False,
+                timeout: float | None = None) -> None:
+        """Drop the history at and below `revision` (reads below it fail afterwards)."""
+        self._etcd.compact(_revision(revision), physical=physical, timeout=timeout)
+
+    def watch(
+        self, key: Bytesish, prefix: bool = False, start_revision: int = 0,
+        prev_kv: bool = False, *, range_end: Bytesish = b"",
+    ) -> client_etcd.Watch:
+        """An iterator of Events on `key` (or every key starting with it, or
+        [key, range_end)) from `start_revision` (0: changes from now on). It resumes on
+        another member after the last revision it delivered when its member fails: no
+        gap, no duplicate. Close it (or use it as a context manager) to stop."""
+        ce = _etcd()
+        key_bytes = to_bytes(key, "key")
+        return ce.Watch(self._etcd, key_bytes, ce._range_end(key_bytes, prefix, range_end),
+                        _revision(start_revision), prev_kv)
+
+    def lease(self, ttl: int, *, keep_alive: bool = True) -> client_etcd.Lease:
+        """Grant a lease of `ttl` seconds and keep it alive every TTL/3 in a background
+        thread (keep_alive=False: let it expire). `.id`; `.revoke()`; a context manager
+        that revokes it on exit, deleting the keys put with `lease=lease.id`."""
+        return _etcd().Lease(self._etcd, ttl, keep_alive=keep_alive)
+
+    def lease_grant(self, ttl: int, *, lease_id: int = 0,
+                    timeout: float | None = None) -> tuple[int, int]:
+        """Grant a lease without keeping it alive; returns (id, granted TTL)."""
+        return self._etcd.lease_grant(ttl, lease_id=lease_id, timeout=timeout)
+
+    def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        self._etcd.lease_revoke(_lease_id(lease_id), timeout=timeout)
+
+    def lease_keep_alive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew a lease once; its new TTL, 0 when it expired or was revoked."""
+        return self._etcd.lease_keep_alive_once(_lease_id(lease_id), timeout=timeout)
+
+    def lease_time_to_live(
+        self, lease_id: int, *, keys: bool = False, timeout: float | None = None,
+    ) -> client_etcd.LeaseInfo | None:
+        """A lease's remaining and granted TTL (and its keys); None when it is gone."""
+        return self._etcd.lease_time_to_live(_lease_id(lease_id), keys=keys, timeout=timeout)
+
+    def lease_list(self, *, timeout: float | None = None) -> list[int]:
+        return self._etcd.lease_list(timeout=timeout)
+
+    def lock(self, name: Bytesish, ttl: int = 60, *,
+             timeout: float | None = None) -> client_etcd.Lock:
+        """Wait for the lock `name` (etcd's recipe, shared with `etcdctl lock`) and
+        return the holder: `.key`, `.fencing_token` (its create revision), `.held`,
+        `.release()`; a context manager. `ttl`: the lease that keeps the lock while this
+        process lives; `timeout`: how long to wait (None: as long as it takes). A lock is
+        NOT mutual exclusion on its own — see docs/client.md#locks."""
+        ce = _etcd()
+        return ce.acquire_lock(self._etcd, to_bytes(name, "name"), ttl, timeout)
+
+    def election(self, name: Bytesish, *, ttl: int = 60) -> client_etcd.Election:
+        """An election on `name` (etcd's recipe, shared with `etcdctl elect`):
+        `.campaign(value)`, `.proclaim(value)`, `.leader()`, `.observe()`, `.resign()`."""
+        return _etcd().Election(self._etcd, to_bytes(name, "name"), ttl=ttl)
 
     # ------------------------------------------------------------------ cluster
 
@@ -705,6 +814,25 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
                      f"no member answered in time: {summary}", endpoint=last.endpoint)
 
 
+def _etcd() -> Any:
+    """kvraft.client_etcd (imported at the end of this module, which it imports)."""
+    return client_etcd
+
+
+def _revision(revision: int) -> int:
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise ValueError(f"a revision is an int >= 0, got {revision!r}")
+    return revision
+
+
+def _lease_id(lease_id: int) -> int:
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int):
+        raise TypeError(f"a lease id must be an int, not {type(lease_id).__name__}")
+    if not 0 < lease_id < 1 << 63:
+        raise ValueError(f"a lease id is a positive 64-bit signed integer, got {lease_id}")
+    return lease_id
+
+
 def _consistency(serializable: bool) -> pb.ReadConsistency:
     return pb.SERIALIZABLE if serializable else pb.LINEARIZABLE
 
@@ -733,3 +861,24 @@ def _batch_op(op: BatchOp) -> pb.BatchOp:
     if isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
         return pb.BatchOp(delete=pb.DeleteRequest(key=to_bytes(op[1], "key")))
     raise TypeError(f"a batch op is Put, Delete, ('put', k, v) or ('delete', k), not {op!r}")
+
+
+# etcd's API types, importable from here too (kvraft.client_etcd imports this module,
+# so it comes last).
+from kvraft import client_etcd  # noqa: E402
+from kvraft.client_etcd import (  # noqa: E402, F401
+    Compare,
+    DeleteOp,
+    Election,
+    Event,
+    KeyValue,
+    Lease,
+    LeaseInfo,
+    Lock,
+    PutOp,
+    RangeOp,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+    Watch,
+)

@@ -1,0 +1,1252 @@
+"""etcd's v3 API through kvraft's Client: revisions, transactions, watches, leases, locks
+and elections (SPEC §6, docs/client.md). `kvraft.client.Client` delegates to this module:
+
+    with Client(endpoints) as kv:
+        kv.put("k", "v")
+        kv.get("k", revision=3)                           # the value at revision 3
+        r = kv.txn([Compare.mod("k") == 4], [PutOp("k", "w")], [RangeOp("k")])
+        for event in kv.watch("jobs/", prefix=True):      # resumes on another member
+            ...
+        with kv.lease(10) as lease:                       # kept alive every TTL/3
+            kv.put("me", "alive", lease=lease.id)
+        with kv.lock("jobs") as held:                     # etcd's lock recipe
+            ... held.fencing_token ...
+
+Calls fail over between the client's endpoints with the rules of kvraft.client (reads
+anywhere until the deadline; a write is sent again only when it certainly was not
+applied). The services are etcd's (`etcdserverpb.KV`, `Watch`, `Lease`) served on the
+same client port as kvraft's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+# kvraft.client imports this module at its end (to re-export the types below), so
+# this import finds it fully defined.
+from kvraft import client as kc
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from kvraft.proto import mvccpb_pb2 as mvccpb
+
+if TYPE_CHECKING:
+    from kvraft.client import Bytesish, Client
+
+# How often a lease is kept alive: etcd's clients send a keep-alive every TTL/3.
+KEEPALIVE_FRACTION = 1 / 3
+# A failed keep-alive (a member down) is sent again this soon, to another member.
+KEEPALIVE_RETRY_S = 0.2
+# Leases shorter than this are refused by etcd (its minimum TTL is 2 s in practice).
+LEASE_TTL_MIN_S = 1
+# A watch that cannot be opened anywhere gives up after this long (a whole-cluster
+# outage); a member failure or an election takes a few seconds.
+WATCH_RECONNECT_MAX_S = 60.0
+# Pause between rounds of watch reconnection over every endpoint, doubling up to the cap.
+WATCH_BACKOFF_INITIAL_S = 0.05
+WATCH_BACKOFF_MAX_S = 1.0
+# etcd's clientv3.WithRequireLeader: a member without a leader fails the watch stream,
+# so the client moves to one that has.
+REQUIRE_LEADER_METADATA = (("hasleader", "true"),)
+# Default TTL of the lease behind a lock or an election campaign (etcd's session: 60 s).
+SESSION_TTL_S = 60
+
+PUT = "PUT"
+DELETE = "DELETE"
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """A key as etcd's mvccpb.KeyValue: its value and its revisions."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: mvccpb.KeyValue) -> KeyValue:
+        return cls(key=kv.key, value=kv.value, create_revision=kv.create_revision,
+                   mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change seen by a watch: `type` is "PUT" or "DELETE"; `kv` the key after the
+    change (for a DELETE: the key and the deletion's revision, no value); `prev_kv` the
+    key before it when the watch asked for prev_kv (None when it did not exist)."""
+
+    type: str
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+    @classmethod
+    def from_pb(cls, ev: mvccpb.Event) -> Event:
+        prev = KeyValue.from_pb(ev.prev_kv) if ev.HasField("prev_kv") else None
+        return cls(type=DELETE if ev.type == mvccpb.Event.DELETE else PUT,
+                   kv=KeyValue.from_pb(ev.kv), prev_kv=prev)
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    kvs: tuple[KeyValue, ...]
+    count: int       # keys in the range (before `limit`)
+    more: bool       # more keys than returned
+    revision: int    # the store's revision the range was read at
+
+
+@dataclass(frozen=True)
+class PutResult:
+    revision: int
+    prev_kv: KeyValue | None = None
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    revision: int
+    deleted: int
+    prev_kvs: tuple[KeyValue, ...] = ()
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """`succeeded`: every compare held (the success ops ran, else the failure ops);
+    `responses`: one RangeResult, PutResult, DeleteResult or TxnResult per op run."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[RangeResult | PutResult | DeleteResult | TxnResult, ...]
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease's time to live: `ttl` the seconds left, `granted_ttl` as granted."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[bytes, ...] = ()
+
+
+# --------------------------------------------------------------------------- txn types
+
+_COMPARE_TARGETS = {
+    "value": etcdpb.Compare.VALUE, "version": etcdpb.Compare.VERSION,
+    "create": etcdpb.Compare.CREATE, "mod": etcdpb.Compare.MOD, "lease": etcdpb.Compare.LEASE,
+}
+_COMPARE_RESULTS = {
+    "=": etcdpb.Compare.EQUAL, "!=": etcdpb.Compare.NOT_EQUAL,
+    "<": etcdpb.Compare.LESS, ">": etcdpb.Compare.GREATER,
+}
+_COMPARE_FIELDS = {"value": "value", "version": "version", "create": "create_revision",
+                   "mod": "mod_revision", "lease": "lease"}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One condition of a txn: the key's `target` ("value", "version", "create", "mod"
+    or "lease") `op` ("=", "!=", "<", ">") `operand` (bytes for value, int otherwise).
+    Built most easily with the operators: `Compare.value("k") == "v"`,
+    `Compare.mod("k") < 7`, `Compare.create("k") == 0` (the key does not exist).
+    With `range_end` (or prefix=True in the builders) it must hold for every key of
+    [key, range_end)."""
+
+    key: bytes
+    target: str
+    op: str
+    operand: bytes | int
+    range_end: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.target not in _COMPARE_TARGETS:
+            raise ValueError(f"a compare target is one of {sorted(_COMPARE_TARGETS)}, "
+                             f"not {self.target!r}")
+        if self.op not in _COMPARE_RESULTS:
+            raise ValueError(f"a compare op is one of =, !=, <, >, not {self.op!r}")
+        if self.target == "value" and not isinstance(self.operand, bytes):
+            raise TypeError("a value compare takes bytes or str")
+        if self.target != "value" and (isinstance(self.operand, bool)
+                                       or not isinstance(self.operand, int)):
+            raise TypeError(f"a {self.target} compare takes an int")
+
+    @staticmethod
+    def value(key: Bytesish, *, prefix: bool = False, range_end: Bytesish = b"") -> _Target:
+        return _Target("value", key, prefix, range_end)
+
+    @staticmethod
+    def version(key: Bytesish, *, prefix: bool = False, range_end: Bytesish = b"") -> _Target:
+        return _Target("version", key, prefix, range_end)
+
+    @staticmethod
+    def create(key: Bytesish, *, prefix: bool = False, range_end: Bytesish = b"") -> _Target:
+        """The key's create revision (0: the key does not exist)."""
+        return _Target("create", key, prefix, range_end)
+
+    @staticmethod
+    def mod(key: Bytesish, *, prefix: bool = False, range_end: Bytesish = b"") -> _Target:
+        return _Target("mod", key, prefix, range_end)
+
+    @staticmethod
+    def lease(key: Bytesish, *, prefix: bool = False, range_end: Bytesish = b"") -> _Target:
+        return _Target("lease", key, prefix, range_end)
+
+    def to_pb(self) -> etcdpb.Compare:
+        message = etcdpb.Compare(result=_COMPARE_RESULTS[self.op],
+                                 target=_COMPARE_TARGETS[self.target], key=self.key,
+                                 range_end=self.range_end)
+        setattr(message, _COMPARE_FIELDS[self.target], self.operand)
+        return message
+
+
+class _Target:
+    """`Compare.value(key)` and friends: compared with ==, !=, < or >, a Compare."""
+
+    __hash__ = None  # type: ignore[assignment]  # == builds a Compare, not a bool
+
+    def __init__(self, target: str, key: Bytesish, prefix: bool, range_end: Bytesish) -> None:
+        self.target = target
+        self.key = _bytes(key, "key")
+        self.range_end = _range_end(self.key, prefix, range_end)
+
+    def _compare(self, op: str, operand: Any) -> Compare:
+        if self.target == "value":
+            operand = _bytes(operand, "value")
+        return Compare(self.key, self.target, op, operand, self.range_end)
+
+    def __eq__(self, other: object) -> Compare:  # type: ignore[override]
+        return self._compare("=", other)
+
+    def __ne__(self, other: object) -> Compare:  # type: ignore[override]
+        return self._compare("!=", other)
+
+    def __lt__(self, other: object) -> Compare:
+        return self._compare("<", other)
+
+    def __gt__(self, other: object) -> Compare:
+        return self._compare(">", other)
+
+
+@dataclass(frozen=True)
+class RangeOp:
+    """A range read inside a txn (or `Client.range`): one key, [key, range_end), or
+    every key starting with `key` (prefix=True). revision=0 reads the txn's revision."""
+
+    key: Bytesish
+    range_end: Bytesish = b""
+    prefix: bool = False
+    revision: int = 0
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+
+    def to_pb(self) -> etcdpb.RangeRequest:
+        key = _bytes(self.key, "key")
+        return etcdpb.RangeRequest(key=key, range_end=_range_end(key, self.prefix,
+                                                                 self.range_end),
+                                   revision=self.revision, limit=self.limit,
+                                   keys_only=self.keys_only, count_only=self.count_only)
+
+
+@dataclass(frozen=True)
+class PutOp:
+    """A put inside a txn, attached to `lease` when nonzero."""
+
+    key: Bytesish
+    value: Bytesish
+    lease: int = 0
+    prev_kv: bool = False
+
+    def to_pb(self) -> etcdpb.PutRequest:
+        return etcdpb.PutRequest(key=_bytes(self.key, "key"), value=_bytes(self.value, "value"),
+                                 lease=self.lease, prev_kv=self.prev_kv)
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    """A delete inside a txn: one key, [key, range_end) or a prefix."""
+
+    key: Bytesish
+    range_end: Bytesish = b""
+    prefix: bool = False
+    prev_kv: bool = False
+
+    def to_pb(self) -> etcdpb.DeleteRangeRequest:
+        key = _bytes(self.key, "key")
+        return etcdpb.DeleteRangeRequest(key=key, range_end=_range_end(key, self.prefix,
+                                                                       self.range_end),
+                                         prev_kv=self.prev_kv)
+
+
+@dataclass(frozen=True)
+class TxnOp:
+    """A nested txn (etcd 3.3+), as an op of an outer txn's branch."""
+
+    compare: Sequence[CompareLike] = ()
+    success: Sequence[OpLike] = ()
+    failure: Sequence[OpLike] = ()
+
+    def to_pb(self) -> etcdpb.TxnRequest:
+        return txn_request(self.compare, self.success, self.failure)
+
+
+CompareLike: TypeAlias = Compare | etcdpb.Compare
+OpLike: TypeAlias = RangeOp | PutOp | DeleteOp | TxnOp | etcdpb.RequestOp | Any
+
+
+def txn_request(compare: Iterable[CompareLike], success: Iterable[OpLike],
+                failure: Iterable[OpLike]) -> etcdpb.TxnRequest:
+    """The etcdserverpb.TxnRequest of compares and ops (our types or etcd's messages;
+    kvraft.client's batch Put and Delete are accepted as ops too)."""
+    request = etcdpb.TxnRequest()
+    for c in compare:
+        if isinstance(c, etcdpb.Compare):
+            request.compare.append(c)
+        elif isinstance(c, Compare):
+            request.compare.append(c.to_pb())
+        else:
+            raise TypeError(f"a txn compare is a Compare (Compare.value(k) == v, ...) or "
+                            f"an etcdserverpb.Compare, not {c!r}")
+    for branch, ops in ((request.success, success), (request.failure, failure)):
+        for op in ops:
+            branch.append(_request_op(op))
+    return request
+
+
+def _request_op(op: OpLike) -> etcdpb.RequestOp:
+    if isinstance(op, etcdpb.RequestOp):
+        return op
+    if isinstance(op, RangeOp):
+        return etcdpb.RequestOp(request_range=op.to_pb())
+    if isinstance(op, PutOp):
+        return etcdpb.RequestOp(request_put=op.to_pb())
+    if isinstance(op, DeleteOp):
+        return etcdpb.RequestOp(request_delete_range=op.to_pb())
+    if isinstance(op, TxnOp):
+        return etcdpb.RequestOp(request_txn=op.to_pb())
+    if isinstance(op, kc.Put):
+        return etcdpb.RequestOp(request_put=PutOp(op.key, op.value).to_pb())
+    if isinstance(op, kc.Delete):
+        return etcdpb.RequestOp(request_delete_range=DeleteOp(op.key).to_pb())
+    raise TypeError(f"a txn op is RangeOp, PutOp, DeleteOp, TxnOp (or etcd's RequestOp), "
+                    f"not {op!r}")
+
+
+def range_result(r: etcdpb.RangeResponse) -> RangeResult:
+    return RangeResult(kvs=tuple(KeyValue.from_pb(kv) for kv in r.kvs), count=r.count,
+                       more=r.more, revision=r.header.revision)
+
+
+def txn_result(r: etcdpb.TxnResponse) -> TxnResult:
+    out: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
+    for op in r.responses:
+        kind = op.WhichOneof("response")
+        if kind == "response_range":
+            out.append(range_result(op.response_range))
+        elif kind == "response_put":
+            p = op.response_put
+            out.append(PutResult(p.header.revision or r.header.revision,
+                                 KeyValue.from_pb(p.prev_kv) if p.HasField("prev_kv") else None))
+        elif kind == "response_delete_range":
+            d = op.response_delete_range
+            out.append(DeleteResult(d.header.revision or r.header.revision, d.deleted,
+                                    tuple(KeyValue.from_pb(kv) for kv in d.prev_kvs)))
+        elif kind == "response_txn":
+            out.append(txn_result(op.response_txn))
+    return TxnResult(succeeded=r.succeeded, revision=r.header.revision, responses=tuple(out))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def watch_canceled_error(reason: str, compact_revision: int) -> Exception:
+    """The error a watch raises when the server cancels it: compacted (OUT_OF_RANGE,
+    `compact_revision` set: resume from a newer revision) or refused."""
+    code = grpc.StatusCode.OUT_OF_RANGE if compact_revision else grpc.StatusCode.CANCELLED
+    err = kc.error_for(code, reason or "the watch was canceled by the server")
+    err.compact_revision = compact_revision
+    return err
+
+
+# --------------------------------------------------------------------------- calls
+
+
+class _Stubs:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.kv = etcdpb_grpc.KVStub(channel)
+        self.watch = etcdpb_grpc.WatchStub(channel)
+        self.lease = etcdpb_grpc.LeaseStub(channel)
+
+
+class EtcdCalls:
+    """etcd's services over a kvraft Client's channels (one per Client, made lazily)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        # per kvraft.client._Channel: etcd's stubs over the same gRPC channel (and TLS)
+        self._stubs: weakref.WeakKeyDictionary[Any, _Stubs] = weakref.WeakKeyDictionary()
+
+    def stubs(self, endpoint: str) -> _Stubs:
+        channel = self.client._channel(endpoint)
+        with self._lock:
+            stubs = self._stubs.get(channel)
+            if stubs is None:
+                stubs = self._stubs[channel] = _Stubs(channel.channel)
+            return stubs
+
+    def learn(self, endpoint: str) -> None:
+        """`endpoint` answered: start there next time (etcd's headers name no leader)."""
+        c = self.client
+        with c._lock:
+            if endpoint in c.endpoints:
+                c._preferred = c.endpoints.index(endpoint)
+
+    def call(self, service: str, method: str, request: Any, *, write: bool,
+             timeout: float | None = None, deadline: float | None = None) -> Any:
+        """One unary etcd call with kvraft.client's failover rules (its module doc)."""
+        c = self.client
+        if deadline is None:
+            deadline = c._deadline(timeout)
+        backoff_s = kc.ROUND_BACKOFF_INITIAL_S
+        last = None
+        failures: dict[str, str] = {}
+        while True:
+            order = c._order()
+            for position, endpoint in enumerate(order):
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                if write and last is not None and remaining_s < kc.WRITE_RETRY_MIN_S:
+                    raise kc._final_error(last, failures)
+                attempt_s = remaining_s
+                if not write:
+                    share_s = remaining_s / (len(order) - position)
+                    attempt_s = min(remaining_s, max(share_s, kc.READ_ATTEMPT_MIN_S))
+                stub = getattr(self.stubs(endpoint), service)
+                try:
+                    response = getattr(stub, method)(request, timeout=attempt_s)
+                except grpc.RpcError as err:
+                    last, retry = c._classify(err, endpoint, write, deadline)
+                    if not retry:
+                        raise last from None
+                    failures[endpoint] = last.message
+                    c._forget(endpoint)
+                    continue
+                self.learn(endpoint)
+                return response
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            time.sleep(min(remaining_s, backoff_s * (0.5 + random.random())))
+            backoff_s = min(backoff_s * 2, kc.ROUND_BACKOFF_MAX_S)
+        if last is None:
+            raise kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
+        raise kc._final_error(last, failures)
+
+    # ------------------------------------------------------------------ KV
+
+    def range(self, op: RangeOp, *, serializable: bool = False, sort_target: int = 0,
+              sort_order: int = 0, max_create_revision: int = 0,
+              timeout: float | None = None) -> RangeResult:
+        request = op.to_pb()
+        request.serializable = serializable
+        request.sort_target = sort_target  # type: ignore[assignment]
+        request.sort_order = sort_order  # type: ignore[assignment]
+        request.max_create_revision = max_create_revision
+        return range_result(self.call("kv", "Range", request, write=False, timeout=timeout))
+
+    def put(self, op: PutOp, *, timeout: float | None = None) -> PutResult:
+        r = self.call("kv", "Put", op.to_pb(), write=True, timeout=timeout)
+        return PutResult(r.header.revision,
+                         KeyValue.from_pb(r.prev_kv) if r.HasField("prev_kv") else None)
+
+    def delete(self, op: DeleteOp, *, timeout: float | None = None) -> DeleteResult:
+        r = self.call("kv", "DeleteRange", op.to_pb(), write=True, timeout=timeout)
+        return DeleteResult(r.header.revision, r.deleted,
+                            tuple(KeyValue.from_pb(kv) for kv in r.prev_kvs))
+
+    def txn(self, compare: Iterable[CompareLike], success: Iterable[OpLike],
+            failure: Iterable[OpLike], *, timeout: float | None = None) -> TxnResult:
+        request = txn_request(compare, success, failure)
+        # A txn of reads only is a read: it may go anywhere again.
+        write = any(op.WhichOneof("request") != "request_range"
+                    for op in (*request.success, *request.failure))
+        return txn_result(self.call("kv", "Txn", request, write=write, timeout=timeout))
+
+    def compact(self, revision: int, *, physical: bool = False,
+                timeout: float | None = None) -> int:
+        request = etcdpb.CompactionRequest(revision=revision, physical=physical)
+        return self.call("kv", "Compact", request, write=True, timeout=timeout).header.revision
+
+    # ------------------------------------------------------------------ leases
+
+    def lease_grant(self, ttl: int, *, lease_id: int = 0,
+                    timeout: float | None = None) -> tuple[int, int]:
+        """Grant a lease of `ttl` seconds; returns (id, granted TTL)."""
+        r = self.call("lease", "LeaseGrant", etcdpb.LeaseGrantRequest(TTL=ttl, ID=lease_id),
+                      write=True, timeout=timeout)
+        if r.error:
+            raise kc.KvraftError(r.error)
+        return r.ID, r.TTL
+
+    def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        self.call("lease", "LeaseRevoke", etcdpb.LeaseRevokeRequest(ID=lease_id), write=True,
+                  timeout=timeout)
+
+    def lease_time_to_live(self, lease_id: int, *, keys: bool = False,
+                           timeout: float | None = None) -> LeaseInfo | None:
+        """The lease's remaining TTL, or None when it expired or never existed."""
+        r = self.call("lease", "LeaseTimeToLive",
+                      etcdpb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), write=False,
+                      timeout=timeout)
+        if r.TTL == -1:
+            return None
+        return LeaseInfo(id=r.ID, ttl=r.TTL, granted_ttl=r.grantedTTL, keys=tuple(r.keys))
+
+    def lease_list(self, *, timeout: float | None = None) -> list[int]:
+        r = self.call("lease", "LeaseLeases", etcdpb.LeaseLeasesRequest(), write=False,
+                      timeout=timeout)
+        return [status.ID for status in r.leases]
+
+    def lease_keep_alive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew the lease once; returns its new TTL (0: it expired or was revoked).
+
+        A keep-alive is idempotent, so it is retried on any member until the deadline."""
+        c = self.client
+        deadline = c._deadline(timeout)
+        request = etcdpb.LeaseKeepAliveRequest(ID=lease_id)
+        last = None
+        while True:
+            for endpoint in c._order():
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                stub = self.stubs(endpoint).lease
+                try:
+                    responses = stub.LeaseKeepAlive(iter((request,)), timeout=remaining_s)
+                    response = next(responses, None)
+                    responses.cancel()
+                except grpc.RpcError as err:
+                    last, retry = c._classify(err, endpoint, False, deadline)
+                    if not retry and err.code() not in (grpc.StatusCode.CANCELLED,
+                                                        grpc.StatusCode.UNKNOWN):
+                        raise last from None
+                    c._forget(endpoint)
+                    continue
+                if response is None:  # the stream ended without an answer: try another
+                    last = kc.Unavailable(f"{endpoint} closed the keep-alive stream",
+                                          endpoint=endpoint)
+                    continue
+                self.learn(endpoint)
+                return max(response.TTL, 0)
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            time.sleep(min(remaining_s, KEEPALIVE_RETRY_S))
+        raise last or kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
+
+
+# --------------------------------------------------------------------------- watch
+
+
+class Watch:
+    """An iterator of Events on a key, a range or a prefix, in revision order.
+
+    It resumes by itself when its member fails (the stream breaks, or the member loses
+    its leader: watches ask for one with etcd's `hasleader`): it opens the watch again
+    on another endpoint from the revision after the last one it delivered (or after the
+    last progress notification), and drops any event it already delivered — so the
+    caller sees every event once, with no gap. A revision's events arrive together
+    (the server does not fragment them), so resuming after a whole revision is exact.
+
+    Iteration ends after `close()` (from any thread) and raises when the server cancels
+    the watch: OUT_OF_RANGE with `.compact_revision` when its next revision was
+    compacted, or Unavailable when no member took the watch within `reconnect_s`.
+    A context manager (exit closes it)."""
+
+    def __init__(self, calls: EtcdCalls, key: bytes, range_end: bytes, start_revision: int,
+                 prev_kv: bool, *, filters: Sequence[int] = (),
+                 reconnect_s: float = WATCH_RECONNECT_MAX_S) -> None:
+        self._calls = calls
+        self._key = key
+        self._range_end = range_end
+        self._prev_kv = prev_kv
+        self._filters = list(filters)
+        self._reconnect_s = reconnect_s
+        # The next revision to deliver (0 until the first stream says where "now" is);
+        # every event delivered so far has a revision below it.
+        self.next_revision = start_revision
+        self._pending: deque[Event] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stream: Any = None            # the current gRPC call (has .cancel())
+        self._requests: queue.Queue[Any] | None = None
+        self._watch_id = 0
+        self._next_endpoint = -1             # index into client.endpoints (-1: preferred)
+        self.endpoint: str | None = None     # the member serving the watch now
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        while not self._pending:
+            if self._closed:
+                raise StopIteration
+            self._receive()
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, requests = self._stream, self._requests
+        if requests is not None:
+            requests.put(None)
+        if stream is not None:
+            stream.cancel()
+
+    cancel = close
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ streams
+
+    def _open(self) -> None:
+        """Open the watch on some endpoint, going round them with backoff."""
+        c = self._calls.client
+        give_up_at = time.monotonic() + self._reconnect_s
+        backoff_s = WATCH_BACKOFF_INITIAL_S
+        last_error = "no endpoint tried"
+        while not self._closed:
+            for _ in range(len(c.endpoints)):
+                if self._closed:
+                    return
+                if self._next_endpoint < 0:
+                    self._next_endpoint = c.endpoints.index(c._order()[0])
+                endpoint = c.endpoints[self._next_endpoint % len(c.endpoints)]
+                try:
+                    if self._start(endpoint):
+                        return
+                except grpc.RpcError as err:
+                    self._drop_stream()
+                    if err.code() in _WATCH_FATAL_CODES:
+                        raise kc.error_for(err.code(), err.details() or err.code().name,
+                                           endpoint=endpoint) from None
+                    last_error = f"{endpoint}: {err.details() or err.code().name}"
+                # the next attempt goes to the next member
+                self._next_endpoint = (self._next_endpoint + 1) % len(c.endpoints)
+            if time.monotonic() >= give_up_at:
+                raise kc.Unavailable(f"no member accepted the watch in "
+                                     f"{self._reconnect_s:g} s ({last_error})")
+            time.sleep(backoff_s * (0.5 + random.random()))
+            backoff_s = min(backoff_s * 2, WATCH_BACKOFF_MAX_S)
+
+    def _start(self, endpoint: str) -> bool:
+        """Create the watch on `endpoint`; True once the server answered `created`."""
+        create = etcdpb.WatchCreateRequest(
+            key=self._key, range_end=self._range_end, start_revision=self.next_revision,
+            prev_kv=self._prev_kv, progress_notify=True, filters=self._filters)  # type: ignore[arg-type]
+        requests: queue.Queue[Any] = queue.Queue()
+        requests.put(etcdpb.WatchRequest(create_request=create))
+        stream = self._calls.stubs(endpoint).watch.Watch(
+            _request_iterator(requests), metadata=REQUIRE_LEADER_METADATA)
+        with self._lock:
+            if self._closed:
+                stream.cancel()
+                return True
+            self._stream, self._requests = stream, requests
+        for response in stream:
+            if response.created:
+                if response.canceled:
+                    self._drop_stream()
+                    self._closed = True
+                    raise watch_canceled_error(response.cancel_reason,
+                                               response.compact_revision)
+                self._watch_id = response.watch_id
+                if self.next_revision == 0:  # "from now": after the creation's revision
+                    self.next_revision = response.header.revision + 1
+                self.endpoint = endpoint
+                self._calls.learn(endpoint)
+                return True
+            self._handle(response)  # not expected before `created`; handled all the same
+        return False  # the stream ended before `created`
+
+    def _drop_stream(self) -> None:
+        with self._lock:
+            stream, requests = self._stream, self._requests
+            self._stream = self._requests = None
+        if requests is not None:
+            requests.put(None)
+        if stream is not None:
+            stream.cancel()
+
+    def _receive(self) -> None:
+        """Wait for the next response; on a broken stream, resume elsewhere."""
+        stream = self._stream
+        if stream is None:
+            self._open()
+            return
+        try:
+            response = next(stream)
+        except StopIteration:
+            response = None
+        except grpc.RpcError:
+            response = None
+        if response is None:
+            self._drop_stream()
+            if not self._closed:
+                # resume on the next member: this one failed or lost its leader
+                self._next_endpoint = (self._next_endpoint + 1) % len(
+                    self._calls.client.endpoints)
+                self._open()
+            return
+        self._handle(response)
+
+    def _handle(self, response: etcdpb.WatchResponse) -> None:
+        if response.canceled:
+            if response.watch_id != self._watch_id and not response.compact_revision:
+                return
+            self._drop_stream()
+            if self._closed:
+                return
+            if response.compact_revision:
+                self._closed = True
+                raise watch_canceled_error(response.cancel_reason, response.compact_revision)
+            # canceled for another reason (e.g. the member is shutting down): resume
+            return
+        if response.watch_id not in (self._watch_id, -1):
+            return
+        if not response.events:
+            # A progress notification: every event up to its revision was sent.
+            self.next_revision = max(self.next_revision, response.header.revision + 1)
+            return
+        for ev in response.events:
+            event = Event.from_pb(ev)
+            if event.revision < self.next_revision:
+                continue  # delivered before the stream was resumed
+            self._pending.append(event)
+        self.next_revision = max(self.next_revision, response.events[-1].kv.mod_revision + 1)
+
+
+# Errors a reconnection cannot heal: the watch fails with them at once.
+_WATCH_FATAL_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION,
+                      grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNIMPLEMENTED)
+
+
+def _request_iterator(requests: queue.Queue[Any]) -> Iterator[Any]:
+    while True:
+        item = requests.get()
+        if item is None:
+            return
+        yield item
+
+
+# --------------------------------------------------------------------------- lease
+
+
+class Lease:
+    """A granted lease kept alive every TTL/3 by a background thread, on whichever member
+    answers. `id` and `ttl` (as granted); `lost` is set once the lease is gone (revoked,
+    or expired because no keep-alive got through in time). A context manager: exit
+    revokes the lease, which deletes every key attached to it."""
+
+    def __init__(self, calls: EtcdCalls, ttl: int, *, lease_id: int = 0,
+                 keep_alive: bool = True) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < LEASE_TTL_MIN_S:
+            raise ValueError(f"a lease TTL is a whole number of seconds >= "
+                             f"{LEASE_TTL_MIN_S}, got {ttl!r}")
+        self._calls = calls
+        self.id, self.ttl = calls.lease_grant(ttl, lease_id=lease_id)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        # When the lease expires at the latest, as far as this client knows: the send
+        # time of the last keep-alive that got through plus the TTL it returned.
+        self.expires_at = time.monotonic() + self.ttl
+        self._thread: threading.Thread | None = None
+        if keep_alive:
+            self._thread = threading.Thread(target=self._keep_alive, daemon=True,
+                                            name=f"kvraft-lease-{self.id:016x}")
+            self._thread.start()
+
+    def _keep_alive(self) -> None:
+        interval_s = max(self.ttl * KEEPALIVE_FRACTION, 0.1)
+        next_at = time.monotonic() + interval_s
+        while not self._stop.wait(max(next_at - time.monotonic(), 0)):
+            sent_at = time.monotonic()
+            if sent_at >= self.expires_at:
+                self.lost.set()
+                return
+            try:
+                ttl = self._calls.lease_keep_alive_once(
+                    self.id, timeout=max(min(interval_s, self.expires_at - sent_at), 0.05))
+            except Exception:  # a member down, an election: try again soon elsewhere
+                next_at = time.monotonic() + KEEPALIVE_RETRY_S
+                continue
+            if ttl <= 0:
+                self.lost.set()
+                return
+            self.expires_at = sent_at + ttl
+            next_at = sent_at + interval_s
+
+    def stop_keep_alive(self) -> None:
+        """Stop renewing (the lease then expires after its TTL)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def revoke(self, *, timeout: float | None = None) -> None:
+        """Stop renewing and revoke the lease now (its keys are deleted with it);
+        a lease already gone is fine."""
+        self.stop_keep_alive()
+        with contextlib.suppress(kc.NotFound):
+            self._calls.lease_revoke(self.id, timeout=timeout)
+        self.lost.set()
+
+    def time_to_live(self, *, keys: bool = False) -> LeaseInfo | None:
+        return self._calls.lease_time_to_live(self.id, keys=keys)
+
+    @property
+    def alive(self) -> bool:
+        return not self.lost.is_set()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.revoke()
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _owner_op(prefix: bytes) -> etcdpb.RequestOp:
+    """The range of the oldest key under `prefix` (the lock holder, the leader)."""
+    request = RangeOp(prefix, prefix=True, limit=1).to_pb()
+    request.sort_target = etcdpb.RangeRequest.CREATE
+    request.sort_order = etcdpb.RangeRequest.ASCEND
+    return etcdpb.RequestOp(request_range=request)
+
+
+def _enqueue(calls: EtcdCalls, prefix: bytes, lease: Lease,
+             value: bytes) -> tuple[bytes, int, KeyValue | None]:
+    """Put our key <prefix><lease id hex> with our lease unless it exists (etcd's
+    recipe: a Txn on create_revision == 0); returns the key, its create revision and,
+    when it existed already (this lease queued before), its key-value."""
+    key = prefix + f"{lease.id:x}".encode()
+    result = calls.txn(
+        [Compare.create(key) == 0],
+        [PutOp(key, value, lease=lease.id), _owner_op(prefix)],
+        [RangeOp(key), _owner_op(prefix)])
+    if result.succeeded:
+        return key, result.revision, None
+    existing = result.responses[0]
+    assert isinstance(existing, RangeResult) and existing.kvs
+    return key, existing.kvs[0].create_revision, existing.kvs[0]
+
+
+def _wait_deletes(calls: EtcdCalls, prefix: bytes, below_revision: int,
+                  stop: threading.Event) -> None:
+    """Wait until no key under `prefix` has a create revision <= `below_revision`,
+    watching one at a time the deletion of the newest of them (each waiter watches
+    only the key just ahead of it: no herd when the holder leaves)."""
+    while not stop.is_set():
+        r = calls.range(RangeOp(prefix, prefix=True, limit=1),
+                        sort_target=etcdpb.RangeRequest.CREATE,
+                        sort_order=etcdpb.RangeRequest.DESCEND,
+                        max_create_revision=below_revision)
+        if not r.kvs:
+            return
+        ahead = r.kvs[0].key
+        with Watch(calls, ahead, b"", r.revision + 1, False,
+                   filters=[etcdpb.WatchCreateRequest.NOPUT]) as w:
+            watcher = threading.Thread(target=_close_on, args=(stop, w), daemon=True)
+            watcher.start()
+            for event in w:
+                if event.type == DELETE:
+                    break
+
+
+def _close_on(stop: threading.Event, w: Watch) -> None:
+    """Close `w` when `stop` is set (or once `w` is closed)."""
+    while not stop.wait(0.1):
+        if w._closed:
+            return
+    w.close()
+
+
+def _lock_timeout(what: str) -> Exception:
+    return kc.DeadlineExceeded(what)
+
+
+class Lock:
+    """A held lock (etcd's concurrency.Mutex recipe, so it excludes etcdctl's `lock` of
+    the same name and vice versa).
+
+    `key` is <name>/<lease id hex>; `fencing_token` its create revision, which grows with
+    every acquisition: pass it to the resource the lock protects and have the resource
+    refuse a token lower than the newest it has seen (e.g. a Txn compare
+    `Compare.create(lock key) == token` or a stored token). `lease` keeps the lock: if it
+    is lost (this process paused past the TTL, a partition), another holder may
+    already have the lock — `held` is then False. `release()` (or leaving the `with`
+    block) deletes the key and revokes the lease."""
+
+    def __init__(self, calls: EtcdCalls, name: bytes, lease: Lease, key: bytes,
+                 revision: int) -> None:
+        self._calls = calls
+        self.name = name
+        self.lease = lease
+        self.key = key
+        self.fencing_token = revision
+        self.released = False
+
+    @property
+    def held(self) -> bool:
+        return not self.released and self.lease.alive
+
+    def release(self, *, timeout: float | None = None) -> None:
+        if self.released:
+            return
+        self.released = True
+        try:
+            self._calls.delete(DeleteOp(self.key), timeout=timeout)
+        finally:
+            self.lease.revoke(timeout=timeout)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def acquire_lock(calls: EtcdCalls, name: bytes, ttl: int, timeout: float | None) -> Lock:
+    """Wait (at most `timeout` seconds; None: as long as it takes) for the lock `name`."""
+    prefix = name + b"/"
+    lease = Lease(calls, ttl)
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set) if timeout is not None else None
+    key = b""
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        key, revision, _ = _enqueue(calls, prefix, lease, b"")
+        _wait_deletes(calls, prefix, revision - 1, stop)
+        if stop.is_set():
+            raise _lock_timeout(f"lock {name.decode(errors='replace')!r} not acquired "
+                                f"within {timeout:g} s")
+        # Our key must still be there: had our lease expired while we waited, another
+        # waiter could hold the lock now.
+        mine = calls.range(RangeOp(key))
+        if not mine.kvs or mine.kvs[0].create_revision != revision:
+            raise kc.KvraftError(f"lock {name.decode(errors='replace')!r}: the "
+                                        "session's lease expired while waiting")
+        return Lock(calls, name, lease, key, revision)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            lease.revoke()  # deletes our key too: the next waiter goes on
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+class Election:
+    """etcd's concurrency.Election recipe on the prefix <name>/ (so it interoperates with
+    `etcdctl elect`): `campaign(value)` waits to lead, `proclaim(value)` changes the
+    leader's value, `leader()` names the current leader, `observe()` follows every
+    leader in turn, `resign()` gives up leadership. The leader is the campaigner whose
+    key has the lowest create revision; its key lives as long as its lease."""
+
+    def __init__(self, calls: EtcdCalls, name: bytes, *, ttl: int = SESSION_TTL_S) -> None:
+        self._calls = calls
+        self.name = name
+        self.prefix = name + b"/"
+        self.ttl = ttl
+        self.lease: Lease | None = None
+        self.key: bytes | None = None
+        self.revision = 0   # our key's create revision while campaigning or leading
+
+    def campaign(self, value: Bytesish, *, timeout: float | None = None) -> KeyValue:
+        """Wait until this campaigner leads; returns the leader key (ours)."""
+        data = _bytes(value, "value")
+        if self.lease is None or not self.lease.alive:
+            self.lease = Lease(self._calls, self.ttl)
+        stop = threading.Event()
+        timer = threading.Timer(timeout, stop.set) if timeout is not None else None
+        try:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            self.key, self.revision, existing = _enqueue(self._calls, self.prefix,
+                                                         self.lease, data)
+            if existing is not None and existing.value != data:
+                self.proclaim(data)
+            _wait_deletes(self._calls, self.prefix, self.revision - 1, stop)
+            if stop.is_set():
+                raise _lock_timeout(f"election {self.name.decode(errors='replace')!r}: "
+                                    f"not elected within {timeout:g} s")
+            mine = self._calls.range(RangeOp(self.key))
+            if not mine.kvs or mine.kvs[0].create_revision != self.revision:
+                raise kc.KvraftError("the campaign's lease expired while waiting")
+            return mine.kvs[0]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.resign()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def proclaim(self, value: Bytesish) -> None:
+        """Set the leader's value without a new election; only the leader may."""
+        if self.key is None or self.lease is None:
+            raise kc.FailedPrecondition("election: not a leader (no campaign)")
+        result = self._calls.txn([Compare.create(self.key) == self.revision],
+                                 [PutOp(self.key, _bytes(value, "value"), lease=self.lease.id)],
+                                 [])
+        if not result.succeeded:
+            raise kc.FailedPrecondition("election: session is not the leader")
+
+    def resign(self) -> None:
+        """Give up leadership (or the campaign): delete our key and revoke the lease."""
+        if self.key is not None:
+            self._calls.txn([Compare.create(self.key) == self.revision],
+                            [DeleteOp(self.key)], [])
+        if self.lease is not None:
+            self.lease.revoke()
+        self.key, self.lease, self.revision = None, None, 0
+
+    def leader(self) -> KeyValue | None:
+        """The current leader's key and value (None: nobody leads)."""
+        r = self._owner()
+        return r.kvs[0] if r.kvs else None
+
+    def _owner(self) -> RangeResult:
+        return self._calls.range(RangeOp(self.prefix, prefix=True, limit=1),
+                                 sort_target=etcdpb.RangeRequest.CREATE,
+                                 sort_order=etcdpb.RangeRequest.ASCEND)
+
+    def observe(self) -> Iterator[KeyValue]:
+        """The leader now (once there is one), then every change: a new leader or a new
+        value proclaimed. An endless generator; close it (or break) to stop."""
+        calls = self._calls
+        while True:
+            owner = self._owner()
+            if owner.kvs:
+                leader, after = owner.kvs[0], owner.revision
+            else:  # nobody leads: the first key put under the prefix will
+                leader = None
+                with Watch(calls, self.prefix, _prefix_end(self.prefix), owner.revision + 1,
+                           False) as w:
+                    for event in w:
+                        if event.type == PUT:
+                            leader = event.kv
+                            break
+                if leader is None:
+                    return
+                after = leader.mod_revision
+            yield leader
+            with Watch(calls, leader.key, b"", after + 1, False) as w:
+                for event in w:
+                    if event.type == DELETE:
+                        break
+                    if event.kv.value != leader.value:
+                        leader = event.kv
+                        yield leader
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    return kc.to_bytes(value, what)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    end = kc.prefix_end(prefix)
+    return end or b"\x00"  # etcd: "\0" as range_end means every key from `key` on
+
+
+def _range_end(key: bytes, prefix: bool, range_end: Any) -> bytes:
+    if prefix:
+        if range_end:
+            raise ValueError("give either prefix=True or range_end, not both")
+        return _prefix_end(key)
+    return _bytes(range_end, "range_end") if range_end else b""
+
+
+# ---------------------------------------------------------------------- etcdctl txn
+
+
+class TxnSyntaxError(ValueError):
+    """A line of etcdctl's txn format that does not parse."""
+
+
+# etcdctl's compare lines: <target>("<key>") <op> "<value>"
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_COMPARE_LINE = re.compile(rf'^\s*(\w+)\({_QUOTED}\)\s*(!=|=|<|>)\s*{_QUOTED}\s*$')
+_TARGET_ALIASES = {"c": "create", "create": "create", "m": "mod", "mod": "mod",
+                   "val": "value", "value": "value", "ver": "version", "version": "version",
+                   "lease": "lease"}
+_ARG = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
+
+
+def unquote(text: str) -> bytes:
+    """A Go-quoted string's bytes (etcdctl's strconv.Unquote): \\" \\\\ \\n \\t \\r
+    \\xNN and the rest as written."""
+    out = bytearray()
+    i = 0
+    raw = text.encode("utf-8", "surrogateescape")
+    simple = {ord("n"): 10, ord("t"): 9, ord("r"): 13, ord("\\"): 92, ord('"'): 34,
+              ord("'"): 39, ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("v"): 11,
+              ord("0"): 0}
+    while i < len(raw):
+        b = raw[i]
+        if b == 92 and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if nxt == ord("x") and i + 3 < len(raw) + 0:
+                try:
+                    out.append(int(raw[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                except ValueError:
+                    raise TxnSyntaxError(f"bad escape in {text!r}") from None
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            raise TxnSyntaxError(f"bad escape in {text!r}")
+        out.append(b)
+        i += 1
+    return bytes(out)
+
+
+def parse_compare(line: str) -> Compare:
+    """One etcdctl compare line, e.g. `mod("k") > "3"` or `value("k") = "v"`
+    (a lease compare takes the lease id in hex, as etcdctl prints it)."""
+    m = _COMPARE_LINE.match(line)
+    if m is None or m.group(1).lower() not in _TARGET_ALIASES:
+        raise TxnSyntaxError(f"malformed comparison: {line.strip()}")
+    target = _TARGET_ALIASES[m.group(1).lower()]
+    key = unquote(m.group(2))
+    operand_text = unquote(m.group(4))
+    operand: bytes | int
+    try:
+        if target == "value":
+            operand = operand_text
+        elif target == "lease":
+            operand = int(operand_text.decode(), 16)
+        else:
+            operand = int(operand_text.decode(), 10)
+    except ValueError:
+        raise TxnSyntaxError(f"malformed comparison: {line.strip()} "
+                             f"(a {target} compare takes a number)") from None
+    return Compare(key, target, m.group(3), operand)
+
+
+def _split_args(line: str) -> list[bytes]:
+    return [unquote(a[1:-1]) if a.startswith('"') and a.endswith('"') and len(a) >= 2
+            else a.encode("utf-8", "surrogateescape") for a in _ARG.findall(line)]
+
+
+def parse_op(line: str) -> RangeOp | PutOp | DeleteOp:
+    """One etcdctl request line: `get [--prefix] [--rev=R] [--limit=N] [--keys-only]
+    [--count-only] KEY [END]`, `put [--lease=ID] [--prev-kv] KEY VALUE` or
+    `del [--prefix] [--prev-kv] KEY [END]`."""
+    args = _split_args(line)
+    if not args:
+        raise TxnSyntaxError("empty request")
+    verb, rest = args[0].decode(errors="replace"), args[1:]
+    flags: dict[str, str] = {}
+    positional: list[bytes] = []
+    for a in rest:
+        if a.startswith(b"--") and len(a) > 2:
+            name, _, val = a[2:].decode(errors="replace").partition("=")
+            flags[name] = val
+        else:
+            positional.append(a)
+    try:
+        if verb == "get":
+            _only(flags, {"prefix", "rev", "limit", "keys-only", "count-only"}, line)
+            if not 1 <= len(positional) <= 2:
+                raise TxnSyntaxError(f"get takes KEY [END]: {line.strip()}")
+            return RangeOp(positional[0], positional[1] if len(positional) > 1 else b"",
+                           prefix="prefix" in flags, revision=int(flags.get("rev") or 0),
+                           limit=int(flags.get("limit") or 0), keys_only="keys-only" in flags,
+                           count_only="count-only" in flags)
+        if verb == "put":
+            _only(flags, {"lease", "prev-kv"}, line)
+            if len(positional) != 2:
+                raise TxnSyntaxError(f"put takes KEY VALUE: {line.strip()}")
+            return PutOp(positional[0], positional[1],
+                         lease=int(flags.get("lease") or "0", 16), prev_kv="prev-kv" in flags)
+        if verb in ("del", "delete"):
+            _only(flags, {"prefix", "prev-kv"}, line)
+            if not 1 <= len(positional) <= 2:
+                raise TxnSyntaxError(f"del takes KEY [END]: {line.strip()}")
+            return DeleteOp(positional[0], positional[1] if len(positional) > 1 else b"",
+                            prefix="prefix" in flags, prev_kv="prev-kv" in flags)
+    except ValueError as e:
+        if isinstance(e, TxnSyntaxError):
+            raise
+        raise TxnSyntaxError(f"bad number in {line.strip()!r}") from None
+    raise TxnSyntaxError(f"unknown request: {line.strip()} (get, put or del)")
+
+
+def _only(flags: dict[str, str], allowed: set[str], line: str) -> None:
+    unknown = sorted(set(flags) - allowed)
+    if unknown:
+        raise TxnSyntaxError(f"unknown flag --{unknown[0]} in {line.strip()!r}")
+
+
+@dataclass
+class TxnText:
+    """A txn read in etcdctl's format: compares, a blank line, success requests, a
+    blank line, failure requests (and a blank line or the end)."""
+
+    compare: list[Compare] = field(default_factory=list)
+    success: list[RangeOp | PutOp | DeleteOp] = field(default_factory=list)
+    failure: list[RangeOp | PutOp | DeleteOp] = field(default_factory=list)
+
+
+def parse_txn(lines: Iterable[str]) -> TxnText:
+    out = TxnText()
+    section = 0
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            section += 1
+            if section > 2:
+                break
+            continue
+        if section == 0:
+            out.compare.append(parse_compare(line))
+        else:
+            (out.success if section == 1 else out.failure).append(parse_op(line))
+    return out
