@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -50,6 +50,9 @@ from kvraft.wire import (
     RETRY_SAFE_METADATA_VALUE,
     UINT64_MAX,
 )
+
+if TYPE_CHECKING:
+    from kvraft import client_etcd
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 DEFAULT_TIMEOUT_S = 5.0
@@ -815,8 +818,10 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
 
 
 def _etcd() -> Any:
-    """kvraft.client_etcd (imported at the end of this module, which it imports)."""
-    return client_etcd
+    """kvraft.client_etcd, imported on first use (it imports this module)."""
+    from kvraft import client_etcd as module
+
+    return module
 
 
 def _revision(revision: int) -> int:
@@ -863,22 +868,16 @@ def _batch_op(op: BatchOp) -> pb.BatchOp:
     raise TypeError(f"a batch op is Put, Delete, ('put', k, v) or ('delete', k), not {op!r}")
 
 
-# etcd's API types, importable from here too (kvraft.client_etcd imports this module,
-# so it comes last).
-from kvraft import client_etcd  # noqa: E402
-from kvraft.client_etcd import (  # noqa: E402, F401
-    Compare,
-    DeleteOp,
-    Election,
-    Event,
-    KeyValue,
-    Lease,
-    LeaseInfo,
-    Lock,
-    PutOp,
-    RangeOp,
-    RangeResult,
-    TxnOp,
-    TxnResult,
-    Watch,
-)
+
+# etcd's API types (kvraft.client_etcd), importable from here too. Loaded on first use:
+# kvraft.client_etcd imports this module.
+_ETCD_NAMES = frozenset({
+    "Compare", "DeleteOp", "Election", "Event", "KeyValue", "Lease", "LeaseInfo", "Lock",
+    "PutOp", "RangeOp", "RangeResult", "TxnOp", "TxnResult", "Watch",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ETCD_NAMES:
+        return getattr(_etcd(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
