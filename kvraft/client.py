@@ -34,14 +34,35 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
+from kvraft import client_etcd
+from kvraft.client_etcd import (  # noqa: F401  etcd's API types (SPEC §6), importable here
+    Bytesish,
+    Compare,
+    DeleteOp,
+    Election,
+    Event,
+    KeyValue,
+    Lease,
+    LeaseInfo,
+    Lock,
+    PutOp,
+    RangeOp,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+    Watch,
+    prefix_end,
+    to_bytes,
+)
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 from kvraft.wire import (
@@ -50,9 +71,6 @@ from kvraft.wire import (
     RETRY_SAFE_METADATA_VALUE,
     UINT64_MAX,
 )
-
-if TYPE_CHECKING:
-    from kvraft import client_etcd
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 DEFAULT_TIMEOUT_S = 5.0
@@ -98,8 +116,6 @@ _NOT_SENT_DETAIL_PREFIXES = (
     "errors resolving ",                                   # the resolver, 1.85
     "DNS resolution failed for ",                          # the resolver, 1.60
 )
-
-Bytesish: TypeAlias = bytes | bytearray | memoryview | str
 
 
 # --------------------------------------------------------------------------- errors
@@ -218,17 +234,6 @@ class Delete:
 BatchOp: TypeAlias = Put | Delete | tuple
 
 
-def to_bytes(value: Bytesish, what: str = "value") -> bytes:
-    """bytes as is; str as UTF-8; anything else is a TypeError naming `what`."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
 def parse_endpoint(text: str) -> str:
     """Validate one HOST:PORT (IPv6 as [::1]:PORT); return it stripped.
 
@@ -266,14 +271,6 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
     if not parsed:
         raise ValueError("no endpoints given")
     return parsed
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with `prefix` (b"" = no end)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return b""
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 # --------------------------------------------------------------------------- client
@@ -359,7 +356,7 @@ class Client:
         """Set the key. lease > 0 attaches it to that lease (etcd's Put): the key is
         deleted when the lease expires or is revoked."""
         if lease:
-            self._etcd.put(_etcd().PutOp(key, value, lease=_lease_id(lease)), timeout=timeout)
+            self._etcd.put(client_etcd.PutOp(key, value, lease=_lease_id(lease)), timeout=timeout)
             return
         request = pb.PutRequest(key=to_bytes(key, "key"), value=to_bytes(value, "value"))
         self._call("kv", "Put", request, write=True, timeout=timeout)
@@ -373,7 +370,7 @@ class Client:
         revision > 0 reads the value the key had at that revision (etcd's Range; a
         compacted revision raises OUT_OF_RANGE)."""
         if revision:
-            result = self._etcd.range(_etcd().RangeOp(key, revision=_revision(revision)),
+            result = self._etcd.range(client_etcd.RangeOp(key, revision=_revision(revision)),
                                       serializable=serializable, timeout=timeout)
             return result.kvs[0].value if result.kvs else None
         request = pb.GetRequest(key=to_bytes(key, "key"), consistency=_consistency(serializable))
@@ -507,7 +504,8 @@ class Client:
         calls = self.__dict__.get("_etcd_calls")
         if calls is None:
             with self._lock:
-                calls = self.__dict__.setdefault("_etcd_calls", _etcd().EtcdCalls(self))
+                calls = self.__dict__.setdefault(
+                    "_etcd_calls", client_etcd.EtcdCalls(self, sys.modules[__name__]))
         return calls
 
     def range(
@@ -518,7 +516,7 @@ class Client:
         """etcd's Range: the keys of [key, range_end) (one key when range_end is empty,
         every key starting with `key` when prefix=True) with their revisions, at
         `revision` (0: the latest)."""
-        op = _etcd().RangeOp(key, range_end, prefix=prefix, revision=_revision(revision),
+        op = client_etcd.RangeOp(key, range_end, prefix=prefix, revision=_revision(revision),
                              limit=limit, keys_only=keys_only, count_only=count_only)
         return self._etcd.range(op, serializable=serializable, timeout=timeout)
 
@@ -531,8 +529,10 @@ class Client:
         `success` ops, else the `failure` ops. Compares: `Compare.value(k) == v`,
         `Compare.version(k) > 2`, `Compare.create(k) == 0` (k does not exist),
         `Compare.mod(k) < r`, `Compare.lease(k) == id`; ops: RangeOp, PutOp, DeleteOp,
-        TxnOp (nested). etcd's own Compare and RequestOp messages are accepted too."""
-        return self._etcd.txn(compare, success, failure, timeout=timeout)
+        TxnOp (nested), and batch()'s Put and Delete. etcd's own Compare and RequestOp
+        messages are accepted too."""
+        return self._etcd.txn(compare, [_txn_op(op) for op in success],
+                              [_txn_op(op) for op in failure], timeout=timeout)
 
     def compact(self, revision: int, *, physical: bool = False,
                 timeout: float | None = None) -> None:
@@ -547,7 +547,7 @@ class Client:
         [key, range_end)) from `start_revision` (0: changes from now on). It resumes on
         another member after the last revision it delivered when its member fails: no
         gap, no duplicate. Close it (or use it as a context manager) to stop."""
-        ce = _etcd()
+        ce = client_etcd
         key_bytes = to_bytes(key, "key")
         return ce.Watch(self._etcd, key_bytes, ce._range_end(key_bytes, prefix, range_end),
                         _revision(start_revision), prev_kv)
@@ -556,7 +556,7 @@ class Client:
         """Grant a lease of `ttl` seconds and keep it alive every TTL/3 in a background
         thread (keep_alive=False: let it expire). `.id`; `.revoke()`; a context manager
         that revokes it on exit, deleting the keys put with `lease=lease.id`."""
-        return _etcd().Lease(self._etcd, ttl, keep_alive=keep_alive)
+        return client_etcd.Lease(self._etcd, ttl, keep_alive=keep_alive)
 
     def lease_grant(self, ttl: int, *, lease_id: int = 0,
                     timeout: float | None = None) -> tuple[int, int]:
@@ -586,13 +586,13 @@ class Client:
         `.release()`; a context manager. `ttl`: the lease that keeps the lock while this
         process lives; `timeout`: how long to wait (None: as long as it takes). A lock is
         NOT mutual exclusion on its own — see docs/client.md#locks."""
-        ce = _etcd()
+        ce = client_etcd
         return ce.acquire_lock(self._etcd, to_bytes(name, "name"), ttl, timeout)
 
     def election(self, name: Bytesish, *, ttl: int = 60) -> client_etcd.Election:
         """An election on `name` (etcd's recipe, shared with `etcdctl elect`):
         `.campaign(value)`, `.proclaim(value)`, `.leader()`, `.observe()`, `.resign()`."""
-        return _etcd().Election(self._etcd, to_bytes(name, "name"), ttl=ttl)
+        return client_etcd.Election(self._etcd, to_bytes(name, "name"), ttl=ttl)
 
     # ------------------------------------------------------------------ cluster
 
@@ -817,11 +817,13 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
                      f"no member answered in time: {summary}", endpoint=last.endpoint)
 
 
-def _etcd() -> Any:
-    """kvraft.client_etcd, imported on first use (it imports this module)."""
-    from kvraft import client_etcd as module
-
-    return module
+def _txn_op(op: Any) -> Any:
+    """batch()'s Put and Delete as txn ops; anything else as given."""
+    if isinstance(op, Put):
+        return client_etcd.PutOp(op.key, op.value)
+    if isinstance(op, Delete):
+        return client_etcd.DeleteOp(op.key)
+    return op
 
 
 def _revision(revision: int) -> int:
@@ -867,17 +869,3 @@ def _batch_op(op: BatchOp) -> pb.BatchOp:
         return pb.BatchOp(delete=pb.DeleteRequest(key=to_bytes(op[1], "key")))
     raise TypeError(f"a batch op is Put, Delete, ('put', k, v) or ('delete', k), not {op!r}")
 
-
-
-# etcd's API types (kvraft.client_etcd), importable from here too. Loaded on first use:
-# kvraft.client_etcd imports this module.
-_ETCD_NAMES = frozenset({
-    "Compare", "DeleteOp", "Election", "Event", "KeyValue", "Lease", "LeaseInfo", "Lock",
-    "PutOp", "RangeOp", "RangeResult", "TxnOp", "TxnResult", "Watch",
-})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ETCD_NAMES:
-        return getattr(_etcd(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-# kvraft.client imports this module at its end (to re-export the types below), so
-# this import finds it fully defined.
-from kvraft import client as kc
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.proto import mvccpb_pb2 as mvccpb
 
 if TYPE_CHECKING:
-    from kvraft.client import Bytesish, Client
+    from types import ModuleType
+
+Bytesish: TypeAlias = bytes | bytearray | memoryview | str
 
 # How often a lease is kept alive: etcd's clients send a keep-alive every TTL/3.
 KEEPALIVE_FRACTION = 1 / 3
@@ -314,8 +313,7 @@ OpLike: TypeAlias = RangeOp | PutOp | DeleteOp | TxnOp | etcdpb.RequestOp | Any
 
 def txn_request(compare: Iterable[CompareLike], success: Iterable[OpLike],
                 failure: Iterable[OpLike]) -> etcdpb.TxnRequest:
-    """The etcdserverpb.TxnRequest of compares and ops (our types or etcd's messages;
-    kvraft.client's batch Put and Delete are accepted as ops too)."""
+    """The etcdserverpb.TxnRequest of compares and ops (our types or etcd's messages)."""
     request = etcdpb.TxnRequest()
     for c in compare:
         if isinstance(c, etcdpb.Compare):
@@ -342,10 +340,6 @@ def _request_op(op: OpLike) -> etcdpb.RequestOp:
         return etcdpb.RequestOp(request_delete_range=op.to_pb())
     if isinstance(op, TxnOp):
         return etcdpb.RequestOp(request_txn=op.to_pb())
-    if isinstance(op, kc.Put):
-        return etcdpb.RequestOp(request_put=PutOp(op.key, op.value).to_pb())
-    if isinstance(op, kc.Delete):
-        return etcdpb.RequestOp(request_delete_range=DeleteOp(op.key).to_pb())
     raise TypeError(f"a txn op is RangeOp, PutOp, DeleteOp, TxnOp (or etcd's RequestOp), "
                     f"not {op!r}")
 
@@ -377,11 +371,11 @@ def txn_result(r: etcdpb.TxnResponse) -> TxnResult:
 # --------------------------------------------------------------------------- errors
 
 
-def watch_canceled_error(reason: str, compact_revision: int) -> Exception:
+def watch_canceled_error(calls: EtcdCalls, reason: str, compact_revision: int) -> Exception:
     """The error a watch raises when the server cancels it: compacted (OUT_OF_RANGE,
     `compact_revision` set: resume from a newer revision) or refused."""
     code = grpc.StatusCode.OUT_OF_RANGE if compact_revision else grpc.StatusCode.CANCELLED
-    err = kc.error_for(code, reason or "the watch was canceled by the server")
+    err = calls.kc.error_for(code, reason or "the watch was canceled by the server")
     err.compact_revision = compact_revision
     return err
 
@@ -397,10 +391,16 @@ class _Stubs:
 
 
 class EtcdCalls:
-    """etcd's services over a kvraft Client's channels (one per Client, made lazily)."""
+    """etcd's services over a kvraft Client's channels (one per Client, made lazily).
 
-    def __init__(self, client: Client) -> None:
+    `client` is a kvraft.client.Client and `kc` the kvraft.client module, handed in by
+    the client (which imports this module, not the reverse): this module uses the
+    client's channels and failover order (`_channel`, `_order`, `_classify`, `_forget`,
+    `_deadline`) and raises its typed errors (`self.kc.error_for`, `self.kc.Unavailable`, ...)."""
+
+    def __init__(self, client: Any, kc: ModuleType) -> None:
         self.client = client
+        self.kc: Any = kc
         self._lock = threading.Lock()
         # per kvraft.client._Channel: etcd's stubs over the same gRPC channel (and TLS)
         self._stubs: weakref.WeakKeyDictionary[Any, _Stubs] = weakref.WeakKeyDictionary()
@@ -426,7 +426,7 @@ class EtcdCalls:
         c = self.client
         if deadline is None:
             deadline = c._deadline(timeout)
-        backoff_s = kc.ROUND_BACKOFF_INITIAL_S
+        backoff_s = self.kc.ROUND_BACKOFF_INITIAL_S
         last = None
         failures: dict[str, str] = {}
         while True:
@@ -435,12 +435,12 @@ class EtcdCalls:
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
                     break
-                if write and last is not None and remaining_s < kc.WRITE_RETRY_MIN_S:
-                    raise kc._final_error(last, failures)
+                if write and last is not None and remaining_s < self.kc.WRITE_RETRY_MIN_S:
+                    raise self.kc._final_error(last, failures)
                 attempt_s = remaining_s
                 if not write:
                     share_s = remaining_s / (len(order) - position)
-                    attempt_s = min(remaining_s, max(share_s, kc.READ_ATTEMPT_MIN_S))
+                    attempt_s = min(remaining_s, max(share_s, self.kc.READ_ATTEMPT_MIN_S))
                 stub = getattr(self.stubs(endpoint), service)
                 try:
                     response = getattr(stub, method)(request, timeout=attempt_s)
@@ -457,10 +457,10 @@ class EtcdCalls:
             if remaining_s <= 0:
                 break
             time.sleep(min(remaining_s, backoff_s * (0.5 + random.random())))
-            backoff_s = min(backoff_s * 2, kc.ROUND_BACKOFF_MAX_S)
+            backoff_s = min(backoff_s * 2, self.kc.ROUND_BACKOFF_MAX_S)
         if last is None:
-            raise kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
-        raise kc._final_error(last, failures)
+            raise self.kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
+        raise self.kc._final_error(last, failures)
 
     # ------------------------------------------------------------------ KV
 
@@ -505,7 +505,7 @@ class EtcdCalls:
         r = self.call("lease", "LeaseGrant", etcdpb.LeaseGrantRequest(TTL=ttl, ID=lease_id),
                       write=True, timeout=timeout)
         if r.error:
-            raise kc.KvraftError(r.error)
+            raise self.kc.KvraftError(r.error)
         return r.ID, r.TTL
 
     def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
@@ -553,7 +553,7 @@ class EtcdCalls:
                     c._forget(endpoint)
                     continue
                 if response is None:  # the stream ended without an answer: try another
-                    last = kc.Unavailable(f"{endpoint} closed the keep-alive stream",
+                    last = self.kc.Unavailable(f"{endpoint} closed the keep-alive stream",
                                           endpoint=endpoint)
                     continue
                 self.learn(endpoint)
@@ -562,7 +562,7 @@ class EtcdCalls:
             if remaining_s <= 0:
                 break
             time.sleep(min(remaining_s, KEEPALIVE_RETRY_S))
-        raise last or kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
+        raise last or self.kc.DeadlineExceeded("the deadline passed before any endpoint was tried")
 
 
 # --------------------------------------------------------------------------- watch
@@ -654,13 +654,13 @@ class Watch:
                 except grpc.RpcError as err:
                     self._drop_stream()
                     if err.code() in _WATCH_FATAL_CODES:
-                        raise kc.error_for(err.code(), err.details() or err.code().name,
+                        raise self._calls.kc.error_for(err.code(), err.details() or err.code().name,
                                            endpoint=endpoint) from None
                     last_error = f"{endpoint}: {err.details() or err.code().name}"
                 # the next attempt goes to the next member
                 self._next_endpoint = (self._next_endpoint + 1) % len(c.endpoints)
             if time.monotonic() >= give_up_at:
-                raise kc.Unavailable(f"no member accepted the watch in "
+                raise self._calls.kc.Unavailable(f"no member accepted the watch in "
                                      f"{self._reconnect_s:g} s ({last_error})")
             time.sleep(backoff_s * (0.5 + random.random()))
             backoff_s = min(backoff_s * 2, WATCH_BACKOFF_MAX_S)
@@ -684,7 +684,7 @@ class Watch:
                 if response.canceled:
                     self._drop_stream()
                     self._closed = True
-                    raise watch_canceled_error(response.cancel_reason,
+                    raise watch_canceled_error(self._calls, response.cancel_reason,
                                                response.compact_revision)
                 self._watch_id = response.watch_id
                 if self.next_revision == 0:  # "from now": after the creation's revision
@@ -735,7 +735,8 @@ class Watch:
                 return
             if response.compact_revision:
                 self._closed = True
-                raise watch_canceled_error(response.cancel_reason, response.compact_revision)
+                raise watch_canceled_error(self._calls, response.cancel_reason,
+                                           response.compact_revision)
             # canceled for another reason (e.g. the member is shutting down): resume
             return
         if response.watch_id not in (self._watch_id, -1):
@@ -823,7 +824,7 @@ class Lease:
         """Stop renewing and revoke the lease now (its keys are deleted with it);
         a lease already gone is fine."""
         self.stop_keep_alive()
-        with contextlib.suppress(kc.NotFound):
+        with contextlib.suppress(self._calls.kc.NotFound):
             self._calls.lease_revoke(self.id, timeout=timeout)
         self.lost.set()
 
@@ -899,8 +900,8 @@ def _close_on(stop: threading.Event, w: Watch) -> None:
     w.close()
 
 
-def _lock_timeout(what: str) -> Exception:
-    return kc.DeadlineExceeded(what)
+def _lock_timeout(calls: EtcdCalls, what: str) -> Exception:
+    return calls.kc.DeadlineExceeded(what)
 
 
 class Lock:
@@ -958,13 +959,13 @@ def acquire_lock(calls: EtcdCalls, name: bytes, ttl: int, timeout: float | None)
         key, revision, _ = _enqueue(calls, prefix, lease, b"")
         _wait_deletes(calls, prefix, revision - 1, stop)
         if stop.is_set():
-            raise _lock_timeout(f"lock {name.decode(errors='replace')!r} not acquired "
+            raise _lock_timeout(calls, f"lock {name.decode(errors='replace')!r} not acquired "
                                 f"within {timeout:g} s")
         # Our key must still be there: had our lease expired while we waited, another
         # waiter could hold the lock now.
         mine = calls.range(RangeOp(key))
         if not mine.kvs or mine.kvs[0].create_revision != revision:
-            raise kc.KvraftError(f"lock {name.decode(errors='replace')!r}: the "
+            raise calls.kc.KvraftError(f"lock {name.decode(errors='replace')!r}: the "
                                         "session's lease expired while waiting")
         return Lock(calls, name, lease, key, revision)
     except BaseException:
@@ -1009,11 +1010,11 @@ class Election:
                 self.proclaim(data)
             _wait_deletes(self._calls, self.prefix, self.revision - 1, stop)
             if stop.is_set():
-                raise _lock_timeout(f"election {self.name.decode(errors='replace')!r}: "
-                                    f"not elected within {timeout:g} s")
+                raise _lock_timeout(self._calls, f"election {self.name.decode(errors='replace')!r}"
+                                    f": not elected within {timeout:g} s")
             mine = self._calls.range(RangeOp(self.key))
             if not mine.kvs or mine.kvs[0].create_revision != self.revision:
-                raise kc.KvraftError("the campaign's lease expired while waiting")
+                raise self._calls.kc.KvraftError("the campaign's lease expired while waiting")
             return mine.kvs[0]
         except BaseException:
             with contextlib.suppress(Exception):
@@ -1026,12 +1027,12 @@ class Election:
     def proclaim(self, value: Bytesish) -> None:
         """Set the leader's value without a new election; only the leader may."""
         if self.key is None or self.lease is None:
-            raise kc.FailedPrecondition("election: not a leader (no campaign)")
+            raise self._calls.kc.FailedPrecondition("election: not a leader (no campaign)")
         result = self._calls.txn([Compare.create(self.key) == self.revision],
                                  [PutOp(self.key, _bytes(value, "value"), lease=self.lease.id)],
                                  [])
         if not result.succeeded:
-            raise kc.FailedPrecondition("election: session is not the leader")
+            raise self._calls.kc.FailedPrecondition("election: session is not the leader")
 
     def resign(self) -> None:
         """Give up leadership (or the campaign): delete our key and revoke the lease."""
@@ -1084,13 +1085,31 @@ class Election:
 # --------------------------------------------------------------------------- helpers
 
 
+def to_bytes(value: Bytesish, what: str = "value") -> bytes:
+    """bytes as is; str as UTF-8; anything else is a TypeError naming `what`."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix` (b"" = no end)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b""
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 def _bytes(value: Any, what: str) -> bytes:
-    return kc.to_bytes(value, what)
+    return to_bytes(value, what)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
-    end = kc.prefix_end(prefix)
-    return end or b"\x00"  # etcd: "\0" as range_end means every key from `key` on
+    return prefix_end(prefix) or b"\x00"  # etcd: "\0" as range_end: every key from `key` on
 
 
 def _range_end(key: bytes, prefix: bool, range_end: Any) -> bytes:

@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("kvraft.storage",),
     ("kvraft.server",),
     ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
-     "kvraft.devcluster", "kvraft.procs", "kvraft.__main__"),
+     "kvraft.devcluster", "kvraft.procs", "kvraft.__main__",
+     "kvraft.client_etcd", "kvraft.cli_etcd"),
 ]
 
 
