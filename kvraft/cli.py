@@ -293,14 +293,25 @@ def _check_bindable(flag: str, address: str) -> None:
 # --------------------------------------------------------------------------- KV
 
 
+def _lease_id_type() -> click.ParamType:
+    """A lease id in hex (kvraft/cli_etcd.py, with the other lease commands)."""
+    from kvraft.cli_etcd import LEASE_ID
+
+    return LEASE_ID
+
+
 @cli.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--lease", "lease_id", type=_lease_id_type(), default=None,
+              help="Attach KEY to this lease (hex id, as `kvraft lease grant` prints): "
+              "the key is deleted when the lease expires or is revoked.")
 @_client_options
-def put(key: str, value: str, endpoints: list[str], timeout: float) -> int:
+def put(key: str, value: str, lease_id: int | None, endpoints: list[str],
+        timeout: float) -> int:
     """Set KEY to VALUE (use `--` before a VALUE that starts with '-')."""
     with _connect(endpoints, timeout) as kv:
-        kv.put(_key_bytes(key), _key_bytes(value))
+        kv.put(_key_bytes(key), _key_bytes(value), lease=lease_id or 0)
     click.echo("OK")
     return EXIT_OK
 
@@ -309,11 +320,13 @@ def put(key: str, value: str, endpoints: list[str], timeout: float) -> int:
 @click.argument("key")
 @click.option("--serializable", is_flag=True,
               help="Read the answering member's local state (may be stale; no quorum round).")
+@click.option("--rev", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Read KEY as it was at this revision (0: the latest).")
 @_client_options
-def get(key: str, serializable: bool, endpoints: list[str], timeout: float) -> int:
+def get(key: str, serializable: bool, rev: int, endpoints: list[str], timeout: float) -> int:
     """Print KEY's value on stdout (exit 1 if there is no such key)."""
     with _connect(endpoints, timeout) as kv:
-        value = kv.get(_key_bytes(key), serializable=serializable)
+        value = kv.get(_key_bytes(key), serializable=serializable, revision=rev)
     if value is None:
         _err(f"key not found: {escape_bytes(_key_bytes(key))}")
         return EXIT_NEGATIVE
@@ -623,6 +636,19 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         raise CliError(f"bench: no request succeeded (errors: {failures})",
                        EXIT_REQUEST_FAILED)
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- etcd's API
+
+
+def _register_etcd_commands() -> None:
+    """watch, txn, lease, lock, elect, compact (SPEC §6): kvraft/cli_etcd.py."""
+    from kvraft import cli_etcd
+
+    cli_etcd.register(cli, sys.modules[__name__])
+
+
+_register_etcd_commands()
 
 
 # --------------------------------------------------------------------------- main

@@ -22,13 +22,12 @@ from __future__ import annotations
 import contextlib
 import queue
 import random
-import re
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -1118,154 +1117,3 @@ def _range_end(key: bytes, prefix: bool, range_end: Any) -> bytes:
             raise ValueError("give either prefix=True or range_end, not both")
         return _prefix_end(key)
     return _bytes(range_end, "range_end") if range_end else b""
-
-
-# ---------------------------------------------------------------------- etcdctl txn
-
-
-class TxnSyntaxError(ValueError):
-    """A line of etcdctl's txn format that does not parse."""
-
-
-# etcdctl's compare lines: <target>("<key>") <op> "<value>"
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
-_COMPARE_LINE = re.compile(rf'^\s*(\w+)\({_QUOTED}\)\s*(!=|=|<|>)\s*{_QUOTED}\s*$')
-_TARGET_ALIASES = {"c": "create", "create": "create", "m": "mod", "mod": "mod",
-                   "val": "value", "value": "value", "ver": "version", "version": "version",
-                   "lease": "lease"}
-_ARG = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
-
-
-def unquote(text: str) -> bytes:
-    """A Go-quoted string's bytes (etcdctl's strconv.Unquote): \\" \\\\ \\n \\t \\r
-    \\xNN and the rest as written."""
-    out = bytearray()
-    i = 0
-    raw = text.encode("utf-8", "surrogateescape")
-    simple = {ord("n"): 10, ord("t"): 9, ord("r"): 13, ord("\\"): 92, ord('"'): 34,
-              ord("'"): 39, ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("v"): 11,
-              ord("0"): 0}
-    while i < len(raw):
-        b = raw[i]
-        if b == 92 and i + 1 < len(raw):
-            nxt = raw[i + 1]
-            if nxt == ord("x") and i + 3 < len(raw) + 0:
-                try:
-                    out.append(int(raw[i + 2:i + 4], 16))
-                    i += 4
-                    continue
-                except ValueError:
-                    raise TxnSyntaxError(f"bad escape in {text!r}") from None
-            if nxt in simple:
-                out.append(simple[nxt])
-                i += 2
-                continue
-            raise TxnSyntaxError(f"bad escape in {text!r}")
-        out.append(b)
-        i += 1
-    return bytes(out)
-
-
-def parse_compare(line: str) -> Compare:
-    """One etcdctl compare line, e.g. `mod("k") > "3"` or `value("k") = "v"`
-    (a lease compare takes the lease id in hex, as etcdctl prints it)."""
-    m = _COMPARE_LINE.match(line)
-    if m is None or m.group(1).lower() not in _TARGET_ALIASES:
-        raise TxnSyntaxError(f"malformed comparison: {line.strip()}")
-    target = _TARGET_ALIASES[m.group(1).lower()]
-    key = unquote(m.group(2))
-    operand_text = unquote(m.group(4))
-    operand: bytes | int
-    try:
-        if target == "value":
-            operand = operand_text
-        elif target == "lease":
-            operand = int(operand_text.decode(), 16)
-        else:
-            operand = int(operand_text.decode(), 10)
-    except ValueError:
-        raise TxnSyntaxError(f"malformed comparison: {line.strip()} "
-                             f"(a {target} compare takes a number)") from None
-    return Compare(key, target, m.group(3), operand)
-
-
-def _split_args(line: str) -> list[bytes]:
-    return [unquote(a[1:-1]) if a.startswith('"') and a.endswith('"') and len(a) >= 2
-            else a.encode("utf-8", "surrogateescape") for a in _ARG.findall(line)]
-
-
-def parse_op(line: str) -> RangeOp | PutOp | DeleteOp:
-    """One etcdctl request line: `get [--prefix] [--rev=R] [--limit=N] [--keys-only]
-    [--count-only] KEY [END]`, `put [--lease=ID] [--prev-kv] KEY VALUE` or
-    `del [--prefix] [--prev-kv] KEY [END]`."""
-    args = _split_args(line)
-    if not args:
-        raise TxnSyntaxError("empty request")
-    verb, rest = args[0].decode(errors="replace"), args[1:]
-    flags: dict[str, str] = {}
-    positional: list[bytes] = []
-    for a in rest:
-        if a.startswith(b"--") and len(a) > 2:
-            name, _, val = a[2:].decode(errors="replace").partition("=")
-            flags[name] = val
-        else:
-            positional.append(a)
-    try:
-        if verb == "get":
-            _only(flags, {"prefix", "rev", "limit", "keys-only", "count-only"}, line)
-            if not 1 <= len(positional) <= 2:
-                raise TxnSyntaxError(f"get takes KEY [END]: {line.strip()}")
-            return RangeOp(positional[0], positional[1] if len(positional) > 1 else b"",
-                           prefix="prefix" in flags, revision=int(flags.get("rev") or 0),
-                           limit=int(flags.get("limit") or 0), keys_only="keys-only" in flags,
-                           count_only="count-only" in flags)
-        if verb == "put":
-            _only(flags, {"lease", "prev-kv"}, line)
-            if len(positional) != 2:
-                raise TxnSyntaxError(f"put takes KEY VALUE: {line.strip()}")
-            return PutOp(positional[0], positional[1],
-                         lease=int(flags.get("lease") or "0", 16), prev_kv="prev-kv" in flags)
-        if verb in ("del", "delete"):
-            _only(flags, {"prefix", "prev-kv"}, line)
-            if not 1 <= len(positional) <= 2:
-                raise TxnSyntaxError(f"del takes KEY [END]: {line.strip()}")
-            return DeleteOp(positional[0], positional[1] if len(positional) > 1 else b"",
-                            prefix="prefix" in flags, prev_kv="prev-kv" in flags)
-    except ValueError as e:
-        if isinstance(e, TxnSyntaxError):
-            raise
-        raise TxnSyntaxError(f"bad number in {line.strip()!r}") from None
-    raise TxnSyntaxError(f"unknown request: {line.strip()} (get, put or del)")
-
-
-def _only(flags: dict[str, str], allowed: set[str], line: str) -> None:
-    unknown = sorted(set(flags) - allowed)
-    if unknown:
-        raise TxnSyntaxError(f"unknown flag --{unknown[0]} in {line.strip()!r}")
-
-
-@dataclass
-class TxnText:
-    """A txn read in etcdctl's format: compares, a blank line, success requests, a
-    blank line, failure requests (and a blank line or the end)."""
-
-    compare: list[Compare] = field(default_factory=list)
-    success: list[RangeOp | PutOp | DeleteOp] = field(default_factory=list)
-    failure: list[RangeOp | PutOp | DeleteOp] = field(default_factory=list)
-
-
-def parse_txn(lines: Iterable[str]) -> TxnText:
-    out = TxnText()
-    section = 0
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            section += 1
-            if section > 2:
-                break
-            continue
-        if section == 0:
-            out.compare.append(parse_compare(line))
-        else:
-            (out.success if section == 1 else out.failure).append(parse_op(line))
-    return out
