@@ -43,17 +43,15 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from kvraft import client_etcd
+from kvraft import client_etcd, client_recipes
 from kvraft.client_etcd import (  # noqa: F401  etcd's API types (SPEC §6), importable here
     Bytesish,
     Compare,
     DeleteOp,
-    Election,
     Event,
     KeyValue,
     Lease,
     LeaseInfo,
-    Lock,
     PutOp,
     RangeOp,
     RangeResult,
@@ -63,6 +61,7 @@ from kvraft.client_etcd import (  # noqa: F401  etcd's API types (SPEC §6), imp
     prefix_end,
     to_bytes,
 )
+from kvraft.client_recipes import Election, Lock  # noqa: F401
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 from kvraft.wire import (
@@ -580,19 +579,18 @@ class Client:
         return self._etcd.lease_list(timeout=timeout)
 
     def lock(self, name: Bytesish, ttl: int = 60, *,
-             timeout: float | None = None) -> client_etcd.Lock:
+             timeout: float | None = None) -> client_recipes.Lock:
         """Wait for the lock `name` (etcd's recipe, shared with `etcdctl lock`) and
         return the holder: `.key`, `.fencing_token` (its create revision), `.held`,
         `.release()`; a context manager. `ttl`: the lease that keeps the lock while this
         process lives; `timeout`: how long to wait (None: as long as it takes). A lock is
         NOT mutual exclusion on its own — see docs/client.md#locks."""
-        ce = client_etcd
-        return ce.acquire_lock(self._etcd, to_bytes(name, "name"), ttl, timeout)
+        return client_recipes.acquire_lock(self._etcd, to_bytes(name, "name"), ttl, timeout)
 
-    def election(self, name: Bytesish, *, ttl: int = 60) -> client_etcd.Election:
+    def election(self, name: Bytesish, *, ttl: int = 60) -> client_recipes.Election:
         """An election on `name` (etcd's recipe, shared with `etcdctl elect`):
         `.campaign(value)`, `.proclaim(value)`, `.leader()`, `.observe()`, `.resign()`."""
-        return client_etcd.Election(self._etcd, to_bytes(name, "name"), ttl=ttl)
+        return client_recipes.Election(self._etcd, to_bytes(name, "name"), ttl=ttl)
 
     # ------------------------------------------------------------------ cluster
 

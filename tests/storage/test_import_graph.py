@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kvraft.server",),
     ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
      "kvraft.devcluster", "kvraft.procs", "kvraft.__main__",
-     "kvraft.client_etcd", "kvraft.cli_etcd"),
+     "kvraft.client_etcd", "kvraft.client_recipes", "kvraft.cli_etcd"),
 ]
 
 
