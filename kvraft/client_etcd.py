@@ -833,7 +833,9 @@ class Lease:
 
     @property
     def alive(self) -> bool:
-        return not self.lost.is_set()
+        """False once the lease is known gone, or its TTL ran out since the last renewal
+        that got through (a paused or partitioned holder sees this only afterwards)."""
+        return not self.lost.is_set() and time.monotonic() < self.expires_at
 
     def __enter__(self) -> Lease:
         return self
