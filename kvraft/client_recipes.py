@@ -180,6 +180,7 @@ class Election:
         self.lease: Lease | None = None
         self.key: bytes | None = None
         self.revision = 0   # our key's create revision while campaigning or leading
+        self.leading = False  # campaign() returned and resign() was not called since
 
     def campaign(self, value: Bytesish, *, timeout: float | None = None) -> KeyValue:
         """Wait until this campaigner leads; returns the leader key (ours)."""
@@ -195,7 +196,7 @@ class Election:
             self.key, self.revision, existing = _enqueue(self._calls, self.prefix,
                                                          self.lease, data)
             if existing is not None and existing.value != data:
-                self.proclaim(data)
+                self._set_value(data)
             _wait_deletes(self._calls, self.prefix, self.revision - 1, stop)
             if stop.is_set():
                 raise _lock_timeout(self._calls, f"election {self.name.decode(errors='replace')!r}"
@@ -203,6 +204,7 @@ class Election:
             mine = self._calls.range(RangeOp(self.key))
             if not mine.kvs or mine.kvs[0].create_revision != self.revision:
                 raise self._calls.kc.KvraftError("the campaign's lease expired while waiting")
+            self.leading = True
             return mine.kvs[0]
         except BaseException:
             with contextlib.suppress(Exception):
@@ -214,10 +216,15 @@ class Election:
 
     def proclaim(self, value: Bytesish) -> None:
         """Set the leader's value without a new election; only the leader may."""
-        if self.key is None or self.lease is None:
-            raise self._calls.kc.FailedPrecondition("election: not a leader (no campaign)")
+        if not self.leading:
+            raise self._calls.kc.FailedPrecondition("election: not the leader")
+        self._set_value(_bytes(value, "value"))
+
+    def _set_value(self, value: bytes) -> None:
+        """Put our key's new value iff it is still the key we queued."""
+        assert self.key is not None and self.lease is not None
         result = self._calls.txn([Compare.create(self.key) == self.revision],
-                                 [PutOp(self.key, _bytes(value, "value"), lease=self.lease.id)],
+                                 [PutOp(self.key, value, lease=self.lease.id)],
                                  [])
         if not result.succeeded:
             raise self._calls.kc.FailedPrecondition("election: session is not the leader")
@@ -229,7 +236,7 @@ class Election:
                             [DeleteOp(self.key)], [])
         if self.lease is not None:
             self.lease.revoke()
-        self.key, self.lease, self.revision = None, None, 0
+        self.key, self.lease, self.revision, self.leading = None, None, 0, False
 
     def leader(self) -> KeyValue | None:
         """The current leader's key and value (None: nobody leads)."""
