@@ -62,6 +62,8 @@ SESSION_TTL_S = 60
 
 PUT = "PUT"
 DELETE = "DELETE"
+# etcd's error for a revision below the compaction (rpctypes.ErrCompacted).
+ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 
 
 # --------------------------------------------------------------------------- values
@@ -374,8 +376,14 @@ def txn_result(r: etcdpb.TxnResponse) -> TxnResult:
 def watch_canceled_error(calls: EtcdCalls, reason: str, compact_revision: int) -> Exception:
     """The error a watch raises when the server cancels it: compacted (OUT_OF_RANGE,
     `compact_revision` set: resume from a newer revision) or refused."""
-    code = grpc.StatusCode.OUT_OF_RANGE if compact_revision else grpc.StatusCode.CANCELLED
-    err = calls.kc.error_for(code, reason or "the watch was canceled by the server")
+    if compact_revision:
+        # etcd sends no reason with a compaction; its clients name it (ErrCompacted)
+        message = reason or (f"{ERR_COMPACTED} (the watch's next revision is at or below "
+                             f"the compacted revision {compact_revision})")
+        err = calls.kc.error_for(grpc.StatusCode.OUT_OF_RANGE, message)
+    else:
+        err = calls.kc.error_for(grpc.StatusCode.CANCELLED,
+                                 reason or "the watch was canceled by the server")
     err.compact_revision = compact_revision
     return err
 

@@ -56,10 +56,16 @@ def eps(cluster: LocalCluster) -> str:
     return cluster.endpoints()
 
 
+def with_endpoints(eps: str, args: tuple[str, ...]) -> list[str]:
+    """`args` with --endpoints before a `--` (after it, it would be COMMAND's)."""
+    cut = args.index("--") if "--" in args else len(args)
+    return [*args[:cut], "--endpoints", eps, *args[cut:]]
+
+
 def kvraft(eps: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     if stdin is None:
-        return run_kvraft(*args, "--endpoints", eps)
-    return subprocess.run([str(KVRAFT), *args, "--endpoints", eps], input=stdin,
+        return run_kvraft(*with_endpoints(eps, args))
+    return subprocess.run([str(KVRAFT), *with_endpoints(eps, args)], input=stdin,
                           capture_output=True, env=clean_env(), timeout=120, check=False)
 
 
@@ -121,7 +127,7 @@ def running() -> Iterator[list[Running]]:
 
 
 def start_kvraft(running: list[Running], eps: str, *args: str) -> Running:
-    r = Running([str(KVRAFT), *args, "--endpoints", eps], clean_env())
+    r = Running([str(KVRAFT), *with_endpoints(eps, args)], clean_env())
     running.append(r)
     return r
 
