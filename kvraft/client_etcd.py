@@ -54,6 +54,12 @@ WATCH_RECONNECT_MAX_S = 60.0
 # Pause between rounds of watch reconnection over every endpoint, doubling up to the cap.
 WATCH_BACKOFF_INITIAL_S = 0.05
 WATCH_BACKOFF_MAX_S = 1.0
+# A watch stream silent this long is asked for a progress report (kvraft's members also
+# send one every 10 s unasked); with no answer this long after, its member is taken
+# for stuck (paused, frozen, its network black-holed) and the watch moves on.
+WATCH_PROBE_AFTER_S = 5.0
+WATCH_PROBE_TIMEOUT_S = 5.0
+WATCH_CHECK_S = 0.5
 # etcd's clientv3.WithRequireLeader: a member without a leader fails the watch stream,
 # so the client moves to one that has.
 REQUIRE_LEADER_METADATA = (("hasleader", "true"),)
@@ -586,6 +592,11 @@ class Watch:
     caller sees every event once, with no gap. A revision's events arrive together
     (the server does not fragment them), so resuming after a whole revision is exact.
 
+    A member that stops answering without breaking the stream (paused, or its network
+    black-holed) is detected by a watchdog: after WATCH_PROBE_AFTER_S of silence it asks
+    for a progress report, and WATCH_PROBE_TIMEOUT_S later without any answer it drops
+    the stream and resumes elsewhere.
+
     Iteration ends after `close()` (from any thread) and raises when the server cancels
     the watch: OUT_OF_RANGE with `.compact_revision` when its next revision was
     compacted, or Unavailable when no member took the watch within `reconnect_s`.
@@ -611,6 +622,10 @@ class Watch:
         self._watch_id = 0
         self._next_endpoint = -1             # index into client.endpoints (-1: preferred)
         self.endpoint: str | None = None     # the member serving the watch now
+        self.stalls = 0                      # streams dropped by the watchdog
+        self._last_answer_at = time.monotonic()   # when the current stream last spoke
+        self._probe_sent_at = 0.0            # 0: no progress request outstanding
+        self._watchdog: threading.Thread | None = None
 
     # ------------------------------------------------------------------ iteration
 
@@ -643,8 +658,36 @@ class Watch:
 
     # ------------------------------------------------------------------ streams
 
+    def _heard(self) -> None:
+        self._last_answer_at = time.monotonic()
+        self._probe_sent_at = 0.0
+
+    def _watch_the_stream(self) -> None:
+        """The watchdog (see the class doc): probe a silent stream, drop a stuck one."""
+        while not self._closed:
+            time.sleep(WATCH_CHECK_S)
+            with self._lock:
+                stream, requests = self._stream, self._requests
+            if stream is None or requests is None:
+                continue
+            now = time.monotonic()
+            if not self._probe_sent_at:
+                if now - self._last_answer_at > WATCH_PROBE_AFTER_S:
+                    self._probe_sent_at = now
+                    requests.put(etcdpb.WatchRequest(
+                        progress_request=etcdpb.WatchProgressRequest()))
+            elif now - self._probe_sent_at > WATCH_PROBE_TIMEOUT_S:
+                self.stalls += 1
+                self._probe_sent_at = 0.0
+                self._last_answer_at = now
+                stream.cancel()  # the reader sees the stream fail and moves on
+
     def _open(self) -> None:
         """Open the watch on some endpoint, going round them with backoff."""
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch_the_stream, daemon=True,
+                                              name="kvraft-watch-watchdog")
+            self._watchdog.start()
         c = self._calls.client
         give_up_at = time.monotonic() + self._reconnect_s
         backoff_s = WATCH_BACKOFF_INITIAL_S
@@ -662,14 +705,15 @@ class Watch:
                 except grpc.RpcError as err:
                     self._drop_stream()
                     if err.code() in _WATCH_FATAL_CODES:
-                        raise self._calls.kc.error_for(err.code(), err.details() or err.code().name,
-                                           endpoint=endpoint) from None
+                        raise self._calls.kc.error_for(
+                            err.code(), err.details() or err.code().name,
+                            endpoint=endpoint) from None
                     last_error = f"{endpoint}: {err.details() or err.code().name}"
                 # the next attempt goes to the next member
                 self._next_endpoint = (self._next_endpoint + 1) % len(c.endpoints)
             if time.monotonic() >= give_up_at:
                 raise self._calls.kc.Unavailable(f"no member accepted the watch in "
-                                     f"{self._reconnect_s:g} s ({last_error})")
+                                                 f"{self._reconnect_s:g} s ({last_error})")
             time.sleep(backoff_s * (0.5 + random.random()))
             backoff_s = min(backoff_s * 2, WATCH_BACKOFF_MAX_S)
 
@@ -687,7 +731,9 @@ class Watch:
                 stream.cancel()
                 return True
             self._stream, self._requests = stream, requests
+            self._heard()
         for response in stream:
+            self._heard()
             if response.created:
                 if response.canceled:
                     self._drop_stream()
@@ -724,6 +770,8 @@ class Watch:
             response = None
         except grpc.RpcError:
             response = None
+        if response is not None:
+            self._heard()
         if response is None:
             self._drop_stream()
             if not self._closed:

@@ -239,6 +239,46 @@ def test_a_watch_resumes_on_another_member_after_kill9_with_no_gap_or_duplicate(
     cluster.wait_leader()
 
 
+def test_a_watch_leaves_a_paused_member_for_another_with_no_gap_or_duplicate(
+        cluster: LocalCluster) -> None:
+    """SIGSTOP of the watch's member keeps its TCP stream open but silent: the watchdog
+    asks for progress, hears nothing, drops the stream and resumes on the next member."""
+    leader = cluster.wait_leader()
+    victim = next(i for i in cluster.nodes if i != leader)
+    others = [i for i in cluster.nodes if i != victim]
+    with Client(cluster.endpoints([victim, *others]), timeout=10) as watcher, \
+            Client(cluster.endpoints(others), timeout=10) as writer:
+        start = writer.range("paused/").revision + 1
+        w = watcher.watch("paused/", prefix=True, start_revision=start)
+        values = [f"p{i:02d}" for i in range(20)]
+        got: list[Event] = []
+
+        def follow() -> None:
+            for event in w:
+                got.append(event)
+                if len(got) == len(values):
+                    return
+
+        t, out = in_thread(follow)
+        wait_until(lambda: w.endpoint == cluster.nodes[victim].client_address, WAIT_S,
+                   "the watch is served by the victim")
+        try:
+            for i, value in enumerate(values):
+                if i == 5:
+                    wait_until(lambda: len(got) == 5, WAIT_S, "events before the pause")
+                    cluster.pause(victim)
+                writer.put(f"paused/{i % 3}", value)
+            wait_until(lambda: len(got) == len(values), WAIT_S * 2,
+                       "every put delivered after leaving the paused member")
+        finally:
+            cluster.resume(victim)
+        w.close()
+        t.join(WAIT_S)
+        assert "error" not in out, out
+        assert [e.kv.value.decode() for e in got] == values
+        assert w.stalls >= 1 and w.endpoint != cluster.nodes[victim].client_address
+
+
 # --------------------------------------------------------------------------- leases
 
 
