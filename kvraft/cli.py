@@ -40,7 +40,13 @@ from kvraft.client import (
     parse_endpoints,
     prefix_end,
 )
-from kvraft.server.config import EVENT_LOOPS, NodeConfig, ServeError, parse_initial_cluster
+from kvraft.server.config import (
+    EVENT_LOOPS,
+    NodeConfig,
+    ServeError,
+    parse_initial_cluster,
+    parse_member_id,
+)
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -101,10 +107,10 @@ class MemberIdType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
             return value
-        text = str(value).strip()
-        if not text.isdigit() or not 0 < int(text) <= UINT64_MAX:
-            self.fail(f"invalid member id {value!r}: expected a positive integer", param, ctx)
-        return int(text)
+        try:
+            return parse_member_id(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class InitialClusterType(click.ParamType):
@@ -175,7 +181,8 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--id", "node_id", type=MEMBER_ID, envvar="KVRAFT_ID", default=DEFAULT_NODE_ID,
-              show_default=True, help="This node's member id (a positive integer).")
+              show_default=True, help="This node's member id: a positive integer, decimal "
+              "or 0x-hex (etcdctl prints the id `member add` gave in hex).")
 @click.option("--data-dir", envvar="KVRAFT_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the node keeps its Raft log and data.")
 @click.option("--listen", type=ADDRESS, envvar="KVRAFT_LISTEN", default=DEFAULT_LISTEN,

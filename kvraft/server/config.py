@@ -56,6 +56,22 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_member_id(text: str) -> int:
+    """A member id: a positive integer up to 2**64-1, in decimal or 0x-hex (etcdctl
+    prints ids in hex: `kvraft serve --id 0x8e9e05c52164694d`). Raises ValueError."""
+    text = text.strip()
+    if text[:2].lower() == "0x":
+        digits, base = text[2:], 16
+        valid = bool(digits) and all(c in "0123456789abcdefABCDEF" for c in digits)
+    else:
+        digits, base = text, 10
+        valid = digits.isascii() and digits.isdigit()
+    if not valid or not 0 < int(digits, base) <= UINT64_MAX:
+        raise ValueError(f"invalid member id {text!r}: expected a positive integer "
+                         "(decimal or 0x-hex) below 2**64")
+    return int(digits, base)
+
+
 def parse_initial_cluster(text: str) -> dict[int, str]:
     """`1=host:2380,2=host:2381` -> {1: "host:2380", 2: "host:2381"}: the founding
     members' peer addresses (`kvraft serve --initial-cluster`). Raises ServeError."""
@@ -66,10 +82,11 @@ def parse_initial_cluster(text: str) -> dict[int, str]:
         if not sep:
             raise ServeError(f"malformed member {item!r}: expected ID=HOST:PORT")
         member = member.strip()
-        if not (member.isascii() and member.isdigit()) or not 0 < int(member) <= UINT64_MAX:
+        try:
+            member_id = parse_member_id(member)
+        except ValueError:
             raise ServeError(f"invalid member id {member!r} in {item!r}: "
-                             "expected a positive integer")
-        member_id = int(member)
+                             "expected a positive integer") from None
         if member_id in cluster:
             raise ServeError(f"member id {member_id} is listed twice")
         address = address.strip()
