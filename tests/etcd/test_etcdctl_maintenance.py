@@ -1,0 +1,127 @@
+"""etcdctl 3.4's `endpoint status`, `move-leader` and `alarm` against a real 3-node
+kvraft cluster (SPEC §6, etcd's Maintenance service)."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from kvraft.server.etcd.maintenance import ETCD_VERSION
+from tests.cluster.harness import LocalCluster, retry_unavailable, wait_until
+
+from .conftest import etcdctl, failed, ok
+
+pytestmark = pytest.mark.cluster
+
+LEADER_TIMEOUT_S = 30
+
+
+def statuses(endpoints: str, *flags: str) -> dict[str, dict]:
+    """endpoint -> its Status, from `etcdctl endpoint status -w json`."""
+    out = json.loads(ok(etcdctl(endpoints, "endpoint", "status", "-w", "json", *flags)))
+    return {row["Endpoint"]: row["Status"] for row in out}
+
+
+def maintenance(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.MaintenanceStub:
+    return etcdpb_grpc.MaintenanceStub(cluster.nodes[node_id].grpc_channel())
+
+
+def test_endpoint_status_reports_each_members_raft_state(etcd_cluster3: LocalCluster) -> None:
+    cluster = etcd_cluster3
+    leader = cluster.wait_leader()
+    for i in range(10):
+        retry_unavailable(lambda i=i: cluster.put(leader, b"status/%d" % i, b"x" * 100))
+    commit = cluster.status(leader).commit_index
+    for node_id in cluster.nodes:
+        cluster.wait_applied(node_id, commit)
+
+    got = statuses(cluster.endpoints())
+    assert sorted(got) == sorted(n.client_address for n in cluster.nodes.values())
+    terms = set()
+    for node_id, node in cluster.nodes.items():
+        s = got[node.client_address]
+        assert s["header"]["member_id"] == node_id
+        assert s["leader"] == leader
+        assert s["version"] == ETCD_VERSION
+        assert s["raftIndex"] >= commit
+        assert s["raftAppliedIndex"] >= commit
+        assert s["dbSize"] > 0 and s["dbSizeInUse"] == s["dbSize"]
+        assert "errors" not in s and "isLearner" not in s   # omitted when empty / false
+        terms.add((s["raftTerm"], s["header"]["raft_term"]))
+    ((term, header_term),) = terms
+    assert term == header_term == cluster.status(leader).header.term
+
+    # --cluster: the endpoints are the client URLs of etcd's MemberList.
+    by_url = statuses(cluster.nodes[1].client_address, "--cluster")
+    assert sorted(by_url) == sorted(f"http://{n.client_address}"
+                                    for n in cluster.nodes.values())
+    assert {s["leader"] for s in by_url.values()} == {leader}
+
+    table = ok(etcdctl(cluster.nodes[leader].client_address, "endpoint", "status"))
+    assert table.startswith(f"{cluster.nodes[leader].client_address}, {leader:x}, "
+                            f"{ETCD_VERSION}, "), table
+    assert ", true, false, " in table   # IS LEADER, IS LEARNER
+
+
+def test_move_leader_to_a_follower(etcd_cluster3: LocalCluster) -> None:
+    cluster = etcd_cluster3
+    leader = cluster.wait_leader()
+    target = next(i for i in sorted(cluster.nodes) if i != leader)
+    moved = ok(etcdctl(cluster.endpoints(), "move-leader", f"{target:x}"))
+    assert moved == f"Leadership transferred from {leader:x} to {target:x}\n"
+    assert cluster.wait_leader(timeout_s=LEADER_TIMEOUT_S) == target
+    wait_until(lambda: {s["leader"] for s in statuses(cluster.endpoints()).values()}
+               == {target}, LEADER_TIMEOUT_S, "every member to see the new leader")
+
+    # etcdctl looks for the leader among the endpoints it was given.
+    others = cluster.endpoints(i for i in cluster.nodes if i != target)
+    assert "no leader endpoint given at" in failed(
+        etcdctl(others, "move-leader", f"{leader:x}"))
+
+
+def test_move_leader_refusals_are_etcds(etcd_cluster3: LocalCluster) -> None:
+    cluster = etcd_cluster3
+    leader = cluster.wait_leader()
+    follower = next(i for i in sorted(cluster.nodes) if i != leader)
+    with pytest.raises(grpc.RpcError) as refused:
+        maintenance(cluster, follower).MoveLeader(
+            etcdpb.MoveLeaderRequest(targetID=leader), timeout=10)
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+    with pytest.raises(grpc.RpcError) as refused:
+        maintenance(cluster, leader).MoveLeader(
+            etcdpb.MoveLeaderRequest(targetID=0xDEADBEEF), timeout=10)
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+    # To itself: already done.
+    response = maintenance(cluster, leader).MoveLeader(
+        etcdpb.MoveLeaderRequest(targetID=leader), timeout=10)
+    assert response.header.member_id == leader
+    assert cluster.wait_leader() == leader
+
+
+def test_alarm_list_and_disarm_with_no_alarms(etcd_cluster3: LocalCluster) -> None:
+    cluster = etcd_cluster3
+    assert ok(etcdctl(cluster.endpoints(), "alarm", "list")) == ""
+    assert ok(etcdctl(cluster.endpoints(), "alarm", "disarm")) == ""
+    response = maintenance(cluster, 1).Alarm(
+        etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.GET), timeout=10)
+    assert list(response.alarms) == [] and response.header.member_id == 1
+    with pytest.raises(grpc.RpcError) as refused:
+        maintenance(cluster, 1).Alarm(etcdpb.AlarmRequest(
+            action=etcdpb.AlarmRequest.ACTIVATE, memberID=1, alarm=etcdpb.NOSPACE),
+            timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> None:
+    stub = maintenance(etcd_cluster3, 1)
+    for call, request in ((stub.Defragment, etcdpb.DefragmentRequest()),
+                          (stub.Hash, etcdpb.HashRequest()),
+                          (stub.HashKV, etcdpb.HashKVRequest())):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
