@@ -17,6 +17,7 @@ from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
 from .etcd.register import add_etcd_services
+from .health import HealthChecks
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
@@ -131,7 +132,8 @@ async def _serve(config: NodeConfig) -> int:
         _bind(client_server, config.listen, "--listen")
         if config.metrics_listen:
             try:
-                metrics.serve(config.metrics_listen)
+                metrics.serve(config.metrics_listen,
+                              HealthChecks(node, asyncio.get_running_loop()))
             except OSError as e:
                 raise ServeError(
                     f"cannot listen on --metrics-listen {config.metrics_listen}: {e.strerror}"
