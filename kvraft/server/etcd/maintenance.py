@@ -14,14 +14,22 @@
 * Alarm: kvraft raises no alarms yet; GET lists none and DEACTIVATE disarms none
   (`etcdctl alarm list|disarm` work), ACTIVATE is UNIMPLEMENTED until the NOSPACE and
   CORRUPT alarms exist.
-* Defragment, Hash, HashKV, Snapshot and Downgrade are UNIMPLEMENTED (the servicer's
-  defaults).
+* Defragment compacts this member's LevelDB — every level, the Raft log's keys and the
+  store's — with LevelDB's CompactRange, on a thread of its own: the member's reads
+  and writes go on meanwhile (LevelDB is safe for concurrent use, and plyvel releases
+  the GIL while it compacts), unlike etcd's, which stops the world (etcd #9222). One
+  runs at a time; a second call waits for it. `close` waits for a running one, so the
+  database is never closed under it.
+* Hash, HashKV, Snapshot and Downgrade are UNIMPLEMENTED (the servicer's defaults).
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,6 +49,7 @@ from .errors import EtcdError
 from .header import etcd_header
 
 T = TypeVar("T")
+log = logging.getLogger("kvraft.server.etcd")
 # The etcd release whose v3 API kvraft serves, as Status reports it: etcd's clients
 # parse it as semver (MAJOR.MINOR.PATCH); etcdctl prints it.
 ETCD_VERSION = "3.5.0"
@@ -69,6 +78,16 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
         self.config = config
         self.metrics = metrics
         self.db_dir = Path(node.store.datadir.path) / DB_NAME
+        # The thread defragmentations run on (one at a time: `_defrag_lock`).
+        self._defrag_executor = ThreadPoolExecutor(max_workers=1,
+                                                   thread_name_prefix="kvraft-defrag")
+        self._defrag_lock: asyncio.Lock | None = None   # made on the loop, at first use
+        self._closed = False
+
+    async def close(self) -> None:
+        """Wait for a running defragmentation (the caller closes the database next)."""
+        self._closed = True
+        await asyncio.to_thread(self._defrag_executor.shutdown, wait=True)
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
                     body: Callable[[float], Awaitable[T]]) -> T:
@@ -118,6 +137,35 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
             return etcdpb.MoveLeaderResponse(header=etcd_header(self.node))
 
         return await self._call("MoveLeader", context, body)
+
+    def _compact(self) -> float:
+        """Compact the whole LevelDB (on the defrag thread); its duration in seconds."""
+        t0 = time.monotonic()
+        self.node.store.datadir.db.compact_range()
+        return time.monotonic() - t0
+
+    async def Defragment(self, request: etcdpb.DefragmentRequest,
+                         context: grpc.aio.ServicerContext) -> etcdpb.DefragmentResponse:
+        async def body(timeout_s: float) -> etcdpb.DefragmentResponse:
+            if self._defrag_lock is None:
+                self._defrag_lock = asyncio.Lock()
+            async with self._defrag_lock:
+                if self._closed:
+                    raise errors.STOPPED.error()
+                before = await asyncio.to_thread(db_size_bytes, self.db_dir)
+                log.info("node %d: defragmenting the database (%d bytes)", self.node.id,
+                         before)
+                # Shielded: a client that gives up does not stop the compaction, and
+                # the lock is held until it ends (one at a time, and `close` waits).
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._defrag_executor, self._compact)
+                took_s = await asyncio.shield(future)
+                after = await asyncio.to_thread(db_size_bytes, self.db_dir)
+                log.info("node %d: defragmented the database in %.3f s: %d -> %d bytes",
+                         self.node.id, took_s, before, after)
+            return etcdpb.DefragmentResponse(header=etcd_header(self.node))
+
+        return await self._call("Defragment", context, body)
 
     async def Alarm(self, request: etcdpb.AlarmRequest,
                     context: grpc.aio.ServicerContext) -> etcdpb.AlarmResponse:

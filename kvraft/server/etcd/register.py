@@ -1,6 +1,8 @@
 """Which etcd services the client port serves: each module adds its own here."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
@@ -18,13 +20,19 @@ def _full_name(service: str) -> str:
 
 
 def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
-                      metrics: NodeMetrics) -> list[str]:
+                      metrics: NodeMetrics,
+                      on_close: list[Callable[[], Awaitable[None]]] | None = None
+                      ) -> list[str]:
     """Add every etcd service to `server`; returns their full names (for reflection
-    and the health service)."""
+    and the health service). A service with work of its own to wait for at shutdown
+    appends its close to `on_close`: the caller awaits each after the servers and the
+    node stopped, before it closes the store."""
     names: list[str] = []
+    closers = on_close if on_close is not None else []
     etcdpb_grpc.add_ClusterServicer_to_server(EtcdClusterService(node, config, metrics), server)
     names.append(_full_name("Cluster"))
-    etcdpb_grpc.add_MaintenanceServicer_to_server(
-        EtcdMaintenanceService(node, config, metrics), server)
+    maintenance = EtcdMaintenanceService(node, config, metrics)
+    etcdpb_grpc.add_MaintenanceServicer_to_server(maintenance, server)
+    closers.append(maintenance.close)
     names.append(_full_name("Maintenance"))
     return names
