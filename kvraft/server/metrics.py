@@ -127,7 +127,8 @@ class NodeMetrics:
         server_class = type("_MetricsServer", (_ThreadingWSGIServer,),
                             {"address_family": family})
         app = http_app(make_wsgi_app(self.registry), health)
-        httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        httpd: WSGIServer = make_server(host, port, app, server_class,
+                                        handler_class=_QuietHandler)
         threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
 
 

@@ -2,9 +2,13 @@
 kvraft cluster (SPEC §6, etcd's Maintenance service)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 import time
+import zlib
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +17,7 @@ from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.server.etcd.maintenance import ETCD_VERSION
+from kvraft.storage.snapshot import MAGIC as SNAPSHOT_MAGIC
 from tests.cluster.harness import LocalCluster, retry_unavailable, wait_until
 
 from .conftest import etcdctl, failed, ok
@@ -173,3 +178,46 @@ def test_puts_complete_while_the_leader_defragments() -> None:
         assert sorted(out.splitlines()) == sorted(
             f"Finished defragmenting etcd member[http://{n.client_address}]"
             for n in cluster.nodes.values())
+
+
+def test_snapshot_save_writes_the_image_and_its_sha256(etcd_cluster3: LocalCluster,
+                                                       tmp_path: Path) -> None:
+    """`etcdctl snapshot save` stores the stream Maintenance.Snapshot sends: kvraft's
+    snapshot image of the store (with its own crc32) and etcd's trailing SHA-256."""
+    cluster = etcd_cluster3
+    leader = cluster.wait_leader()
+    retry_unavailable(lambda: cluster.put(leader, b"snapshot/key", b"snapshot-value"))
+    follower = next(i for i in sorted(cluster.nodes) if i != leader)
+    cluster.wait_applied(follower, cluster.status(leader).commit_index)
+    path = tmp_path / "backup.db"
+    out = ok(etcdctl(cluster.nodes[follower].client_address, "snapshot", "save", str(path)))
+    assert out == f"Snapshot saved at {path}\n"
+    data = path.read_bytes()
+    padded, checksum = data[:-32], data[-32:]
+    assert hashlib.sha256(padded).digest() == checksum
+    assert len(padded) % 512 == 0      # etcdctl's check: bbolt's pages
+    records, end = read_image(padded)
+    assert padded[end:] == bytes(len(padded) - end) and len(padded) - end < 512
+    assert records[b"snapshot/key"] == b"snapshot-value"
+
+
+def read_image(data: bytes) -> tuple[dict[bytes, bytes], int]:
+    """The key/value records of a kvraft snapshot image (kvraft/storage/snapshot.py's
+    stream format) at the start of `data`, and where the image ends; checks its magic,
+    its record count and its crc32."""
+    assert data.startswith(SNAPSHOT_MAGIC)
+    (meta_len,) = struct.unpack_from(">I", data, len(SNAPSHOT_MAGIC))
+    at = len(SNAPSHOT_MAGIC) + 4 + meta_len
+    kvs: dict[bytes, bytes] = {}
+    count = 0
+    while data[at] != 0xFF:
+        tag, key_len, value_len = struct.unpack_from(">BII", data, at)
+        at += 9
+        key, value = data[at:at + key_len], data[at + key_len:at + key_len + value_len]
+        at += key_len + value_len
+        count += 1
+        if tag == 1:
+            kvs[key] = value
+    tag, records, crc = struct.unpack_from(">BQI", data, at)
+    assert (records, crc) == (count, zlib.crc32(data[:at]))
+    return kvs, at + 13

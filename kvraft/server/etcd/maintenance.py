@@ -20,11 +20,21 @@
   the GIL while it compacts), unlike etcd's, which stops the world (etcd #9222). One
   runs at a time; a second call waits for it. `close` waits for a running one, so the
   database is never closed under it.
-* Hash, HashKV, Snapshot and Downgrade are UNIMPLEMENTED (the servicer's defaults).
+* Snapshot streams a consistent image of the store — the state machine's snapshot
+  stream at its applied index (kvraft/storage/snapshot.py, the one followers are sent),
+  which has its own crc32 — in blobs of at most SNAPSHOT_BLOB_BYTES, zero bytes up to
+  a multiple of 512 (etcdctl checks the size: bbolt's pages), then one last message
+  whose blob is the SHA-256 of every byte before it, as etcd's does (etcdctl writes all
+  of it to the file). A reader of the image stops at its trailer, before the padding. Only the first message carries a header. The total
+  is not known ahead, so `remaining_bytes` is at least 32 (the checksum still to come)
+  on every data message and 0 on the checksum.
+* Hash, HashKV and Downgrade are UNIMPLEMENTED (the servicer's defaults).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -37,7 +47,7 @@ import grpc
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
-from kvraft.raft import StateRole
+from kvraft.raft import SnapshotTemporarilyUnavailableError, StateRole
 from kvraft.storage.datadir import DB_NAME
 
 from ..config import NodeConfig
@@ -53,6 +63,12 @@ log = logging.getLogger("kvraft.server.etcd")
 # The etcd release whose v3 API kvraft serves, as Status reports it: etcd's clients
 # parse it as semver (MAJOR.MINOR.PATCH); etcdctl prints it.
 ETCD_VERSION = "3.5.0"
+# The blob of one Snapshot message (etcd sends 32 KiB; larger blobs, fewer messages).
+SNAPSHOT_BLOB_BYTES = 1 << 20
+SHA256_BYTES = 32
+# etcdctl (3.4's snapshot save) refuses a file whose size is not a multiple of this plus
+# SHA256_BYTES ("sha256 checksum not found").
+SNAPSHOT_PAGE_BYTES = 512
 
 
 def db_size_bytes(db_dir: Path) -> int:
@@ -166,6 +182,55 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
             return etcdpb.DefragmentResponse(header=etcd_header(self.node))
 
         return await self._call("Defragment", context, body)
+
+    async def Snapshot(self, request: etcdpb.SnapshotRequest,
+                       context: grpc.aio.ServicerContext) -> None:
+        async def body(timeout_s: float) -> None:
+            try:
+                handle = self.node.store.sm.create_snapshot()
+            except SnapshotTemporarilyUnavailableError:
+                raise EtcdError(grpc.StatusCode.UNAVAILABLE,
+                                "kvraft: a snapshot is being installed; try again") from None
+            header = etcd_header(self.node)
+            chunks = handle.chunks(SNAPSHOT_BLOB_BYTES)
+            loop = asyncio.get_running_loop()
+            pending: asyncio.Future[bytes | None] | None = None
+            digest = hashlib.sha256()
+            sent = 0
+            try:
+                while True:
+                    # The image is read off the loop; shielded, so a cancelled call
+                    # waits below for the read in flight before it closes the stream.
+                    pending = loop.run_in_executor(None, next, chunks, None)
+                    blob = await asyncio.shield(pending)
+                    if blob is None:
+                        break
+                    digest.update(blob)
+                    sent += len(blob)
+                    response = etcdpb.SnapshotResponse(remaining_bytes=SHA256_BYTES,
+                                                       blob=blob)
+                    if sent == len(blob):
+                        response.header.CopyFrom(header)
+                    await context.write(response)
+                # etcd's clients take a file whose size is a multiple of 512 bytes plus
+                # the 32 of the checksum for a snapshot (bbolt's pages): pad the image.
+                padding = bytes(-sent % SNAPSHOT_PAGE_BYTES)
+                if padding:
+                    digest.update(padding)
+                    await context.write(etcdpb.SnapshotResponse(
+                        remaining_bytes=SHA256_BYTES, blob=padding))
+                await context.write(etcdpb.SnapshotResponse(remaining_bytes=0,
+                                                            blob=digest.digest()))
+                log.info("node %d: sent a snapshot of %d bytes (index %d)", self.node.id,
+                         sent, handle.metadata.index)
+            finally:
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(BaseException):
+                        await pending
+                chunks.close()
+                handle.close()
+
+        await self._call("Snapshot", context, body)
 
     async def Alarm(self, request: etcdpb.AlarmRequest,
                     context: grpc.aio.ServicerContext) -> etcdpb.AlarmResponse:
