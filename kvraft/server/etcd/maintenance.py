@@ -25,9 +25,10 @@
   which has its own crc32 — in blobs of at most SNAPSHOT_BLOB_BYTES, zero bytes up to
   a multiple of 512 (etcdctl checks the size: bbolt's pages), then one last message
   whose blob is the SHA-256 of every byte before it, as etcd's does (etcdctl writes all
-  of it to the file). A reader of the image stops at its trailer, before the padding. Only the first message carries a header. The total
-  is not known ahead, so `remaining_bytes` is at least 32 (the checksum still to come)
-  on every data message and 0 on the checksum.
+  of it to the file). A reader of the image stops at its trailer, before the padding.
+  Only the first message carries a header. The total is not known ahead, so
+  `remaining_bytes` is at least 32 (the checksum still to come) on every data message
+  and 0 on the checksum.
 * Hash, HashKV and Downgrade are UNIMPLEMENTED (the servicer's defaults).
 """
 from __future__ import annotations
@@ -38,10 +39,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
@@ -192,7 +193,8 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 raise EtcdError(grpc.StatusCode.UNAVAILABLE,
                                 "kvraft: a snapshot is being installed; try again") from None
             header = etcd_header(self.node)
-            chunks = handle.chunks(SNAPSHOT_BLOB_BYTES)
+            # A generator (SnapshotHandle.chunks): closing it ends the stream's hold.
+            chunks = cast(Generator[bytes, None, None], handle.chunks(SNAPSHOT_BLOB_BYTES))
             loop = asyncio.get_running_loop()
             pending: asyncio.Future[bytes | None] | None = None
             digest = hashlib.sha256()
