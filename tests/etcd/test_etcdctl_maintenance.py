@@ -198,26 +198,26 @@ def test_snapshot_save_writes_the_image_and_its_sha256(etcd_cluster3: LocalClust
     assert len(padded) % 512 == 0      # etcdctl's check: bbolt's pages
     records, end = read_image(padded)
     assert padded[end:] == bytes(len(padded) - end) and len(padded) - end < 512
-    assert records[b"snapshot/key"] == b"snapshot-value"
+    # The store's records hold the key put (how, is the store's layout), and the image
+    # every member's record.
+    assert any(b"snapshot-value" in value for tag, _, value in records if tag != 2)
+    assert len([r for r in records if r[0] == 2]) == len(cluster.nodes)
 
 
-def read_image(data: bytes) -> tuple[dict[bytes, bytes], int]:
-    """The key/value records of a kvraft snapshot image (kvraft/storage/snapshot.py's
-    stream format) at the start of `data`, and where the image ends; checks its magic,
-    its record count and its crc32."""
+def read_image(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """The (tag, key, value) records of a kvraft snapshot image (kvraft/storage/
+    snapshot.py's stream format) at the start of `data`, and where the image ends;
+    checks its magic, its record count and its crc32."""
     assert data.startswith(SNAPSHOT_MAGIC)
     (meta_len,) = struct.unpack_from(">I", data, len(SNAPSHOT_MAGIC))
     at = len(SNAPSHOT_MAGIC) + 4 + meta_len
-    kvs: dict[bytes, bytes] = {}
-    count = 0
+    records: list[tuple[int, bytes, bytes]] = []
     while data[at] != 0xFF:
         tag, key_len, value_len = struct.unpack_from(">BII", data, at)
         at += 9
-        key, value = data[at:at + key_len], data[at + key_len:at + key_len + value_len]
+        records.append((tag, data[at:at + key_len],
+                        data[at + key_len:at + key_len + value_len]))
         at += key_len + value_len
-        count += 1
-        if tag == 1:
-            kvs[key] = value
-    tag, records, crc = struct.unpack_from(">BQI", data, at)
-    assert (records, crc) == (count, zlib.crc32(data[:at]))
-    return kvs, at + 13
+    _, count, crc = struct.unpack_from(">BQI", data, at)
+    assert (count, crc) == (len(records), zlib.crc32(data[:at]))
+    return records, at + 13
