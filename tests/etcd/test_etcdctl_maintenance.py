@@ -131,11 +131,9 @@ def test_alarm_list_and_disarm_with_no_alarms(etcd_cluster3: LocalCluster) -> No
 
 def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> None:
     stub = maintenance(etcd_cluster3, 1)
-    for call, request in ((stub.Hash, etcdpb.HashRequest()),
-                          (stub.HashKV, etcdpb.HashKVRequest())):
-        with pytest.raises(grpc.RpcError) as refused:
-            call(request, timeout=10)
-        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Hash(etcdpb.HashRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_puts_complete_while_the_leader_defragments() -> None:
@@ -221,3 +219,42 @@ def read_image(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
     _, count, crc = struct.unpack_from(">BQI", data, at)
     assert (count, crc) == (len(records), zlib.crc32(data[:at]))
     return records, at + 13
+
+
+def hashkv(cluster: LocalCluster, *flags: str) -> dict[str, dict]:
+    """endpoint -> its HashKV answer, from `etcdctl endpoint hashkv --cluster -w json`."""
+    out = json.loads(ok(etcdctl(cluster.nodes[1].client_address, "endpoint", "hashkv",
+                                "--cluster", "-w", "json", *flags)))
+    return {row["Endpoint"]: row["HashKV"] for row in out}
+
+
+def test_hashkv_is_equal_on_every_member_at_a_revision(etcd_cluster3: LocalCluster) -> None:
+    cluster = etcd_cluster3
+    leader = cluster.wait_leader()
+    for i in range(20):
+        retry_unavailable(lambda i=i: cluster.put(leader, b"hash/%02d" % i, b"v%d" % i))
+    commit = cluster.status(leader).commit_index
+    for node_id in cluster.nodes:
+        cluster.wait_applied(node_id, commit)
+    first = hashkv(cluster)
+    assert sorted(first) == sorted(f"http://{n.client_address}" for n in cluster.nodes.values())
+    hashes = {h.get("hash", 0) for h in first.values()}
+    assert len(hashes) == 1 and hashes != {0}, first
+    revision = next(iter(first.values()))["header"]["revision"]
+    assert revision >= 20
+
+    retry_unavailable(lambda: cluster.put(leader, b"hash/00", b"changed"))
+    commit = cluster.status(leader).commit_index
+    for node_id in cluster.nodes:
+        cluster.wait_applied(node_id, commit)
+    later = hashkv(cluster)
+    assert len({h["hash"] for h in later.values()}) == 1
+    assert {h["hash"] for h in later.values()} != hashes
+    # At the earlier revision, the earlier hash, on every member.
+    assert {h["hash"] for h in hashkv(cluster, f"--rev={revision}").values()} == hashes
+
+    stub = maintenance(cluster, leader)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.HashKV(etcdpb.HashKVRequest(revision=revision + 10_000), timeout=10)
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")

@@ -7,7 +7,8 @@ constants, never with a message of its own, where etcd has one for the case.
 
 Handlers raise `EtcdError` (e.g. `raise MEMBER_NOT_FOUND.error()`); `serve_call` runs a
 handler's body and turns an EtcdError — or a kvraft `NodeError` from the node, mapped
-to etcd's nearest error — into the call's status with `abort`.
+to etcd's nearest error, or an `MVCCError` of the store, which carries etcd's code and
+message — into the call's status with `abort`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
+
+from kvraft.storage.mvcc import MVCCError
 
 from ..metrics import NodeMetrics
 from ..waiters import WAIT_EXPIRED_MESSAGE, NodeError
@@ -107,6 +110,12 @@ def from_node_error(e: NodeError) -> EtcdError:
     return EtcdError(e.code, e.message)
 
 
+def from_mvcc_error(e: MVCCError) -> EtcdError:
+    """A refusal of the MVCC store (its code and etcd's message, e.g. OUT_OF_RANGE
+    "etcdserver: mvcc: required revision has been compacted") as the call's status."""
+    return EtcdError(grpc.StatusCode[e.code.value], str(e))
+
+
 def deadline_s(context: grpc.aio.ServicerContext, default_s: float) -> float:
     """How long the call may wait: the client's deadline, or `default_s` without one."""
     remaining = context.time_remaining()
@@ -117,14 +126,20 @@ def deadline_s(context: grpc.aio.ServicerContext, default_s: float) -> float:
 
 async def serve_call(rpc: str, context: grpc.aio.ServicerContext, metrics: NodeMetrics,
                      body: Callable[[], Awaitable[T]]) -> T:
-    """Run `body`; an EtcdError or NodeError it raises ends the call with etcd's status.
+    """Run `body`; an EtcdError, NodeError or MVCCError it raises ends the call with
+    etcd's status.
     Each call is counted in kvraft_requests{rpc=...} and its latency histogram."""
     t0 = time.perf_counter()
     code = Code.OK
     try:
         return await body()
-    except (EtcdError, NodeError) as e:
-        error = from_node_error(e) if isinstance(e, NodeError) else e
+    except (EtcdError, NodeError, MVCCError) as e:
+        if isinstance(e, NodeError):
+            error = from_node_error(e)
+        elif isinstance(e, MVCCError):
+            error = from_mvcc_error(e)
+        else:
+            error = e
         code = error.code
         await abort(context, error.code, error.message)
     except BaseException as e:

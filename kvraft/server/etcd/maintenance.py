@@ -29,7 +29,15 @@
   Only the first message carries a header. The total is not known ahead, so
   `remaining_bytes` is at least 32 (the checksum still to come) on every data message
   and 0 on the checksum.
-* Hash, HashKV and Downgrade are UNIMPLEMENTED (the servicer's defaults).
+* HashKV hashes the store's history at a revision R (0: the current one): every change
+  at a revision in (compact revision, R], in revision order — its type, key, value,
+  create and mod revisions, version and lease — with CRC-32 (zlib's; etcd's is
+  Castagnoli's, so the values differ from etcd's, not their use). Members that applied
+  the same entries give the same hash at R when their compact revisions agree, which
+  is what `compact_revision` in the answer is for (etcd's corruption check compares
+  only such answers). R above the current revision is etcd's future-revision error,
+  at or below the compact revision its compacted error.
+* Hash and Downgrade are UNIMPLEMENTED (the servicer's defaults).
 """
 from __future__ import annotations
 
@@ -38,7 +46,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import struct
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,7 +59,9 @@ import grpc
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.raft import SnapshotTemporarilyUnavailableError, StateRole
+from kvraft.storage import mvcc
 from kvraft.storage.datadir import DB_NAME
+from kvraft.storage.state_machine import KVStateMachine
 
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
@@ -70,6 +82,43 @@ SHA256_BYTES = 32
 # etcdctl (3.4's snapshot save) refuses a file whose size is not a multiple of this plus
 # SHA256_BYTES ("sha256 checksum not found").
 SNAPSHOT_PAGE_BYTES = 512
+
+
+# Events read from the store per page while hashing (each page is one read view).
+HASH_PAGE_EVENTS = 1000
+# The fixed part of an event as HashKV hashes it: type, create and mod revisions,
+# version, lease, key and value lengths.
+_HASHED_EVENT = struct.Struct(">BqqqqII")
+
+
+def hash_kv(sm: KVStateMachine, revision: int) -> tuple[int, int, int]:
+    """(hash, compact revision, revision hashed) of the store's changes at revisions in
+    (compact revision, `revision`] (0: the current revision). Raises the store's
+    FutureRevisionError or CompactedError. Reads LevelDB: call it off the event loop."""
+    compact, current = sm.compact_revision, sm.revision
+    upto = revision if revision > 0 else current
+    if upto > current:
+        raise mvcc.FutureRevisionError()
+    if revision > 0 and upto <= compact:
+        raise mvcc.CompactedError(compact)
+    crc = 0
+    start = compact + 1
+    while start <= upto:
+        # Every key: from b"\0" to the end of the key space (etcd's "all keys").
+        events = sm.events(b"\0", b"\0", start, limit=HASH_PAGE_EVENTS)
+        for event in events:
+            kv = event.kv
+            if kv.mod_revision > upto:
+                return crc, compact, upto
+            crc = zlib.crc32(_HASHED_EVENT.pack(
+                int(event.type), kv.create_revision, kv.mod_revision, kv.version,
+                kv.lease, len(kv.key), len(kv.value)), crc)
+            crc = zlib.crc32(kv.key, crc)
+            crc = zlib.crc32(kv.value, crc)
+        if not events:
+            break
+        start = events[-1].kv.mod_revision + 1
+    return crc, compact, upto
 
 
 def db_size_bytes(db_dir: Path) -> int:
@@ -233,6 +282,17 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 handle.close()
 
         await self._call("Snapshot", context, body)
+
+    async def HashKV(self, request: etcdpb.HashKVRequest,
+                     context: grpc.aio.ServicerContext) -> etcdpb.HashKVResponse:
+        async def body(timeout_s: float) -> etcdpb.HashKVResponse:
+            crc, compact, _ = await asyncio.to_thread(hash_kv, self.node.store.sm,
+                                                      request.revision)
+            # The header's revision is the store's current one, as etcd's.
+            return etcdpb.HashKVResponse(header=etcd_header(self.node), hash=crc,
+                                         compact_revision=compact)
+
+        return await self._call("HashKV", context, body)
 
     async def Alarm(self, request: etcdpb.AlarmRequest,
                     context: grpc.aio.ServicerContext) -> etcdpb.AlarmResponse:
