@@ -148,11 +148,17 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
         self._defrag_executor = ThreadPoolExecutor(max_workers=1,
                                                    thread_name_prefix="kvraft-defrag")
         self._defrag_lock: asyncio.Lock | None = None   # made on the loop, at first use
+        # The reads of snapshot streams running on a thread now (each reads one blob).
+        self._snapshot_reads: set[asyncio.Future[bytes | None]] = set()
+        # Set by `close`: no defragmentation starts, no snapshot stream reads further.
         self._closed = False
 
     async def close(self) -> None:
-        """Wait for a running defragmentation (the caller closes the database next)."""
+        """Wait for a running defragmentation and the snapshot reads in flight: the
+        caller closes the database next, which must not happen under them."""
         self._closed = True
+        if self._snapshot_reads:
+            await asyncio.wait(set(self._snapshot_reads))
         await asyncio.to_thread(self._defrag_executor.shutdown, wait=True)
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
@@ -250,9 +256,14 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
             sent = 0
             try:
                 while True:
+                    if self._closed:
+                        raise errors.STOPPED.error()
                     # The image is read off the loop; shielded, so a cancelled call
-                    # waits below for the read in flight before it closes the stream.
+                    # waits below for the read in flight before it closes the stream
+                    # (and `close` waits for it before the database closes).
                     pending = loop.run_in_executor(None, next, chunks, None)
+                    self._snapshot_reads.add(pending)
+                    pending.add_done_callback(self._snapshot_reads.discard)
                     blob = await asyncio.shield(pending)
                     if blob is None:
                         break
