@@ -102,6 +102,12 @@ def test_add_a_learner_start_it_by_hex_id_promote_and_remove(
                f"kvraft-{new_id}", MEMBERS_TIMEOUT_S, "the learner to publish its address",
                lambda: cluster.log_tail(new_id))
 
+    # Its Status says it is a learner that follows the cluster's leader.
+    (status,) = json.loads(ok(etcdctl(node.client_address, "endpoint", "status",
+                                      "-w", "json")))
+    assert (status["Status"]["header"]["member_id"], status["Status"]["isLearner"],
+            status["Status"]["leader"]) == (new_id, True, cluster.wait_leader())
+
     promoted = ok(etcdctl(cluster.nodes[follower].client_address, "member", "promote",
                           f"{new_id:x}"))
     assert promoted == f"Member {new_id:16x} promoted in cluster {cluster_hex}\n"
