@@ -38,6 +38,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -102,6 +103,16 @@ Clock = Callable[[], float]   # monotonic seconds, on the event loop's time scal
 ApplyListener = Callable[[list[eraftpb.Entry], list[ApplyResult]], None]
 RoleListener = Callable[[int, StateRole], None]   # (leader id, this node's role)
 TransportFactory = Callable[["Node"], Transport]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What `Node.status()` reports: this node's role (a ROLE_NAMES value, or "learner")
+    and its log's commit and last index."""
+
+    role: str
+    commit_index: int
+    last_index: int
 
 
 class Node:
@@ -449,16 +460,16 @@ class Node:
                 if w in self._leader_waiters:
                     self._leader_waiters.remove(w)
 
-    def status(self) -> dict[str, str | int]:
+    def status(self) -> NodeStatus:
         r = self.raw.raft
         role = ROLE_NAMES.get(r.state, str(r.state))
         if self.id in self.membership.learner_ids():
             role = "learner"
-        return {
-            "role": role,
-            "commit_index": r.raft_log.committed,
-            "last_index": r.raft_log.last_index(),
-        }
+        return NodeStatus(
+            role=role,
+            commit_index=r.raft_log.committed,
+            last_index=r.raft_log.last_index(),
+        )
 
     def members(self) -> list[MemberRecord]:
         return self.membership.members()
@@ -579,7 +590,7 @@ class Node:
             self._on_soft_state(ss.leader_id, ss.raft_state)
         self.reads.on_read_states(rd.take_read_states())
         self.transport.send(rd.take_messages())
-        snapshot = rd.snapshot()
+        snapshot: eraftpb.Snapshot | None = rd.snapshot()   # None: no snapshot this round
         if snapshot is not None and snapshot.metadata.index == 0:
             snapshot = None
         staged = self.snapshots.take(snapshot) if snapshot is not None else None
