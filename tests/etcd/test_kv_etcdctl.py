@@ -216,7 +216,7 @@ def txn_stdin(compares: Sequence[str], success: Sequence[str], failure: Sequence
 
 def txn_ops(resp: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A txn's responses as (kind, body): etcdctl's json shows the oneof as
-    {"Response": {"response_put": {...}}}."""
+    {"Response": {"ResponsePut": {...}}}."""
     out = []
     for r in resp.get("responses", []):
         ((kind, body),) = r["Response"].items()
@@ -244,7 +244,7 @@ def test_txn_takes_the_success_branch_when_every_compare_holds(ctl: Etcdctl) -> 
     resp = ctl.json("txn", stdin=stdin)
     assert resp["succeeded"] is True
     ops = txn_ops(resp)
-    assert [kind for kind, _ in ops] == ["response_put", "response_range", "response_put"]
+    assert [kind for kind, _ in ops] == ["ResponsePut", "ResponseRange", "ResponsePut"]
     txn_rev = resp["header"]["revision"]
     assert txn_rev == modded + 1
     assert ops[0][1]["header"]["revision"] == txn_rev
@@ -276,7 +276,7 @@ def test_txn_compares_on_a_missing_key(ctl: Etcdctl) -> None:
     assert ctl.json("txn", stdin=stdin)["succeeded"] is True
     stdin = txn_stdin(['value("/txnm/never") != "x"'], ['put /txnm/never "y"'], [])
     resp = ctl.json("txn", stdin=stdin)
-    assert resp["succeeded"] is False and "responses" not in resp
+    assert "succeeded" not in resp and "responses" not in resp  # false and empty: omitted
     assert "kvs" not in ctl.json("get", "/txnm/never")
 
 
@@ -286,7 +286,7 @@ def test_a_read_only_txn_answers_at_the_current_revision(ctl: Etcdctl) -> None:
     resp = ctl.json("txn", stdin=stdin)
     assert resp["succeeded"] is True
     ((kind, body),) = txn_ops(resp)
-    assert kind == "response_range"
+    assert kind == "ResponseRange"
     assert kvs_of(body) == [(b"/txnr/k", b"read-me")]
     assert resp["header"]["revision"] >= rev
     # Reading changed nothing: the next write is the next revision after the txn's.

@@ -49,16 +49,11 @@ class EtcdStatus:
 REQUEST_TOO_LARGE = EtcdStatus(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
 STOPPED = EtcdStatus(Code.UNAVAILABLE, "etcdserver: server stopped")
 TIMEOUT = EtcdStatus(Code.UNAVAILABLE, "etcdserver: request timed out")
-# kvraft's: a member whose store is still in the legacy layout (cluster version 1)
-# cannot apply etcd's writes, and none is proposed before every member can.
-CLUSTER_VERSION_TOO_OLD = EtcdStatus(
-    Code.FAILED_PRECONDITION,
-    "etcdserver: cluster version too old for this request; upgrade every member")
 
 
 def from_mvcc_error(e: MVCCError) -> EtcdError:
     """The store's refusal as is: its code (named as grpc's) and etcd's message."""
-    return EtcdError(Code[e.code.name], str(e))
+    return EtcdError(Code.__members__[e.code.name], str(e))
 
 
 def from_node_error(e: NodeError) -> EtcdError:

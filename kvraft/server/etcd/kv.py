@@ -30,25 +30,17 @@ from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.storage import commands, mvcc
 from kvraft.storage.mvcc import convert
+from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MVCC
 
 from .. import storage_adapter as sa
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
-from .errors import (
-    CLUSTER_VERSION_TOO_OLD,
-    REQUEST_TOO_LARGE,
-    EtcdError,
-    deadline_s,
-    serve_call,
-)
+from .errors import REQUEST_TOO_LARGE, EtcdError, deadline_s, serve_call
 from .header import etcd_header
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
-
-# The cluster version from which every member applies etcd's MVCC commands.
-MVCC_CLUSTER_VERSION = 2
 
 
 class KVService(etcdpb_grpc.KVServicer):
@@ -132,8 +124,8 @@ class KVService(etcdpb_grpc.KVServicer):
     async def _propose(self, field: str, message: Any, answer: type[T], context: Ctx) -> T:
         """Propose etcd's `message` as the command's `field`; the apply's answer, which
         must be an `answer`, or its refusal raised."""
-        if self.node.store.sm.cluster_version < MVCC_CLUSTER_VERSION:
-            raise CLUSTER_VERSION_TOO_OLD.error()
+        if self.node.store.sm.cluster_version < CLUSTER_VERSION_MVCC:
+            raise mvcc.ClusterVersionError()
         request_id = sa.new_request_id()
         data = commands.etcd_command(request_id, field, message)
         result = await self.node.propose(request_id, data, self._timeout_s(context))
