@@ -28,6 +28,7 @@ pytestmark = [
 ]
 
 ETCDCTL_TIMEOUT_S = 30.0
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
 WRITABLE_TIMEOUT_S = 30.0
 
 
@@ -43,8 +44,10 @@ class Etcdctl:
 
     def __init__(self, endpoints: Sequence[str]) -> None:
         self.endpoints = ",".join(endpoints)
-        # The caller's ETCDCTL_* settings must not leak in (a user's endpoints, certs).
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        # The caller's ETCDCTL_* settings must not leak in (a user's endpoints, certs),
+        # nor a proxy that gRPC would dial loopback through.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")
+                    and k.lower() not in PROXY_VARIABLES}
         self.env["ETCDCTL_API"] = "3"
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ pytestmark = [
 
 SESSION = Path(__file__).with_name("aetcd_session.py")
 SESSION_TIMEOUT_S = 60.0
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,10 @@ def cluster() -> Iterator[LocalCluster]:
 
 def run_session(address: str) -> dict[str, object]:
     host, port = address.rsplit(":", 1)
+    # No proxy: gRPC would dial loopback through it.
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
     proc = subprocess.run([sys.executable, str(SESSION), host, port], capture_output=True,
-                          text=True, timeout=SESSION_TIMEOUT_S)
+                          text=True, env=env, timeout=SESSION_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout)
     return result

@@ -64,7 +64,7 @@ class KVService(etcdpb_grpc.KVServicer):
                 resp = self.node.store.sm.range(req)
             return convert.range_response_pb(resp, etcd_header(self.node, resp.revision))
 
-        return await serve_call("etcd.Range", context, self.metrics, body)
+        return await serve_call("etcd.KV.Range", context, self.metrics, body)
 
     async def Put(self, request: etcdpb.PutRequest, context: Ctx) -> etcdpb.PutResponse:
         async def body() -> etcdpb.PutResponse:
@@ -75,7 +75,7 @@ class KVService(etcdpb_grpc.KVServicer):
             resp = await self._propose("etcd_put", request, mvcc.PutResponse, context)
             return convert.put_response_pb(resp, etcd_header(self.node, resp.revision))
 
-        return await serve_call("etcd.Put", context, self.metrics, body)
+        return await serve_call("etcd.KV.Put", context, self.metrics, body)
 
     async def DeleteRange(self, request: etcdpb.DeleteRangeRequest, context: Ctx
                           ) -> etcdpb.DeleteRangeResponse:
@@ -86,7 +86,7 @@ class KVService(etcdpb_grpc.KVServicer):
                                        context)
             return convert.delete_range_response_pb(resp, etcd_header(self.node, resp.revision))
 
-        return await serve_call("etcd.DeleteRange", context, self.metrics, body)
+        return await serve_call("etcd.KV.DeleteRange", context, self.metrics, body)
 
     async def Txn(self, request: etcdpb.TxnRequest, context: Ctx) -> etcdpb.TxnResponse:
         async def body() -> etcdpb.TxnResponse:
@@ -108,7 +108,7 @@ class KVService(etcdpb_grpc.KVServicer):
                 _refuse_truncated(resp)
             return convert.txn_response_pb(resp, etcd_header(self.node, resp.revision))
 
-        return await serve_call("etcd.Txn", context, self.metrics, body)
+        return await serve_call("etcd.KV.Txn", context, self.metrics, body)
 
     async def Compact(self, request: etcdpb.CompactionRequest, context: Ctx
                       ) -> etcdpb.CompactionResponse:
@@ -120,7 +120,7 @@ class KVService(etcdpb_grpc.KVServicer):
             resp = await self._propose("etcd_compact", request, mvcc.CompactResponse, context)
             return etcdpb.CompactionResponse(header=etcd_header(self.node, resp.revision))
 
-        return await serve_call("etcd.Compact", context, self.metrics, body)
+        return await serve_call("etcd.KV.Compact", context, self.metrics, body)
 
     # --- helpers ------------------------------------------------------------------------------
     def _timeout_s(self, context: Ctx) -> float:
