@@ -121,6 +121,9 @@ def test_put_and_get_report_etcds_revisions(cluster: LocalCluster, ctl: Etcdctl)
     assert (kv["create_revision"], kv["mod_revision"], kv["version"]) == (rev1, rev1 + 1, 2)
     assert unb64(kv["value"]) == b"two"
 
+    # put --prev-kv: OK, then the key and the value it replaced.
+    assert ctl.out("put", "/rev/b", "first") == "OK\n"
+    assert ctl.out("put", "/rev/b", "second", "--prev-kv") == "OK\n/rev/b\nfirst\n"
     # The simple format: the key on one line, its value on the next.
     assert ctl.out("get", "/rev/a") == "/rev/a\ntwo\n"
     # A key never written: no kvs, count 0, and nothing printed.
@@ -152,6 +155,10 @@ def test_get_prefix_limit_keys_only_and_sort(ctl: Etcdctl) -> None:
     limited = ctl.json("get", "/pfx/", "--prefix", "--limit=2")
     assert kvs_of(limited) == [(b"/pfx/a", b"3"), (b"/pfx/b", b"2")]
     assert limited["more"] is True and limited["count"] == 3
+
+    serializable = ctl.json("get", "/pfx/", "--prefix", "--consistency=s")
+    assert len(serializable.get("kvs", [])) <= 3  # a member's own state: maybe behind
+    assert ctl.out("get", "/pfx/", "--prefix", "--print-value-only").split() == ["3", "2", "1"]
 
     keys = ctl.json("get", "/pfx/", "--prefix", "--keys-only")
     assert [unb64(kv["key"]) for kv in keys["kvs"]] == [b"/pfx/a", b"/pfx/b", b"/pfx/c"]

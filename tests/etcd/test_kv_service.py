@@ -104,6 +104,19 @@ def test_a_serializable_range_is_served_by_the_member_alone(cluster: LocalCluste
         wait_until(applied, 10, f"node {node_id} to apply the put")
 
 
+def test_count_only_and_revision_filters(cluster: LocalCluster) -> None:
+    stub = kv(cluster, 1)
+    revs = [stub.Put(etcdpb.PutRequest(key=b"/svc/f/%d" % i, value=b"v"),
+                     timeout=RPC_TIMEOUT_S).header.revision for i in range(3)]
+    counted = stub.Range(etcdpb.RangeRequest(key=b"/svc/f/", range_end=b"/svc/f0",
+                                             count_only=True), timeout=RPC_TIMEOUT_S)
+    assert counted.count == 3 and list(counted.kvs) == []
+    newer = stub.Range(etcdpb.RangeRequest(key=b"/svc/f/", range_end=b"/svc/f0",
+                                           min_mod_revision=revs[1]), timeout=RPC_TIMEOUT_S)
+    assert [kv.key for kv in newer.kvs] == [b"/svc/f/1", b"/svc/f/2"]
+    assert newer.count == 3  # etcd's count: before the filters
+
+
 def test_a_nested_txn_runs_its_own_branch_at_the_parents_revision(
         cluster: LocalCluster) -> None:
     stub = kv(cluster, 2)
