@@ -4,6 +4,8 @@ headers every answer carries, reads that are not linearizable, a nested txn, and
 compaction errors."""
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -173,3 +175,42 @@ def test_compact_refuses_a_future_revision_and_then_an_old_one(cluster: LocalClu
     below = etcdpb.TxnRequest(success=[etcdpb.RequestOp(
         request_range=etcdpb.RangeRequest(key=b"/svc/c", revision=rev - 1))])
     assert refusal(lambda: stub.Txn(below, timeout=RPC_TIMEOUT_S)) == compacted
+
+
+def test_a_read_only_txn_reads_one_revision_while_writes_apply(cluster: LocalCluster) -> None:
+    """The ranges of a read-only txn (served without Raft) see one state: a writer
+    puts the same value to two keys in one txn over and over, and every read-only txn
+    that reads both keys, on every member, finds them equal and at one mod revision."""
+    writer = kv(cluster, cluster.wait_leader())
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        while not stop.is_set():
+            written[0] += 1
+            value = b"%d" % written[0]
+            writer.Txn(etcdpb.TxnRequest(success=[put_op(b"/svc/pair/a", value),
+                                                  put_op(b"/svc/pair/b", value)]),
+                       timeout=RPC_TIMEOUT_S)
+
+    writer.Txn(etcdpb.TxnRequest(success=[put_op(b"/svc/pair/a", b"0"),
+                                          put_op(b"/svc/pair/b", b"0")]), timeout=RPC_TIMEOUT_S)
+    read = etcdpb.TxnRequest(success=[
+        etcdpb.RequestOp(request_range=etcdpb.RangeRequest(key=b"/svc/pair/a")),
+        etcdpb.RequestOp(request_range=etcdpb.RangeRequest(key=b"/svc/pair/b"))])
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            for node_id in cluster.nodes:
+                resp = kv(cluster, node_id).Txn(read, timeout=RPC_TIMEOUT_S)
+                (a,), (b,) = (r.response_range.kvs for r in resp.responses)
+                assert (a.value, a.mod_revision) == (b.value, b.mod_revision)
+                assert a.mod_revision <= resp.header.revision
+                reads += 1
+    finally:
+        stop.set()
+        thread.join(timeout=RPC_TIMEOUT_S)
+    assert reads >= 10 and written[0] >= 10, (reads, written[0])
