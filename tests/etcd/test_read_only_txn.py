@@ -53,7 +53,7 @@ def outcome(call: object) -> object:
         return type(e)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(writes=st.lists(WRITES, max_size=12), compact_at=st.integers(0, 8),
        txn=READ_ONLY_TXNS)
 def test_a_read_only_txn_answers_what_its_apply_answers(
