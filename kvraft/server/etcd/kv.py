@@ -15,8 +15,10 @@ barrier), which the MVCC store can still read however many writes apply meanwhil
 If that revision is compacted under it, or a compare's range is too large to read in
 one piece, the txn is proposed instead.
 
-etcd's writes are refused (FAILED_PRECONDITION) while the cluster version is 1: a
-member still in the legacy layout could not apply them.
+While the cluster version is 1 (a rolling upgrade from the layout before revisions is
+under way) every call is refused with FAILED_PRECONDITION (mvcc.ClusterVersionError):
+writes before they are proposed, since a member of the old layout could not apply
+them; reads by the state machine, which has no revisions to answer with yet.
 """
 from __future__ import annotations
 
