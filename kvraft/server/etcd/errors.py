@@ -1,14 +1,12 @@
-"""etcd's gRPC errors: the status codes and messages of etcd's api/v3rpc/rpctypes.
+"""etcd's gRPC errors (api/v3rpc/rpctypes): the codes and exact messages etcd answers.
 
-etcd's clients match errors on the exact message (clientv3 turns a status whose message
-it knows into its typed error: `rpctypes.ErrMemberNotFound`, `ErrNoLeader` ...), and
-their retry logic on the code. So a service of this package answers with these
-constants, never with a message of its own, where etcd has one for the case.
+etcd's clients recognise an error by its message (clientv3 maps a known message to its
+typed error, etcdctl prints it) and decide on retries by its code; so etcd's services
+here answer with etcd's constants wherever etcd has one.
 
-Handlers raise `EtcdError` (e.g. `raise MEMBER_NOT_FOUND.error()`); `serve_call` runs a
-handler's body and turns an EtcdError — or a kvraft `NodeError` from the node, mapped
-to etcd's nearest error, or an `MVCCError` of the store, which carries etcd's code and
-message — into the call's status with `abort`.
+A handler's body raises `EtcdError`, an `MVCCError` from the store (which already carries
+etcd's code and message), or a kvraft `NodeError` from the node; `serve_call` turns each
+into the call's status.
 """
 from __future__ import annotations
 
@@ -27,12 +25,11 @@ from ..waiters import WAIT_EXPIRED_MESSAGE, NodeError
 
 T = TypeVar("T")
 Code = grpc.StatusCode
-# grpc reports a huge time_remaining when the client set no deadline.
-NO_DEADLINE_S = 1e6
+NO_DEADLINE_S = 1e6  # what grpc reports as time_remaining when the client set no deadline
 
 
 class EtcdError(Exception):
-    """A call fails with etcd's status `code` and `message`."""
+    """The call fails with status `code` and etcd's `message`."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -42,8 +39,6 @@ class EtcdError(Exception):
 
 @dataclass(frozen=True)
 class EtcdStatus:
-    """One of etcd's errors; `.error()` is a fresh exception to raise."""
-
     code: grpc.StatusCode
     message: str
 
@@ -91,53 +86,50 @@ LEADER_TRANSFER_TIMEOUT = EtcdStatus(
 NO_LEADER_STATUS_ERROR = "etcdserver: no leader"
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode,
-                message: str) -> NoReturn:
-    """End the call with `code` and `message` (grpc.aio's abort raises; this says so
-    to the type checker)."""
-    await context.abort(code, message)
-    raise AssertionError("grpc.aio's abort returns by raising")
+def from_mvcc_error(e: MVCCError) -> EtcdError:
+    """The store's refusal as is: its code (named as grpc's) and etcd's message."""
+    return EtcdError(Code.__members__[e.code.name], str(e))
 
 
 def from_node_error(e: NodeError) -> EtcdError:
-    """A kvraft NodeError as etcd's nearest error: shutdown is etcd's "server stopped",
-    a wait that ran out (no leader or quorum in time) its "request timed out"; the rest
-    keep kvraft's code and message."""
-    if e.code == Code.UNAVAILABLE and "shutting down" in e.message:
-        return STOPPED.error()
-    if e.code == Code.UNAVAILABLE and (e.deadline_passed or e.message == WAIT_EXPIRED_MESSAGE):
-        return TIMEOUT.error()
+    """A NodeError as etcd's nearest: shutdown is "server stopped", a wait that ran out
+    (no leader or quorum in time) "request timed out"; others keep kvraft's text."""
+    if e.code == Code.UNAVAILABLE:
+        if "shutting down" in e.message:
+            return STOPPED.error()
+        if e.deadline_passed or e.message == WAIT_EXPIRED_MESSAGE:
+            return TIMEOUT.error()
     return EtcdError(e.code, e.message)
 
 
-def from_mvcc_error(e: MVCCError) -> EtcdError:
-    """A refusal of the MVCC store (its code and etcd's message, e.g. OUT_OF_RANGE
-    "etcdserver: mvcc: required revision has been compacted") as the call's status."""
-    return EtcdError(grpc.StatusCode[e.code.value], str(e))
-
-
 def deadline_s(context: grpc.aio.ServicerContext, default_s: float) -> float:
-    """How long the call may wait: the client's deadline, or `default_s` without one."""
+    """How long the call may wait: what is left of the client's deadline, else
+    `default_s`."""
     remaining = context.time_remaining()
     if remaining is None or remaining >= NO_DEADLINE_S:
         return default_s
     return max(0.0, remaining)
 
 
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode,
+                message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("grpc.aio's abort returns by raising")
+
+
 async def serve_call(rpc: str, context: grpc.aio.ServicerContext, metrics: NodeMetrics,
                      body: Callable[[], Awaitable[T]]) -> T:
-    """Run `body`; an EtcdError, NodeError or MVCCError it raises ends the call with
-    etcd's status.
-    Each call is counted in kvraft_requests{rpc=...} and its latency histogram."""
+    """Run `body`, ending the call with etcd's status for the errors above; count the
+    call and its latency in the request metrics under `rpc`."""
     t0 = time.perf_counter()
     code = Code.OK
     try:
         return await body()
-    except (EtcdError, NodeError, MVCCError) as e:
-        if isinstance(e, NodeError):
-            error = from_node_error(e)
-        elif isinstance(e, MVCCError):
+    except (EtcdError, MVCCError, NodeError) as e:
+        if isinstance(e, MVCCError):
             error = from_mvcc_error(e)
+        elif isinstance(e, NodeError):
+            error = from_node_error(e)
         else:
             error = e
         code = error.code

@@ -12,6 +12,7 @@ from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
 from .cluster import EtcdClusterService
+from .kv import add_kv_service
 from .maintenance import EtcdMaintenanceService
 
 
@@ -29,6 +30,7 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     node stopped, before it closes the store."""
     names: list[str] = []
     closers = on_close if on_close is not None else []
+    names.append(add_kv_service(server, node, config, metrics))
     etcdpb_grpc.add_ClusterServicer_to_server(EtcdClusterService(node, config, metrics), server)
     names.append(_full_name("Cluster"))
     maintenance = EtcdMaintenanceService(node, config, metrics)
