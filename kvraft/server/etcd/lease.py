@@ -115,7 +115,7 @@ class _Upstream:
             self._call = None
 
 
-class LeaseService(etcdpb_grpc.LeaseServicer):  # type: ignore[misc]
+class LeaseService(etcdpb_grpc.LeaseServicer):
     def __init__(self, node: Node, config: NodeConfig, metrics: NodeMetrics,
                  lessor: Lessor) -> None:
         self.node = node
@@ -278,6 +278,8 @@ class LeaseService(etcdpb_grpc.LeaseServicer):  # type: ignore[misc]
 
     async def _time_to_live(self, request: etcdpb.LeaseTimeToLiveRequest
                             ) -> etcdpb.LeaseTimeToLiveResponse:
+        if not self.lessor.leading:   # it was, a moment ago: the client may retry
+            raise NodeError(grpc.StatusCode.UNAVAILABLE, MSG_NOT_LEADER)
         sm = self.node.store.sm
         record = sm.lease(request.ID)
         remaining = self.lessor.remaining_s(request.ID)

@@ -1,0 +1,323 @@
+"""etcd's own command-line client, which nobody here wrote, against a 3-node kvraft
+cluster through etcd's `Lease` service (SPEC §6, issue 12 "Leases"): Debian's etcdctl
+3.4 grants, lists, asks the time to live (with keys), keeps alive (once, and as a
+stream), revokes; a key put with --lease disappears once its lease is left to expire,
+and stays while it is kept alive, through a follower, and through the kill -9 of the
+leader (etcd #9395/#17132: a leader change must not cut a kept-alive lease short).
+Its output is asserted, not only its exit code.
+
+Every test uses leases and keys of its own; the leader-kill test runs last in the
+module (it leaves the shared cluster with two members)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+import pytest
+
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from tests.cluster.harness import LocalCluster, wait_until
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(shutil.which("etcdctl") is None,
+                       reason="etcdctl is not installed (Debian's etcd-client, .ci/run)"),
+]
+
+ETCDCTL_TIMEOUT_S = 30.0
+WRITABLE_TIMEOUT_S = 30.0
+# How late past its TTL an abandoned lease may go: the leader notices at once (its
+# timer sleeps until the deadline), then one revoke entry commits; generous for a
+# loaded 2-core machine.
+EXPIRY_BOUND_S = 5.0
+KEEP_ALIVE_STOP_S = 5.0
+GRANTED = re.compile(r"^lease ([0-9a-f]+) granted with TTL\((\d+)s\)$")
+TIME_TO_LIVE = re.compile(
+    r"^lease ([0-9a-f]+) granted with TTL\((\d+)s\), remaining\((-?\d+)s\)"
+    r"(?:, attached keys\(\[(.*)\]\))?$")
+
+
+class Etcdctl:
+    """etcdctl with some of the cluster's client addresses as --endpoints."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        self.endpoints = ",".join(endpoints)
+        # The caller's ETCDCTL_* settings must not leak in (a user's endpoints, certs).
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        self.env["ETCDCTL_API"] = "3"
+
+    def argv(self, *args: str) -> list[str]:
+        return ["etcdctl", f"--endpoints={self.endpoints}", "--dial-timeout=5s",
+                "--command-timeout=10s", *args]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = self.argv(*args)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env,
+                              timeout=ETCDCTL_TIMEOUT_S)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def out(self, *args: str) -> str:
+        return self.run(*args).stdout.strip()
+
+    def grant(self, ttl: int) -> tuple[int, int]:
+        """(lease id, granted TTL)."""
+        m = GRANTED.match(self.out("lease", "grant", str(ttl)))
+        assert m is not None
+        return int(m.group(1), 16), int(m.group(2))
+
+    def time_to_live(self, lease_id: int, *, keys: bool = False
+                     ) -> tuple[int, int, list[str]] | None:
+        """(granted TTL, remaining, attached keys); None once expired or revoked."""
+        args = ["lease", "timetolive", f"{lease_id:x}", *(["--keys"] if keys else [])]
+        text = self.out(*args)
+        if text == f"lease {lease_id:x} already expired":
+            return None
+        m = TIME_TO_LIVE.match(text)
+        assert m is not None, text
+        assert int(m.group(1), 16) == lease_id
+        attached = m.group(4).split() if m.group(4) else []
+        return int(m.group(2)), int(m.group(3)), attached
+
+    def leases(self) -> set[int]:
+        lines = self.out("lease", "list").splitlines()
+        assert re.fullmatch(r"found \d+ leases", lines[0]), lines
+        assert int(lines[0].split()[1]) == len(lines) - 1
+        return {int(line, 16) for line in lines[1:]}
+
+    def value(self, key: str) -> str | None:
+        lines = self.out("get", key).splitlines()
+        if not lines:
+            return None
+        assert lines[0] == key, lines
+        return lines[1]
+
+    def keep_alive(self, lease_id: int) -> subprocess.Popen[str]:
+        """`lease keep-alive` as a stream (until stopped): clientv3 renews every TTL/3."""
+        return subprocess.Popen(self.argv("lease", "keep-alive", f"{lease_id:x}"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=self.env)
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """End a keep-alive stream by its pid; its output."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=KEEP_ALIVE_STOP_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=KEEP_ALIVE_STOP_S)
+    return out
+
+
+def keep_alive_lines(output: str, lease_id: int, ttl: int) -> int:
+    return output.count(f"lease {lease_id:x} keepalived with TTL({ttl})")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster.start(3) as c:
+        c.wait_leader()
+        yield c
+
+
+def etcdctl_at(cluster: LocalCluster, *node_ids: int) -> Etcdctl:
+    return Etcdctl([cluster.nodes[i].client_address for i in node_ids or cluster.nodes])
+
+
+@pytest.fixture(scope="module")
+def ctl(cluster: LocalCluster) -> Etcdctl:
+    """etcdctl on every member, once the cluster takes etcd writes (a grant)."""
+    e = etcdctl_at(cluster)
+    last_error = [""]
+
+    def writable() -> bool:
+        proc = e.run("lease", "grant", "60", check=False)
+        last_error[0] = proc.stderr
+        return proc.returncode == 0
+
+    wait_until(writable, WRITABLE_TIMEOUT_S, "the cluster to take lease grants",
+               on_timeout=lambda: f"etcdctl said: {last_error[0]}")
+    return e
+
+
+@pytest.fixture(scope="module")
+def kv(ctl: Etcdctl) -> Etcdctl:
+    """The same, for the tests that also need etcd's KV service (put --lease)."""
+    proc = ctl.run("put", "/lease-probe", "1", check=False)
+    if proc.returncode != 0 and "code = Unimplemented" in proc.stderr:
+        pytest.skip("etcd's KV service (kvraft/server/etcd/kv.py) is not on this branch")
+    assert proc.returncode == 0, proc.stderr
+    return ctl
+
+
+def followers(cluster: LocalCluster) -> list[int]:
+    leader = cluster.wait_leader()
+    return [i for i in cluster.running_ids() if i != leader]
+
+
+def lease_stub(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.LeaseStub:
+    return etcdpb_grpc.LeaseStub(cluster.nodes[node_id].grpc_channel())
+
+
+# --- grant, time to live, list, revoke -------------------------------------------------
+
+def test_grant_then_every_member_reports_the_ttl_and_lists_the_lease(
+        cluster: LocalCluster, ctl: Etcdctl) -> None:
+    lease_id, ttl = ctl.grant(120)
+    assert ttl == 120 and lease_id > 0
+    for node_id in cluster.running_ids():   # followers ask the leader
+        at = etcdctl_at(cluster, node_id)
+        answer = at.time_to_live(lease_id)
+        assert answer is not None
+        granted, remaining, keys = answer
+        assert granted == 120 and 100 <= remaining <= 120 and keys == []
+        assert lease_id in at.leases()
+
+
+def test_revoke_removes_the_lease_and_a_second_revoke_is_not_found(ctl: Etcdctl) -> None:
+    lease_id, _ = ctl.grant(120)
+    assert ctl.out("lease", "revoke", f"{lease_id:x}") == f"lease {lease_id:x} revoked"
+    assert ctl.time_to_live(lease_id) is None
+    assert lease_id not in ctl.leases()
+    again = ctl.run("lease", "revoke", f"{lease_id:x}", check=False)
+    assert again.returncode != 0
+    assert "etcdserver: requested lease not found" in again.stderr
+
+
+def test_a_ttl_below_the_minimum_is_raised_and_a_huge_one_is_refused(ctl: Etcdctl) -> None:
+    # The cluster's election timeout is 10 ticks of 0.05 s: minTTL = ceil(0.75) = 1 s.
+    _, ttl = ctl.grant(0)
+    assert ttl == 1
+    huge = ctl.run("lease", "grant", "9000000001", check=False)
+    assert huge.returncode != 0 and "etcdserver: too large lease TTL" in huge.stderr
+    _, ttl = ctl.grant(9_000_000_000)
+    assert ttl == 9_000_000_000
+
+
+def test_a_grant_of_a_taken_id_fails_like_etcd(cluster: LocalCluster) -> None:
+    """etcdctl 3.4 cannot choose the id; etcd's own gRPC request can."""
+    stub = lease_stub(cluster, followers(cluster)[0])
+    lease_id = 0x6b7261667401
+    first = stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
+    assert (first.ID, first.TTL) == (lease_id, 60) and first.header.revision > 0
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == "etcdserver: lease already exists"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LeaseRevoke(etcdpb.LeaseRevokeRequest(ID=lease_id + 1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_keep_alive_once_through_a_follower_renews_the_lease(
+        cluster: LocalCluster, ctl: Etcdctl) -> None:
+    lease_id, _ = ctl.grant(8)
+    time.sleep(3.0)
+    follower = etcdctl_at(cluster, followers(cluster)[0])
+    before = follower.time_to_live(lease_id)
+    assert before is not None and before[1] <= 5
+    assert follower.out("lease", "keep-alive", "--once", f"{lease_id:x}") == \
+        f"lease {lease_id:x} keepalived with TTL(8)"
+    after = follower.time_to_live(lease_id)
+    assert after is not None and after[1] >= 6
+
+
+def test_keep_alive_of_an_unknown_lease_says_not_found(ctl: Etcdctl) -> None:
+    proc = ctl.run("lease", "keep-alive", "--once", "123456789abcdef", check=False)
+    assert proc.returncode != 0
+    assert "etcdserver: requested lease not found" in proc.stderr
+
+
+def test_an_abandoned_lease_expires_within_its_ttl_plus_the_bound(ctl: Etcdctl) -> None:
+    lease_id, ttl = ctl.grant(2)
+    granted_at = time.monotonic()
+    wait_until(lambda: lease_id not in ctl.leases(), ttl + EXPIRY_BOUND_S,
+               f"lease {lease_id:x} to expire")
+    assert time.monotonic() - granted_at >= ttl - 0.5   # not before its time either
+    assert ctl.time_to_live(lease_id) is None
+
+
+# --- keys attached with put --lease ----------------------------------------------------
+
+def test_a_key_put_with_a_lease_disappears_after_the_ttl(kv: Etcdctl) -> None:
+    lease_id, ttl = kv.grant(3)
+    granted_at = time.monotonic()
+    assert kv.out("put", "--lease", f"{lease_id:x}", "/lease/expiring", "v") == "OK"
+    assert kv.value("/lease/expiring") == "v"
+    answer = kv.time_to_live(lease_id, keys=True)
+    assert answer is not None and answer[2] == ["/lease/expiring"]
+    wait_until(lambda: kv.value("/lease/expiring") is None, ttl + EXPIRY_BOUND_S,
+               "the key of the abandoned lease to be deleted")
+    assert time.monotonic() - granted_at >= ttl - 0.5
+    assert lease_id not in kv.leases()
+
+
+def test_a_put_with_an_unknown_lease_is_refused(kv: Etcdctl) -> None:
+    proc = kv.run("put", "--lease", "1234abcd", "/lease/none", "v", check=False)
+    assert proc.returncode != 0
+    assert "etcdserver: requested lease not found" in proc.stderr
+
+
+def test_a_revoke_deletes_the_leases_keys(kv: Etcdctl) -> None:
+    lease_id, _ = kv.grant(120)
+    for key in ("/lease/r/a", "/lease/r/b"):
+        kv.out("put", "--lease", f"{lease_id:x}", key, "v")
+    answer = kv.time_to_live(lease_id, keys=True)
+    assert answer is not None and sorted(answer[2]) == ["/lease/r/a", "/lease/r/b"]
+    kv.out("lease", "revoke", f"{lease_id:x}")
+    assert kv.value("/lease/r/a") is None and kv.value("/lease/r/b") is None
+
+
+def test_keep_alive_through_a_follower_keeps_the_key(cluster: LocalCluster, kv: Etcdctl
+                                                     ) -> None:
+    lease_id, ttl = kv.grant(3)
+    kv.out("put", "--lease", f"{lease_id:x}", "/lease/kept", "v")
+    follower = etcdctl_at(cluster, followers(cluster)[0])
+    stream = follower.keep_alive(lease_id)
+    try:
+        time.sleep(3 * ttl)
+        assert kv.value("/lease/kept") == "v"
+    finally:
+        output = stop(stream)
+    assert keep_alive_lines(output, lease_id, ttl) >= 3, output
+    # Left alone now, it goes.
+    wait_until(lambda: kv.value("/lease/kept") is None, ttl + EXPIRY_BOUND_S,
+               "the key to be deleted once its keep-alive stopped")
+
+
+# --- failover (last: it kills the shared cluster's leader) ------------------------------
+
+def test_a_lease_kept_alive_every_third_of_its_ttl_survives_killing_the_leader(
+        cluster: LocalCluster, kv: Etcdctl) -> None:
+    """Issue 12: a client that keeps a lease alive every TTL/3 never loses it because
+    of a failover. etcdctl's client renews every TTL/3 against whichever member it
+    reaches; the leader is killed (SIGKILL) mid-way; after more than a TTL under the new
+    leader the key is still there."""
+    lease_id, ttl = kv.grant(6)
+    kv.out("put", "--lease", f"{lease_id:x}", "/lease/failover", "v")
+    stream = kv.keep_alive(lease_id)
+    try:
+        time.sleep(ttl / 2)
+        old_leader = cluster.wait_leader()
+        cluster.kill9(old_leader)
+        new_leader = cluster.wait_leader(exclude=[old_leader])
+        survivors = etcdctl_at(cluster, *cluster.running_ids())
+        time.sleep(ttl + 2)
+        assert survivors.value("/lease/failover") == "v"
+        answer = survivors.time_to_live(lease_id)
+        assert answer is not None and answer[1] > 0, answer
+        assert new_leader != old_leader
+    finally:
+        output = stop(stream)
+    assert stream.returncode is not None
+    assert f"lease {lease_id:x} expired or revoked" not in output, output
+    assert keep_alive_lines(output, lease_id, ttl) >= 4, output
