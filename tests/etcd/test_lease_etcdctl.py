@@ -208,7 +208,7 @@ def test_a_grant_of_a_taken_id_fails_like_etcd(cluster: LocalCluster) -> None:
     stub = lease_stub(cluster, followers(cluster)[0])
     lease_id = 0x6b7261667401
     first = stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
-    assert (first.ID, first.TTL) == (lease_id, 60) and first.header.revision > 0
+    assert first.ID == lease_id and first.TTL == 60 and first.header.revision > 0
     with pytest.raises(grpc.RpcError) as info:
         stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

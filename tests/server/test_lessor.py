@@ -1,19 +1,32 @@
-"""The lessor's rules (kvraft/server/etcd/lessor.py), on its table with time passed in:
-the leader's deadlines, renewals, expiry once per leadership, promotion from the
-checkpointed remaining TTL plus the extension, and which checkpoints are due."""
+"""The lessor's rules (kvraft/server/etcd/lessor.py): first on its table with time
+passed in (the leader's deadlines, renewals, expiry once per leadership, promotion from
+the checkpointed remaining TTL plus the extension, which checkpoints are due), then on
+real in-process nodes (revokes retried until applied, checkpoints across a leader
+change)."""
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from kvraft.server import storage_adapter as sa
 from kvraft.server.etcd.lessor import (
     LEASE_TTL_MAX_S,
     LeaseTable,
+    Lessor,
     granted_ttl_s,
     min_lease_ttl_s,
 )
+from kvraft.server.waiters import NodeError
+from kvraft.storage.commands import decode_command, etcd_command
+
+from .inprocess import InProcessCluster, wait_for
 
 EXTENSION_S = 1.0      # one election timeout of the default config (10 ticks of 0.1 s)
 DIVERGENCE_S = 5.0
@@ -223,3 +236,96 @@ def test_a_lease_kept_alive_every_third_of_its_ttl_survives_any_failover() -> No
         assert not expired, f"seed {seed}: the new leader expired a kept-alive lease"
         margins.append(margin)
     assert min(margins) > 0
+
+
+# --- the lessor on real in-process nodes (inprocess.py: real Raft over real gRPC) -------
+
+def _grant_command(lease_id: int, ttl: int) -> tuple[int, bytes]:
+    request_id = sa.new_request_id()
+    return request_id, etcd_command(request_id, "lease_grant",
+                                    etcdpb.LeaseGrantRequest(ID=lease_id, TTL=ttl))
+
+
+async def _lessors(cluster: InProcessCluster, **kwargs: Any) -> dict[int, Lessor]:
+    lessors = {}
+    for node_id, node in cluster.nodes.items():
+        lessor = Lessor(node, **kwargs)
+        lessor.attach()
+        lessor.start()
+        lessors[node_id] = lessor
+    return lessors
+
+
+def test_a_failed_revoke_is_proposed_again_until_the_lease_is_gone(tmp_path: Path) -> None:
+    """etcd #10686: an expired lease whose revoke failed once was never revoked, and its
+    keys lived forever. Here the leader's first two revoke proposals fail (injected at
+    its propose, as a lost quorum would make them fail); the third goes through."""
+
+    async def scenario() -> None:
+        async with InProcessCluster(tmp_path, 3) as cluster:
+            lessors = await _lessors(cluster)
+            leader_id = await cluster.wait_leader()
+            leader = cluster.nodes[leader_id]
+            real_propose = leader.propose
+            refused: list[int] = []
+
+            async def propose(request_id: int, data: bytes, timeout_s: float) -> Any:
+                if decode_command(data).WhichOneof("op") == "lease_revoke" and \
+                        len(refused) < 2:
+                    refused.append(request_id)
+                    raise NodeError(grpc.StatusCode.UNAVAILABLE, "injected: no quorum")
+                return await real_propose(request_id, data, timeout_s)
+
+            leader.propose = propose  # type: ignore[method-assign]
+            lease_id = 0x10686
+            await leader.propose(*_grant_command(lease_id, 1), 5.0)
+            await wait_for(lambda: all(s.sm.lease(lease_id) is None
+                                       for s in cluster.stores.values()),
+                           10.0, "every member to drop the expired lease")
+            assert len(refused) == 2
+            assert lessors[leader_id].revokes_proposed == 3
+            for node_id, lessor in lessors.items():
+                assert lease_id not in lessor.table.leases, node_id
+                if node_id != leader_id:
+                    assert lessor.revokes_proposed == 0   # only the leader expires
+            for lessor in lessors.values():
+                await lessor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_leader_clocks_a_lease_from_its_replicated_checkpoint(tmp_path: Path) -> None:
+    """etcd #9395/#17132: a leader change must not restart a lease's TTL. The leader
+    checkpoints the remaining TTL through Raft; after a leadership transfer the new
+    leader's clock starts from that checkpoint (plus the extension), not from the
+    granted TTL."""
+
+    async def scenario() -> None:
+        async with InProcessCluster(tmp_path, 3) as cluster:
+            lessors = await _lessors(cluster, checkpoint_interval_s=0.3)
+            leader_id = await cluster.wait_leader()
+            leader = cluster.nodes[leader_id]
+            lease_id = 0x9395
+            await leader.propose(*_grant_command(lease_id, 60), 5.0)
+
+            def checkpointed() -> bool:
+                records = [s.sm.lease(lease_id) for s in cluster.stores.values()]
+                return all(r is not None and 0 < r.remaining_ttl <= 58 for r in records)
+
+            await wait_for(checkpointed, 10.0, "a checkpoint of <= 58 s on every member")
+            assert lessors[leader_id].checkpoints_proposed >= 1
+            target = next(i for i in cluster.nodes if i != leader_id)
+            await leader.transfer_leader(target, 10.0)
+            await wait_for(lambda: lessors[target].leading, 10.0, "the new leader's lessor")
+            record = cluster.stores[target].sm.lease(lease_id)
+            assert record is not None
+            remaining = lessors[target].remaining_s(lease_id)
+            extension = lessors[target].table.extension_s
+            assert remaining is not None
+            assert remaining <= record.remaining_ttl + extension
+            assert remaining < 60 - 1    # not restarted
+            assert not lessors[leader_id].leading
+            for lessor in lessors.values():
+                await lessor.stop()
+
+    asyncio.run(scenario())
