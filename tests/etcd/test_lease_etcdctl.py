@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
@@ -77,9 +78,9 @@ class Etcdctl:
     def time_to_live(self, lease_id: int, *, keys: bool = False
                      ) -> tuple[int, int, list[str]] | None:
         """(granted TTL, remaining, attached keys); None once expired or revoked."""
-        args = ["lease", "timetolive", f"{lease_id:x}", *(["--keys"] if keys else [])]
+        args = ["lease", "timetolive", f"{lease_id:016x}", *(["--keys"] if keys else [])]
         text = self.out(*args)
-        if text == f"lease {lease_id:x} already expired":
+        if text == f"lease {lease_id:016x} already expired":
             return None
         m = TIME_TO_LIVE.match(text)
         assert m is not None, text
@@ -100,26 +101,27 @@ class Etcdctl:
         assert lines[0] == key, lines
         return lines[1]
 
-    def keep_alive(self, lease_id: int) -> subprocess.Popen[str]:
-        """`lease keep-alive` as a stream (until stopped): clientv3 renews every TTL/3."""
-        return subprocess.Popen(self.argv("lease", "keep-alive", f"{lease_id:x}"),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=self.env)
+    def keep_alive(self, lease_id: int, output: Path) -> subprocess.Popen[bytes]:
+        """`lease keep-alive` as a stream (until stopped), its output into `output`:
+        clientv3 renews every TTL/3."""
+        with output.open("wb") as out:
+            return subprocess.Popen(self.argv("lease", "keep-alive", f"{lease_id:016x}"),
+                                    stdout=out, stderr=subprocess.STDOUT, env=self.env)
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """End a keep-alive stream by its pid; its output."""
+def stop(proc: subprocess.Popen[bytes], output: Path) -> str:
+    """End a keep-alive stream by its pid (SIGINT ends etcdctl at once); its output."""
     proc.send_signal(signal.SIGINT)
     try:
-        out, _ = proc.communicate(timeout=KEEP_ALIVE_STOP_S)
+        proc.wait(timeout=KEEP_ALIVE_STOP_S)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate(timeout=KEEP_ALIVE_STOP_S)
-    return out
+        proc.wait(timeout=KEEP_ALIVE_STOP_S)
+    return output.read_text()
 
 
 def keep_alive_lines(output: str, lease_id: int, ttl: int) -> int:
-    return output.count(f"lease {lease_id:x} keepalived with TTL({ttl})")
+    return output.count(f"lease {lease_id:016x} keepalived with TTL({ttl})")
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +187,10 @@ def test_grant_then_every_member_reports_the_ttl_and_lists_the_lease(
 
 def test_revoke_removes_the_lease_and_a_second_revoke_is_not_found(ctl: Etcdctl) -> None:
     lease_id, _ = ctl.grant(120)
-    assert ctl.out("lease", "revoke", f"{lease_id:x}") == f"lease {lease_id:x} revoked"
+    assert ctl.out("lease", "revoke", f"{lease_id:016x}") == f"lease {lease_id:016x} revoked"
     assert ctl.time_to_live(lease_id) is None
     assert lease_id not in ctl.leases()
-    again = ctl.run("lease", "revoke", f"{lease_id:x}", check=False)
+    again = ctl.run("lease", "revoke", f"{lease_id:016x}", check=False)
     assert again.returncode != 0
     assert "etcdserver: requested lease not found" in again.stderr
 
@@ -208,7 +210,8 @@ def test_a_grant_of_a_taken_id_fails_like_etcd(cluster: LocalCluster) -> None:
     stub = lease_stub(cluster, followers(cluster)[0])
     lease_id = 0x6b7261667401
     first = stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
-    assert first.ID == lease_id and first.TTL == 60 and first.header.revision > 0
+    assert (lease_id, 60) == (first.ID, first.TTL)
+    assert first.header.revision > 0
     with pytest.raises(grpc.RpcError) as info:
         stub.LeaseGrant(etcdpb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -225,8 +228,8 @@ def test_keep_alive_once_through_a_follower_renews_the_lease(
     follower = etcdctl_at(cluster, followers(cluster)[0])
     before = follower.time_to_live(lease_id)
     assert before is not None and before[1] <= 5
-    assert follower.out("lease", "keep-alive", "--once", f"{lease_id:x}") == \
-        f"lease {lease_id:x} keepalived with TTL(8)"
+    assert follower.out("lease", "keep-alive", "--once", f"{lease_id:016x}") == \
+        f"lease {lease_id:016x} keepalived with TTL(8)"
     after = follower.time_to_live(lease_id)
     assert after is not None and after[1] >= 6
 
@@ -241,7 +244,7 @@ def test_an_abandoned_lease_expires_within_its_ttl_plus_the_bound(ctl: Etcdctl) 
     lease_id, ttl = ctl.grant(2)
     granted_at = time.monotonic()
     wait_until(lambda: lease_id not in ctl.leases(), ttl + EXPIRY_BOUND_S,
-               f"lease {lease_id:x} to expire")
+               f"lease {lease_id:016x} to expire")
     assert time.monotonic() - granted_at >= ttl - 0.5   # not before its time either
     assert ctl.time_to_live(lease_id) is None
 
@@ -251,7 +254,7 @@ def test_an_abandoned_lease_expires_within_its_ttl_plus_the_bound(ctl: Etcdctl) 
 def test_a_key_put_with_a_lease_disappears_after_the_ttl(kv: Etcdctl) -> None:
     lease_id, ttl = kv.grant(3)
     granted_at = time.monotonic()
-    assert kv.out("put", "--lease", f"{lease_id:x}", "/lease/expiring", "v") == "OK"
+    assert kv.out("put", "--lease", f"{lease_id:016x}", "/lease/expiring", "v") == "OK"
     assert kv.value("/lease/expiring") == "v"
     answer = kv.time_to_live(lease_id, keys=True)
     assert answer is not None and answer[2] == ["/lease/expiring"]
@@ -270,24 +273,25 @@ def test_a_put_with_an_unknown_lease_is_refused(kv: Etcdctl) -> None:
 def test_a_revoke_deletes_the_leases_keys(kv: Etcdctl) -> None:
     lease_id, _ = kv.grant(120)
     for key in ("/lease/r/a", "/lease/r/b"):
-        kv.out("put", "--lease", f"{lease_id:x}", key, "v")
+        kv.out("put", "--lease", f"{lease_id:016x}", key, "v")
     answer = kv.time_to_live(lease_id, keys=True)
     assert answer is not None and sorted(answer[2]) == ["/lease/r/a", "/lease/r/b"]
-    kv.out("lease", "revoke", f"{lease_id:x}")
+    kv.out("lease", "revoke", f"{lease_id:016x}")
     assert kv.value("/lease/r/a") is None and kv.value("/lease/r/b") is None
 
 
-def test_keep_alive_through_a_follower_keeps_the_key(cluster: LocalCluster, kv: Etcdctl
-                                                     ) -> None:
+def test_keep_alive_through_a_follower_keeps_the_key(cluster: LocalCluster, kv: Etcdctl,
+                                                     tmp_path: Path) -> None:
     lease_id, ttl = kv.grant(3)
-    kv.out("put", "--lease", f"{lease_id:x}", "/lease/kept", "v")
+    kv.out("put", "--lease", f"{lease_id:016x}", "/lease/kept", "v")
     follower = etcdctl_at(cluster, followers(cluster)[0])
-    stream = follower.keep_alive(lease_id)
+    log = tmp_path / "keep-alive.out"
+    stream = follower.keep_alive(lease_id, log)
     try:
         time.sleep(3 * ttl)
         assert kv.value("/lease/kept") == "v"
     finally:
-        output = stop(stream)
+        output = stop(stream, log)
     assert keep_alive_lines(output, lease_id, ttl) >= 3, output
     # Left alone now, it goes.
     wait_until(lambda: kv.value("/lease/kept") is None, ttl + EXPIRY_BOUND_S,
@@ -297,17 +301,19 @@ def test_keep_alive_through_a_follower_keeps_the_key(cluster: LocalCluster, kv: 
 # --- failover (last: it kills the shared cluster's leader) ------------------------------
 
 def test_a_lease_kept_alive_every_third_of_its_ttl_survives_killing_the_leader(
-        cluster: LocalCluster, kv: Etcdctl) -> None:
+        cluster: LocalCluster, kv: Etcdctl, tmp_path: Path) -> None:
     """Issue 12: a client that keeps a lease alive every TTL/3 never loses it because
     of a failover. etcdctl's client renews every TTL/3 against whichever member it
     reaches; the leader is killed (SIGKILL) mid-way; after more than a TTL under the new
     leader the key is still there."""
     lease_id, ttl = kv.grant(6)
-    kv.out("put", "--lease", f"{lease_id:x}", "/lease/failover", "v")
-    stream = kv.keep_alive(lease_id)
+    kv.out("put", "--lease", f"{lease_id:016x}", "/lease/failover", "v")
+    log = tmp_path / "keep-alive.out"
+    stream = kv.keep_alive(lease_id, log)
     try:
         time.sleep(ttl / 2)
         old_leader = cluster.wait_leader()
+        before_kill = keep_alive_lines(log.read_text(), lease_id, ttl)
         cluster.kill9(old_leader)
         new_leader = cluster.wait_leader(exclude=[old_leader])
         survivors = etcdctl_at(cluster, *cluster.running_ids())
@@ -317,7 +323,7 @@ def test_a_lease_kept_alive_every_third_of_its_ttl_survives_killing_the_leader(
         assert answer is not None and answer[1] > 0, answer
         assert new_leader != old_leader
     finally:
-        output = stop(stream)
-    assert stream.returncode is not None
-    assert f"lease {lease_id:x} expired or revoked" not in output, output
-    assert keep_alive_lines(output, lease_id, ttl) >= 4, output
+        output = stop(stream, log)
+    assert f"lease {lease_id:016x} expired or revoked" not in output, output
+    # Renewals went on after the kill: the lease's TTL / 3 = 2 s apart, for > 8 s.
+    assert keep_alive_lines(output, lease_id, ttl) - before_kill >= 3, output
