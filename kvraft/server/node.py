@@ -45,10 +45,11 @@ import grpc
 from kvraft import raft
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import Config, RawNode, StateRole
-from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot
+from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot, commands
 
 from . import storage_adapter as sa
 from .applier import Applier
+from .cluster_version import ClusterVersionRaise
 from .config import NodeConfig
 from .loop_lag import LoopLagProbe
 from .membership import Membership
@@ -193,6 +194,7 @@ class Node:
         self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4,
                                      clock=clock)
         self.snapshots = SnapshotStaging(self.id)
+        self.cluster_version = ClusterVersionRaise(self.id, self._propose_cluster_version)
         self.reads = Reads(self.rng.randbytes(8))
         self.proposals = Proposals(self.id, config, metrics)
         self.membership = Membership(config, store, self.transport, self.rng,
@@ -554,6 +556,11 @@ class Node:
     def _on_ticks(self) -> None:
         self.reads.retry(self.raw, self._tick_count, max(2, self.config.election_tick // 4))
         self._maybe_publish_self()
+        if not self._stopping:
+            self.cluster_version.maybe_raise(
+                is_leader=self.raw.raft.state == StateRole.Leader,
+                current=self.store.sm.cluster_version, members=self.member_ids(),
+                tick=self._tick_count, retry_ticks=2 * self.config.election_tick)
 
     def _maybe_publish_self(self) -> None:
         """Once a leader exists, make sure the replicated member record of this node
@@ -569,15 +576,28 @@ class Node:
             return
         if step is None:
             return
-        p = step
+        self._propose_in_background(step, "publish")
+
+    def _propose_in_background(self, p: Proposal, what: str) -> None:
+        """Propose a write of the node's own that no client waits for; forgotten after
+        two election timeouts (its caller proposes again if it still needs it)."""
         self.proposals.add_write(p)
+        self._wake.set()
 
         def forget() -> None:
             if not p.future.done():
-                p.fail(unavailable("publish timed out"))
+                p.fail(unavailable(f"{what} timed out"))
             self.proposals.forget(p)
 
         asyncio.get_running_loop().call_later(self._election_timeout_s() * 2, forget)
+
+    def _propose_cluster_version(self, data: bytes) -> None:
+        request_id = self._new_request_id()
+        command = commands.decode_command(data)
+        command.request_id = request_id
+        self._propose_in_background(
+            Proposal(request_id=request_id, data=commands.encode_command(command)),
+            "cluster version raise")
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the
@@ -658,6 +678,8 @@ class Node:
         compaction and the pushback."""
         self.proposals.on_applied(entries, results, self._on_conf_change_applied)
         self.reads.serve(self.store.sm.applied_index)
+        if results and results[-1].revision:
+            self.metrics.revision.set(results[-1].revision)
         for listener in self.apply_listeners:
             listener(entries, results)
         self.persister.maybe_compact()
@@ -704,6 +726,7 @@ class Node:
         m.term.set(r.term)
         m.commit_index.set(r.raft_log.committed)
         m.applied_index.set(self.store.sm.applied_index)
+        m.cluster_version.set(self.store.sm.cluster_version)
         m.is_leader.set(1 if r.state == StateRole.Leader else 0)
         m.apply_backlog_entries.set(self.applier.backlog.entries)
         m.apply_backlog_bytes.set(self.applier.backlog.bytes)
