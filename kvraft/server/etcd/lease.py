@@ -64,12 +64,14 @@ class _LeaderChannel:
     def __init__(self) -> None:
         self.address = ""
         self.channel: grpc.aio.Channel | None = None
+        self._closing: set[asyncio.Task[None]] = set()   # old channels being closed
 
     def stub(self, address: str) -> Any:
         if self.channel is None or address != self.address:
             if self.channel is not None:
-                old = self.channel
-                asyncio.get_running_loop().create_task(old.close())
+                task = asyncio.get_running_loop().create_task(self.channel.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self.address = address
         return etcdpb_grpc.LeaseStub(self.channel)
