@@ -39,6 +39,9 @@ WRITABLE_TIMEOUT_S = 30.0
 # loaded 2-core machine.
 EXPIRY_BOUND_S = 5.0
 KEEP_ALIVE_STOP_S = 5.0
+# The leader checkpoints remaining TTLs every 5 s (lessor.CHECKPOINT_INTERVAL_S) for the
+# leases whose remaining moved 5 s: a lease has a committed checkpoint within ~10 s.
+CHECKPOINTED_AFTER_S = 11.0
 GRANTED = re.compile(r"^lease ([0-9a-f]+) granted with TTL\((\d+)s\)$")
 TIME_TO_LIVE = re.compile(
     r"^lease ([0-9a-f]+) granted with TTL\((\d+)s\), remaining\((-?\d+)s\)"
@@ -305,18 +308,31 @@ def test_a_lease_kept_alive_every_third_of_its_ttl_survives_killing_the_leader(
     """Issue 12: a client that keeps a lease alive every TTL/3 never loses it because
     of a failover. etcdctl's client renews every TTL/3 against whichever member it
     reaches; the leader is killed (SIGKILL) mid-way; after more than a TTL under the new
-    leader the key is still there."""
+    leader the key is still there.
+
+    Beside it, a 60 s lease nobody keeps alive: the new leader neither restarts it
+    (etcd #9395: it starts from the remaining TTL the old leader checkpointed through
+    Raft, which checkpoints every 5 s once a lease's remaining moved 5 s) nor cuts it
+    short (its remaining is at least what the client was promised)."""
+    abandoned_id, _ = kv.grant(60)
+    abandoned_at = time.monotonic()
     lease_id, ttl = kv.grant(6)
     kv.out("put", "--lease", f"{lease_id:016x}", "/lease/failover", "v")
     log = tmp_path / "keep-alive.out"
     stream = kv.keep_alive(lease_id, log)
     try:
-        time.sleep(ttl / 2)
+        # Two checkpoint rounds pass: the abandoned lease's is <= 55 s by then.
+        time.sleep(max(ttl / 2, abandoned_at + CHECKPOINTED_AFTER_S - time.monotonic()))
         old_leader = cluster.wait_leader()
         before_kill = keep_alive_lines(log.read_text(), lease_id, ttl)
         cluster.kill9(old_leader)
         new_leader = cluster.wait_leader(exclude=[old_leader])
         survivors = etcdctl_at(cluster, *cluster.running_ids())
+        abandoned = survivors.time_to_live(abandoned_id)
+        promised = 60 - (time.monotonic() - abandoned_at)
+        assert abandoned is not None
+        assert abandoned[1] <= 56, f"restarted by the new leader: {abandoned}"
+        assert abandoned[1] >= promised - 1, f"cut short: {abandoned}, {promised:.1f}"
         time.sleep(ttl + 2)
         assert survivors.value("/lease/failover") == "v"
         answer = survivors.time_to_live(lease_id)
