@@ -32,6 +32,7 @@ pytestmark = [
                        reason="etcdctl is not installed (Debian's etcd-client, .ci/run)"),
 ]
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
 ETCDCTL_TIMEOUT_S = 30.0
 WRITABLE_TIMEOUT_S = 30.0
 # How late past its TTL an abandoned lease may go: the leader notices at once (its
@@ -53,8 +54,10 @@ class Etcdctl:
 
     def __init__(self, endpoints: Sequence[str]) -> None:
         self.endpoints = ",".join(endpoints)
-        # The caller's ETCDCTL_* settings must not leak in (a user's endpoints, certs).
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        # The caller's ETCDCTL_* settings must not leak in (a user's endpoints, certs),
+        # nor a proxy that gRPC would dial loopback through.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")
+                    and k.lower() not in PROXY_VARIABLES}
         self.env["ETCDCTL_API"] = "3"
 
     def argv(self, *args: str) -> list[str]:

@@ -24,6 +24,7 @@ import grpc
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from kvraft.storage import ApplyResult
 from kvraft.storage.commands import etcd_command
 
 from .. import storage_adapter as sa
@@ -32,6 +33,7 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from ..transport import CHANNEL_OPTIONS
 from ..waiters import NodeError
+from .errors import STOPPED, EtcdError, deadline_s, serve_call
 from .header import etcd_header
 from .lessor import LEASE_GRANT, LEASE_REVOKE, LEASE_TTL_MAX_S, Lessor, granted_ttl_s
 
@@ -45,7 +47,6 @@ LEASE_ID_ATTEMPTS_MAX = 16       # random ids tried for a grant that left the id
 FORWARD_TIMEOUT_S = 5.0          # one forwarded call's (or keep-alive answer's) wait
 LEADER_WAIT_S = 3.0              # how long a keep-alive waits for a leader to appear
 LEADER_RETRY_S = 0.1             # ... re-checking this often
-NO_DEADLINE_S = 1e6              # grpc reports a huge time_remaining without a deadline
 
 MSG_LEASE_EXISTS = "etcdserver: lease already exists"
 MSG_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
@@ -127,34 +128,21 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
         self._leader = _LeaderChannel()
 
     # --- plumbing ----------------------------------------------------------------------
-    def _timeout_s(self, context: Ctx) -> float:
-        remaining = context.time_remaining()
-        if remaining is None or remaining >= NO_DEADLINE_S:
-            return self.config.default_deadline_s
-        return max(0.0, remaining)
-
     async def _call(self, rpc: str, context: Ctx,
                     body: Callable[[float], Awaitable[T]]) -> T:
-        t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        """Run `body` with the call's timeout; errors become etcd's statuses
+        (errors.serve_call), a forwarded call's failure is relayed as the leader said it."""
+        timeout_s = deadline_s(context, self.config.default_deadline_s)
+
+        async def run() -> T:
             if self.node.stopping:
-                raise NodeError(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
-            return await body(self._timeout_s(context))
-        except NodeError as e:
-            code = e.code
-            await context.abort(code, e.message)
-            raise AssertionError("abort returns by raising") from None
-        except grpc.aio.AioRpcError as e:   # a forwarded call's failure, relayed
-            code = e.code()
-            await context.abort(code, e.details() or "")
-            raise AssertionError("abort returns by raising") from None
-        except BaseException:
-            if code == grpc.StatusCode.OK:
-                code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self.metrics.observe_request(rpc, code.name, time.perf_counter() - t0)
+                raise STOPPED.error()
+            try:
+                return await body(timeout_s)
+            except grpc.aio.AioRpcError as e:
+                raise EtcdError(e.code(), e.details() or "") from None
+
+        return await serve_call(f"etcd.Lease.{rpc}", context, self.metrics, run)
 
     def _leader_address(self) -> str | None:
         """The leader's client address; None when this member leads."""
@@ -186,7 +174,7 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
                          ) -> etcdpb.LeaseGrantResponse:
         async def body(timeout_s: float) -> etcdpb.LeaseGrantResponse:
             if request.TTL > LEASE_TTL_MAX_S:
-                raise NodeError(grpc.StatusCode.OUT_OF_RANGE, MSG_TTL_TOO_LARGE)
+                raise EtcdError(grpc.StatusCode.OUT_OF_RANGE, MSG_TTL_TOO_LARGE)
             ttl = granted_ttl_s(request.TTL, self.lessor.min_ttl_s)
             sm = self.node.store.sm
             lease_id = request.ID
@@ -198,7 +186,7 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
                     if lease_id and sm.lease(lease_id) is None:
                         break
             elif sm.lease(lease_id) is not None:
-                raise NodeError(grpc.StatusCode.FAILED_PRECONDITION, MSG_LEASE_EXISTS)
+                raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, MSG_LEASE_EXISTS)
             request_id = sa.new_request_id()
             result = await self.node.propose(
                 request_id, etcd_command(request_id, LEASE_GRANT,
@@ -216,7 +204,7 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
         async def body(timeout_s: float) -> etcdpb.LeaseRevokeResponse:
             await self.node.read_index(timeout_s)   # so a grant just made is seen here
             if self.node.store.sm.lease(request.ID) is None:
-                raise NodeError(grpc.StatusCode.NOT_FOUND, MSG_LEASE_NOT_FOUND)
+                raise EtcdError(grpc.StatusCode.NOT_FOUND, MSG_LEASE_NOT_FOUND)
             request_id = sa.new_request_id()
             result = await self.node.propose(
                 request_id, etcd_command(request_id, LEASE_REVOKE,
@@ -306,11 +294,11 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
         return await self._call("LeaseLeases", context, body)
 
 
-def _raise_refusal(result: Any) -> None:
-    """A lease command the state machine refused: etcd's status and message."""
-    error = getattr(result, "mvcc_error", None)
-    if error is not None:
-        raise NodeError(error.code, str(error))
+def _raise_refusal(result: ApplyResult) -> None:
+    """A lease command the state machine refused: its MVCCError carries etcd's status
+    and message (errors.serve_call answers with them)."""
+    if result.mvcc_error is not None:
+        raise result.mvcc_error
 
 
 def add_lease_service(server: grpc.aio.Server, node: Node, config: NodeConfig,

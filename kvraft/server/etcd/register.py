@@ -6,6 +6,7 @@ import grpc
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
+from .kv import add_kv_service
 from .lease import add_lease_service
 
 
@@ -14,5 +15,6 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     """Add every etcd service to `server`; returns their full names (for reflection
     and the health service)."""
     names: list[str] = []
+    names.append(add_kv_service(server, node, config, metrics))
     names.append(add_lease_service(server, node, config, metrics))
     return names
