@@ -240,6 +240,36 @@ def test_keep_alive_once_through_a_follower_renews_the_lease(
     assert after is not None and after[1] >= 6
 
 
+def test_keep_alives_pipelined_on_one_stream_through_a_follower_answer_in_order(
+        cluster: LocalCluster, ctl: Etcdctl) -> None:
+    """A client renewing many leases on one stream (as clientv3 does) gets one answer per
+    request, in request order, also when a follower forwards them; an unknown lease's
+    answer is TTL 0, as etcd's."""
+    leases = [ctl.grant(30 + i)[0] for i in range(4)]
+    unknown = 0x5eed
+    asked = [*leases * 25, unknown]
+    stub = lease_stub(cluster, followers(cluster)[0])
+    answers = list(stub.LeaseKeepAlive(
+        iter([etcdpb.LeaseKeepAliveRequest(ID=i) for i in asked]), timeout=30))
+    assert [a.ID for a in answers] == asked
+    ttl_of = {lease_id: 30 + i for i, lease_id in enumerate(leases)} | {unknown: 0}
+    assert [a.TTL for a in answers] == [ttl_of[i] for i in asked]
+    assert len({a.header.member_id for a in answers}) == 1   # the leader answered all
+
+
+def test_a_forwarded_keep_alive_that_reaches_a_follower_is_refused_not_bounced(
+        cluster: LocalCluster, ctl: Etcdctl) -> None:
+    """Two members that disagree on the leader must not bounce a keep-alive between
+    them: a forwarded one that reaches a member that does not lead fails UNAVAILABLE."""
+    lease_id, _ = ctl.grant(30)
+    stub = lease_stub(cluster, followers(cluster)[0])
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.LeaseKeepAlive(iter([etcdpb.LeaseKeepAliveRequest(ID=lease_id)]),
+                                 metadata=(("kvraft-lease-forwarded", "1"),), timeout=10))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert info.value.details() == "etcdserver: not leader"
+
+
 def test_keep_alive_of_an_unknown_lease_says_not_found(ctl: Etcdctl) -> None:
     proc = ctl.run("lease", "keep-alive", "--once", "123456789abcdef", check=False)
     assert proc.returncode != 0

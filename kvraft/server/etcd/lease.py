@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -47,6 +49,7 @@ LEASE_ID_ATTEMPTS_MAX = 16       # random ids tried for a grant that left the id
 FORWARD_TIMEOUT_S = 5.0          # one forwarded call's (or keep-alive answer's) wait
 LEADER_WAIT_S = 3.0              # how long a keep-alive waits for a leader to appear
 LEADER_RETRY_S = 0.1             # ... re-checking this often
+KEEP_ALIVES_IN_FLIGHT_MAX = 64   # requests of one keep-alive stream at work at once
 
 MSG_LEASE_EXISTS = "etcdserver: lease already exists"
 MSG_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
@@ -83,39 +86,87 @@ class _LeaderChannel:
             self.channel = None
 
 
+@dataclass(eq=False)
+class _Stream:
+    """One keep-alive stream to the leader. Invariant: `waiting` holds, in order, the
+    answers still owed for the requests written on `call` (the leader's handler answers
+    every request exactly once, in order), so each response resolves the first one."""
+
+    call: Any
+    waiting: deque[asyncio.Future[etcdpb.LeaseKeepAliveResponse]] = field(
+        default_factory=deque)
+    reader: asyncio.Task[None] | None = None
+
+
 class _Upstream:
-    """A keep-alive stream to the leader on behalf of one client stream: requests go
-    one at a time, each answered by exactly one response (the leader's handler answers
-    every request, in order)."""
+    """The keep-alives of one client stream, forwarded to the leader on one stream of
+    our own: pipelined (written in order, answered in order), reopened to a new leader
+    when the leader moves or the stream fails."""
 
     def __init__(self, leader: _LeaderChannel) -> None:
         self._leader = leader
-        self._call: Any = None
+        self._stream: _Stream | None = None
         self._address = ""
+        self._write_lock = asyncio.Lock()
 
     async def ask(self, address: str, request: etcdpb.LeaseKeepAliveRequest
                   ) -> etcdpb.LeaseKeepAliveResponse:
-        if self._call is None or address != self._address:
-            self.close()
-            self._call = self._leader.stub(address).LeaseKeepAlive(
-                metadata=((FORWARDED_METADATA_KEY, "1"),))
-            self._address = address
+        async with self._write_lock:
+            stream = self._stream
+            if stream is None or address != self._address:
+                self.close()
+                stream = _Stream(self._leader.stub(address).LeaseKeepAlive(
+                    metadata=((FORWARDED_METADATA_KEY, "1"),)))
+                stream.reader = asyncio.get_running_loop().create_task(self._read(stream))
+                self._stream, self._address = stream, address
+            answer: asyncio.Future[etcdpb.LeaseKeepAliveResponse] = \
+                asyncio.get_running_loop().create_future()
+            stream.waiting.append(answer)
+            try:
+                await asyncio.wait_for(stream.call.write(request), FORWARD_TIMEOUT_S)
+            except BaseException as e:
+                self._drop(stream, e)
+                raise
         try:
-            await asyncio.wait_for(self._call.write(request), FORWARD_TIMEOUT_S)
-            response = await asyncio.wait_for(self._call.read(), FORWARD_TIMEOUT_S)
-        except BaseException:
-            self.close()
+            return await asyncio.wait_for(asyncio.shield(answer), FORWARD_TIMEOUT_S)
+        except TimeoutError as e:
+            self._drop(stream, e)   # a leader that does not answer: start afresh
             raise
-        if response is grpc.aio.EOF:
-            self.close()
-            raise ConnectionError("the leader ended the keep-alive stream")
-        assert isinstance(response, etcdpb.LeaseKeepAliveResponse)
-        return response
+
+    async def _read(self, stream: _Stream) -> None:
+        try:
+            while True:
+                response = await stream.call.read()
+                if response is grpc.aio.EOF:
+                    raise ConnectionError("the leader ended the keep-alive stream")
+                if not stream.waiting:
+                    raise ConnectionError("the leader answered a keep-alive nobody sent")
+                answer = stream.waiting.popleft()
+                if not answer.done():
+                    answer.set_result(response)
+        except BaseException as e:
+            self._drop(stream, e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+
+    def _drop(self, stream: _Stream, error: BaseException) -> None:
+        """End `stream`: every answer it still owes fails (the callers retry)."""
+        if self._stream is stream:
+            self._stream = None
+        stream.call.cancel()
+        if stream.reader is not None and stream.reader is not asyncio.current_task():
+            stream.reader.cancel()
+        if isinstance(error, asyncio.CancelledError):
+            error = ConnectionError("the keep-alive stream to the leader was closed")
+        while stream.waiting:
+            answer = stream.waiting.popleft()
+            if not answer.done():
+                answer.set_exception(error)
+                answer.exception()   # retrieved: a caller that timed out is gone
 
     def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        if self._stream is not None:
+            self._drop(self._stream, asyncio.CancelledError())
 
 
 class LeaseService(etcdpb_grpc.LeaseServicer):
@@ -217,15 +268,37 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
     # --- keep-alive and time-to-live: on the leader ------------------------------------
     async def LeaseKeepAlive(self, request_iterator: AsyncIterator[etcdpb.LeaseKeepAliveRequest],
                              context: Ctx) -> AsyncIterator[etcdpb.LeaseKeepAliveResponse]:
+        """Answers in request order, with up to KEEP_ALIVES_IN_FLIGHT_MAX requests of
+        the stream at work at once (so that a client renewing many leases on one stream
+        shares ReadIndex rounds, and a follower pipelines them to the leader)."""
         forwarded = self._forwarded(context)
         upstream = _Upstream(self._leader)
+        answers: asyncio.Queue[asyncio.Task[etcdpb.LeaseKeepAliveResponse] | None] = \
+            asyncio.Queue(maxsize=KEEP_ALIVES_IN_FLIGHT_MAX)
+        loop = asyncio.get_running_loop()
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    def body(timeout_s: float, request: etcdpb.LeaseKeepAliveRequest = request
+                             ) -> Awaitable[etcdpb.LeaseKeepAliveResponse]:
+                        return self._keep_alive(request, forwarded, upstream, timeout_s)
+                    await answers.put(loop.create_task(
+                        self._call("LeaseKeepAlive", context, body)))
+            finally:
+                await answers.put(None)
+
+        reader = loop.create_task(read_requests())
         try:
-            async for request in request_iterator:
-                def body(timeout_s: float, request: etcdpb.LeaseKeepAliveRequest = request
-                         ) -> Awaitable[etcdpb.LeaseKeepAliveResponse]:
-                    return self._keep_alive(request, forwarded, upstream, timeout_s)
-                yield await self._call("LeaseKeepAlive", context, body)
+            while (task := await answers.get()) is not None:
+                yield await task
+            await reader   # the client's stream ended; raises what reading it raised
         finally:
+            reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
             upstream.close()
 
     async def _keep_alive(self, request: etcdpb.LeaseKeepAliveRequest, forwarded: bool,
