@@ -664,7 +664,7 @@ class Watch:
 
     def _watch_the_stream(self) -> None:
         """The watchdog (see the class doc): probe a silent stream, drop a stuck one."""
-        while not self._closed:
+        while not self._closed and not self._calls.client._closed:
             time.sleep(WATCH_CHECK_S)
             with self._lock:
                 stream, requests = self._stream, self._requests
