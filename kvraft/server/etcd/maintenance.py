@@ -210,11 +210,12 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
 
         return await self._call("MoveLeader", context, body)
 
-    def _compact(self) -> float:
-        """Compact the whole LevelDB (on the defrag thread); its duration in seconds."""
-        t0 = time.monotonic()
+    def _compact(self) -> tuple[float, float]:
+        """Compact the whole LevelDB (on the defrag thread): (when it started, as a Unix
+        time, and how long it took in seconds)."""
+        started_at, t0 = time.time(), time.monotonic()
         self.node.store.datadir.db.compact_range()
-        return time.monotonic() - t0
+        return started_at, time.monotonic() - t0
 
     async def Defragment(self, request: etcdpb.DefragmentRequest,
                          context: grpc.aio.ServicerContext) -> etcdpb.DefragmentResponse:
@@ -231,10 +232,10 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 # the lock is held until it ends (one at a time, and `close` waits).
                 future = asyncio.get_running_loop().run_in_executor(
                     self._defrag_executor, self._compact)
-                took_s = await asyncio.shield(future)
+                started_at, took_s = await asyncio.shield(future)
                 after = await asyncio.to_thread(db_size_bytes, self.db_dir)
-                log.info("node %d: defragmented the database in %.3f s: %d -> %d bytes",
-                         self.node.id, took_s, before, after)
+                log.info("node %d: defragmented the database in %.3f s (from %.3f): "
+                         "%d -> %d bytes", self.node.id, took_s, started_at, before, after)
             return etcdpb.DefragmentResponse(header=etcd_header(self.node))
 
         return await self._call("Defragment", context, body)
