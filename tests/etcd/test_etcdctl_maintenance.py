@@ -297,3 +297,18 @@ def test_hashkv_is_equal_on_every_member_at_a_revision(etcd_cluster3: LocalClust
         stub.HashKV(etcdpb.HashKVRequest(revision=revision + 10_000), timeout=10)
     assert (refused.value.code(), refused.value.details()) == (
         grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+
+
+def test_endpoint_health_on_every_member(etcd_cluster3: LocalCluster) -> None:
+    """etcdctl's health check is a linearizable read of the key "health" (etcd's KV
+    service) on each endpoint; --cluster takes the endpoints from MemberList."""
+    cluster = etcd_cluster3
+    rows = json.loads(ok(etcdctl(cluster.endpoints(), "endpoint", "health", "-w", "json")))
+    assert sorted(r["endpoint"] for r in rows) == sorted(
+        n.client_address for n in cluster.nodes.values())
+    assert all(r["health"] is True and "error" not in r for r in rows), rows
+    result = etcdctl(cluster.nodes[1].client_address, "endpoint", "health", "--cluster")
+    assert result.returncode == 0, result.stderr
+    healthy = sorted(line.split(" is healthy: ")[0] for line in result.stderr.splitlines()
+                     if " is healthy: successfully committed proposal" in line)
+    assert healthy == sorted(f"http://{n.client_address}" for n in cluster.nodes.values())
