@@ -46,6 +46,7 @@ from kvraft.server.config import (
     ServeError,
     parse_initial_cluster,
     parse_member_id,
+    parse_retention,
 )
 
 EXIT_OK = 0
@@ -227,12 +228,22 @@ def cli() -> None:
 @click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
               metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
               "({id} = node id) when it stops.")
+@click.option("--quota-backend-bytes", type=click.IntRange(min=1),
+              envvar="KVRAFT_QUOTA_BACKEND_BYTES", default=NodeConfig.quota_backend_bytes,
+              show_default=True, metavar="BYTES",
+              help="Past this size of its database a member raises a NOSPACE alarm, and "
+              "writes that add data are refused until it is disarmed.")
+@click.option("--auto-compaction-retention", envvar="KVRAFT_AUTO_COMPACTION_RETENTION",
+              default="0", show_default=True, metavar="REVISIONS|DURATION",
+              help="Compact history automatically: keep this many revisions, or a "
+              "duration's worth (30s, 5m, 1h); 0 is off.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, leveldb_write_buffer_bytes: int,
-          profile_path: str | None) -> int:
+          profile_path: str | None, quota_backend_bytes: int,
+          auto_compaction_retention: str) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -266,8 +277,10 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
         leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
+        quota_backend_bytes=quota_backend_bytes,
     )
     try:
+        config.auto_compaction = parse_retention(auto_compaction_retention)
         config.validate()
         return run_node(config)
     except ServeError as e:

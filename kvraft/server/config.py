@@ -107,6 +107,44 @@ def cluster_id_for(initial_cluster: dict[int, str]) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
+QUOTA_BACKEND_BYTES_DEFAULT = 2 << 30   # etcd's default, 2 GiB
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class AutoCompaction:
+    """`--auto-compaction-retention`: keep `revisions` revisions of history, or the
+    history of the last `period_s` seconds (etcd's revision and periodic modes)."""
+
+    revisions: int = 0
+    period_s: float = 0.0
+
+
+def parse_retention(text: str) -> AutoCompaction | None:
+    """"0" (off), an integer (revisions to keep), or a duration such as 30s, 5m, 1h,
+    1h30m (history to keep)."""
+    text = text.strip()
+    if text.isdigit():
+        return AutoCompaction(revisions=int(text)) if int(text) > 0 else None
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in _DURATION_UNITS and number:
+            try:
+                total += float(number) * _DURATION_UNITS[ch]
+            except ValueError:
+                break
+            number = ""
+        else:
+            break
+    else:
+        if not number:
+            return AutoCompaction(period_s=total) if total > 0 else None
+    raise ServeError(f"--auto-compaction-retention {text!r}: expected a number of revisions "
+                     "or a duration such as 30s, 5m or 1h")
+
+
 @dataclass
 class NodeConfig:
     """Everything one `kvraft serve` process needs; see docs/INTERFACES.md."""
@@ -152,6 +190,10 @@ class NodeConfig:
     # A development aid (`kvraft serve --profile FILE`, KVRAFT_PROFILE): a cProfile of the
     # node's Python code written to FILE ({id} = the node id) when it stops.
     profile_path: str | None = None
+    # --quota-backend-bytes: past it this member raises a NOSPACE alarm (server/quota.py).
+    quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
+    # --auto-compaction-retention, parsed (parse_retention): None = off.
+    auto_compaction: AutoCompaction | None = None
 
     @property
     def client_address(self) -> str:
@@ -198,6 +240,8 @@ class NodeConfig:
             raise ServeError("size limits must be positive")
         if self.default_deadline_s <= 0:
             raise ServeError("the default deadline must be positive")
+        if self.quota_backend_bytes <= 0:
+            raise ServeError("--quota-backend-bytes must be positive")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
         if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:

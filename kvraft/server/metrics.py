@@ -49,6 +49,12 @@ class NodeMetrics:
             registry=r)
         self.revision = Gauge("kvraft_mvcc_revision", "The store's current revision",
                               registry=r)
+        self.db_size_bytes = Gauge(
+            "kvraft_db_size_bytes",
+            "Bytes of this member's LevelDB files (what --quota-backend-bytes bounds)",
+            registry=r)
+        self.quota_backend_bytes = Gauge("kvraft_quota_backend_bytes",
+                                         "--quota-backend-bytes", registry=r)
         self.is_leader = Gauge("kvraft_is_leader", "1 when this node leads", registry=r)
         self.leader_changes = Counter(
             "kvraft_leader_changes", "Times this node saw the leader change", registry=r

@@ -11,9 +11,9 @@
 * MoveLeader must be sent to the leader, as in etcd (etcdctl finds it with Status):
   elsewhere it is FAILED_PRECONDITION "etcdserver: not leader". A target that is not a
   voter is etcd's "bad leader transferee"; the call returns once the target leads.
-* Alarm: kvraft raises no alarms yet; GET lists none and DEACTIVATE disarms none
-  (`etcdctl alarm list|disarm` work), ACTIVATE is UNIMPLEMENTED until the NOSPACE and
-  CORRUPT alarms exist.
+* Alarm: replicated (kvraft/storage/mvcc_apply.py): GET lists the raised alarms after a
+  read barrier; ACTIVATE and DEACTIVATE are proposed and answer the alarms raised once
+  applied. A member raises its own NOSPACE alarm past --quota-backend-bytes (quota.py).
 * Defragment compacts this member's LevelDB — every level, the Raft log's keys and the
   store's — with LevelDB's CompactRange, on a thread of its own: the member's reads
   and writes go on meanwhile (LevelDB is safe for concurrent use, and plyvel releases
@@ -59,10 +59,11 @@ import grpc
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.raft import SnapshotTemporarilyUnavailableError, StateRole
-from kvraft.storage import mvcc
+from kvraft.storage import commands, mvcc
 from kvraft.storage.datadir import DB_NAME
 from kvraft.storage.state_machine import KVStateMachine
 
+from .. import storage_adapter as sa
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
@@ -309,11 +310,22 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
     async def Alarm(self, request: etcdpb.AlarmRequest,
                     context: grpc.aio.ServicerContext) -> etcdpb.AlarmResponse:
         async def body(timeout_s: float) -> etcdpb.AlarmResponse:
-            if request.action == etcdpb.AlarmRequest.ACTIVATE:
-                raise EtcdError(grpc.StatusCode.UNIMPLEMENTED,
-                                "kvraft: alarms cannot be activated yet")
-            # GET lists none; DEACTIVATE disarms none (etcd answers a disarm of an
-            # alarm that is not raised with no alarms, too).
-            return etcdpb.AlarmResponse(header=etcd_header(self.node), alarms=[])
+            # Alarms are replicated (mvcc_apply.py): GET reads this member's state
+            # after a read barrier; ACTIVATE and DEACTIVATE go through Raft and answer
+            # the alarms raised once applied (etcd answers a disarm of an alarm that is
+            # not raised with the others, too).
+            if request.action == etcdpb.AlarmRequest.GET:
+                await self.node.read_index(timeout_s)
+                raised = self.node.store.sm.alarms()
+            else:
+                request_id = sa.new_request_id()
+                result = await self.node.propose(
+                    request_id, commands.etcd_command(request_id, "alarm", request), timeout_s)
+                if result.mvcc_error is not None:
+                    raise result.mvcc_error
+                raised = result.response if isinstance(result.response, list) else []
+            return etcdpb.AlarmResponse(header=etcd_header(self.node), alarms=[
+                etcdpb.AlarmMember(memberID=a.member_id, alarm=etcdpb.AlarmType.Name(a.alarm))
+                for a in raised])
 
         return await self._call("Alarm", context, body)
