@@ -125,18 +125,32 @@ def test_move_leader_refusals_are_etcds(etcd_cluster3: LocalCluster) -> None:
     assert cluster.wait_leader() == leader
 
 
-def test_alarm_list_and_disarm_with_no_alarms(etcd_cluster3: LocalCluster) -> None:
+def test_alarm_list_activate_and_disarm(etcd_cluster3: LocalCluster) -> None:
     cluster = etcd_cluster3
+    leader = cluster.wait_leader()
     assert ok(etcdctl(cluster.endpoints(), "alarm", "list")) == ""
     assert ok(etcdctl(cluster.endpoints(), "alarm", "disarm")) == ""
-    response = maintenance(cluster, 1).Alarm(
-        etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.GET), timeout=10)
+    stub = maintenance(cluster, 1)
+    response = stub.Alarm(etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.GET), timeout=10)
     assert list(response.alarms) == [] and response.header.member_id == 1
-    with pytest.raises(grpc.RpcError) as refused:
-        maintenance(cluster, 1).Alarm(etcdpb.AlarmRequest(
-            action=etcdpb.AlarmRequest.ACTIVATE, memberID=1, alarm=etcdpb.NOSPACE),
-            timeout=10)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    raised = stub.Alarm(etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.ACTIVATE, memberID=2,
+                                            alarm=etcdpb.NOSPACE), timeout=10)
+    try:
+        assert [(a.memberID, a.alarm) for a in raised.alarms] == [(2, etcdpb.NOSPACE)]
+        listed = ok(etcdctl(cluster.endpoints(), "alarm", "list"))
+        assert listed.split() == ["memberID:2", "alarm:NOSPACE"], listed
+        # etcd's Status lists the raised alarms among its errors, on every member.
+        wait_until(lambda: all(s.get("errors") == ["memberID:2 alarm:NOSPACE"]
+                               for s in statuses(cluster.endpoints()).values()),
+                   LEADER_TIMEOUT_S, "every member's Status to list the alarm")
+        with pytest.raises(grpc.RpcError) as refused:
+            cluster.put(leader, b"alarm/k", b"v")
+        assert refused.value.details() == "etcdserver: mvcc: database space exceeded"
+    finally:
+        disarmed = ok(etcdctl(cluster.endpoints(), "alarm", "disarm"))
+    assert disarmed.split() == ["memberID:2", "alarm:NOSPACE"], disarmed
+    assert ok(etcdctl(cluster.endpoints(), "alarm", "list")) == ""
+    retry_unavailable(lambda: cluster.put(leader, b"alarm/k", b"v"))
 
 
 def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> None:
