@@ -25,7 +25,8 @@ from typing import Any
 
 import click
 
-from kvraft import __version__
+# _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
+from kvraft import __version__, _cli_env  # noqa: F401
 from kvraft.cli_format import escape_bytes, format_table
 from kvraft.client import (
     DEFAULT_ENDPOINT,
@@ -41,6 +42,7 @@ from kvraft.client import (
     prefix_end,
 )
 from kvraft.server.config import EVENT_LOOPS, NodeConfig, ServeError, parse_initial_cluster
+from kvraft.tls import ClientTLS
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -125,8 +127,39 @@ MEMBER_ID = MemberIdType()
 INITIAL_CLUSTER = InitialClusterType()
 
 
+# The client TLS options (SPEC §8) of the command being run, stored by their callbacks
+# in the click context's meta (shared by the whole command chain), so that `_connect`
+# finds them and no command has to take them as parameters.
+_TLS_META_KEY = "kvraft.client_tls"
+
+
+def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value and param.name:  # tls_cacert -> cacert: "key" is also an argument's name
+        ctx.meta.setdefault(_TLS_META_KEY, {})[param.name.removeprefix("tls_")] = value
+
+
+def _client_tls_options(fn: Callable) -> Callable:
+    """--cacert, --cert and --key (env KVRAFT_CACERT, ...), as etcdctl names them."""
+    for name, help_text in reversed((
+        ("cacert", "Verify the members' certificates with this CA bundle (TLS)."),
+        ("cert", "Client certificate, for members started with --client-cert-auth."),
+        ("key", "The client certificate's private key."),
+    )):
+        fn = click.option(f"--{name}", f"tls_{name}", envvar=f"KVRAFT_{name.upper()}", default=None,
+                          metavar="FILE", expose_value=False, is_eager=True,
+                          callback=_store_tls_option, help=help_text)(fn)
+    return fn
+
+
+def client_tls_kwargs() -> dict[str, str]:
+    """The current command's --cacert/--cert/--key as Client(...) keywords ({}: none)."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_TLS_META_KEY, {})) if ctx is not None else {}
+
+
 def _client_options(fn: Callable) -> Callable:
-    """--endpoints and --timeout, shared by every client command."""
+    """--endpoints, --timeout and the TLS options, shared by every client command."""
+    fn = _client_tls_options(fn)
     fn = click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
         default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
@@ -139,7 +172,12 @@ def _client_options(fn: Callable) -> Callable:
 
 
 def _connect(endpoints: list[str], timeout: float) -> Client:
-    return Client(endpoints, timeout=timeout)
+    tls = client_tls_kwargs()
+    try:  # a TLS file missing or unreadable, a cert without its key: named by its flag
+        ClientTLS.from_options(**tls, names=("--cacert", "--cert", "--key"))
+    except ValueError as e:
+        raise CliError(_one_line(str(e)), EXIT_USAGE) from None
+    return Client(endpoints, timeout=timeout, **tls)
 
 
 def _key_bytes(text: str) -> bytes:
@@ -171,6 +209,34 @@ def cli() -> None:
 
 
 # --------------------------------------------------------------------------- serve
+
+
+def _serve_tls_options(fn: Callable) -> Callable:
+    """etcd's TLS flags of `kvraft serve` (SPEC §8); their values reach NodeConfig's
+    fields of the same names (checked there: kvraft/server/tls.py)."""
+    options = (
+        ("--cert-file", "Client port TLS certificate (PEM); with --key-file the port "
+                        "serves only TLS."),
+        ("--key-file", "The --cert-file certificate's private key."),
+        ("--trusted-ca-file", "CA bundle that signs client certificates "
+                              "(for --client-cert-auth)."),
+        ("--peer-cert-file", "Peer port certificate, for both ends of a peer connection; "
+                             "it must name this member (SAN URI kvraft://member/ID or "
+                             "CN member-ID)."),
+        ("--peer-key-file", "The --peer-cert-file certificate's private key."),
+        ("--peer-trusted-ca-file", "CA bundle that signs every member's peer certificate "
+                                   "(the peer port is then mutual TLS)."),
+    )
+    for flag, help_text in reversed(options):
+        if flag == "--peer-cert-file":
+            fn = click.option("--client-cert-auth", is_flag=True,
+                              envvar="KVRAFT_CLIENT_CERT_AUTH",
+                              help="Refuse clients without a certificate signed by "
+                              "--trusted-ca-file.")(fn)
+        envvar = "KVRAFT_" + flag[2:].upper().replace("-", "_")
+        fn = click.option(flag, envvar=envvar, default=None, metavar="FILE",
+                          help=help_text)(fn)
+    return fn
 
 
 @cli.command()
@@ -220,12 +286,13 @@ def cli() -> None:
 @click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
               metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
               "({id} = node id) when it stops.")
+@_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, leveldb_write_buffer_bytes: int,
-          profile_path: str | None) -> int:
+          profile_path: str | None, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -259,6 +326,12 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
         leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
+        cert_file=tls["cert_file"] or None, key_file=tls["key_file"] or None,
+        trusted_ca_file=tls["trusted_ca_file"] or None,
+        client_cert_auth=bool(tls["client_cert_auth"]),
+        peer_cert_file=tls["peer_cert_file"] or None,
+        peer_key_file=tls["peer_key_file"] or None,
+        peer_trusted_ca_file=tls["peer_trusted_ca_file"] or None,
     )
     try:
         config.validate()
