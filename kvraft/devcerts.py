@@ -179,10 +179,12 @@ def make_client_cert(issuer: Issuer, out: str | Path, stem: str = "client",
 def make_dev_certs(out: str | Path, members: Iterable[int], *,
                    hosts: Sequence[str] = DEFAULT_HOSTS,
                    member_hosts: dict[int, Sequence[str]] | None = None,
-                   clients: Sequence[str] = ("client",)) -> Issuer:
-    """The whole set under `out`: the CA, each member's two certificates (naming
-    `hosts` plus that member's `member_hosts`), and a certificate per client name."""
-    issuer = make_ca(out)
+                   clients: Sequence[str] = ("client",),
+                   common_name: str = "kvraft development CA") -> Issuer:
+    """The whole set under `out`: the CA (named `common_name`), each member's two
+    certificates (naming `hosts` plus that member's `member_hosts`), and a certificate
+    per client name."""
+    issuer = make_ca(out, common_name=common_name)
     for member_id in members:
         extra = (member_hosts or {}).get(member_id, ())
         make_member_certs(issuer, out, member_id, [*hosts, *extra])
