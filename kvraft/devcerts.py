@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         "default: client)")
     args = parser.parse_args(argv)
     hosts = args.host or list(DEFAULT_HOSTS)
-    member_hosts: dict[int, Sequence[str]] = {i: [p.replace("{id}", str(i)) for p in args.member_host]
-                    for i in args.members}
+    member_hosts: dict[int, Sequence[str]] = {
+        i: [p.replace("{id}", str(i)) for p in args.member_host] for i in args.members}
     try:
         make_dev_certs(args.out, args.members, hosts=hosts, member_hosts=member_hosts,
                        clients=args.client or ["client"])
