@@ -53,7 +53,8 @@ def _etcdctl(cluster: LocalCluster, ca: CertDir, client: CertDir, *args: str
                f"--key={client.path('client.key')}", "--dial-timeout=3s",
                "--command-timeout=5s", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False,
-                          timeout=ETCDCTL_TIMEOUT_S, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+                          timeout=ETCDCTL_TIMEOUT_S,
+                          env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
 
 def test_etcdctl_talks_tls_with_cacert_cert_and_key(mtls_node: LocalCluster,
