@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvraft-installed
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint test test-fast docs sim sim-cluster run bench bench-compare chaos powerloss docker-up docker-down clean
+.PHONY: help install protos lint test test-fast docs sim sim-cluster run bench bench-compare chaos powerloss certs docker-up docker-down clean
 
 help:
 	@echo "make run          start a local 5-node cluster on loopback (Ctrl-C stops it)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench        the project's benchmarks, printing a table"
 	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
 	@echo "make powerloss    power cuts of a 3-node cluster on lazyfs (CUTS=, SEED=, MODE=ext4|posix)"
+	@echo "make certs        a development CA and member/client certificates (CERTS_DIR=, MEMBERS=)"
 	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster"
 	@echo "make docker-down  stop it (VOLUMES=1 also removes the data)"
 
@@ -117,6 +118,15 @@ SWEEP ?= 0
 powerloss: install
 	$(PY) -m tests.powerloss.run --cuts $(CUTS) --mode $(MODE) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(ALL_CUTS),--all-cuts $(ALL_CUTS)) $(if $(filter 1,$(SWEEP)),--bootstrap-sweep)
+
+# Development certificates (kvraft/devcerts.py, docs/security.md): a CA, and for each
+# member a client-port and a peer certificate naming 127.0.0.1, localhost and kvraftID
+# (the compose cluster's host names), and a client certificate.
+CERTS_DIR ?= .certs
+MEMBERS ?= 1,2,3,4,5
+certs: install
+	$(PY) -m kvraft.devcerts --out $(CERTS_DIR) --members $(MEMBERS) \
+	  --host 127.0.0.1 --host localhost --member-host 'kvraft{id}'
 
 # The compose plugin when present, docker-compose v1 otherwise (deferred: only these
 # targets pay for the probe). Neither target needs the venv: the image is built from
