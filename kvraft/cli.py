@@ -171,13 +171,20 @@ def _client_options(fn: Callable) -> Callable:
     )(fn)
 
 
-def _connect(endpoints: list[str], timeout: float) -> Client:
+def _client_tls() -> ClientTLS | None:
+    """The current command's TLS settings, checked: a TLS file missing or unreadable,
+    a cert without its key is a usage error naming the flag."""
     tls = client_tls_kwargs()
-    try:  # a TLS file missing or unreadable, a cert without its key: named by its flag
-        ClientTLS.from_options(**tls, names=("--cacert", "--cert", "--key"))
+    try:
+        return ClientTLS.from_options(tls.get("cacert"), tls.get("cert"), tls.get("key"),
+                                      names=("--cacert", "--cert", "--key"))
     except ValueError as e:
         raise CliError(_one_line(str(e)), EXIT_USAGE) from None
-    return Client(endpoints, timeout=timeout, **tls)
+
+
+def _connect(endpoints: list[str], timeout: float) -> Client:
+    _client_tls()
+    return Client(endpoints, timeout=timeout, **client_tls_kwargs())
 
 
 def _key_bytes(text: str) -> bytes:
@@ -682,7 +689,8 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         kv.status()  # one clear error line now rather than a run of failed requests
     spec = LoadSpec(endpoints=tuple(endpoints), clients=clients, duration_s=duration,
                     value_size=value_size, keys=keys, read_ratio=read_ratio, workers=workers,
-                    request_timeout_s=timeout, preload=preload)
+                    request_timeout_s=timeout, preload=preload,
+                    tls=_client_tls())
     try:
         result = run_load(spec, progress=None if as_json else print_progress)
     except (LoadError, ValueError) as e:

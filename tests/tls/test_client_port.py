@@ -145,3 +145,15 @@ def test_client_tls_options_are_checked_before_connecting(certs: CertDir, tmp_pa
     result = run_kvraft("get", "k", "--key", certs.path("client.key"))
     assert assert_one_error_line(result, exit_code=2) == \
         "error: --key needs --cert: a client certificate and its key go together"
+
+
+def test_bench_loads_a_tls_port(tls_node: LocalCluster, certs: CertDir) -> None:
+    """`kvraft bench --cacert`: the load generator's workers connect over TLS too."""
+    import json
+
+    result = run_kvraft("bench", "--endpoints", tls_node.endpoints(), "--cacert", certs.ca,
+                        "--duration", "1", "--clients", "2", "--workers", "1", "--keys", "10",
+                        "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ops"] > 0 and not report["errors"], report
