@@ -20,7 +20,7 @@ help:
 	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
 	@echo "make powerloss    power cuts of a 3-node cluster on lazyfs (CUTS=, SEED=, MODE=ext4|posix)"
 	@echo "make certs        a development CA and member/client certificates (CERTS_DIR=, MEMBERS=)"
-	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster"
+	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster (TLS=1: with TLS)"
 	@echo "make docker-down  stop it (VOLUMES=1 also removes the data)"
 
 $(PY):
@@ -134,11 +134,18 @@ certs: install
 DOCKER_COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 VOLUMES ?= 0
 
-docker-up:
-	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" bash deploy/scripts/docker-up.sh
+# TLS=1: the TLS overlay (deploy/docker-compose.tls.yml) with the certificates of
+# `make certs` (made first when CERTS_DIR has none).
+docker-up: $(if $(filter 1,$(TLS)),$(CERTS_DIR)/ca.crt)
+	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" TLS="$(TLS)" CERTS_DIR="$(CERTS_DIR)" \
+	  bash deploy/scripts/docker-up.sh
+
+$(CERTS_DIR)/ca.crt:
+	$(MAKE) certs CERTS_DIR=$(CERTS_DIR)
 
 docker-down:
-	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" VOLUMES="$(VOLUMES)" bash deploy/scripts/docker-down.sh
+	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" VOLUMES="$(VOLUMES)" TLS="$(TLS)" \
+	  bash deploy/scripts/docker-down.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .coverage kvraft/proto/*_pb2*.py kvraft/proto/*_pb2.pyi

@@ -214,15 +214,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="a host name or IP every server certificate names "
                         f"(repeat; default {', '.join(DEFAULT_HOSTS)})")
     parser.add_argument("--member-host", action="append", default=[], metavar="PATTERN",
-                        help="a host name for each member, {id} replaced by its id "
-                        "(repeat; e.g. kvraft{id} for the compose cluster)")
+                        help="a host name for each member, {id} replaced by its id and "
+                        "{ordinal} by id-1 (repeat; e.g. kvraft{id} for the compose cluster, "
+                        "kvraft-{ordinal}.kvraft-peer for the StatefulSet)")
     parser.add_argument("--client", action="append", default=None, metavar="NAME",
                         help="a client certificate NAME.crt with CN=NAME (repeat; "
                         "default: client)")
     args = parser.parse_args(argv)
     hosts = args.host or list(DEFAULT_HOSTS)
     member_hosts: dict[int, Sequence[str]] = {
-        i: [p.replace("{id}", str(i)) for p in args.member_host] for i in args.members}
+        i: [p.replace("{id}", str(i)).replace("{ordinal}", str(i - 1))
+            for p in args.member_host] for i in args.members}
     try:
         make_dev_certs(args.out, args.members, hosts=hosts, member_hosts=member_hosts,
                        clients=args.client or ["client"])
