@@ -234,15 +234,15 @@ def _serve_tls_options(fn: Callable) -> Callable:
         ("--peer-trusted-ca-file", "CA bundle that signs every member's peer certificate "
                                    "(the peer port is then mutual TLS)."),
     )
-    for flag, help_text in reversed(options):
-        if flag == "--peer-cert-file":
+    for flag, help_text in reversed(options):  # the last decorator applied shows first
+        envvar = "KVRAFT_" + flag[2:].upper().replace("-", "_")
+        fn = click.option(flag, envvar=envvar, default=None, metavar="FILE",
+                          help=help_text)(fn)
+        if flag == "--peer-cert-file":  # after --trusted-ca-file, before the peer's
             fn = click.option("--client-cert-auth", is_flag=True,
                               envvar="KVRAFT_CLIENT_CERT_AUTH",
                               help="Refuse clients without a certificate signed by "
                               "--trusted-ca-file.")(fn)
-        envvar = "KVRAFT_" + flag[2:].upper().replace("-", "_")
-        fn = click.option(flag, envvar=envvar, default=None, metavar="FILE",
-                          help=help_text)(fn)
     return fn
 
 
