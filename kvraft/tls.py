@@ -138,7 +138,8 @@ def handshake_failure(details: str, tls: ClientTLS | None, endpoint: str) -> str
         source = f"--cacert {tls.cacert}" if tls.cacert else "the system's CAs"
         return (f"untrusted server certificate at {endpoint}: it is not signed by "
                 f"{source}")
-    if "not in peer certificate" in details or "Peer name" in details:
+    if ("Hostname Verification" in details or "not in peer certificate" in details
+            or "Peer name" in details):
         return (f"the server certificate at {endpoint} does not name the host dialled "
                 "(its subject alternative names must include it)")
     if "WRONG_VERSION_NUMBER" in details or "record layer failure" in details.lower():

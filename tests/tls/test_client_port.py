@@ -157,3 +157,31 @@ def test_bench_loads_a_tls_port(tls_node: LocalCluster, certs: CertDir) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ops"] > 0 and not report["errors"], report
+
+
+def test_a_server_certificate_for_another_host_is_named_as_such(tmp_path) -> None:
+    """The certificate is signed by the client's CA but names example.invalid only,
+    not the 127.0.0.1 the client dials."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    from kvraft import devcerts
+
+    ca = devcerts.make_ca(tmp_path)
+    cert, key = devcerts.make_cert(ca, tmp_path, "server", common_name="server",
+                                   hosts=["example.invalid"])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=CALL_TIMEOUT_S,
+                    cacert=str(ca.cert_path)) as kv, pytest.raises(TLSError) as info:
+            kv.status()
+        assert str(info.value) == (
+            f"the server certificate at 127.0.0.1:{port} does not name the host dialled "
+            "(its subject alternative names must include it)")
+    finally:
+        server.stop(0)
