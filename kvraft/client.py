@@ -161,6 +161,10 @@ class AlreadyExists(KvraftError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+# What handshake_failure says of a plaintext client at a TLS port (kvraft.tls).
+_PLAINTEXT_AT_TLS_HINT = "if it serves TLS, pass --cacert"
+
+
 class TLSError(Unavailable):
     """The TLS handshake with a member failed; the message names the cause."""
 
@@ -738,6 +742,8 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
         return last
     if isinstance(last, TLSError):
         return last  # the cause to fix; the other members' failures are likely the same
+    if all(_PLAINTEXT_AT_TLS_HINT in m for m in failures.values()):
+        return last  # a plaintext client at TLS ports: one line says it for all
     summary = "; ".join(failures.values())
     return error_for(last.code or grpc.StatusCode.UNAVAILABLE,
                      f"no member answered in time: {summary}", endpoint=last.endpoint)

@@ -70,7 +70,7 @@ docker-up: the 5-node cluster is up; node $leader is the leader ($view).
   client endpoints:  $endpoints   (node N on port 2379N)${tls_flags:+, TLS: pass$tls_flags}
   from the host:     KVRAFT_ENDPOINTS=$endpoints kvraft put greeting hello$tls_flags
                      KVRAFT_ENDPOINTS=$endpoints kvraft status$tls_flags
-  inside the network: $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml exec kvraft1 kvraft get greeting
-  logs:              $DOCKER_COMPOSE -p $project -f deploy/docker-compose.yml logs -f
+  inside the network: $DOCKER_COMPOSE -p $project ${compose_files[*]} exec kvraft1 kvraft get greeting${tls_flags:+ --cacert /certs/ca.crt}
+  logs:              $DOCKER_COMPOSE -p $project ${compose_files[*]} logs -f
   stop:              $down   (VOLUMES=1 also removes the data)
 MSG
