@@ -50,8 +50,8 @@ def _etcdctl(cluster: LocalCluster, ca: CertDir, client: CertDir, *args: str
              ) -> subprocess.CompletedProcess[str]:
     command = ["etcdctl", f"--endpoints=https://{cluster.nodes[1].client_address}",
                f"--cacert={ca.ca}", f"--cert={client.path('client.crt')}",
-               f"--key={client.path('client.key')}", "--dial-timeout=3s",
-               "--command-timeout=5s", *args]
+               f"--key={client.path('client.key')}", "--dial-timeout=2s",
+               "--command-timeout=4s", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False,
                           timeout=ETCDCTL_TIMEOUT_S,
                           env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
