@@ -20,7 +20,7 @@ gRPC's connection errors into one line that names the cause.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -45,7 +45,7 @@ def _member_id(text: str, prefix: str) -> int | None:
     return int(digits)
 
 
-def member_ids_named(auth_context: Mapping[str, Sequence[bytes]]) -> set[int]:
+def member_ids_named(auth_context: Mapping[str, Iterable[bytes]]) -> set[int]:
     """The member ids a peer's certificate names (the naming rule above), from the
     gRPC auth context of a call over TLS; empty for a plaintext call or a certificate
     that names no member. gRPC lists a certificate's URI SANs as `peer_uri` and its

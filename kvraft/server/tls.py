@@ -171,8 +171,10 @@ def server_credentials(files: CertFiles, require_client_cert: bool,
                        what: str) -> grpc.ServerCredentials:
     """Credentials for a server port that follow the files as they are replaced."""
     reloader = CertificateReloader(files, what)
+    # grpc's documentation: the fetcher returns None to keep the current configuration;
+    # types-grpcio's stub does not allow for None.
     return grpc.dynamic_ssl_server_credentials(
-        reloader.initial(), reloader.fetch,
+        reloader.initial(), reloader.fetch,  # type: ignore[arg-type]
         require_client_authentication=require_client_cert)
 
 
