@@ -6,7 +6,9 @@
 writes into `certs/`:
 
     ca.crt, ca.key                     the development CA (keep ca.key away from nodes)
-    member-ID.crt, member-ID.key       member ID's client-port certificate (--cert-file)
+    member-ID.crt, member-ID.key       member ID's client-port certificate (--cert-file),
+                                       also presented when it dials another member's
+                                       client port (forwarded lease keep-alives)
     peer-ID.crt, peer-ID.key           member ID's peer certificate (--peer-cert-file),
                                        for both ends of a peer connection
     client.crt, client.key             a client certificate (--cert/--key), CN=client
@@ -164,8 +166,10 @@ def make_member_certs(issuer: Issuer, out: str | Path, member_id: int,
                       hosts: Sequence[str] = DEFAULT_HOSTS) -> None:
     """member-ID.{crt,key} (client port) and peer-ID.{crt,key} (peer port) for one
     member; the peer certificate names the member by the peer port's rule."""
+    # Client authentication too: a member dials the leader's client port (lease
+    # keep-alives, MemberPromote) with this certificate (server/tls.py).
     make_cert(issuer, out, f"member-{member_id}", common_name=f"member-{member_id}",
-              hosts=hosts, server=True)
+              hosts=hosts, server=True, client=True)
     make_cert(issuer, out, f"peer-{member_id}", common_name=f"member-{member_id}",
               hosts=hosts, uris=[peer_member_uri(member_id)], server=True, client=True)
 
