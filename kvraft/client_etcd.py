@@ -443,8 +443,10 @@ class EtcdCalls:
         backoff_s = self.kc.ROUND_BACKOFF_INITIAL_S
         last = None
         failures: dict[str, str] = {}
+        tls_refused_rounds = 0
         while True:
             order = c._order()
+            tls_refused = 0  # endpoints that refused the TLS handshake this round
             for position, endpoint in enumerate(order):
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
@@ -463,10 +465,15 @@ class EtcdCalls:
                     if not retry:
                         raise last from None
                     failures[endpoint] = last.message
+                    tls_refused += isinstance(last, self.kc.TLSError)
                     c._forget(endpoint)
                     continue
                 self.learn(endpoint)
                 return response
+            # As kvraft.client: a TLS configuration error does not heal within a deadline.
+            tls_refused_rounds = tls_refused_rounds + 1 if tls_refused == len(order) else 0
+            if tls_refused_rounds >= self.kc.TLS_REFUSED_ROUNDS_MAX:
+                raise self.kc._final_error(last, failures)
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 break
