@@ -557,13 +557,18 @@ class EtcdCalls:
         request = etcdpb.LeaseKeepAliveRequest(ID=lease_id)
         last = None
         while True:
-            for endpoint in c._order():
+            order = c._order()
+            for position, endpoint in enumerate(order):
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
                     break
+                # A share of the time left, as a read gets: a paused member must not
+                # eat the whole renewal period while the others could answer.
+                share_s = remaining_s / (len(order) - position)
+                attempt_s = min(remaining_s, max(share_s, self.kc.READ_ATTEMPT_MIN_S))
                 stub = self.stubs(endpoint).lease
                 try:
-                    responses = stub.LeaseKeepAlive(iter((request,)), timeout=remaining_s)
+                    responses = stub.LeaseKeepAlive(iter((request,)), timeout=attempt_s)
                     response = next(responses, None)
                     responses.cancel()
                 except grpc.RpcError as err:
@@ -845,12 +850,13 @@ class Lease:
             raise ValueError(f"a lease TTL is a whole number of seconds >= "
                              f"{LEASE_TTL_MIN_S}, got {ttl!r}")
         self._calls = calls
+        asked_at = time.monotonic()
         self.id, self.ttl = calls.lease_grant(ttl, lease_id=lease_id)
         self.lost = threading.Event()
         self._stop = threading.Event()
         # When the lease expires at the latest, as far as this client knows: the send
-        # time of the last keep-alive that got through plus the TTL it returned.
-        self.expires_at = time.monotonic() + self.ttl
+        # time of the last grant or keep-alive that got through plus the TTL it returned.
+        self.expires_at = asked_at + self.ttl
         self._thread: threading.Thread | None = None
         if keep_alive:
             self._thread = threading.Thread(target=self._keep_alive, daemon=True,
