@@ -80,6 +80,11 @@ def kv(cluster: LocalCluster) -> Iterator[Client]:
         yield client
 
 
+def in_order(cluster: LocalCluster, ids: list[int]) -> list[str]:
+    """The members' client addresses in this order (the client tries them in it)."""
+    return [cluster.nodes[i].client_address for i in ids]
+
+
 def collect(w: Watch, n: int, timeout_s: float = WAIT_S) -> list[Event]:
     """The first `n` events of `w` (fewer if they do not come within `timeout_s`)."""
     got: list[Event] = []
@@ -223,7 +228,7 @@ def test_a_watch_resumes_on_another_member_after_kill9_with_no_gap_or_duplicate(
     victim = next(i for i in cluster.nodes if i != leader)
     others = [i for i in cluster.nodes if i != victim]
     order = [victim, *others]   # the watch starts on the victim
-    with Client(cluster.endpoints(order), timeout=10) as watcher, \
+    with Client(in_order(cluster, order), timeout=10) as watcher, \
             Client(cluster.endpoints(others), timeout=10) as writer:
         start = writer.range("resume/").revision + 1
         w = watcher.watch("resume/", prefix=True, start_revision=start)
@@ -273,7 +278,7 @@ def test_a_watch_leaves_a_paused_member_for_another_with_no_gap_or_duplicate(
     leader = cluster.wait_leader()
     victim = next(i for i in cluster.nodes if i != leader)
     others = [i for i in cluster.nodes if i != victim]
-    with Client(cluster.endpoints([victim, *others]), timeout=10) as watcher, \
+    with Client(in_order(cluster, [victim, *others]), timeout=10) as watcher, \
             Client(cluster.endpoints(others), timeout=10) as writer:
         start = writer.range("paused/").revision + 1
         w = watcher.watch("paused/", prefix=True, start_revision=start)
@@ -323,6 +328,26 @@ def test_a_kept_alive_lease_outlives_its_ttl_and_revoke_deletes_its_keys(kv: Cli
     assert kv.get("lease/kept") is None
     assert kv.lease_time_to_live(lease.id) is None
     assert not lease.alive
+
+
+def test_a_lease_kept_alive_through_a_paused_member_lives_on(cluster: LocalCluster) -> None:
+    """The member the keep-alives go to is stopped (SIGSTOP) for twice the TTL: each
+    renewal attempt gets only a share of the renewal period, so the next member renews
+    the lease in time."""
+    leader = cluster.wait_leader()
+    victim = next(i for i in cluster.nodes if i != leader)
+    others = [i for i in cluster.nodes if i != victim]
+    with Client(in_order(cluster, [victim, *others]), timeout=10) as kv, \
+            kv.lease(LEASE_TTL_S) as lease:
+        kv.put("lease/paused", "v", lease=lease.id)
+        cluster.pause(victim)
+        try:
+            time.sleep(LEASE_TTL_S * 2)
+            assert lease.alive
+        finally:
+            cluster.resume(victim)
+        with Client(cluster.endpoints(others), timeout=10) as reader:
+            assert reader.get("lease/paused") == b"v"
 
 
 def test_an_abandoned_lease_expires_and_takes_its_keys(kv: Client) -> None:
