@@ -6,6 +6,7 @@ import grpc
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
+from .watch import add_watch_service
 
 
 def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
@@ -13,4 +14,5 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     """Add every etcd service to `server`; returns their full names (for reflection
     and the health service)."""
     names: list[str] = []
+    names.append(add_watch_service(server, node, config))
     return names

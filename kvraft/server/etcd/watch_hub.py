@@ -314,6 +314,7 @@ class WatchHub:
         assert w.next_revision > self.revision and not w.closed
         w.synced = True
         self._synced.add(w)
+        w._wake.set()      # its consumer may be waiting to send a progress notification
 
     def _start_catch_up(self, w: Watcher) -> None:
         assert w not in self._synced and w not in self._catching_up
