@@ -243,8 +243,8 @@ class ClusterService(_Base, pb_grpc.ClusterServicer):
         async def body(timeout_s: float) -> pb.StatusResponse:
             s = self.node.status()
             return pb.StatusResponse(
-                header=self.header(), role=s["role"], commit_index=s["commit_index"],
-                last_index=s["last_index"], members=self._members(),
+                header=self.header(), role=s.role, commit_index=s.commit_index,
+                last_index=s.last_index, members=self._members(),
             )
 
         return await self._call("Status", context, body)

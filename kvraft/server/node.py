@@ -38,16 +38,18 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 
 import grpc
 
 from kvraft import raft
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import Config, RawNode, StateRole
-from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot
+from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot, commands
 
 from . import storage_adapter as sa
 from .applier import Applier
+from .cluster_version import ClusterVersionRaise
 from .config import NodeConfig
 from .loop_lag import LoopLagProbe
 from .membership import Membership
@@ -102,6 +104,16 @@ Clock = Callable[[], float]   # monotonic seconds, on the event loop's time scal
 ApplyListener = Callable[[list[eraftpb.Entry], list[ApplyResult]], None]
 RoleListener = Callable[[int, StateRole], None]   # (leader id, this node's role)
 TransportFactory = Callable[["Node"], Transport]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What `Node.status()` reports: this node's role (a ROLE_NAMES value, or "learner")
+    and its log's commit and last index."""
+
+    role: str
+    commit_index: int
+    last_index: int
 
 
 class Node:
@@ -182,6 +194,7 @@ class Node:
         self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4,
                                      clock=clock)
         self.snapshots = SnapshotStaging(self.id)
+        self.cluster_version = ClusterVersionRaise(self.id, self._propose_cluster_version)
         self.reads = Reads(self.rng.randbytes(8))
         self.proposals = Proposals(self.id, config, metrics)
         self.membership = Membership(config, store, self.transport, self.rng,
@@ -449,16 +462,16 @@ class Node:
                 if w in self._leader_waiters:
                     self._leader_waiters.remove(w)
 
-    def status(self) -> dict[str, str | int]:
+    def status(self) -> NodeStatus:
         r = self.raw.raft
         role = ROLE_NAMES.get(r.state, str(r.state))
         if self.id in self.membership.learner_ids():
             role = "learner"
-        return {
-            "role": role,
-            "commit_index": r.raft_log.committed,
-            "last_index": r.raft_log.last_index(),
-        }
+        return NodeStatus(
+            role=role,
+            commit_index=r.raft_log.committed,
+            last_index=r.raft_log.last_index(),
+        )
 
     def members(self) -> list[MemberRecord]:
         return self.membership.members()
@@ -543,6 +556,11 @@ class Node:
     def _on_ticks(self) -> None:
         self.reads.retry(self.raw, self._tick_count, max(2, self.config.election_tick // 4))
         self._maybe_publish_self()
+        if not self._stopping:
+            self.cluster_version.maybe_raise(
+                is_leader=self.raw.raft.state == StateRole.Leader,
+                current=self.store.sm.cluster_version, members=self.member_ids(),
+                tick=self._tick_count, retry_ticks=2 * self.config.election_tick)
 
     def _maybe_publish_self(self) -> None:
         """Once a leader exists, make sure the replicated member record of this node
@@ -558,15 +576,28 @@ class Node:
             return
         if step is None:
             return
-        p = step
+        self._propose_in_background(step, "publish")
+
+    def _propose_in_background(self, p: Proposal, what: str) -> None:
+        """Propose a write of the node's own that no client waits for; forgotten after
+        two election timeouts (its caller proposes again if it still needs it)."""
         self.proposals.add_write(p)
+        self._wake.set()
 
         def forget() -> None:
             if not p.future.done():
-                p.fail(unavailable("publish timed out"))
+                p.fail(unavailable(f"{what} timed out"))
             self.proposals.forget(p)
 
         asyncio.get_running_loop().call_later(self._election_timeout_s() * 2, forget)
+
+    def _propose_cluster_version(self, data: bytes) -> None:
+        request_id = self._new_request_id()
+        command = commands.decode_command(data)
+        command.request_id = request_id
+        self._propose_in_background(
+            Proposal(request_id=request_id, data=commands.encode_command(command)),
+            "cluster version raise")
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the
@@ -579,7 +610,7 @@ class Node:
             self._on_soft_state(ss.leader_id, ss.raft_state)
         self.reads.on_read_states(rd.take_read_states())
         self.transport.send(rd.take_messages())
-        snapshot = rd.snapshot()
+        snapshot: eraftpb.Snapshot | None = rd.snapshot()   # None: no snapshot this round
         if snapshot is not None and snapshot.metadata.index == 0:
             snapshot = None
         staged = self.snapshots.take(snapshot) if snapshot is not None else None

@@ -89,6 +89,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                                   context)
                 checked_from = batch.from_id
                 self.node.learn_address(batch.from_id, batch.from_address)
+                self.node.cluster_version.learn(batch.from_id,
+                                                batch.from_cluster_version_max)
             # (A message's own `from_` may name another node: a follower forwards
             # MsgTransferLeader with from_ = the transferee.)
             self.node.deliver(list(batch.messages))
@@ -106,7 +108,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         delivered = False
         try:
             async for chunk in request_iterator:
-                if msg is None:
+                if msg is None or receiver is None:   # the first chunk sets both
                     own = node.incarnation
                     if chunk.to_incarnation and chunk.to_incarnation != own:
                         await self._exit_replaced(chunk.from_id, chunk.to_incarnation, context)
@@ -122,7 +124,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                 if chunk.last:
                     staged = await asyncio.to_thread(receiver.finish)
                     break
-            if staged is None:
+            if msg is None or staged is None:   # (staged set implies msg set)
                 return peer_pb2.SnapshotReply(accepted=False, reason="stream ended early")
             # The node owns the staged file from here on, kept or (refused) discarded.
             delivered = True

@@ -24,6 +24,7 @@ from kvraft.storage.commands import MemberRecord
 from kvraft.storage.compaction import CompactionPolicy
 from kvraft.storage.datadir import DataDir, DataDirError
 from kvraft.storage.log_store import LevelDBStorage
+from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MAX
 from kvraft.storage.snapshot import SnapshotReceiver
 from kvraft.storage.snapshot_install import recover_unfinished_install
 from kvraft.storage.state_machine import KVStateMachine
@@ -57,7 +58,12 @@ def new_request_id() -> int:
     return _request_ids.getrandbits(63) or 1
 
 
-def bootstrap_entries(initial_cluster: dict[int, str]) -> list[eraftpb.Entry]:
+def bootstrap_entries(initial_cluster: dict[int, str], *, cluster_version: bool = True
+                      ) -> list[eraftpb.Entry]:
+    """The founding members' identical first entries: one AddNode per member, then
+    the cluster version this kvraft starts a cluster at (storage/mvcc_apply.py), so a
+    member that joins later and replays the log from its start applies it too. An
+    older kvraft wrote the AddNodes alone (`cluster_version=False`)."""
     entries = []
     for index, member_id in enumerate(sorted(initial_cluster), start=1):
         cc = eraftpb.ConfChange(change_type=eraftpb.AddNode, node_id=member_id)
@@ -66,6 +72,10 @@ def bootstrap_entries(initial_cluster: dict[int, str]) -> list[eraftpb.Entry]:
             data=cc.SerializeToString(),
             context=commands.encode_members([MemberRecord(member_id, initial_cluster[member_id])]),
         ))
+    if cluster_version:
+        entries.append(eraftpb.Entry(
+            entry_type=eraftpb.EntryNormal, term=BOOTSTRAP_TERM, index=len(entries) + 1,
+            data=commands.cluster_version_command(CLUSTER_VERSION_MAX)))
     return entries
 
 
@@ -124,7 +134,7 @@ def _finish_old_bootstrap(config: NodeConfig, datadir: DataDir,
     kvraft, which wrote the log first, left when it crashed between the two writes.
     If the log is exactly this --initial-cluster's bootstrap, record the cluster id
     now; anything else is left for the peers to judge (refused as another cluster)."""
-    expected = bootstrap_entries(config.initial_cluster)
+    expected = bootstrap_entries(config.initial_cluster, cluster_version=False)
     if log_store.first_index() != 1 or log_store.last_index() < len(expected):
         return
     held = log_store.entries(1, len(expected) + 1)

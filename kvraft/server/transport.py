@@ -24,6 +24,7 @@ import grpc
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import peer_pb2, peer_pb2_grpc
+from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MAX
 from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from .metrics import NodeMetrics
@@ -111,6 +112,7 @@ class _PeerSender:
             cluster_id=self.owner.cluster_id(), from_id=self.owner.node_id,
             from_address=self.owner.own_address, from_incarnation=self.owner.incarnation,
             to_incarnation=self.owner.peer_incarnation(self.peer_id),
+            from_cluster_version_max=CLUSTER_VERSION_MAX,
         )
         size = 0
         while self.queue and (size == 0 or size < self.owner.batch_bytes_max):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from kvraft.proto import command_pb2 as pb
 
@@ -101,6 +101,26 @@ def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:
     command = pb.Command(request_id=request_id)
     command.batch.MergeFromString(ops_wire)
     return encode_command(command)
+
+
+# The Command fields that hold one of etcd's requests (command.proto, 7-13).
+ETCD_OPS = frozenset({"etcd_put", "etcd_delete_range", "etcd_txn", "etcd_compact",
+                      "lease_grant", "lease_revoke", "lease_checkpoint"})
+
+
+def etcd_command(request_id: int, op: str, request: Message) -> bytes:
+    """A command carrying one of etcd's requests: `op` is its Command field (ETCD_OPS),
+    e.g. etcd_command(rid, "etcd_put", etcdserverpb.PutRequest(key=b"k", value=b"v"))."""
+    if op not in ETCD_OPS:
+        raise ValueError(f"{op!r} is not an etcd operation of a command")
+    command = pb.Command(request_id=request_id)
+    getattr(command, op).CopyFrom(request)
+    return encode_command(command)
+
+
+def cluster_version_command(version: int, request_id: int = 0) -> bytes:
+    return encode_command(pb.Command(request_id=request_id,
+                                     cluster_version=pb.ClusterVersion(version=version)))
 
 
 def decode_command(data: bytes) -> pb.Command:

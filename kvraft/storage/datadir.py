@@ -20,6 +20,13 @@ addition to format version 1, not a new version: its own crc covers it (the orig
 crc32 still covers the original fields, so an older kvraft reads the record), and a
 directory without one gets one at open, written atomically.
 
+Format versions: 1, the layout before MVCC; 2 (this kvraft), whose log may hold
+entries an older kvraft cannot apply (etcd's requests, the cluster version) and whose
+state may hold the MVCC store (storage/mvcc_apply.py). A version-1 directory is raised
+to 2 when this kvraft opens it — its data stays in the version-1 layout until the
+cluster version says otherwise — so an older kvraft refuses it from then on instead
+of misapplying its log. There is no way back: a rolling upgrade goes forward only.
+
 Durability of the files here: META is replaced atomically (write, fsync, rename, fsync
 the directory), so after a power loss it is the old record or the new one. A new data
 directory's own entry is fsynced in its parent before anything is written in it.
@@ -44,7 +51,8 @@ from kvraft.storage import keys
 from kvraft.storage.apply_buffer import ApplyBuffer
 
 FORMAT_NAME = "kvraft-data-dir"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)   # 1 is raised to 2 at open
 META_NAME = "META"
 LOCK_NAME = "LOCK"
 DB_NAME = "db"
@@ -198,7 +206,7 @@ class DataDir:
         meta_path = path / META_NAME
         db_path = path / DB_NAME
         if meta_path.exists():
-            meta_node, cluster_id, incarnation = cls._read_meta(path)
+            meta_node, cluster_id, incarnation, version = cls._read_meta(path)
             if meta_node != node_id:
                 raise DataDirError(
                     path, f"belongs to node {meta_node}, not node {node_id}"
@@ -213,6 +221,8 @@ class DataDir:
                 cls._create_db(path, db_path, write_buffer_bytes)
             if incarnation == 0:  # written by a kvraft before incarnations: add one
                 incarnation = new_incarnation()
+                cls._write_meta(path, node_id, cluster_id, incarnation)
+            elif version != FORMAT_VERSION:
                 cls._write_meta(path, node_id, cluster_id, incarnation)
         else:
             if db_path.exists():
@@ -275,8 +285,9 @@ class DataDir:
             raise DataDirError(path, f"cannot open the database: {e}") from e
 
     @staticmethod
-    def _read_meta(path: Path) -> tuple[int, int, int]:
-        """(node id, cluster id, incarnation); incarnation 0 if the record has none."""
+    def _read_meta(path: Path) -> tuple[int, int, int, int]:
+        """(node id, cluster id, incarnation, format version); incarnation 0 if the
+        record has none."""
         try:
             raw = (path / META_NAME).read_bytes()[: META_BYTES_MAX + 1]
         except OSError as e:
@@ -297,17 +308,17 @@ class DataDir:
                 raise ValueError(f"bad incarnation {incarnation!r}")
         except (ValueError, KeyError, TypeError) as e:
             raise DataDirError(path, f"is damaged: META is unreadable ({e})") from e
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise DataDirError(
                 path, f"has unknown format version {version} (this kvraft reads "
-                      f"version {FORMAT_VERSION})"
+                      f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
             )
         if crc != _meta_crc(node_id, cluster_id, version):
             raise DataDirError(path, "is damaged: META fails its checksum")
         if ("incarnation" in meta or incarnation_crc is not None) and incarnation_crc != \
                 _incarnation_crc(node_id, cluster_id, version, incarnation):
             raise DataDirError(path, "is damaged: META's incarnation fails its checksum")
-        return node_id, cluster_id, incarnation
+        return node_id, cluster_id, incarnation, version
 
     @staticmethod
     def _write_meta(path: Path, node_id: int, cluster_id: int, incarnation: int) -> None:

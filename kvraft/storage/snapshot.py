@@ -12,8 +12,11 @@ atomically across crashes — is snapshot_install.py's.
 
 Stream format (version 1):
     header   MAGIC, u32 length, SnapshotMetadata
-    record   u8 tag (1 = key/value, 2 = member), u32 key length, u32 value length,
-             key, value   (a member's key is its 8-byte id, its value a MemberInfo)
+    record   u8 tag (1 = key/value, 2 = member, 3 = MVCC), u32 key length, u32 value
+             length, key, value   (a member's key is its 8-byte id, its value a
+             MemberInfo; an MVCC record's key is its LevelDB key without the V)
+An older kvraft reads tags 1 and 2 only; tag 3 records exist only once the cluster
+version is 2 (mvcc_apply.py), which every member must know before it is raised.
     trailer  u8 0xFF, u64 record count, u32 crc32 of every byte before the trailer
 """
 from __future__ import annotations
@@ -34,10 +37,15 @@ from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.storage import keys
 from kvraft.storage.apply_buffer import FrozenView
 from kvraft.storage.datadir import DataDir, fsync_dir
+from kvraft.storage.mvcc import layout as mvcc_layout
 
 MAGIC = b"KVRSNAP\x01"
 TAG_KV = 1
 TAG_MEMBER = 2
+TAG_MVCC = 3
+# Each tag's LevelDB prefix (a record's key is its LevelDB key without the prefix).
+TAG_PREFIXES = {TAG_KV: keys.KV_PREFIX, TAG_MEMBER: keys.MEMBER_PREFIX,
+                TAG_MVCC: mvcc_layout.PREFIX}
 TAG_END = 0xFF
 _LEN = struct.Struct(">I")
 _RECORD = struct.Struct(">BII")
@@ -102,11 +110,7 @@ class SnapshotHandle:
         out = bytearray(MAGIC + _LEN.pack(len(meta)) + meta)
         crc = zlib.crc32(out)
         count = 0
-        sources = (
-            (TAG_KV, keys.KV_PREFIX),
-            (TAG_MEMBER, keys.MEMBER_PREFIX),
-        )
-        for tag, prefix in sources:
+        for tag, prefix in TAG_PREFIXES.items():
             strip = len(prefix)
             with self._snapshot.iterator(prefix=prefix) as it:
                 for key, value in it:
@@ -198,7 +202,7 @@ class StreamParser:
                 pos += _TRAILER.size
                 self.done = True
                 break
-            if tag not in (TAG_KV, TAG_MEMBER):
+            if tag not in TAG_PREFIXES:
                 raise SnapshotStreamError(f"unknown record tag {tag}")
             _, key_len, value_len = _RECORD.unpack_from(buf, pos)
             if key_len > RECORD_KEY_BYTES_MAX or value_len > RECORD_VALUE_BYTES_MAX:

@@ -39,7 +39,7 @@ from kvraft.storage.log_store import LevelDBStorage
 from kvraft.storage.snapshot import (
     PARTIAL_SUFFIX,
     STAGED_SUFFIX,
-    TAG_KV,
+    TAG_PREFIXES,
     SnapshotStreamError,
     StagedSnapshot,
     iter_staged_records,
@@ -95,12 +95,12 @@ def _redo_install(datadir: DataDir, path: Path, meta: eraftpb.SnapshotMetadata,
     db = datadir.db
     # Every batch below is synced: the final one (which removes the marker) must not
     # be able to survive a power loss that some earlier clearing or loading did not.
-    _clear_prefix(db, keys.KV_PREFIX)
-    _clear_prefix(db, keys.MEMBER_PREFIX)
+    for prefix in TAG_PREFIXES.values():
+        _clear_prefix(db, prefix)
     batch = db.write_batch(sync=True)
     pending_bytes = 0
     for tag, key, value in iter_staged_records(path, meta):
-        full_key = (keys.KV_PREFIX + key) if tag == TAG_KV else (keys.MEMBER_PREFIX + key)
+        full_key = TAG_PREFIXES[tag] + key
         batch.put(full_key, value)
         pending_bytes += len(full_key) + len(value)
         if pending_bytes >= INSTALL_BATCH_BYTES:

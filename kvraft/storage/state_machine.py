@@ -38,6 +38,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import DecodeError
@@ -48,6 +49,7 @@ from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
 from kvraft.storage import keys, mvcc
 from kvraft.storage.apply_buffer import ApplyBuffer, FrozenView, MergedIterator, prefix_stop
 from kvraft.storage.commands import (
+    ETCD_OPS,
     CommandDecodeError,
     MemberRecord,
     decode_command,
@@ -55,6 +57,16 @@ from kvraft.storage.commands import (
 )
 from kvraft.storage.datadir import DataDir, DataDirError
 from kvraft.storage.log_store import LevelDBStorage
+from kvraft.storage.mvcc import layout as mvcc_layout
+from kvraft.storage.mvcc_apply import (
+    CLUSTER_VERSION_MVCC,
+    LeaseRecord,
+    VersionedApply,
+    cas_outcome,
+    lease_record,
+    lease_records,
+    read_cluster_version,
+)
 from kvraft.storage.snapshot import SnapshotHandle, SnapshotReceiver, StagedSnapshot
 from kvraft.storage.snapshot_install import install_pending, install_staged
 
@@ -67,6 +79,9 @@ NOOP = "noop"              # an empty entry (a new leader's first entry, thesis 
 MEMBER_UPDATE = "member_update"  # a member's publish of its addresses (ok: recorded)
 CONF_CHANGE = "conf_change"
 INVALID = "invalid"        # data that is not a command: applied as a no-op, reported
+CLUSTER_VERSION = "cluster_version"
+# etcd's commands report their Command field as the kind ("etcd_put", "lease_grant", ...).
+_KIND_OF_OP = {"put": PUT, "delete": DELETE, "cas": CAS, "batch": BATCH}
 
 SNAPSHOT_DESCRIPTOR_VERSION = 1
 OnConfChange = Callable[[eraftpb.Entry], eraftpb.ConfState]
@@ -94,6 +109,14 @@ class ApplyResult:
     deleted_list: list[bool] = field(default_factory=list)
     conf_state: eraftpb.ConfState | None = None
     error: str = ""
+    # At cluster version 2 (mvcc_apply.py): the MVCC store's answer (a PutResponse,
+    # DeleteRangeResponse, TxnResponse, CompactResponse, LeaseGrantResult, ...) or its
+    # refusal; the events the entry made, in revision order (the watch hub's feed);
+    # the store's revision after the entry.
+    response: object | None = None
+    mvcc_error: mvcc.MVCCError | None = None
+    events: tuple[mvcc.Event, ...] = ()
+    revision: int = 0
 
 
 class _PendingWrites:
@@ -134,8 +157,11 @@ _View = _LiveView | FrozenView
 
 
 class _ViewSlot:
-    def __init__(self, view: _View) -> None:
+    def __init__(self, view: _View, cluster_version: int) -> None:
         self.view = view
+        # Which layout the view's key-value data is in (mvcc_apply.py): fixed per slot,
+        # so a read never mixes the layouts of two moments.
+        self.cluster_version = cluster_version
         self.readers = 0  # reads using this view now (guarded by _ReadViews._cond)
 
 
@@ -144,9 +170,14 @@ class _ReadViews:
     another view at once and returns when no read uses the old one any more — it waits
     for reads that already run (a get, one scan page), never the other way round."""
 
-    def __init__(self, view: _View) -> None:
+    def __init__(self, view: _View, cluster_version: int) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._slot = _ViewSlot(view)
+        self._slot = _ViewSlot(view, cluster_version)
+
+    @property
+    def cluster_version(self) -> int:
+        """The layout new reads use (the applying thread's view of it)."""
+        return self._slot.cluster_version
 
     def enter(self) -> _ViewSlot:
         with self._cond:
@@ -160,16 +191,17 @@ class _ReadViews:
             if slot.readers == 0 and slot is not self._slot:
                 self._cond.notify_all()
 
-    def switch(self, view: _View) -> None:
+    def switch(self, view: _View, cluster_version: int) -> None:
         with self._cond:
-            old, self._slot = self._slot, _ViewSlot(view)
+            old, self._slot = self._slot, _ViewSlot(view, cluster_version)
             while old.readers:
                 self._cond.wait()
 
 
 class KVStateMachine:
     def __init__(self, datadir: DataDir, *, scan_page_entries_max: int = 10_000,
-                 scan_page_bytes_max: int = 4 << 20, snapshot_handles_max: int = 4) -> None:
+                 scan_page_bytes_max: int = 4 << 20, snapshot_handles_max: int = 4,
+                 range_limits: mvcc.RangeLimits | None = None) -> None:
         assert scan_page_entries_max >= 1 and scan_page_bytes_max >= 1
         assert snapshot_handles_max >= 1
         if install_pending(datadir):
@@ -187,8 +219,10 @@ class KVStateMachine:
         self._handles_lock = threading.Lock()
         # One writer at a time (apply, install, initialize_members); reads never take it.
         self._state_lock = threading.RLock()
+        self.range_limits = range_limits or mvcc.RangeLimits()
         self._live = _LiveView(self._buffer)
-        self._views = _ReadViews(self._live)
+        self._views = _ReadViews(self._live, read_cluster_version(self._live))
+        self._drop_legacy_records()
         self._install_failed: BaseException | None = None
         self.applied_index = 0
         self.applied_term = 0
@@ -229,6 +263,8 @@ class KVStateMachine:
         with self._state_lock:
             self._check_usable()
             pending = _PendingWrites(self._buffer)
+            versioned = VersionedApply(self._live, pending.writes,
+                                       range_limits=self.range_limits)
             members: dict[int, MemberRecord | None] = {}
             last_index, last_term = self.applied_index, self.applied_term
             for entry in entries:
@@ -237,7 +273,7 @@ class KVStateMachine:
                 assert entry.index == last_index + 1, (
                     f"apply out of order: entry {entry.index} after {last_index}")
                 if entry.entry_type == eraftpb.EntryNormal:
-                    result = self._apply_normal(entry, pending, members)
+                    result = self._apply_normal(entry, pending, versioned, members)
                 else:
                     result = self._apply_conf_change(entry, pending.writes, members,
                                                      on_conf_change)
@@ -245,6 +281,7 @@ class KVStateMachine:
                 last_index, last_term = entry.index, entry.term
             if last_index == self.applied_index:
                 return results
+            versioned.finish()
             pending.writes[keys.APPLIED] = keys.pack_index_term(last_index, last_term)
             # Effects and applied index enter the buffer together and leave it together
             # in one synced batch: durable all or nothing (see apply_buffer.py).
@@ -261,11 +298,17 @@ class KVStateMachine:
             # The state is visible before the index says so: a reader that checks the
             # index first never sees less than it promises.
             self.applied_index, self.applied_term = last_index, last_term
+            if versioned.migrated:
+                # New reads see the MVCC layout; then, once the reads that still use
+                # the K records have ended, those go.
+                self._views.switch(self._live, versioned.version)
+                self._drop_legacy_records()
             if self._buffer.over_bound():
                 self._buffer.flush()
         return results
 
     def _apply_normal(self, entry: eraftpb.Entry, pending: _PendingWrites,
+                      versioned: VersionedApply,
                       members: dict[int, MemberRecord | None]) -> ApplyResult:
         if not entry.data:
             return ApplyResult(entry.index, entry.term, 0, NOOP)
@@ -275,6 +318,9 @@ class KVStateMachine:
             return ApplyResult(entry.index, entry.term, 0, INVALID, ok=False, error=str(e))
         result = ApplyResult(entry.index, entry.term, command.request_id, PUT)
         op = command.WhichOneof("op")
+        if op == "member_update" or op == "cluster_version" or op in ETCD_OPS or \
+                versioned.mvcc:
+            return self._apply_versioned(command, op, result, pending, versioned, members)
         if op == "put":
             pending.put(command.put.key, command.put.value)
         elif op == "delete":
@@ -292,11 +338,6 @@ class KVStateMachine:
             result.ok = current == expected
             if result.ok:
                 pending.put(cas.key, cas.value)
-        elif op == "member_update":
-            result.kind = MEMBER_UPDATE
-            result.error = self._apply_member_update(command.member_update, pending.writes,
-                                                     members)
-            result.ok = not result.error
         else:
             assert op == "batch", op
             result.kind = BATCH
@@ -314,6 +355,50 @@ class KVStateMachine:
                     if existed:
                         delete(key)
         return result
+
+    def _apply_versioned(self, command: cpb.Command, op: str, result: ApplyResult,
+                         pending: _PendingWrites, versioned: VersionedApply,
+                         members: dict[int, MemberRecord | None]) -> ApplyResult:
+        """A command that is the same at every cluster version (member_update), raises
+        it, or applies to the MVCC store (mvcc_apply.py)."""
+        if op == "member_update":
+            result.kind = MEMBER_UPDATE
+            result.error = self._apply_member_update(command.member_update, pending.writes,
+                                                     members)
+            result.ok = not result.error
+            return result
+        if op == "cluster_version":
+            result.kind = CLUSTER_VERSION
+            outcome = versioned.raise_version(command.cluster_version.version)
+        else:
+            result.kind = _KIND_OF_OP.get(op, op)
+            outcome = versioned.apply(command, op)
+        result.response, result.events = outcome.response, outcome.events
+        if outcome.error is not None:
+            result.ok, result.mvcc_error, result.error = False, outcome.error, str(outcome.error)
+        elif op == "delete":
+            assert isinstance(outcome.response, mvcc.DeleteRangeResponse)
+            result.deleted = outcome.response.deleted > 0
+        elif op == "cas":
+            expected = command.cas.expected if command.cas.HasField("expected") else None
+            result.ok, result.found, result.current = cas_outcome(expected,
+                                                                  outcome.response)
+        elif op == "batch":
+            assert isinstance(outcome.response, list)
+            result.deleted_list = [r.deleted > 0 for r in outcome.response
+                                   if isinstance(r, mvcc.DeleteRangeResponse)]
+        result.revision = versioned.batch().revision if versioned.mvcc else 0
+        return result
+
+    def _drop_legacy_records(self) -> None:
+        """At cluster version >= 2 no K record is read any more: delete the ones a
+        migration left (and a crash or a snapshot of that moment may have kept)."""
+        if self._views.cluster_version < CLUSTER_VERSION_MVCC:
+            return
+        with self._live.iterator(start=keys.KV_PREFIX, stop=keys.KV_END) as it:
+            doomed: dict[bytes, bytes | None] = {k: None for k, _ in it}
+        if doomed:
+            self._buffer.add(doomed)
 
     def _apply_member_update(self, update: cpb.MemberUpdate,
                              writes: dict[bytes, bytes | None],
@@ -383,18 +468,94 @@ class KVStateMachine:
 
     # --- reads --------------------------------------------------------------------------
     @property
+    def cluster_version(self) -> int:
+        """1: the layout before MVCC (etcd's requests are refused); 2: MVCC."""
+        return self._views.cluster_version
+
+    @property
     def revision(self) -> int:
-        """The store's current MVCC revision (etcd's; 0 before the first write)."""
+        """The store's current MVCC revision (etcd's: 1 for an empty store; 0 at
+        cluster version 1, which has none)."""
         slot = self._views.enter()
         try:
+            if slot.cluster_version < CLUSTER_VERSION_MVCC:
+                return 0
             return mvcc.current_revision(slot.view)
+        finally:
+            self._views.leave(slot)
+
+    @property
+    def compact_revision(self) -> int:
+        slot = self._views.enter()
+        try:
+            return mvcc.compact_revision(slot.view)
         finally:
             self._views.leave(slot)
 
     def get(self, key: bytes) -> bytes | None:
         slot = self._views.enter()
         try:
-            return slot.view.get(keys.kv_key(key))
+            if slot.cluster_version < CLUSTER_VERSION_MVCC:
+                return slot.view.get(keys.kv_key(key))
+            raw = slot.view.get(mvcc_layout.latest_key(key))
+            if raw is None or not mvcc_layout.record_live(raw):
+                return None
+            return mvcc_layout.decode_record(raw).value
+        finally:
+            self._views.leave(slot)
+
+    def range(self, req: mvcc.RangeRequest) -> mvcc.RangeResponse:
+        """etcd's Range on the current state (raises the store's MVCCErrors)."""
+        slot = self._views.enter()
+        try:
+            if slot.cluster_version < CLUSTER_VERSION_MVCC:
+                raise mvcc.ClusterVersionError()
+            return mvcc.range_at(slot.view, req, current=mvcc.current_revision(slot.view),
+                                 compacted=mvcc.compact_revision(slot.view),
+                                 limits=self.range_limits)
+        finally:
+            self._views.leave(slot)
+
+    def events(self, key: bytes, range_end: bytes, start_revision: int, *,
+               prev_kv: bool = False, limit: int = 1000) -> list[mvcc.Event]:
+        """The changes to [key, range_end) at revisions >= start_revision, in order, up
+        to the current revision: at most about `limit` (whole revisions, so a reader
+        resumes at the revision after the last event's). CompactedError when
+        start_revision is below the compact revision."""
+        slot = self._views.enter()
+        try:
+            if slot.cluster_version < CLUSTER_VERSION_MVCC:
+                return []
+            out: list[mvcc.Event] = []
+            with closing(mvcc.iter_events(slot.view, key, range_end, start_revision,
+                                          prev_kv=prev_kv)) as events:
+                for event in events:
+                    if len(out) >= limit and event.kv.mod_revision != out[-1].kv.mod_revision:
+                        break
+                    out.append(event)
+            return out
+        finally:
+            self._views.leave(slot)
+
+    def leases(self) -> list[LeaseRecord]:
+        """Every granted lease, by id."""
+        slot = self._views.enter()
+        try:
+            return lease_records(slot.view)
+        finally:
+            self._views.leave(slot)
+
+    def lease(self, lease_id: int) -> LeaseRecord | None:
+        slot = self._views.enter()
+        try:
+            return lease_record(slot.view, lease_id)
+        finally:
+            self._views.leave(slot)
+
+    def keys_with_lease(self, lease_id: int, limit: int = 10_000) -> list[bytes]:
+        slot = self._views.enter()
+        try:
+            return mvcc.keys_with_lease(slot.view, lease_id, limit=limit)
         finally:
             self._views.leave(slot)
 
@@ -410,6 +571,8 @@ class KVStateMachine:
         more = False
         slot = self._views.enter()
         try:
+            if slot.cluster_version >= CLUSTER_VERSION_MVCC:
+                return self._scan_mvcc(slot.view, start, end, cap)
             with slot.view.iterator(start=keys.kv_key(start), stop=stop) as it:
                 for key, value in it:
                     if len(out) >= cap or (out and size + len(key) + len(value) - 1 >
@@ -421,6 +584,25 @@ class KVStateMachine:
         finally:
             self._views.leave(slot)
         return out, more
+
+    def _scan_mvcc(self, view: _View, start: bytes, end: bytes, cap: int
+                   ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """`scan` over the latest records (tombstones skipped)."""
+        strip = len(mvcc_layout.LATEST_PREFIX)
+        stop = mvcc_layout.latest_key(end) if end else mvcc_layout.LATEST_END
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        with view.iterator(start=mvcc_layout.latest_key(start), stop=stop) as it:
+            for lkey, raw in it:
+                if not mvcc_layout.record_live(raw):
+                    continue
+                key, value = lkey[strip:], mvcc_layout.decode_record(raw).value
+                if len(out) >= cap or (out and size + len(key) + len(value) >
+                                       self.scan_page_bytes_max):
+                    return out, True
+                out.append((key, value))
+                size += len(key) + len(value)
+        return out, False
 
     def _member(self, member_id: int) -> MemberRecord | None:
         return self._members.get(member_id)
@@ -522,7 +704,9 @@ class KVStateMachine:
         with self._state_lock:
             self._check_usable()
             before = self._buffer.freeze()
-            self._views.switch(before)  # waits only for reads already on the live view
+            version_before = self._views.cluster_version
+            # Waits only for reads already on the live view.
+            self._views.switch(before, version_before)
             try:
                 # Buffered applies are older than the snapshot, which replaces them all.
                 self._buffer.discard()
@@ -533,7 +717,9 @@ class KVStateMachine:
                 self._install_failed = e
                 raise
             assert applied == (staged.metadata.index, staged.metadata.term)
-            self._views.switch(self._live)  # waits for reads already on the old view
+            # Waits for reads already on the old view.
+            self._views.switch(self._live, read_cluster_version(self._live))
+            self._drop_legacy_records()
             before.close()
             self._members = members
             self.members_version += 1

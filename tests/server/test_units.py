@@ -62,10 +62,14 @@ def test_cluster_id_is_the_same_for_every_founding_member_and_differs_per_cluste
     assert 0 < cluster_id_for(a) < 1 << 64
 
 
-def test_bootstrap_entries_add_every_founding_member_with_its_address() -> None:
+def test_bootstrap_entries_add_every_founding_member_then_set_the_cluster_version() -> None:
     entries = bootstrap_entries({3: "h:3", 1: "h:1"})
-    assert [(e.index, e.term) for e in entries] == [(1, 1), (2, 1)]
-    added = [eraftpb.ConfChange.FromString(e.data) for e in entries]
+    assert [(e.index, e.term) for e in entries] == [(1, 1), (2, 1), (3, 1)]
+    assert commands.decode_command(entries[2].data).cluster_version.version == 2
+    assert [(e.index, e.term) for e in bootstrap_entries({3: "h:3", 1: "h:1"},
+                                                         cluster_version=False)] == [
+        (1, 1), (2, 1)]
+    added = [eraftpb.ConfChange.FromString(e.data) for e in entries[:2]]
     assert [(c.change_type, c.node_id) for c in added] == [(eraftpb.AddNode, 1),
                                                            (eraftpb.AddNode, 3)]
     assert commands.decode_members(entries[1].context)[0].peer_address == "h:3"

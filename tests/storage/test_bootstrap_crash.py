@@ -29,12 +29,14 @@ def assert_bootstrapped(path: Path) -> None:
     try:
         assert store.datadir.cluster_id == cluster_id_for(BOOTSTRAP_CLUSTER), (
             "the restarted member has no cluster id: its peers would refuse it forever")
-        founders = len(BOOTSTRAP_CLUSTER)
-        assert (store.log.first_index(), store.log.last_index()) == (1, founders)
-        assert store.log.hard_state().commit == founders
-        entries = store.log.entries(1, founders + 1)
-        assert [(e.index, e.term) for e in entries] == [
-            (e.index, e.term) for e in storage_adapter.bootstrap_entries(BOOTSTRAP_CLUSTER)]
+        # One AddNode per founder, then the cluster version.
+        bootstrap = len(BOOTSTRAP_CLUSTER) + 1
+        assert (store.log.first_index(), store.log.last_index()) == (1, bootstrap)
+        assert store.log.hard_state().commit == bootstrap
+        entries = store.log.entries(1, bootstrap + 1)
+        assert [(e.index, e.term, e.data) for e in entries] == [
+            (e.index, e.term, e.data)
+            for e in storage_adapter.bootstrap_entries(BOOTSTRAP_CLUSTER)]
     finally:
         store.close()
 

@@ -198,24 +198,43 @@ def test_every_directory_has_a_stable_incarnation(tmp_path: Path) -> None:
 
 def test_a_meta_without_incarnation_gets_one_that_older_readers_still_accept(
         tmp_path: Path) -> None:
-    """The incarnation is an addition to format version 1, not a new version: a
-    directory written before it gets one at open (written atomically, with its own
-    crc), and the original crc still covers the original fields."""
+    """The incarnation was an addition to format version 1: a directory written before
+    it gets one at open (written atomically, with its own crc), and the original crc
+    still covers the original fields. Opening it also raises it to format version 2."""
     from kvraft.storage.datadir import FORMAT_NAME, FORMAT_VERSION, _meta_crc
 
     make_dir(tmp_path / "d")
     meta_path = tmp_path / "d" / "META"
     meta = json.loads(meta_path.read_text())
     old = {k: v for k, v in meta.items() if not k.startswith("incarnation")}
+    old.update(version=1, crc32=_meta_crc(1, 0, 1))
     meta_path.write_text(json.dumps(old) + "\n")  # as an older kvraft wrote it
     with DataDir.open(tmp_path / "d", 1) as dd:
         incarnation = dd.incarnation
         assert incarnation > 0
     meta = json.loads(meta_path.read_text())
-    assert meta["incarnation"] == incarnation and meta["version"] == FORMAT_VERSION == 1
+    assert meta["incarnation"] == incarnation and meta["version"] == FORMAT_VERSION == 2
     assert meta["crc32"] == _meta_crc(1, 0, FORMAT_VERSION) and meta["format"] == FORMAT_NAME
     with DataDir.open(tmp_path / "d", 1) as dd:
         assert dd.incarnation == incarnation
     meta["incarnation"] += 1  # damaged: its own crc no longer matches
     meta_path.write_text(json.dumps(meta) + "\n")
     assert "incarnation fails its checksum" in refusal(tmp_path / "d")
+
+
+def test_a_format_version_1_directory_is_raised_to_2_at_open(tmp_path: Path) -> None:
+    """An older kvraft's directory (format 1, with an incarnation) opens and is marked
+    version 2, with its identity unchanged; an older kvraft then refuses it."""
+    from kvraft.storage.datadir import _incarnation_crc, _meta_crc
+
+    make_dir(tmp_path / "d")
+    meta_path = tmp_path / "d" / "META"
+    meta = json.loads(meta_path.read_text())
+    meta.update(version=1, crc32=_meta_crc(1, 0, 1),
+                incarnation_crc32=_incarnation_crc(1, 0, 1, meta["incarnation"]))
+    meta_path.write_text(json.dumps(meta) + "\n")
+    with DataDir.open(tmp_path / "d", 1) as dd:
+        assert dd.incarnation == meta["incarnation"]
+    raised = json.loads(meta_path.read_text())
+    assert raised["version"] == 2 and raised["incarnation"] == meta["incarnation"]
+    assert raised["crc32"] == _meta_crc(1, 0, 2)

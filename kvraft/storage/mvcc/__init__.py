@@ -19,14 +19,17 @@ from kvraft.storage.mvcc.checks import (
     check_txn,
 )
 from kvraft.storage.mvcc.errors import (
+    ClusterVersionError,
     CompactedError,
     DuplicateKeyError,
     EmptyKeyError,
     FutureRevisionError,
     InvalidSortOptionError,
     KeyNotFoundError,
+    LeaseExistsError,
     LeaseNotFoundError,
     LeaseProvidedError,
+    LeaseTTLTooLargeError,
     MVCCError,
     RangeTooLargeError,
     StatusCode,
@@ -69,6 +72,7 @@ from kvraft.storage.mvcc.view import PlyvelReader, Reader, WriteSet
 
 __all__ = [
     "TXN_OPS_MAX",
+    "ClusterVersionError",
     "CompactResponse",
     "CompactedError",
     "Compare",
@@ -85,8 +89,10 @@ __all__ = [
     "KeyNotFoundError",
     "KeyRange",
     "KeyValue",
+    "LeaseExistsError",
     "LeaseNotFoundError",
     "LeaseProvidedError",
+    "LeaseTTLTooLargeError",
     "MVCCBatch",
     "MVCCError",
     "MVCCStore",

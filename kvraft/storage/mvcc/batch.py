@@ -43,6 +43,8 @@ from kvraft.storage.mvcc.messages import (
     CompareTarget,
     DeleteRangeRequest,
     DeleteRangeResponse,
+    Event,
+    EventType,
     KeyValue,
     PutRequest,
     PutResponse,
@@ -75,6 +77,7 @@ class _Entry:
 
     main: int
     sub: int = 0
+    events: list[Event] | None = None  # its changes, when the batch collects them
 
     def revision(self, before: int) -> int:
         """The revision the entry's reads see: `main` once it changed something."""
@@ -93,12 +96,16 @@ class _Path:
 class MVCCBatch:
     def __init__(self, base: Reader, writes: MutableMapping[bytes, bytes | None] | None
                  = None, *, range_limits: RangeLimits = DEFAULT_RANGE_LIMITS,
-                 lease_exists: LeaseExists | None = None) -> None:
+                 lease_exists: LeaseExists | None = None, collect_events: bool = False
+                 ) -> None:
         """`base`: the state before the batch (see view.py for what it may be);
         `writes`: the dict the batch's writes go to (a new one if None); `lease_exists`:
         when given, a put with a lease it does not know is refused (LeaseNotFoundError)
-        — the lessor's job, which comes with leases."""
+        — the lessor's job, which comes with leases. `collect_events`: keep the
+        events of committed entries for `take_events` (the watch hub's feed)."""
         self._ws = WriteSet(base, writes)
+        self._collect_events = collect_events
+        self._events: list[Event] = []
         self._range_limits = range_limits
         self._lease_exists = lease_exists
         # Invariant: the store's revision and compact revision after the committed
@@ -113,7 +120,7 @@ class MVCCBatch:
 
     @contextlib.contextmanager
     def _entry(self) -> Iterator[_Entry]:
-        entry = _Entry(self.revision + 1)
+        entry = _Entry(self.revision + 1, events=[] if self._collect_events else None)
         try:
             yield entry
         except BaseException:
@@ -123,6 +130,14 @@ class MVCCBatch:
             self.revision = entry.main
             self._ws.put(layout.META_REVISION, layout.pack_int(entry.main))
         self._ws.commit_entry()
+        if entry.events:
+            self._events.extend(entry.events)
+
+    def take_events(self) -> list[Event]:
+        """The events of the entries committed since the last call, in revision order
+        (only with collect_events)."""
+        events, self._events = self._events, []
+        return events
 
     # --- write entries --------------------------------------------------------------------
     def put(self, req: PutRequest) -> PutResponse:
@@ -270,6 +285,11 @@ class MVCCBatch:
                layout.event_value(layout.EVENT_PUT, key))
         if lease:
             ws.put(layout.lease_key(lease, key), b"")
+        if entry.events is not None:
+            entry.events.append(Event(
+                EventType.PUT,
+                KeyValue(key, create, entry.main, version, value, lease),
+                to_kv(key, old) if old is not None and old.live else None))
         entry.sub += 1
 
     def _delete_key(self, entry: _Entry, key: bytes, old: Record, old_raw: bytes) -> None:
@@ -281,6 +301,9 @@ class MVCCBatch:
                layout.event_value(layout.EVENT_DELETE, key))
         if old.lease:
             ws.delete(layout.lease_key(old.lease, key))
+        if entry.events is not None:
+            entry.events.append(Event(EventType.DELETE, KeyValue(key, mod_revision=entry.main),
+                                      to_kv(key, old)))
         entry.sub += 1
 
     def _delete_range(self, entry: _Entry, req: DeleteRangeRequest) -> DeleteRangeResponse:

@@ -17,6 +17,7 @@ class StatusCode(enum.Enum):
     """The gRPC status codes the store's errors map to (names as grpc.StatusCode's)."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     NOT_FOUND = "NOT_FOUND"
     OUT_OF_RANGE = "OUT_OF_RANGE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -73,6 +74,25 @@ class LeaseProvidedError(MVCCError):
 class LeaseNotFoundError(MVCCError):
     code = StatusCode.NOT_FOUND
     message = "etcdserver: requested lease not found"
+
+
+class LeaseExistsError(MVCCError):
+    code = StatusCode.FAILED_PRECONDITION
+    message = "etcdserver: lease already exists"
+
+
+class LeaseTTLTooLargeError(MVCCError):
+    code = StatusCode.OUT_OF_RANGE
+    message = "etcdserver: too large lease TTL"
+
+
+class ClusterVersionError(MVCCError):
+    """An etcd request in a cluster whose members do not all apply them yet (kvraft's:
+    the cluster version is below 2 while a rolling upgrade is under way)."""
+
+    code = StatusCode.FAILED_PRECONDITION
+    message = ("etcdserver: cluster version too old for this request; "
+               "upgrade every member")
 
 
 class TooManyOpsError(MVCCError):

@@ -11,6 +11,10 @@ snapshot, an upgrade, a wipe) and no future keys.py prefix can collide with it:
     Ve <main> <sub>                   which key changed at revision (main, sub), and
                                       how (PUT or DELETE): the order watches replay
     Vl <lease> <user key>             a live key attached to a lease (empty value)
+    Vg <lease>                        a granted lease: its TTL and the remaining TTL
+                                      of its last checkpoint (two int64; 0: none)
+    Vc                                the cluster version (a uint32 as int64; absent:
+                                      1, the layout before MVCC: storage/mvcc_apply.py)
     Vm rev                            the current revision (main)
     Vm compact                        the compact revision: reads below it fail
     Vm compacted                      the compact revision whose removal is complete
@@ -51,6 +55,9 @@ HISTORY_END: Final = b"Vi"
 EVENT_PREFIX: Final = b"Ve"
 EVENT_END: Final = b"Vf"
 LEASE_PREFIX: Final = b"Vl"
+GRANT_PREFIX: Final = b"Vg"
+GRANT_END: Final = b"Vh"
+CLUSTER_VERSION: Final = b"Vc"
 META_REVISION: Final = b"Vmrev"
 META_COMPACT: Final = b"Vmcompact"
 META_COMPACTED: Final = b"Vmcompacted"
@@ -118,6 +125,26 @@ def lease_prefix(lease: int) -> bytes:
 
 def lease_key(lease: int, key: bytes) -> bytes:
     return lease_prefix(lease) + key
+
+
+def grant_key(lease: int) -> bytes:
+    return GRANT_PREFIX + _LEASE.pack(lease)
+
+
+def grant_lease(gkey: bytes) -> int:
+    lease: int = _LEASE.unpack_from(gkey, 2)[0]
+    return lease
+
+
+def pack_grant(ttl: int, remaining_ttl: int) -> bytes:
+    return _INT.pack(ttl) + _INT.pack(remaining_ttl)
+
+
+def unpack_grant(raw: bytes) -> tuple[int, int]:
+    if len(raw) != 2 * _INT.size:
+        raise ValueError(f"lease record of {len(raw)} bytes, expected 16")
+    ttl, remaining = struct.unpack(">qq", raw)
+    return ttl, remaining
 
 
 def pack_int(value: int) -> bytes:
