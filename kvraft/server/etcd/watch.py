@@ -314,6 +314,6 @@ def add_watch_service(server: grpc.aio.Server, node: Node, config: NodeConfig, *
     """The member's watch hub, fed by apply, and etcd's Watch service over it."""
     hub = WatchHub(node.store.sm)
     node.apply_listeners.append(hub.on_applied)
-    etcdpb_grpc.add_WatchServicer_to_server(  # type: ignore[no-untyped-call]
+    etcdpb_grpc.add_WatchServicer_to_server(
         WatchService(node, hub, progress_interval_s=progress_interval_s), server)
     return str(etcdpb.DESCRIPTOR.services_by_name["Watch"].full_name)
