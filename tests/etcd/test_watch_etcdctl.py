@@ -238,106 +238,156 @@ def test_watch_from_a_compacted_revision_is_cancelled_with_etcds_message(
     w2.expect(["PUT", "wc", "2"])
 
 
-# --- resuming after a member restart ---------------------------------------------------
-async def _read_events(stub: etcdpb_grpc.WatchStub, key: bytes, range_end: bytes,
-                       start: int, got: list[tuple[int, bytes, int]], stop_at: int | None
-                       ) -> None:
-    """Watch from `start`, appending (revision, key, type) to `got`, until the stream
-    fails (the member died) or an event at `stop_at` arrives."""
+# --- a Python watcher across member failures ------------------------------------------
+# (rev, key, type, value) of each event a watch delivered.
+Seen = tuple[int, bytes, int, bytes]
+END_KEY = b"wr/~end"
+
+
+async def _read_events(address: str, start: int, got: list[Seen], *,
+                       until_key: bytes | None = None) -> None:
+    """Watch the prefix wr/ on `address` from `start` (0: now), appending to `got`,
+    until the stream fails (the member died) or an event on `until_key` arrives."""
     requests: asyncio.Queue[etcdpb.WatchRequest] = asyncio.Queue()
     requests.put_nowait(etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(
-        key=key, range_end=range_end, start_revision=start)))
+        key=b"wr/", range_end=b"wr0", start_revision=start)))
 
     async def gen() -> Any:
         while True:
             yield await requests.get()
 
-    call = stub.Watch(gen())
+    channel = grpc.aio.insecure_channel(address)
+    call = etcdpb_grpc.WatchStub(channel).Watch(gen())
     try:
         async for resp in call:
-            if resp.canceled:
-                raise AssertionError(f"watch cancelled: {resp}")
+            assert not resp.canceled, f"watch cancelled: {resp}"
             for e in resp.events:
-                got.append((e.kv.mod_revision, e.kv.key, e.type))
-            if stop_at is not None and got and got[-1][0] >= stop_at:
+                got.append((e.kv.mod_revision, e.kv.key, e.type, e.kv.value))
+            if until_key is not None and any(e.kv.key == until_key for e in resp.events):
                 return
     finally:
         call.cancel()
+        await channel.close()
+
+
+class Writer:
+    """One client writing wr/<i % 7> = i, i = 0, 1, ..., through the leader's kvraft KV
+    (the same store as etcd's view), one write at a time, until stopped; then END_KEY."""
+
+    def __init__(self, cluster: LocalCluster, leader: int) -> None:
+        self.cluster, self.leader = cluster, leader
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            key, value = f"wr/{self.count % 7}".encode(), str(self.count).encode()
+            retry_unavailable(lambda k=key, v=value: self.cluster.put(self.leader, k, v))
+            self.count += 1
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(20)
+        assert not self._thread.is_alive()
+        retry_unavailable(lambda: self.cluster.put(self.leader, END_KEY, b"end"))
+        return self.count
+
+
+def check_no_gap_or_duplicate(got: list[Seen], writes: int, replay: list[Seen]) -> None:
+    """`got` must be every write since its first, once, in order, then END_KEY — and
+    equal the history the leader replays from the same revision."""
+    revisions = [r for r, _, _, _ in got]
+    assert revisions == sorted(set(revisions)), "a duplicate or a reordering"
+    values = [int(v) for _, k, _, v in got if k != END_KEY]
+    first = values[0]
+    assert values == list(range(first, writes)), "a gap, a duplicate or a reordering"
+    assert got[-1][1] == END_KEY
+    assert replay == got
 
 
 def test_watcher_resuming_after_its_member_restarts_gets_no_gap_or_duplicate(
         cluster: LocalCluster) -> None:
     """A client watches a prefix on a follower while writes go on; the follower is
     killed (SIGKILL) and restarted; the client resumes on it from its last revision + 1.
-    What it received equals the history read afterwards: no gap, no duplicate."""
+    What it received is every write, once, in order, and equals the history."""
     leader = cluster.wait_leader()
     follower = _follower(cluster)
-    lep = cluster.nodes[leader].client_address
     fep = cluster.nodes[follower].client_address
-    first = revision_of(lep) + 1
-    stop = threading.Event()
-    written: list[int] = []
 
-    def writer() -> None:
-        channel = grpc.insecure_channel(lep)
-        kv = etcdpb_grpc.KVStub(channel)
-        i = 0
-        while not stop.is_set():
-            req = etcdpb.PutRequest(key=f"wr/{i % 7}".encode(), value=str(i).encode())
-            resp = retry_unavailable(lambda r=req: kv.Put(r, timeout=5))
-            written.append(resp.header.revision)
-            i += 1
-            time.sleep(0.01)
-        channel.close()
-
-    async def scenario() -> list[tuple[int, bytes, int]]:
-        got: list[tuple[int, bytes, int]] = []
-        channel = grpc.aio.insecure_channel(fep)
-        reading = asyncio.create_task(_read_events(
-            etcdpb_grpc.WatchStub(channel), b"wr/", b"wr0", first, got, None))
+    async def scenario() -> tuple[list[Seen], int, list[Seen]]:
+        got: list[Seen] = []
+        writer = Writer(cluster, leader)
+        reading = asyncio.create_task(_read_events(fep, 0, got))
         await asyncio.to_thread(wait_until, lambda: len(got) >= 30, LINE_TIMEOUT_S,
                                 "events before the kill")
         await asyncio.to_thread(cluster.kill9, follower)
         with pytest.raises(grpc.aio.AioRpcError):
             await asyncio.wait_for(reading, LINE_TIMEOUT_S)
-        await channel.close()
-        await asyncio.to_thread(time.sleep, 0.5)          # writes go on without it
+        before = writer.count
+        await asyncio.to_thread(wait_until, lambda: writer.count >= before + 30,
+                                LINE_TIMEOUT_S, "writes while the member is down")
         await asyncio.to_thread(cluster.restart, follower)
         resume_from = got[-1][0] + 1
-        await asyncio.to_thread(wait_until, lambda: len(written) >= len(got) + 30,
+        resuming = asyncio.create_task(_read_events(fep, resume_from, got,
+                                                    until_key=END_KEY))
+        await asyncio.to_thread(wait_until, lambda: writer.count >= before + 60,
                                 LINE_TIMEOUT_S, "writes after the restart")
-        stop.set()
-        await asyncio.to_thread(t.join, 10)
-        last = written[-1]
-        channel = grpc.aio.insecure_channel(fep)
-        try:
-            await asyncio.wait_for(_read_events(
-                etcdpb_grpc.WatchStub(channel), b"wr/", b"wr0", resume_from, got, last),
-                RESUME_TIMEOUT_S)
-        finally:
-            await channel.close()
-        return got
+        writes = await asyncio.to_thread(writer.stop)
+        await asyncio.wait_for(resuming, RESUME_TIMEOUT_S)
+        replay: list[Seen] = []
+        await asyncio.wait_for(_read_events(cluster.nodes[leader].client_address,
+                                            got[0][0], replay, until_key=END_KEY),
+                               RESUME_TIMEOUT_S)
+        return got, writes, replay
 
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    try:
-        got = asyncio.run(scenario())
-    finally:
-        stop.set()
-        t.join(10)
-    revisions = [r for r, _, _ in got]
-    assert revisions == sorted(set(revisions)), "a duplicate or a reordering"
-    assert revisions == [r for r in written if r >= first], "a gap or a stray event"
-    # And the history as the leader replays it says the same.
-    history: list[tuple[int, bytes, int]] = []
+    got, writes, replay = asyncio.run(scenario())
+    check_no_gap_or_duplicate(got, writes, replay)
 
-    async def replay() -> None:
-        channel = grpc.aio.insecure_channel(lep)
-        try:
-            await asyncio.wait_for(_read_events(etcdpb_grpc.WatchStub(channel), b"wr/",
-                                                b"wr0", first, history, written[-1]),
+
+def test_watch_on_a_partitioned_member_that_installs_a_snapshot_misses_nothing() -> None:
+    """A follower is frozen (SIGSTOP: as cut off as a partition) with a watch open on
+    it while the others write past their log's snapshot point; when it comes back it
+    installs a snapshot, and the watch catches up from the store: no gap, no dup."""
+    if ETCDCTL is None:
+        pytest.skip("etcdctl is not installed (Debian: etcd-client)")
+    with LocalCluster.start(3, extra_args=["--snapshot-entries", "40",
+                                           "--snapshot-keep-entries", "5"]) as c:
+        leader = c.wait_leader()
+        follower = _follower(c)
+        fep = c.nodes[follower].client_address
+
+        def installed() -> float:
+            for line in c.metrics_text(follower).splitlines():
+                if line.startswith("kvraft_snapshots_installed_total"):
+                    return float(line.split()[1])
+            return 0.0
+
+        async def scenario() -> tuple[list[Seen], int, list[Seen]]:
+            got: list[Seen] = []
+            writer = Writer(c, leader)
+            reading = asyncio.create_task(_read_events(fep, 0, got, until_key=END_KEY))
+            await asyncio.to_thread(wait_until, lambda: len(got) >= 10, LINE_TIMEOUT_S,
+                                    "events before the partition")
+            installed_before = await asyncio.to_thread(installed)
+            await asyncio.to_thread(c.pause, follower)
+            before = writer.count
+            # More writes than the leader keeps in flight to a silent follower
+            # (MAX_INFLIGHT_MSGS, 256 appends), so it must send a snapshot.
+            await asyncio.to_thread(wait_until, lambda: writer.count >= before + 400,
+                                    RESUME_TIMEOUT_S, "writes while it is frozen")
+            await asyncio.to_thread(c.resume, follower)
+            await asyncio.to_thread(wait_until, lambda: installed() > installed_before,
+                                    RESUME_TIMEOUT_S, "the follower to install a snapshot")
+            writes = await asyncio.to_thread(writer.stop)
+            await asyncio.wait_for(reading, RESUME_TIMEOUT_S)
+            replay: list[Seen] = []
+            await asyncio.wait_for(_read_events(c.nodes[leader].client_address, got[0][0],
+                                                replay, until_key=END_KEY),
                                    RESUME_TIMEOUT_S)
-        finally:
-            await channel.close()
-    asyncio.run(replay())
-    assert history == got
+            return got, writes, replay
+
+        got, writes, replay = asyncio.run(scenario())
+        check_no_gap_or_duplicate(got, writes, replay)
