@@ -427,3 +427,57 @@ def test_compacted_error_type_is_the_stores(tmp_path: Path) -> None:
             m.source.events(b"t", b"", 2)
         assert e.value.compact_revision == 4
     run(tmp_path, scenario)
+
+
+def test_hub_fed_by_a_real_nodes_apply_and_its_state_machine(tmp_path: Path) -> None:
+    """The wiring: a started single-member Node applies etcd's Put/DeleteRange/Compact
+    proposed through Raft; the hub is an apply listener over its state machine. A live
+    watcher, one replaying from revision 1 and one that overflows its tiny buffer all
+    see the store's history; a watch below the compaction is cancelled with it."""
+    from kvraft.proto import etcdserverpb_pb2 as etcdpb
+    from kvraft.server import storage_adapter as sa
+    from kvraft.storage.commands import etcd_command
+    from tests.server.inprocess import node_config, open_node, wait_for
+
+    async def main() -> None:
+        node, store = open_node(node_config(tmp_path / "node", members=1))
+        node.start()
+        try:
+            await wait_for(lambda: node.raw.raft.leader_id == node.id, WAIT_S, "leader")
+            await wait_for(lambda: node.store.sm.cluster_version >= 2, WAIT_S, "MVCC")
+            hub = WatchHub(node.store.sm, buffer_events_max=4, chunk_events=3)
+            node.apply_listeners.append(hub.on_applied)
+
+            async def propose(op: str, req: Any) -> int:
+                rid = sa.new_request_id()
+                result = await node.propose(rid, etcd_command(rid, op, req), 5.0)
+                assert result.mvcc_error is None, result.mvcc_error
+                return result.revision
+
+            live = Consumer(hub, WatchSpec(b"n/", b"n0", prev_kv=True), 1)
+            slow = Consumer(hub, WatchSpec(b"n/", b"n0"), 2)
+            first = hub.revision + 1
+            for i in range(30):
+                await propose("etcd_put", etcdpb.PutRequest(key=f"n/{i % 4}".encode(),
+                                                            value=str(i).encode()))
+                if i % 9 == 0:
+                    await propose("etcd_delete_range",
+                                  etcdpb.DeleteRangeRequest(key=b"n/", range_end=b"n0"))
+                live.drain()
+            assert hub.overflows >= 1 and not slow.w.synced
+            want = node.store.sm.events(b"n/", b"n0", first, prev_kv=True, limit=10_000)
+            await live.until_count(len(want))
+            await slow.until_count(len(want))
+            assert revs(live.got) == revs(slow.got) == revs(want)
+            assert [e.prev_kv for e in live.got] == [e.prev_kv for e in want]
+            old = Consumer(hub, WatchSpec(b"n/", b"n0", start_revision=1), 3)
+            await old.until("the replay", lambda: old.w.synced)
+            assert revs(old.got)[-len(want):] == revs(want)
+            rev = await propose("etcd_put", etcdpb.PutRequest(key=b"x", value=b"x"))
+            await propose("etcd_compact", etcdpb.CompactionRequest(revision=rev))
+            cut = Consumer(hub, WatchSpec(b"n/", b"n0", start_revision=first), 4)
+            assert cut.w.closed and cut.w.compact_revision == rev
+        finally:
+            await node.stop()
+            store.close()
+    asyncio.run(asyncio.wait_for(main(), WAIT_S * 3))
