@@ -49,7 +49,8 @@ class _Base:
     def header(self) -> pb.ResponseHeader:
         member_id, leader_id, term, applied = self.node.header()
         return pb.ResponseHeader(
-            member_id=member_id, leader_id=leader_id, term=term, applied_index=applied
+            member_id=member_id, leader_id=leader_id, term=term, applied_index=applied,
+            revision=self.node.store.sm.revision,
         )
 
     def _deadline(self, context: Ctx) -> tuple[float, bool]:

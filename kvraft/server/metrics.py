@@ -29,6 +29,12 @@ class NodeMetrics:
         self.term = Gauge("kvraft_term", "Current Raft term", registry=r)
         self.commit_index = Gauge("kvraft_commit_index", "Raft commit index", registry=r)
         self.applied_index = Gauge("kvraft_applied_index", "Applied index", registry=r)
+        self.cluster_version = Gauge(
+            "kvraft_cluster_version",
+            "The cluster version this member applies with (1: before MVCC, 2: MVCC)",
+            registry=r)
+        self.revision = Gauge("kvraft_mvcc_revision", "The store's current revision",
+                              registry=r)
         self.is_leader = Gauge("kvraft_is_leader", "1 when this node leads", registry=r)
         self.leader_changes = Counter(
             "kvraft_leader_changes", "Times this node saw the leader change", registry=r

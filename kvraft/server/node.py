@@ -678,6 +678,8 @@ class Node:
         compaction and the pushback."""
         self.proposals.on_applied(entries, results, self._on_conf_change_applied)
         self.reads.serve(self.store.sm.applied_index)
+        if results and results[-1].revision:
+            self.metrics.revision.set(results[-1].revision)
         for listener in self.apply_listeners:
             listener(entries, results)
         self.persister.maybe_compact()
@@ -724,6 +726,7 @@ class Node:
         m.term.set(r.term)
         m.commit_index.set(r.raft_log.committed)
         m.applied_index.set(self.store.sm.applied_index)
+        m.cluster_version.set(self.store.sm.cluster_version)
         m.is_leader.set(1 if r.state == StateRole.Leader else 0)
         m.apply_backlog_entries.set(self.applier.backlog.entries)
         m.apply_backlog_bytes.set(self.applier.backlog.bytes)

@@ -149,7 +149,8 @@ class NodeProcess(ServeProcess):
 
 class LocalCluster:
     def __init__(self, root: Path, tick_s: float | None = None,
-                 extra_args: Iterable[str] = (), env: dict[str, str] | None = None) -> None:
+                 extra_args: Iterable[str] = (), env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.root = root
         self.nodes: dict[int, NodeProcess] = {}
         self.initial_cluster: dict[int, str] = {}
@@ -157,7 +158,7 @@ class LocalCluster:
             os.environ.get("KVRAFT_TEST_TICK_S", "0.05"))
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
-        self.command = procs.serve_command()
+        self.command = command or procs.serve_command()
         # True: close() leaves `root` in place (a caller that keeps it for inspection,
         # or that has mounts inside it to take down first).
         self.keep_root = False

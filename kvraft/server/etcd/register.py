@@ -6,6 +6,7 @@ import grpc
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
+from .kv import add_kv_service
 from .watch import add_watch_service
 
 
@@ -14,5 +15,6 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     """Add every etcd service to `server`; returns their full names (for reflection
     and the health service)."""
     names: list[str] = []
+    names.append(add_kv_service(server, node, config, metrics))
     names.append(add_watch_service(server, node, config))
     return names

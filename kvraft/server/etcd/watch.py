@@ -37,9 +37,9 @@ import grpc
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
-from kvraft.proto import mvccpb_pb2 as mvccpb
 from kvraft.raft import StateRole
-from kvraft.storage.mvcc import Event, KeyValue
+from kvraft.storage.mvcc import Event
+from kvraft.storage.mvcc.convert import event_pb
 
 from ..config import NodeConfig
 from ..node import Node
@@ -68,19 +68,6 @@ ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 
 NOPUT = etcdpb.WatchCreateRequest.FilterType.Value("NOPUT")
 NODELETE = etcdpb.WatchCreateRequest.FilterType.Value("NODELETE")
-
-
-def kv_pb(kv: KeyValue) -> mvccpb.KeyValue:
-    return mvccpb.KeyValue(key=kv.key, create_revision=kv.create_revision,
-                           mod_revision=kv.mod_revision, version=kv.version,
-                           value=kv.value, lease=kv.lease)
-
-
-def event_pb(event: Event) -> mvccpb.Event:
-    out = mvccpb.Event(type=int(event.type), kv=kv_pb(event.kv))  # type: ignore[arg-type]
-    if event.prev_kv is not None:
-        out.prev_kv.CopyFrom(kv_pb(event.prev_kv))
-    return out
 
 
 def spec_of(creq: etcdpb.WatchCreateRequest) -> WatchSpec:
