@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +37,7 @@ import grpc
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from kvraft.proto import mvccpb_pb2 as mvccpb
 from kvraft.raft import StateRole
 from kvraft.storage.mvcc import Event
 from kvraft.storage.mvcc.convert import event_pb
@@ -58,6 +59,8 @@ NO_LEADER_ELECTIONS_MAX = 3
 # One response carries at most about this many events or bytes (whole revisions).
 RESPONSE_EVENTS_MAX = 1000
 RESPONSE_BYTES_MAX = 1 << 20
+# Converted events kept for the other watchers given the same event (EventPbCache).
+EVENT_PBS_MAX = 4096
 # etcd's clientv3.InvalidWatchID: a response to no single watch (a progress request's)
 # or to a refused create.
 INVALID_WATCH_ID = -1
@@ -108,6 +111,7 @@ class WatchStream:
 
     def __init__(self, service: WatchService) -> None:
         self.hub = service.hub
+        self.to_pb = service.event_pbs.get
         self.node = service.node
         self.wake = asyncio.Event()
         self.watchers: dict[int, Watcher] = {}
@@ -184,7 +188,7 @@ class WatchStream:
                 if events:
                     yield etcdpb.WatchResponse(
                         header=self.header(event_revision(events[-1])), watch_id=watch_id,
-                        events=[event_pb(e) for e in events])
+                        events=[self.to_pb(e) for e in events])
                     if w.pending:
                         self.wake.set()            # more: after the other watches' turn
                 if w.closed and not w.pending and self.watchers.get(watch_id) is w:
@@ -211,6 +215,28 @@ class NoLeader(Exception):
     pass
 
 
+class EventPbCache:
+    """mvccpb.Event of the hub's events, converted once for every watcher that is
+    given the same event object (the hub shares one filtered list among the watchers
+    of one key range): 100 clients of a prefix cost one conversion per event, not 100.
+    Holds the last EVENT_PBS_MAX conversions (and their events, so an id is not reused
+    while its entry lives)."""
+
+    def __init__(self, entries_max: int) -> None:
+        self.entries_max = entries_max
+        self._entries: OrderedDict[int, tuple[Event, mvccpb.Event]] = OrderedDict()
+
+    def get(self, event: Event) -> mvccpb.Event:
+        hit = self._entries.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        pb = event_pb(event)
+        self._entries[id(event)] = (event, pb)
+        if len(self._entries) > self.entries_max:
+            self._entries.popitem(last=False)
+        return pb
+
+
 class WatchService(etcdpb_grpc.WatchServicer):
     def __init__(self, node: Node, hub: WatchHub, *,
                  progress_interval_s: float = PROGRESS_INTERVAL_S) -> None:
@@ -218,6 +244,7 @@ class WatchService(etcdpb_grpc.WatchServicer):
         self.node = node
         self.hub = hub
         self.progress_interval_s = progress_interval_s
+        self.event_pbs = EventPbCache(EVENT_PBS_MAX)
         # Exactly one of the two is set: whether this member knows a leader.
         self._has_leader = asyncio.Event()
         self._no_leader = asyncio.Event()

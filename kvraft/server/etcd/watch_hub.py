@@ -124,6 +124,8 @@ class Watcher:
         self.id = watch_id
         self.spec = spec
         self.keys = KeyRange.of(spec.key, spec.range_end)
+        # Watchers equal in this see the same events, shaped the same.
+        self.share_key = (self.keys, spec.filter_put, spec.filter_delete, spec.prev_kv)
         self.next_revision = next_revision
         self.synced = False
         self.compact_revision = 0
@@ -177,6 +179,17 @@ class Watcher:
         if not self.spec.prev_kv and event.prev_kv is not None:
             return Event(event.type, event.kv)
         return event
+
+    def _append(self, events: Sequence[Event]) -> None:
+        """The fan-out's share for one entry: matching, shaped, all at revisions >=
+        next_revision (the caller advances next_revision past the entry)."""
+        assert not self._buffer or event_revision(self._buffer[-1]) <= \
+            event_revision(events[0]), f"watch {self.id}: events out of order"
+        assert event_revision(events[0]) >= self.next_revision, \
+            f"watch {self.id}: given {event_revision(events[0])} below {self.next_revision}"
+        self._buffer.extend(events)
+        self._drained.clear()
+        self._wake.set()
 
     def _give(self, events: Sequence[Event], upto_revision: int) -> None:
         """Append `events` (matching or not; all below upto_revision + 1) and advance
@@ -284,21 +297,37 @@ class WatchHub:
             self.revision = revision
 
     def _fan_out(self, events: Sequence[Event], revision: int) -> None:
-        for w in list(self._synced):
+        """Give each synced watcher its share of one entry's events (all at or below
+        `revision`). Watchers with the same key range, filters and prev_kv (many
+        clients of one prefix) share one filtering pass per entry."""
+        overflowed: list[Watcher] = []
+        shares: dict[tuple[object, ...], list[Event]] = {}
+        limit = self.buffer_events_max
+        for w in self._synced:
             assert w.next_revision > self.revision, \
                 f"watch {w.id}: synced at {w.next_revision} behind hub {self.revision}"
-            matching = [ev for ev in events if w._matches(ev)] if events else []
-            if matching and w.pending + len(matching) > self.buffer_events_max \
-                    and w.pending > 0:
-                # A slow consumer: stop feeding it; it catches up from this revision
-                # once it has taken what it holds. Apply and the other watchers never
-                # wait for it.
-                self.overflows += 1
-                self._synced.discard(w)
-                w.synced = False
-                self._start_catch_up(w)
-                continue
-            w._give(matching, revision)
+            if w.next_revision > revision:
+                continue                       # a watch from a future revision
+            if events:
+                share = shares.get(w.share_key)
+                if share is None:
+                    share = shares[w.share_key] = [w._shape(ev) for ev in events
+                                                   if w._matches(ev)]
+                if share:
+                    pending = len(w._buffer)
+                    if pending and pending + len(share) > limit:
+                        # A slow consumer: stop feeding it; it catches up from this
+                        # revision once it has taken what it holds. Apply and the
+                        # other watchers never wait for it.
+                        overflowed.append(w)
+                        continue
+                    w._append(share)
+            w.next_revision = revision + 1
+        for w in overflowed:
+            self.overflows += 1
+            self._synced.discard(w)
+            w.synced = False
+            self._start_catch_up(w)
 
     def _on_snapshot_installed(self) -> None:
         """The store jumped to a snapshot's state: the fan-out never saw the revisions
