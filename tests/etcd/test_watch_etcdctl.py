@@ -391,3 +391,41 @@ def test_watch_on_a_partitioned_member_that_installs_a_snapshot_misses_nothing()
 
         got, writes, replay = asyncio.run(scenario())
         check_no_gap_or_duplicate(got, writes, replay)
+
+
+def test_etcdctl_watch_moves_to_another_member_without_gap_or_duplicate(
+        cluster: LocalCluster, watches: list[EtcdctlWatch]) -> None:
+    """etcd's own client resuming: `etcdctl watch --prefix` given both followers as
+    endpoints while writes go on; each follower in turn is killed and restarted, so the
+    one serving the watch dies at some point and clientv3 resumes on the other from its
+    last revision + 1. Its output is every write, once, in order."""
+    leader = cluster.wait_leader()
+    followers = [i for i in sorted(cluster.nodes) if i != leader]
+    endpoints = ",".join(cluster.nodes[i].client_address for i in followers)
+    w = watch(watches, endpoints, "--prefix", "wr/")
+    ready(cluster, cluster.nodes[leader].client_address, w, "wr/ready")
+    writer = Writer(cluster, leader)
+    for f in followers:
+        before = writer.count
+        wait_until(lambda b=before: writer.count >= b + 30, LINE_TIMEOUT_S, "writes")
+        cluster.kill9(f)
+        before = writer.count
+        wait_until(lambda b=before: writer.count >= b + 30, LINE_TIMEOUT_S,
+                   "writes while a follower is down")
+        cluster.restart(f)
+    writes = writer.stop()
+    values: list[int] = []
+    deadline = time.monotonic() + RESUME_TIMEOUT_S
+    while True:
+        try:
+            kind = w.out.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"etcdctl stopped after value {values[-1:]}; stderr: "
+                                 f"{w.stderr_now()}") from None
+        key = w.out.get(timeout=LINE_TIMEOUT_S)
+        value = w.out.get(timeout=LINE_TIMEOUT_S)
+        assert kind == "PUT", (kind, key, value)
+        if key == END_KEY.decode():
+            break
+        values.append(int(value))
+    assert values == list(range(writes)), "a gap, a duplicate or a reordering"
