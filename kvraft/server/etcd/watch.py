@@ -20,15 +20,21 @@ Each response's header revision is that of its last event, or the hub's revision
 event up to it has been fanned out) for a response without events.
 
 `hasleader` (etcd's clientv3.WithRequireLeader): when the client sets that gRPC metadata
-to "true", the stream fails with UNAVAILABLE "etcdserver: no leader" if this member has
-no leader when it opens, or loses it for NO_LEADER_ELECTIONS_MAX election timeouts
-while it runs (etcd's monitorLeader), so the client moves to another member.
+to "true", the stream fails with UNAVAILABLE "etcdserver: no leader" once this member
+has had no leader for NO_LEADER_ELECTIONS_MAX election timeouts (etcd's
+monitorLeader; after its start, for that plus the leader's reconnect backoff) — at once
+when it opens on a member leaderless for longer, after the rest of that time on one
+that lost its leader (or started) more recently — so the client moves to another
+member. (etcd refuses at once, but an etcd member serves no
+client before it has a leader; a kvraft member serves from its start, and clientv3
+gives up a watch refused with "no leader" rather than retry it.)
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -44,6 +50,7 @@ from kvraft.storage.mvcc.convert import event_pb
 
 from ..config import NodeConfig
 from ..node import Node
+from ..transport import BACKOFF_MAX_S
 from .header import etcd_header
 from .watch_hub import Watcher, WatchHub, WatchSpec, event_revision
 
@@ -245,32 +252,56 @@ class WatchService(etcdpb_grpc.WatchServicer):
         self.hub = hub
         self.progress_interval_s = progress_interval_s
         self.event_pbs = EventPbCache(EVENT_PBS_MAX)
-        # Exactly one of the two is set: whether this member knows a leader.
+        # Exactly one of the two is set: whether this member knows a leader. While it
+        # knows none, `_leaderless_deadline` (monotonic seconds) is when the streams
+        # that asked for one fail; None while it knows one.
         self._has_leader = asyncio.Event()
         self._no_leader = asyncio.Event()
+        self._leaderless_deadline: float | None = None
+        if node.raw.raft.leader_id == 0:
+            # A member that has just started hears from its leader only once the
+            # leader's transport reconnects to it, after up to BACKOFF_MAX_S.
+            self._leaderless_deadline = (time.monotonic() + self.leaderless_bound_s()
+                                         + BACKOFF_MAX_S)
         self._on_role(node.raw.raft.leader_id, node.raw.raft.state)
         node.role_listeners.append(self._on_role)
 
     def _on_role(self, leader_id: int, role: StateRole) -> None:
         if leader_id != 0:
+            self._leaderless_deadline = None
             self._no_leader.clear()
             self._has_leader.set()
         else:
+            if self._leaderless_deadline is None:
+                self._leaderless_deadline = time.monotonic() + self.leaderless_bound_s()
             self._has_leader.clear()
             self._no_leader.set()
 
-    def _election_timeout_s(self) -> float:
-        return self.node.config.election_tick * self.node.config.tick_interval_s
+    def leaderless_bound_s(self) -> float:
+        """How long a member may be without a leader before the streams that asked for
+        one fail: NO_LEADER_ELECTIONS_MAX election timeouts."""
+        config = self.node.config
+        return NO_LEADER_ELECTIONS_MAX * config.election_tick * config.tick_interval_s
+
+    async def _leader_known(self) -> bool:
+        """Whether the member knows a leader, waiting (bounded) until its leaderless
+        deadline — a member that has just started or lost its leader a moment ago may
+        know one soon. (etcd serves no client before it has a leader: it waits for its
+        own publication through Raft.)"""
+        deadline = self._leaderless_deadline
+        if deadline is not None:
+            left_s = deadline - time.monotonic()
+            if left_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._has_leader.wait(), left_s)
+        return self._has_leader.is_set()
 
     async def _monitor_leader(self) -> None:
-        """Returns when this member has had no leader for NO_LEADER_ELECTIONS_MAX
-        election timeouts in a row."""
-        bound_s = NO_LEADER_ELECTIONS_MAX * self._election_timeout_s()
+        """Returns when this member has had no leader for leaderless_bound_s in a row
+        (etcd's monitorLeader)."""
         while True:
             await self._no_leader.wait()
-            try:
-                await asyncio.wait_for(self._has_leader.wait(), bound_s)
-            except TimeoutError:
+            if not await self._leader_known():
                 return
 
     async def _ticker(self, stream: WatchStream) -> None:
@@ -290,7 +321,7 @@ class WatchService(etcdpb_grpc.WatchServicer):
                     context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
         require_leader = metadata.get("hasleader") == "true"
-        if require_leader and self.node.raw.raft.leader_id == 0:
+        if require_leader and not await self._leader_known():
             await context.abort(grpc.StatusCode.UNAVAILABLE, ERR_NO_LEADER)
         stream = WatchStream(self)
         tasks = [asyncio.create_task(self._read(request_iterator, stream), name="watch-read"),
