@@ -40,7 +40,14 @@ from kvraft.client import (
     parse_endpoints,
     prefix_end,
 )
-from kvraft.server.config import EVENT_LOOPS, NodeConfig, ServeError, parse_initial_cluster
+from kvraft.server.config import (
+    EVENT_LOOPS,
+    NodeConfig,
+    ServeError,
+    parse_initial_cluster,
+    parse_member_id,
+    parse_retention,
+)
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -101,10 +108,10 @@ class MemberIdType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
             return value
-        text = str(value).strip()
-        if not text.isdigit() or not 0 < int(text) <= UINT64_MAX:
-            self.fail(f"invalid member id {value!r}: expected a positive integer", param, ctx)
-        return int(text)
+        try:
+            return parse_member_id(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class InitialClusterType(click.ParamType):
@@ -175,7 +182,8 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--id", "node_id", type=MEMBER_ID, envvar="KVRAFT_ID", default=DEFAULT_NODE_ID,
-              show_default=True, help="This node's member id (a positive integer).")
+              show_default=True, help="This node's member id: a positive integer, decimal "
+              "or 0x-hex (etcdctl prints the id `member add` gave in hex).")
 @click.option("--data-dir", envvar="KVRAFT_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the node keeps its Raft log and data.")
 @click.option("--listen", type=ADDRESS, envvar="KVRAFT_LISTEN", default=DEFAULT_LISTEN,
@@ -220,12 +228,22 @@ def cli() -> None:
 @click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
               metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
               "({id} = node id) when it stops.")
+@click.option("--quota-backend-bytes", type=click.IntRange(min=1),
+              envvar="KVRAFT_QUOTA_BACKEND_BYTES", default=NodeConfig.quota_backend_bytes,
+              show_default=True, metavar="BYTES",
+              help="Past this size of its database a member raises a NOSPACE alarm, and "
+              "writes that add data are refused until it is disarmed.")
+@click.option("--auto-compaction-retention", envvar="KVRAFT_AUTO_COMPACTION_RETENTION",
+              default="0", show_default=True, metavar="REVISIONS|DURATION",
+              help="Compact history automatically: keep this many revisions, or a "
+              "duration's worth (30s, 5m, 1h); 0 is off.")
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, leveldb_write_buffer_bytes: int,
-          profile_path: str | None) -> int:
+          profile_path: str | None, quota_backend_bytes: int,
+          auto_compaction_retention: str) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -259,8 +277,10 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
         leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
+        quota_backend_bytes=quota_backend_bytes,
     )
     try:
+        config.auto_compaction = parse_retention(auto_compaction_retention)
         config.validate()
         return run_node(config)
     except ServeError as e:

@@ -390,6 +390,11 @@ class Node:
         return self.id, r.leader_id, r.term, self.store.sm.applied_index
 
     @property
+    def leader_id(self) -> int:
+        """The leader this node knows of (0: none)."""
+        return self._leader_id
+
+    @property
     def stopping(self) -> bool:
         return self._stopping
 
@@ -591,13 +596,24 @@ class Node:
 
         asyncio.get_running_loop().call_later(self._election_timeout_s() * 2, forget)
 
-    def _propose_cluster_version(self, data: bytes) -> None:
+    def propose_own(self, encode: Callable[[int], bytes], what: str) -> None:
+        """Propose a command of the node's own (a cluster version raise, an alarm, an
+        automatic compaction): `encode(request_id)` makes it; nobody waits for it, and
+        it is forgotten after two election timeouts (the caller proposes it again if it
+        is still needed). Call it on the event loop."""
+        if self._stopping:
+            return
         request_id = self._new_request_id()
-        command = commands.decode_command(data)
-        command.request_id = request_id
-        self._propose_in_background(
-            Proposal(request_id=request_id, data=commands.encode_command(command)),
-            "cluster version raise")
+        self._propose_in_background(Proposal(request_id=request_id, data=encode(request_id)),
+                                    what)
+
+    def _propose_cluster_version(self, data: bytes) -> None:
+        def encode(request_id: int) -> bytes:
+            command = commands.decode_command(data)
+            command.request_id = request_id
+            return commands.encode_command(command)
+
+        self.propose_own(encode, "cluster version raise")
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +17,7 @@ from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
 from .etcd.register import add_etcd_services
+from .health import HealthChecks
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
@@ -113,7 +114,8 @@ async def _serve(config: NodeConfig) -> int:
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server
         )
-        etcd_names = add_etcd_services(client_server, node, config, metrics)
+        etcd_closers: list[Callable[[], Awaitable[None]]] = []
+        etcd_names = add_etcd_services(client_server, node, config, metrics, etcd_closers)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
         reflection.enable_server_reflection(
@@ -131,7 +133,8 @@ async def _serve(config: NodeConfig) -> int:
         _bind(client_server, config.listen, "--listen")
         if config.metrics_listen:
             try:
-                metrics.serve(config.metrics_listen)
+                metrics.serve(config.metrics_listen,
+                              HealthChecks(node, asyncio.get_running_loop()))
             except OSError as e:
                 raise ServeError(
                     f"cannot listen on --metrics-listen {config.metrics_listen}: {e.strerror}"
@@ -163,6 +166,8 @@ async def _serve(config: NodeConfig) -> int:
             client_server.stop(SHUTDOWN_GRACE_S), node.stop(),
         )
         await peer_server.stop(0.2)
+        for close in etcd_closers:   # before the store closes (finally, below)
+            await close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("node %d: stopped", config.node_id)

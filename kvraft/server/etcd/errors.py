@@ -46,9 +46,44 @@ class EtcdStatus:
         return EtcdError(self.code, self.message)
 
 
+# --- etcd's rpctypes (the subset kvraft answers with; names without etcd's ErrGRPC) ---
+# Cluster
+MEMBER_EXIST = EtcdStatus(Code.FAILED_PRECONDITION, "etcdserver: member ID already exist")
+PEER_URL_EXIST = EtcdStatus(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+MEMBER_NOT_ENOUGH_STARTED = EtcdStatus(
+    Code.FAILED_PRECONDITION,
+    "etcdserver: re-configuration failed due to not enough started members")
+MEMBER_BAD_URLS = EtcdStatus(Code.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")
+MEMBER_NOT_FOUND = EtcdStatus(Code.NOT_FOUND, "etcdserver: member not found")
+MEMBER_NOT_LEARNER = EtcdStatus(Code.FAILED_PRECONDITION,
+                                "etcdserver: can only promote a learner member")
+LEARNER_NOT_READY = EtcdStatus(
+    Code.FAILED_PRECONDITION,
+    "etcdserver: can only promote a learner member which is in sync with leader")
+TOO_MANY_LEARNERS = EtcdStatus(Code.FAILED_PRECONDITION,
+                               "etcdserver: too many learner members in cluster")
+# Requests
 REQUEST_TOO_LARGE = EtcdStatus(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
+TOO_MANY_REQUESTS = EtcdStatus(Code.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
+NO_SPACE = EtcdStatus(Code.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+# Leadership and availability
+NO_LEADER = EtcdStatus(Code.UNAVAILABLE, "etcdserver: no leader")
+NOT_LEADER = EtcdStatus(Code.FAILED_PRECONDITION, "etcdserver: not leader")
+LEADER_CHANGED = EtcdStatus(Code.UNAVAILABLE, "etcdserver: leader changed")
 STOPPED = EtcdStatus(Code.UNAVAILABLE, "etcdserver: server stopped")
 TIMEOUT = EtcdStatus(Code.UNAVAILABLE, "etcdserver: request timed out")
+UNHEALTHY = EtcdStatus(Code.UNAVAILABLE, "etcdserver: unhealthy cluster")
+CORRUPT = EtcdStatus(Code.DATA_LOSS, "etcdserver: corrupt cluster")
+NOT_SUPPORTED_FOR_LEARNER = EtcdStatus(Code.UNAVAILABLE,
+                                       "etcdserver: rpc not supported for learner")
+BAD_LEADER_TRANSFEREE = EtcdStatus(Code.FAILED_PRECONDITION,
+                                   "etcdserver: bad leader transferee")
+# etcd's server error ErrTimeoutLeaderTransfer. etcd's togRPCError does not map it (its
+# clients see codes.Unknown); kvraft answers UNAVAILABLE, as for its other timeouts.
+LEADER_TRANSFER_TIMEOUT = EtcdStatus(
+    Code.UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long")
+# The message of etcd's raft.ErrNoLeader, as etcd's Status lists it among `errors`.
+NO_LEADER_STATUS_ERROR = "etcdserver: no leader"
 
 
 def from_mvcc_error(e: MVCCError) -> EtcdError:

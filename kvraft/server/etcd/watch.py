@@ -36,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -354,11 +354,17 @@ class WatchService(etcdpb_grpc.WatchServicer):
             await context.write(resp)
 
 
-def add_watch_service(server: grpc.aio.Server, node: Node, config: NodeConfig, *,
+def add_watch_service(server: grpc.aio.Server, node: Node, config: NodeConfig,
+                      on_close: list[Callable[[], Awaitable[None]]] | None = None, *,
                       progress_interval_s: float = PROGRESS_INTERVAL_S) -> str:
-    """The member's watch hub, fed by apply, and etcd's Watch service over it."""
+    """The member's watch hub, fed by apply, and etcd's Watch service over it. At
+    shutdown (`on_close`) the hub cancels its watchers' catch-up reads."""
     hub = WatchHub(node.store.sm)
     node.apply_listeners.append(hub.on_applied)
     etcdpb_grpc.add_WatchServicer_to_server(
         WatchService(node, hub, progress_interval_s=progress_interval_s), server)
+    if on_close is not None:
+        async def close() -> None:
+            hub.close()
+        on_close.append(close)
     return str(etcdpb.DESCRIPTOR.services_by_name["Watch"].full_name)
