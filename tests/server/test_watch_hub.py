@@ -481,3 +481,25 @@ def test_hub_fed_by_a_real_nodes_apply_and_its_state_machine(tmp_path: Path) -> 
             await node.stop()
             store.close()
     asyncio.run(asyncio.wait_for(main(), WAIT_S * 3))
+
+
+def test_large_values_overflow_the_byte_bound_and_catch_up_in_smaller_chunks(
+        tmp_path: Path) -> None:
+    """The buffer is bounded in bytes as well as events: a slow watcher of large values
+    overflows after a few, then catches up in chunks sized to the byte target."""
+    async def scenario(m: Member) -> None:
+        start = m.store.revision + 1
+        c = Consumer(m.hub, WatchSpec(b"big/", b"big0"), 1, take_max=2)
+        big = b"x" * 10_000
+        for i in range(40):
+            m.put(f"big/{i % 3}".encode(), big + str(i).encode())
+            assert c.w._buffer_bytes <= 30_000 + 11_000
+        assert not c.w.synced and m.hub.overflows == 1
+        assert c.w.pending <= 3
+        reads_before = m.hub.catch_up_reads
+        want = m.history(b"big/", b"big0", start)
+        await c.until_count(len(want))
+        assert [e.kv.value for e in c.got] == [e.kv.value for e in want]
+        # ~25 KB per chunk at ~10 KB per event: 2 events a read, not 100.
+        assert m.hub.catch_up_reads - reads_before >= (len(want) - 3) // 3
+    run(tmp_path, scenario, buffer_bytes_max=30_000, chunk_events=100, chunk_bytes=25_000)

@@ -52,12 +52,31 @@ log = logging.getLogger(__name__)
 # and it catches up from the store once its consumer has drained what it holds. Bounds
 # the memory a slow client can pin (times the size of an event).
 WATCHER_BUFFER_EVENTS_MAX = 1024
+# ... or past this many bytes of them (event_bytes): a few events with large values
+# must not pin as much memory as a thousand small ones.
+WATCHER_BUFFER_BYTES_MAX = 8 << 20
 # Events asked of the store per catch-up read (whole revisions; a revision with more
 # events comes whole). Bounds the memory and the thread time of one read.
 CATCH_UP_CHUNK_EVENTS = 512
+# A catch-up read asks for fewer events when the last chunk's were large, aiming at
+# this many bytes per chunk (the store's read bounds events, not bytes).
+CATCH_UP_CHUNK_BYTES = 4 << 20
+# The first catch-up read of a watcher that has been given no event yet (nothing tells
+# how large its events are) asks for at most this many.
+CATCH_UP_FIRST_CHUNK_EVENTS = 32
+# Per event held, besides its keys and values (the objects around them).
+EVENT_OVERHEAD_BYTES = 200
 # Catch-up reads in flight at once on a member, whatever the number of unsynced
 # watchers: the store's thread pool serves the node too.
 CATCH_UP_READS_MAX = 4
+
+
+def event_bytes(event: Event) -> int:
+    """About what an event held in a buffer costs."""
+    size = EVENT_OVERHEAD_BYTES + len(event.kv.key) + len(event.kv.value)
+    if event.prev_kv is not None:
+        size += len(event.prev_kv.key) + len(event.prev_kv.value)
+    return size
 
 
 def event_revision(event: Event) -> int:
@@ -110,8 +129,10 @@ class Watcher:
       (i.e. next_revision > hub.revision at the moment it joined, and the fan-out has
       fed it every revision since).
     * `_buffer`: events given, not yet taken by the consumer, in revision order; at
-      most WATCHER_BUFFER_EVENTS_MAX while fed by the fan-out (a catch-up chunk is put
-      only into an empty buffer).
+      most the hub's buffer_events_max events and buffer_bytes_max bytes while fed by
+      the fan-out (a catch-up chunk is put only into an empty buffer, and one entry's
+      events into an empty one whatever their size). `_buffer_bytes`: their
+      event_bytes.
     * `compact_revision`: > 0 once cancelled because next_revision was compacted; the
       consumer sends what is buffered, then the cancellation.
     * `closed`: cancelled (by the client, the stream's end, compaction, or a failed
@@ -132,6 +153,10 @@ class Watcher:
         self.closed = False
         self.cancel_reason = ""                # the server ended it (not compaction)
         self._buffer: deque[Event] = deque()
+        self._buffer_bytes = 0
+        # Events given so far and their bytes: how large this watch's events run.
+        self.given_events = 0
+        self.given_bytes = 0
         self._wake = wake                      # the consumer's: something to send
         self._drained = asyncio.Event()        # the catch-up task's: buffer emptied
         self._drained.set()
@@ -154,7 +179,9 @@ class Watcher:
         while buf:
             if len(out) >= events_max and event_revision(buf[0]) != event_revision(out[-1]):
                 break
-            out.append(buf.popleft())
+            ev = buf.popleft()
+            self._buffer_bytes -= event_bytes(ev)
+            out.append(ev)
         if out:
             self.sent_since_tick = True
         if not buf:
@@ -180,7 +207,7 @@ class Watcher:
             return Event(event.type, event.kv)
         return event
 
-    def _append(self, events: Sequence[Event]) -> None:
+    def _append(self, events: Sequence[Event], size: int) -> None:
         """The fan-out's share for one entry: matching, shaped, all at revisions >=
         next_revision (the caller advances next_revision past the entry)."""
         assert not self._buffer or event_revision(self._buffer[-1]) <= \
@@ -188,6 +215,9 @@ class Watcher:
         assert event_revision(events[0]) >= self.next_revision, \
             f"watch {self.id}: given {event_revision(events[0])} below {self.next_revision}"
         self._buffer.extend(events)
+        self._buffer_bytes += size
+        self.given_events += len(events)
+        self.given_bytes += size
         self._drained.clear()
         self._wake.set()
 
@@ -201,7 +231,12 @@ class Watcher:
             assert not self._buffer or event_revision(self._buffer[-1]) <= rev, \
                 f"watch {self.id}: event at {rev} after {event_revision(self._buffer[-1])}"
             if self._matches(ev):
-                self._buffer.append(self._shape(ev))
+                shaped = self._shape(ev)
+                size = event_bytes(shaped)
+                self._buffer.append(shaped)
+                self._buffer_bytes += size
+                self.given_events += 1
+                self.given_bytes += size
         if upto_revision + 1 > self.next_revision:
             self.next_revision = upto_revision + 1
         if self._buffer:
@@ -221,12 +256,17 @@ class WatchHub:
 
     def __init__(self, source: EventSource, *,
                  buffer_events_max: int = WATCHER_BUFFER_EVENTS_MAX,
+                 buffer_bytes_max: int = WATCHER_BUFFER_BYTES_MAX,
                  chunk_events: int = CATCH_UP_CHUNK_EVENTS,
+                 chunk_bytes: int = CATCH_UP_CHUNK_BYTES,
                  reads_max: int = CATCH_UP_READS_MAX) -> None:
         assert buffer_events_max >= 1 and chunk_events >= 1 and reads_max >= 1
+        assert buffer_bytes_max >= 1 and chunk_bytes >= 1
         self.source = source
         self.buffer_events_max = buffer_events_max
+        self.buffer_bytes_max = buffer_bytes_max
         self.chunk_events = chunk_events
+        self.chunk_bytes = chunk_bytes
         self.revision = source.revision
         self._synced: set[Watcher] = set()
         self._catching_up: dict[Watcher, asyncio.Task[None]] = {}
@@ -301,27 +341,30 @@ class WatchHub:
         `revision`). Watchers with the same key range, filters and prev_kv (many
         clients of one prefix) share one filtering pass per entry."""
         overflowed: list[Watcher] = []
-        shares: dict[tuple[object, ...], list[Event]] = {}
-        limit = self.buffer_events_max
+        shares: dict[tuple[object, ...], tuple[list[Event], int]] = {}
+        events_max, bytes_max = self.buffer_events_max, self.buffer_bytes_max
         for w in self._synced:
             assert w.next_revision > self.revision, \
                 f"watch {w.id}: synced at {w.next_revision} behind hub {self.revision}"
             if w.next_revision > revision:
                 continue                       # a watch from a future revision
             if events:
-                share = shares.get(w.share_key)
-                if share is None:
-                    share = shares[w.share_key] = [w._shape(ev) for ev in events
-                                                   if w._matches(ev)]
+                cached = shares.get(w.share_key)
+                if cached is None:
+                    matching = [w._shape(ev) for ev in events if w._matches(ev)]
+                    cached = shares[w.share_key] = (matching,
+                                                    sum(map(event_bytes, matching)))
+                share, size = cached
                 if share:
                     pending = len(w._buffer)
-                    if pending and pending + len(share) > limit:
+                    if pending and (pending + len(share) > events_max
+                                    or w._buffer_bytes + size > bytes_max):
                         # A slow consumer: stop feeding it; it catches up from this
                         # revision once it has taken what it holds. Apply and the
                         # other watchers never wait for it.
                         overflowed.append(w)
                         continue
-                    w._append(share)
+                    w._append(share, size)
             w.next_revision = revision + 1
         for w in overflowed:
             self.overflows += 1
@@ -356,7 +399,15 @@ class WatchHub:
         w.compact_revision = compact_revision
         w._wake.set()
 
+    def _chunk_limit(self, mean_event_bytes: float) -> int:
+        """Events per catch-up read for events of about this size."""
+        return max(1, min(self.chunk_events, int(self.chunk_bytes / mean_event_bytes)))
+
     async def _catch_up(self, w: Watcher) -> None:
+        if w.given_events:
+            limit = self._chunk_limit(w.given_bytes / w.given_events)
+        else:
+            limit = min(self.chunk_events, CATCH_UP_FIRST_CHUNK_EVENTS)
         try:
             while not w.closed:
                 # Read a chunk only into an empty buffer: the consumer's pace bounds
@@ -369,9 +420,12 @@ class WatchHub:
                     self.catch_up_reads += 1
                     events = await asyncio.to_thread(
                         self.source.events, w.spec.key, w.spec.range_end, w.next_revision,
-                        prev_kv=w.spec.prev_kv, limit=self.chunk_events)
+                        prev_kv=w.spec.prev_kv, limit=limit)
                 if w.closed:
                     return
+                if events:
+                    # Aim the next chunk at chunk_bytes, from this one's event sizes.
+                    limit = self._chunk_limit(sum(map(event_bytes, events)) / len(events))
                 # Back on the loop: no fan-out runs until the next await.
                 if events:
                     w._give(events, event_revision(events[-1]))
