@@ -503,3 +503,22 @@ def test_large_values_overflow_the_byte_bound_and_catch_up_in_smaller_chunks(
         # ~25 KB per chunk at ~10 KB per event: 2 events a read, not 100.
         assert m.hub.catch_up_reads - reads_before >= (len(want) - 3) // 3
     run(tmp_path, scenario, buffer_bytes_max=30_000, chunk_events=100, chunk_bytes=25_000)
+
+
+def test_a_broken_fan_out_ends_every_watch_with_a_reason_not_the_member(
+        tmp_path: Path) -> None:
+    """An entry whose events lie about their revision breaks the hub's invariant: the
+    apply listener does not raise (the member's apply goes on); every watch ends with a
+    reason; new watches work."""
+    async def scenario(m: Member) -> None:
+        c = Consumer(m.hub, WatchSpec(b"b"), 1)
+        m.put(b"b", b"1")
+        rev = m.store.revision
+        bad = Event(EventType.PUT, mvcc.KeyValue(b"b", 1, rev + 5, 1, b"x"))
+        m.hub.on_applied([object()], [Applied(rev + 1, [bad])])
+        assert c.w.closed and c.w.cancel_reason and m.hub.watchers == 0
+        again = Consumer(m.hub, WatchSpec(b"b"), 2)
+        m.put(b"b", b"2")
+        await again.until_count(1)
+        assert again.got[0].kv.value == b"2"
+    run(tmp_path, scenario)

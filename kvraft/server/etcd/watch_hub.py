@@ -71,6 +71,9 @@ EVENT_OVERHEAD_BYTES = 200
 CATCH_UP_READS_MAX = 4
 
 
+HUB_FAILED_REASON = "kvraft: the member's watch hub failed; resume the watch"
+
+
 def event_bytes(event: Event) -> int:
     """About what an event held in a buffer costs."""
     size = EVENT_OVERHEAD_BYTES + len(event.kv.key) + len(event.kv.value)
@@ -321,20 +324,36 @@ class WatchHub:
     def on_applied(self, entries: Sequence[object], results: Sequence[object]) -> None:
         """node.apply_listeners: each applied batch's results, in log order, on the
         loop; ([], []) after a snapshot install. Must not block: it only appends to
-        bounded buffers."""
-        if not entries and not results:
-            self._on_snapshot_installed()
-            return
-        for result in results:
-            events: Sequence[Event] = getattr(result, "events", None) or ()
-            revision = getattr(result, "revision", 0) or 0
-            if revision <= self.revision:
-                # An entry that wrote no revision (kvraft's own commands, a refused
-                # write) — or one the hub has passed (created after it was applied).
-                continue
-            assert all(event_revision(ev) <= revision for ev in events)
-            self._fan_out(events, revision)
-            self.revision = revision
+        bounded buffers.
+
+        A failure in here (a broken invariant of the hub) ends every watch, with a
+        reason, and the hub starts over from the store's revision: the member's apply
+        goes on, and clients resume their watches (from their last revision + 1) —
+        never a silent gap, never a member down for a watch."""
+        try:
+            if not entries and not results:
+                self._on_snapshot_installed()
+                return
+            for result in results:
+                events: Sequence[Event] = getattr(result, "events", None) or ()
+                revision = getattr(result, "revision", 0) or 0
+                if revision <= self.revision:
+                    # An entry that wrote no revision (kvraft's own commands, a refused
+                    # write) — or one the hub has passed (created after it was applied).
+                    continue
+                assert all(event_revision(ev) <= revision for ev in events)
+                self._fan_out(events, revision)
+                self.revision = revision
+        except Exception:
+            log.exception("watch hub: fan-out failed; ending every watch")
+            self._end_all(HUB_FAILED_REASON)
+            self.revision = max(self.revision, self.source.revision)
+
+    def _end_all(self, reason: str) -> None:
+        for w in list(self._synced) + list(self._catching_up):
+            self.cancel(w)
+            w.cancel_reason = reason
+            w._wake.set()
 
     def _fan_out(self, events: Sequence[Event], revision: int) -> None:
         """Give each synced watcher its share of one entry's events (all at or below
