@@ -215,6 +215,15 @@ def test_watch_from_a_revision_replays_history_with_prev_kv(cluster: LocalCluste
     w.no_more_output(0.5)
 
 
+def _compacted_at(endpoint: str, revision: int) -> bool:
+    assert ETCDCTL is not None
+    r = subprocess.run([ETCDCTL, f"--endpoints={endpoint}", "--dial-timeout=5s",
+                        "--command-timeout=10s", "get", "--consistency=s", "--rev",
+                        str(revision), "wc"], capture_output=True, text=True, env=_env(),
+                       timeout=ETCDCTL_TIMEOUT_S)
+    return r.returncode != 0 and "required revision has been compacted" in r.stderr
+
+
 def _endpoint_other_than(cluster: LocalCluster, node_id: int) -> str:
     return cluster.nodes[next(i for i in sorted(cluster.nodes) if i != node_id)].client_address
 
@@ -229,7 +238,12 @@ def test_watch_from_a_compacted_revision_is_cancelled_with_etcds_message(
     now = revision_of(ep)
     out = etcdctl(ep, "compact", str(now))
     assert out.strip() == f"compacted revision {now}"
-    w = watch(watches, _endpoint_other_than(cluster, leader), "--rev", str(old), "wc")
+    # The answer comes once the leader applied the compaction; the follower applies
+    # it a moment later (a serializable read there at `old` then fails, as etcd's).
+    other = _endpoint_other_than(cluster, leader)
+    wait_until(lambda: _compacted_at(other, old), LINE_TIMEOUT_S,
+               "the follower to apply the compaction")
+    w = watch(watches, other, "--rev", str(old), "wc")
     line = w.expect_err()
     assert line == ("watch was canceled (etcdserver: mvcc: required revision has been "
                     "compacted)"), line
