@@ -15,12 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kvraft.client import Client
-from kvraft.proto import etcdserverpb_pb2 as etcdpb
-from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from tests.cli.helpers import KVRAFT, assert_one_error_line, clean_env, run_kvraft
 from tests.cluster.harness import LocalCluster, wait_until
 
@@ -39,33 +36,7 @@ BLOCKED_CHECK_S = 2.0
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster.start(3) as c:
         c.wait_leader()
-        channel = grpc.insecure_channel(c.nodes[1].client_address)
-        try:
-            etcdpb_grpc.KVStub(channel).Range(etcdpb.RangeRequest(key=b"probe"), timeout=10)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                pytest.skip("etcd's KV service is not served by this build yet")
-            raise
-        finally:
-            channel.close()
         yield c
-
-
-@pytest.fixture(scope="module")
-def watch_served(cluster: LocalCluster) -> None:
-    """Skip until etcd's Watch service is served (a branch of its own until merged)."""
-    channel = grpc.insecure_channel(cluster.nodes[1].client_address)
-    try:
-        create = etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(key=b"probe"))
-        stream = etcdpb_grpc.WatchStub(channel).Watch(iter([create]), timeout=10)
-        next(stream)
-        stream.cancel()
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("etcd's Watch service is not served by this build yet")
-        raise
-    finally:
-        channel.close()
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +202,6 @@ def test_lease_keep_alive_renews_until_interrupted(eps: str, running: list[Runni
 # --------------------------------------------------------------------------- watch
 
 
-@pytest.mark.usefixtures("watch_served")
 @needs_etcdctl
 def test_watch_prints_what_etcdctl_watch_prints(eps: str, running: list[Running]) -> None:
     kvraft(eps, "put", "cliw/a", "1")
@@ -256,7 +226,6 @@ def test_watch_prints_what_etcdctl_watch_prints(eps: str, running: list[Running]
     theirs.interrupt()
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_watch_of_a_compacted_revision_fails_in_one_line(eps: str) -> None:
     kvraft(eps, "put", "cliw/compacted", "x")
     rev = revision_of(eps, "cliw/compacted")
@@ -324,7 +293,6 @@ def test_txn_output_is_etcdctls_for_the_same_input(eps: str) -> None:
 # --------------------------------------------------------------------------- lock
 
 
-@pytest.mark.usefixtures("watch_served")
 @needs_etcdctl
 def test_a_kvraft_lock_blocks_etcdctl_lock_until_released(
         eps: str, running: list[Running]) -> None:
@@ -339,7 +307,6 @@ def test_a_kvraft_lock_blocks_etcdctl_lock_until_released(
     assert waiter.proc.wait(WAIT_S) == 0
 
 
-@pytest.mark.usefixtures("watch_served")
 @needs_etcdctl
 def test_an_etcdctl_lock_blocks_kvraft_lock_and_the_command_gets_the_token(
         eps: str, running: list[Running]) -> None:
@@ -370,7 +337,6 @@ def test_lock_exits_with_its_commands_status(eps: str) -> None:
 # --------------------------------------------------------------------------- elect
 
 
-@pytest.mark.usefixtures("watch_served")
 @needs_etcdctl
 def test_kvraft_elect_observes_an_etcdctl_campaign_and_etcdctl_sees_kvrafts(
         eps: str, running: list[Running]) -> None:

@@ -29,7 +29,6 @@ from kvraft.client import (
 )
 from kvraft.client_etcd import PUT, Event, Watch
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
-from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from tests.cluster.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -45,33 +44,7 @@ WAIT_S = 20.0
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster.start(3) as c:
         c.wait_leader()
-        channel = grpc.insecure_channel(c.nodes[1].client_address)
-        try:
-            etcdpb_grpc.KVStub(channel).Range(etcdpb.RangeRequest(key=b"probe"), timeout=10)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                pytest.skip("etcd's KV service is not served by this build yet")
-            raise
-        finally:
-            channel.close()
         yield c
-
-
-@pytest.fixture(scope="module")
-def watch_served(cluster: LocalCluster) -> None:
-    """Skip until etcd's Watch service is served (a branch of its own until merged)."""
-    channel = grpc.insecure_channel(cluster.nodes[1].client_address)
-    try:
-        create = etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(key=b"probe"))
-        stream = etcdpb_grpc.WatchStub(channel).Watch(iter([create]), timeout=10)
-        next(stream)
-        stream.cancel()
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("etcd's Watch service is not served by this build yet")
-        raise
-    finally:
-        channel.close()
 
 
 @pytest.fixture
@@ -186,7 +159,6 @@ def test_txn_compares_over_a_prefix_nested_txns_and_etcd_messages(kv: Client) ->
 # --------------------------------------------------------------------------- watch
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_watch_from_a_past_revision_replays_the_history_with_prev_kv(kv: Client) -> None:
     kv.put("w1/a", "1")
     start = kv.range("w1/a").kvs[0].mod_revision
@@ -204,7 +176,6 @@ def test_a_watch_from_a_past_revision_replays_the_history_with_prev_kv(kv: Clien
     assert revisions[0] == start
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_watch_from_now_sees_only_later_changes(kv: Client) -> None:
     kv.put("w2", "before")
     w = kv.watch("w2")
@@ -218,7 +189,6 @@ def test_a_watch_from_now_sees_only_later_changes(kv: Client) -> None:
     assert [(e.type, e.kv.value) for e in got] == [("PUT", b"after"), ("DELETE", b"")]
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_watch_resumes_on_another_member_after_kill9_with_no_gap_or_duplicate(
         cluster: LocalCluster) -> None:
     """The watch's member is killed -9 while puts go on through the others: the watch
@@ -270,7 +240,6 @@ def test_a_watch_resumes_on_another_member_after_kill9_with_no_gap_or_duplicate(
     cluster.wait_leader()
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_watch_leaves_a_paused_member_for_another_with_no_gap_or_duplicate(
         cluster: LocalCluster) -> None:
     """SIGSTOP of the watch's member keeps its TCP stream open but silent: the watchdog
@@ -363,7 +332,6 @@ def test_an_abandoned_lease_expires_and_takes_its_keys(kv: Client) -> None:
 # --------------------------------------------------------------------------- locks
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_lock_excludes_a_second_holder_until_released(cluster: LocalCluster) -> None:
     with Client(cluster.endpoints(), timeout=10) as a, \
             Client(cluster.endpoints(), timeout=10) as b:
@@ -382,7 +350,6 @@ def test_a_lock_excludes_a_second_holder_until_released(cluster: LocalCluster) -
         assert b.range("locks/one/", prefix=True).kvs == ()
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_lock_wait_times_out_and_leaves_no_key(kv: Client) -> None:
     with kv.lock("locks/two", ttl=LEASE_TTL_S) as held:
         began = time.monotonic()
@@ -392,7 +359,6 @@ def test_a_lock_wait_times_out_and_leaves_no_key(kv: Client) -> None:
         assert [k.key for k in kv.range("locks/two/", prefix=True).kvs] == [held.key]
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused(
         kv: Client) -> None:
     """A lock is not mutual exclusion under pauses (docs/client.md#locks): the holder
@@ -420,7 +386,6 @@ def test_a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused(
 # --------------------------------------------------------------------------- elections
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_an_election_campaign_proclaim_observe_and_resign(cluster: LocalCluster) -> None:
     with Client(cluster.endpoints(), timeout=10) as a, \
             Client(cluster.endpoints(), timeout=10) as b, \
@@ -462,7 +427,6 @@ def test_an_election_campaign_proclaim_observe_and_resign(cluster: LocalCluster)
 # Last: compaction removes the history the tests above read.
 
 
-@pytest.mark.usefixtures("watch_served")
 def test_reads_and_watches_below_the_compacted_revision_fail(kv: Client) -> None:
     kv.put("compact/k", "old")
     old = kv.range("compact/k").kvs[0].mod_revision
