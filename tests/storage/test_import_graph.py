@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kvraft.raft",),
     ("kvraft.storage",),
     ("kvraft.server",),
-    ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
+    ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.cli_ops", "kvraft.bench",
      "kvraft.devcluster", "kvraft.procs", "kvraft.__main__"),
 ]
 
