@@ -397,8 +397,9 @@ def _alarm_call(endpoints: list[str], timeout_s: float, request: etcdpb.AlarmReq
 
 
 def format_alarm(alarm: etcdpb.AlarmMember) -> str:
-    """etcdctl's line for an alarm: the member id in decimal, the alarm's name."""
-    return f"memberID:{alarm.memberID} alarm:{etcdpb.AlarmType.Name(alarm.alarm)}"
+    """etcdctl's line for an alarm, byte for byte: the member id in decimal, the
+    alarm's name, and the space etcdctl 3.4 prints before the newline."""
+    return f"memberID:{alarm.memberID} alarm:{etcdpb.AlarmType.Name(alarm.alarm)} "
 
 
 def _alarm_group(client_options: ClientOptions) -> click.Group:
