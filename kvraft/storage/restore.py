@@ -24,7 +24,8 @@ it): every LevelDB write a synced batch, the commit point (log, hard state, appl
 index) one synced batch, then every file and the directory fsynced, read back and
 checked, and only then renamed to its name (and the parent fsynced). So DIR is either
 absent/empty or a whole restored member, never a half-restored one that `kvraft serve`
-could mistake for an empty directory and bootstrap. A file that fails a check leaves
+could mistake for an empty directory and bootstrap (a staging directory a crash left
+is removed by the next restore of DIR). A file that fails a check leaves
 nothing (its checksums are verified before anything is written, and again while the
 data is copied). Refusals (a non-empty DIR, a bad file, an id not in the members) are
 RestoreError, one line.
@@ -32,6 +33,7 @@ RestoreError, one line.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -42,7 +44,14 @@ from pathlib import Path
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.storage import keys
 from kvraft.storage.commands import MemberRecord
-from kvraft.storage.datadir import DB_NAME, DataDir, DataDirError, fsync_dir, fsync_file
+from kvraft.storage.datadir import (
+    DB_NAME,
+    LOCK_NAME,
+    DataDir,
+    DataDirError,
+    fsync_dir,
+    fsync_file,
+)
 from kvraft.storage.log_store import LevelDBStorage
 from kvraft.storage.mvcc import layout as mvcc_layout
 from kvraft.storage.snapshot import TAG_KV, TAG_MVCC, TAG_PREFIXES
@@ -107,6 +116,23 @@ def _check_target(target: Path) -> None:
                                "new member's directory (remove it or choose another)")
 
 
+def _remove_stale_staging(target: Path) -> None:
+    """Remove what restores of `target` cut short (a crash, a power cut) left beside
+    it: staging directories whose lock no running process holds."""
+    for stale in target.parent.glob(f".{target.name}{STAGING_INFIX}*"):
+        try:
+            fd = os.open(stale / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            continue   # not locked yet: maybe a restore starting now; left alone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue   # a restore running now
+        finally:
+            os.close(fd)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _kept(tag: int, key: bytes) -> bool:
     """Whether an image record is copied (members are replaced; alarms dropped)."""
     if tag == TAG_KV:
@@ -138,6 +164,7 @@ def restore_data_dir(snapshot_path: str | Path, data_dir: str | Path, node_id: i
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RestoreError(f"cannot create {target.parent}: {e.strerror}") from None
+    _remove_stale_staging(target)
     staging = target.parent / f".{target.name}{STAGING_INFIX}{uuid.uuid4().hex[:8]}"
     try:
         _build(staging, snapshot_path, node_id, members, cluster_id, index, info,

@@ -226,3 +226,19 @@ def test_an_image_without_its_sha256_is_read_only_when_told_to_skip_the_check(
     result = restore_data_dir(raw, tmp_path / "d", 4, NEW_MEMBERS, verify_hash=False)
     assert result.cluster_id == restore_data_dir(raw, tmp_path / "e", 5, NEW_MEMBERS,
                                                  verify_hash=False).cluster_id
+
+
+def test_what_an_interrupted_restore_left_is_removed_by_the_next(source, tmp_path: Path
+                                                                 ) -> None:
+    """A restore cut short by a crash leaves its staging directory (never DIR itself);
+    the next restore of DIR removes it, but not one a running restore holds."""
+    path, _, _ = source
+    stale = tmp_path / ".d.restore-deadbeef"
+    DataDir.open(stale, 4).close()                  # its process is gone: not locked
+    running = DataDir.open(tmp_path / ".d.restore-0badf00d", 4)   # still held
+    try:
+        restore_data_dir(path, tmp_path / "d", 4, NEW_MEMBERS)
+        assert not stale.exists()
+        assert (tmp_path / ".d.restore-0badf00d").exists()
+    finally:
+        running.close()
