@@ -159,3 +159,18 @@ def test_alarm_list_and_disarm_print_as_etcdctl_does(etcd_cluster3: LocalCluster
     assert kvraft_ok("alarm", "list", "--endpoints", endpoints) == disarmed
     ok(etcdctl(endpoints, "alarm", "disarm"))
     assert kvraft_ok("alarm", "list", "--endpoints", endpoints) == ""
+
+
+def test_snapshot_save_takes_the_first_member_that_answers(etcd_cluster3: LocalCluster,
+                                                           tmp_path: Path) -> None:
+    """A member that is down is skipped (nothing was received from it); the file comes
+    from the next one and is whole."""
+    cluster = etcd_cluster3
+    path = tmp_path / "failover.db"
+    result = run_kvraft("snapshot", "save", str(path), "--timeout", "2", "--endpoints",
+                        f"127.0.0.1:1,{cluster.nodes[3].client_address}")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode() == f"Snapshot saved at {path}\n"
+    status = json.loads(kvraft_ok("snapshot", "status", str(path), "-w", "json"))
+    assert status["totalSize"] == path.stat().st_size and status["revision"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failover.db"]
