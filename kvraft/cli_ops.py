@@ -271,6 +271,7 @@ def _snapshot_group(client_options: ClientOptions) -> click.Group:
     @snapshot.command("status")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("-w", "--write-out", type=click.Choice(WRITE_OUT), default="table",
+                  envvar="KVRAFT_WRITE_OUT",
                   show_default=True, help="Output format (etcdctl's: simple, table, json).")
     def snapshot_status(file: Path, write_out: str) -> int:
         """Check FILE (its image's crc32, its SHA-256) and print its hash, revision,
@@ -285,14 +286,16 @@ def _snapshot_group(client_options: ClientOptions) -> click.Group:
     @snapshot.command("restore")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--data-dir", required=True, type=click.Path(path_type=Path),
+                  envvar="KVRAFT_DATA_DIR",
                   help="The new member's data directory (absent or empty).")
-    @click.option("--id", "node_id", required=True, metavar="ID",
+    @click.option("--id", "node_id", required=True, metavar="ID", envvar="KVRAFT_ID",
                   callback=lambda ctx, p, v: _parse_member_id(v),
                   help="The new member's id (in --initial-cluster).")
     @click.option("--initial-cluster", required=True, metavar="ID=HOST:PORT[,...]",
+                  envvar="KVRAFT_INITIAL_CLUSTER",
                   callback=lambda ctx, p, v: _parse_initial_cluster(v),
                   help="Every member of the new cluster and its peer address.")
-    @click.option("--skip-hash-check", is_flag=True,
+    @click.option("--skip-hash-check", is_flag=True, envvar="KVRAFT_SKIP_HASH_CHECK",
                   help="Accept a file without its SHA-256 (the image's crc32 is still "
                   "checked).")
     def snapshot_restore(file: Path, data_dir: Path, node_id: int,
@@ -343,7 +346,7 @@ def _cluster_endpoints(endpoints: list[str], timeout_s: float) -> list[str]:
 
 def _defrag_command(client_options: ClientOptions) -> click.Command:
     @click.command("defrag")
-    @click.option("--cluster", is_flag=True,
+    @click.option("--cluster", is_flag=True, envvar="KVRAFT_CLUSTER",
                   help="Every member the cluster lists, not only --endpoints.")
     @client_options
     def defrag(cluster: bool, endpoints: list[str], timeout: float) -> int:
