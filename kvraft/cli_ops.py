@@ -126,7 +126,9 @@ def save_snapshot(endpoints: list[str], path: Path, timeout_s: float,
         try:
             return _save_from(endpoint, path, timeout_s, transfer_timeout_s)
         except _Unreachable as e:
-            last = e.error   # nothing received yet: the next member may answer
+            # Not reachable, or lost mid-stream: the next member may answer (each
+            # attempt writes the file anew).
+            last = e.error
     assert last is not None
     raise last
 
@@ -142,23 +144,23 @@ def _save_from(endpoint: str, path: Path, timeout_s: float,
     try:
         with _maintenance(endpoint, timeout_s) as stub:
             try:
-                f = open(part, "wb")  # noqa: SIM115 - closed below
+                with open(part, "wb") as f:
+                    _receive(endpoint, stub, f, max(timeout_s, transfer_timeout_s))
+                    f.flush()
+                    os.fsync(f.fileno())
             except OSError as e:
-                raise OpsError(f"cannot write {part}: {e.strerror}") from None
-            try:
-                _receive(endpoint, stub, f, max(timeout_s, transfer_timeout_s))
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                f.close()
+                raise OpsError(f"cannot write {part}: {e.strerror or e}") from None
         # Read back what is on disk with the storage's own reader: every check again.
         try:
             info = read_snapshot_file(part)
         except SnapshotFileError as e:
             raise OpsError(f"the snapshot written to {part} reads back damaged: "
                            f"{e.reason}") from None
-        os.replace(part, path)
-        fsync_dir(path.parent.absolute())
+        try:
+            os.replace(part, path)
+            fsync_dir(path.parent.absolute())
+        except OSError as e:
+            raise OpsError(f"cannot write {path}: {e.strerror or e}") from None
         info.path = path
         return info
     except OpsError as e:

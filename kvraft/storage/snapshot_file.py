@@ -30,6 +30,7 @@ from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.storage.commands import MemberRecord
 from kvraft.storage.mvcc import layout as mvcc_layout
+from kvraft.storage.mvcc_apply import CLUSTER_VERSION_LEGACY, CLUSTER_VERSION_MVCC
 from kvraft.storage.snapshot import (
     READ_BLOCK_BYTES,
     TAG_KV,
@@ -41,9 +42,6 @@ from kvraft.storage.snapshot import (
 
 SHA256_BYTES = 32
 PAGE_BYTES = 512
-# The cluster version the store is at when the image holds no record of it (the layout
-# before MVCC: mvcc_apply.py's CLUSTER_VERSION_LEGACY).
-_LEGACY_CLUSTER_VERSION = 1
 
 
 class SnapshotFileError(ValueError):
@@ -59,7 +57,8 @@ class SnapshotFileError(ValueError):
 class SnapshotFileInfo:
     """What `kvraft snapshot status` prints about a checked file.
 
-    `revision` is the store's MVCC revision (0 for an image from before MVCC);
+    `revision` is the store's MVCC revision (etcd's 1 for an empty store; 0 for an
+    image from before MVCC, which has none);
     `total_keys` counts the live keys (a deleted key's tombstone and older revisions
     are not keys); `crc32` is the image's own checksum (its trailer's), `sha256` the
     file's (empty when the file has none and the check was skipped)."""
@@ -73,7 +72,7 @@ class SnapshotFileInfo:
     revision: int = 0
     compact_revision: int = 0
     total_keys: int = 0
-    cluster_version: int = _LEGACY_CLUSTER_VERSION
+    cluster_version: int = CLUSTER_VERSION_LEGACY
     lease_count: int = 0
     members: list[MemberRecord] = field(default_factory=list)
 
@@ -151,6 +150,8 @@ def iter_snapshot_file(path: str | Path, info: SnapshotFileInfo | None = None, *
         if padding.strip(b"\0") and verify_hash:
             raise SnapshotFileError(path, "has data after the end of its snapshot image")
         if info is not None:
+            if info.cluster_version >= CLUSTER_VERSION_MVCC and info.revision == 0:
+                info.revision = mvcc_layout.FIRST_REVISION   # no write yet
             info.metadata = parser.metadata
             info.size_bytes = size
             info.record_count = parser.count

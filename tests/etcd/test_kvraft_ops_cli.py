@@ -167,10 +167,20 @@ def test_snapshot_save_takes_the_first_member_that_answers(etcd_cluster3: LocalC
     from the next one and is whole."""
     cluster = etcd_cluster3
     path = tmp_path / "failover.db"
-    result = run_kvraft("snapshot", "save", str(path), "--timeout", "2", "--endpoints",
+    result = run_kvraft("snapshot", "save", str(path), "--timeout", "10", "--endpoints",
                         f"127.0.0.1:1,{cluster.nodes[3].client_address}")
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode() == f"Snapshot saved at {path}\n"
     status = json.loads(kvraft_ok("snapshot", "status", str(path), "-w", "json"))
     assert status["totalSize"] == path.stat().st_size and status["revision"] >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["failover.db"]
+
+
+def test_snapshot_save_into_a_missing_directory_fails_with_one_line(
+        etcd_cluster3: LocalCluster, tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir.db"
+    line = assert_one_error_line(run_kvraft(
+        "snapshot", "save", str(path), "--endpoints", etcd_cluster3.endpoints()),
+        exit_code=1)
+    assert line == f"error: cannot write {path}.part: No such file or directory"
+    assert list(tmp_path.iterdir()) == []
