@@ -19,7 +19,7 @@ cluster with the backup's data (etcd's `snapshot restore` does the same to its W
   derived from the founding members alone, storage_adapter/config.cluster_id_for), and
   members restored from different files refuse each other, as they must.
 
-Atomic and durable: the directory is built aside (`.<name>.restore-<random>` beside
+Atomic and durable: the directory is built aside (`.<name>.restore-<pid>-<random>` beside
 it): every LevelDB write a synced batch, the commit point (log, hard state, applied
 index) one synced batch, then every file and the directory fsynced, read back and
 checked, and only then renamed to its name (and the parent fsynced). So DIR is either
@@ -116,21 +116,42 @@ def _check_target(target: Path) -> None:
                                "new member's directory (remove it or choose another)")
 
 
+def _staging_name(target: Path) -> str:
+    """`.<name>.restore-<pid>-<random>`: the pid tells whether its maker still runs."""
+    return f".{target.name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _in_use(staging: Path) -> bool:
+    """Whether a running restore is building `staging`: it holds the lock of the data
+    directory in it, or (before it has one) its process, named in it, still runs."""
+    try:
+        fd = os.open(staging / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        pid = staging.name.rsplit(STAGING_INFIX, 1)[-1].split("-", 1)[0]
+        if not pid.isdigit():
+            return True    # not one of ours: leave it alone
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)   # releases the lock if it was taken
+    return False
+
+
 def _remove_stale_staging(target: Path) -> None:
     """Remove what restores of `target` cut short (a crash, a power cut) left beside
-    it: staging directories whose lock no running process holds."""
+    it: staging directories no running restore is building."""
     for stale in target.parent.glob(f".{target.name}{STAGING_INFIX}*"):
-        try:
-            fd = os.open(stale / LOCK_NAME, os.O_RDWR)
-        except OSError:
-            continue   # not locked yet: maybe a restore starting now; left alone
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue   # a restore running now
-        finally:
-            os.close(fd)
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.is_dir() and not _in_use(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _kept(tag: int, key: bytes) -> bool:
@@ -165,7 +186,7 @@ def restore_data_dir(snapshot_path: str | Path, data_dir: str | Path, node_id: i
     except OSError as e:
         raise RestoreError(f"cannot create {target.parent}: {e.strerror}") from None
     _remove_stale_staging(target)
-    staging = target.parent / f".{target.name}{STAGING_INFIX}{uuid.uuid4().hex[:8]}"
+    staging = target.parent / _staging_name(target)
     try:
         _build(staging, snapshot_path, node_id, members, cluster_id, index, info,
                verify_hash)

@@ -133,3 +133,77 @@ def test_save_from_an_unreachable_member_fails_with_one_line_and_no_file(
         exit_code=3)
     assert line.startswith("error: 127.0.0.1:1: unavailable")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def big_backup(tmp_path: Path) -> Path:
+    """A snapshot file big enough (about 8 MB) that restoring it takes a while."""
+    with DataDir.open(tmp_path / "big-src", 1) as datadir:
+        sm = KVStateMachine(datadir)
+        sm.apply([eraftpb.Entry(index=1, term=1, data=cluster_version_command(2))])
+        index = 1
+        for start in range(0, BIG_KEYS, 1000):
+            entries = []
+            for k in range(start, start + 1000):
+                index += 1
+                entries.append(eraftpb.Entry(index=index, term=1, data=put_command(
+                    b"big/%06d" % k, b"%06d" % k * (BIG_VALUE_BYTES // 6))))
+            sm.apply(entries)
+        path = tmp_path / "big.db"
+        write_snapshot_file(sm, path)
+    return path
+
+
+BIG_KEYS, BIG_VALUE_BYTES = 5_000, 1_500
+
+
+@pytest.mark.slow
+def test_a_restore_killed_at_any_moment_leaves_no_directory_or_a_whole_one(
+        big_backup: Path, tmp_path: Path) -> None:
+    """SIGKILL `kvraft snapshot restore` at moments spread over the building of the
+    directory: DIR is then absent (the half-built copy sits beside it, and the next
+    restore removes it) or a whole member directory — never a half-restored one that
+    `kvraft serve` would take as new."""
+    import signal
+    import subprocess
+    import time
+
+    from kvraft.storage import LevelDBStorage
+
+    from .helpers import KVRAFT, clean_env
+
+    outcomes = []
+    for attempt, after_s in enumerate([0.0, 0.03, 0.1, 0.2, 0.4, 0.8]):
+        target = tmp_path / f"d{attempt}"
+
+        def building(attempt: int = attempt) -> list[Path]:
+            return [p for p in tmp_path.iterdir() if p.name.startswith(f".d{attempt}.")]
+
+        proc = subprocess.Popen(
+            [str(KVRAFT), "snapshot", "restore", str(big_backup), "--data-dir", str(target),
+             "--id", "4", "--initial-cluster", INITIAL], env=clean_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not building() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(after_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if target.exists():
+            outcomes.append("whole")
+            assert not building()
+        else:
+            outcomes.append("mid-build" if building() else "before")
+            # The next restore makes it, and clears what the killed one left.
+            assert run_kvraft("snapshot", "restore", str(big_backup), "--data-dir",
+                              str(target), "--id", "4", "--initial-cluster",
+                              INITIAL).returncode == 0
+            assert not building()
+        with DataDir.open(target, 4, create=False) as datadir:
+            sm = KVStateMachine(datadir)
+            assert not datadir.is_new and datadir.cluster_id != 0
+            assert sm.revision == BIG_KEYS + 1 and sm.applied_index == 2
+            assert sm.get(b"big/%06d" % (BIG_KEYS - 1)).startswith(b"%06d" % (BIG_KEYS - 1))
+            assert LevelDBStorage(datadir).first_index() == 3
+            sm.close()
+    assert "mid-build" in outcomes, outcomes   # kills landed while it was being built

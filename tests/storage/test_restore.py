@@ -6,6 +6,7 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -233,12 +234,17 @@ def test_what_an_interrupted_restore_left_is_removed_by_the_next(source, tmp_pat
     """A restore cut short by a crash leaves its staging directory (never DIR itself);
     the next restore of DIR removes it, but not one a running restore holds."""
     path, _, _ = source
-    stale = tmp_path / ".d.restore-deadbeef"
-    DataDir.open(stale, 4).close()                  # its process is gone: not locked
-    running = DataDir.open(tmp_path / ".d.restore-0badf00d", 4)   # still held
+    dead_pid = 2**22 + 7          # above Linux's pid_max: no such process
+    stale = tmp_path / f".d.restore-{os.getpid()}-deadbeef"
+    DataDir.open(stale, 4).close()                  # its lock is not held
+    unlocked = tmp_path / f".d.restore-{dead_pid}-00000000"
+    unlocked.mkdir()                                # killed before it locked anything
+    running = DataDir.open(tmp_path / f".d.restore-{dead_pid}-0badf00d", 4)  # held
+    starting = tmp_path / f".d.restore-{os.getpid()}-5ca1ab1e"
+    starting.mkdir()                                # its (living) process will lock it
     try:
         restore_data_dir(path, tmp_path / "d", 4, NEW_MEMBERS)
-        assert not stale.exists()
-        assert (tmp_path / ".d.restore-0badf00d").exists()
+        assert not stale.exists() and not unlocked.exists()
+        assert running.path.exists() and starting.exists()
     finally:
         running.close()
