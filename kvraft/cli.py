@@ -726,6 +726,19 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- operations
+
+
+def _register_ops_commands() -> None:
+    """snapshot, defrag and alarm (SPEC §7): kvraft/cli_ops.py."""
+    from kvraft import cli_ops
+
+    cli_ops.register(cli, _client_options)
+
+
+_register_ops_commands()
+
+
 # --------------------------------------------------------------------------- main
 
 
