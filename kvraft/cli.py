@@ -137,7 +137,7 @@ INITIAL_CLUSTER = InitialClusterType()
 # The client TLS options (SPEC §8) of the command being run, stored by their callbacks
 # in the click context's meta (shared by the whole command chain), so that `_connect`
 # finds them and no command has to take them as parameters.
-_TLS_META_KEY = "kvraft.client_tls"
+_TLS_META_KEY = "kvraft.client_tls"   # kvraft.cli_ops.TLS_META_KEY reads it too
 
 
 def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

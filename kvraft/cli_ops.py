@@ -42,6 +42,7 @@ from kvraft.storage.snapshot_file import (
     SnapshotFileInfo,
     read_snapshot_file,
 )
+from kvraft.tls import ClientTLS
 from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 # kvraft/cli.py's decorator adding --endpoints and --timeout to a command.
@@ -83,11 +84,33 @@ def _rpc_failure(endpoint: str, err: grpc.RpcError) -> OpsError:
     return RequestFailed(f"{endpoint}: {word}: {err.details() or ''}")
 
 
+# Where kvraft.cli keeps the command's --cacert/--cert/--key (its _TLS_META_KEY).
+TLS_META_KEY = "kvraft.client_tls"
+
+
+def open_channel(endpoint: str) -> grpc.Channel:
+    """A channel to `endpoint`, with TLS when the command was given --cacert, --cert or
+    --key (the files are read now)."""
+    ctx = click.get_current_context(silent=True)
+    options = dict(ctx.meta.get(TLS_META_KEY, {})) if ctx is not None else {}
+    if not options:
+        return grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+    try:
+        tls = ClientTLS.from_options(options.get("cacert"), options.get("cert"),
+                                    options.get("key"), names=("--cacert", "--cert", "--key"))
+        if tls is None:
+            return grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        credentials = tls.credentials(("--cacert", "--cert", "--key"))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    return grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
+
+
 @contextlib.contextmanager
 def _maintenance(endpoint: str, timeout_s: float
                  ) -> Iterator[etcdpb_grpc.MaintenanceStub]:
     """A Maintenance stub on a channel to `endpoint`, connected within `timeout_s`."""
-    channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+    channel = open_channel(endpoint)
     try:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
@@ -326,7 +349,7 @@ def _cluster_endpoints(endpoints: list[str], timeout_s: float) -> list[str]:
     """Every member's client address, from etcd's MemberList (etcdctl's --cluster)."""
     last: OpsError | None = None
     for endpoint in endpoints:
-        channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        channel = open_channel(endpoint)
         try:
             members = etcdpb_grpc.ClusterStub(channel).MemberList(
                 etcdpb.MemberListRequest(linearizable=True), timeout=timeout_s).members
@@ -386,7 +409,7 @@ def _alarm_call(endpoints: list[str], timeout_s: float, request: etcdpb.AlarmReq
     """One Alarm call, on the first endpoint that answers."""
     last: OpsError | None = None
     for endpoint in endpoints:
-        channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        channel = open_channel(endpoint)
         try:
             response: etcdpb.AlarmResponse = etcdpb_grpc.MaintenanceStub(channel).Alarm(
                 request, timeout=timeout_s)
