@@ -49,6 +49,7 @@ from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot, commands
 
 from . import storage_adapter as sa
 from .applier import Applier
+from .auth.context import entry_context
 from .cluster_version import ClusterVersionRaise
 from .config import NodeConfig
 from .loop_lag import LoopLagProbe
@@ -407,7 +408,8 @@ class Node:
         if self._admission_refusal() is not None:
             timeout_s = await self.proposals.admit(timeout_s, self._admission_refusal,
                                                    lambda: self._stopping)
-        p = Proposal(request_id=request_id, data=data)
+        # Who the client's request was admitted for: re-checked at apply (auth/).
+        p = Proposal(request_id=request_id, data=data, context=entry_context())
         self.proposals.add_write(p)
         self._wake.set()
         result = await self._await(p, timeout_s, lambda: self.proposals.forget(p))
