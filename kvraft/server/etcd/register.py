@@ -16,6 +16,7 @@ from ..node import Node
 from .auto_compaction import AutoCompactor
 from .cluster import EtcdClusterService
 from .kv import add_kv_service
+from .lease import add_lease_service
 from .maintenance import EtcdMaintenanceService
 from .quota import QuotaWatch
 
@@ -35,6 +36,7 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     names: list[str] = []
     closers = on_close if on_close is not None else []
     names.append(add_kv_service(server, node, config, metrics))
+    names.append(add_lease_service(server, node, config, metrics))
     etcdpb_grpc.add_ClusterServicer_to_server(EtcdClusterService(node, config, metrics), server)
     names.append(_full_name("Cluster"))
     maintenance = EtcdMaintenanceService(node, config, metrics)
