@@ -132,8 +132,21 @@ MEMBER_ID = MemberIdType()
 INITIAL_CLUSTER = InitialClusterType()
 
 
+USER_META_KEY = "kvraft.user"   # where --user waits for _connect (kvraft/cli_auth.py)
+
+
+def _remember_user(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[USER_META_KEY] = value
+
+
 def _client_options(fn: Callable) -> Callable:
-    """--endpoints and --timeout, shared by every client command."""
+    """--endpoints, --timeout and --user, shared by every client command."""
+    fn = click.option(
+        "--user", envvar="KVRAFT_USER", metavar="USER[:PASSWORD]", expose_value=False,
+        callback=_remember_user,
+        help="Authenticate as USER; asks for the password if not given (env KVRAFT_USER).",
+    )(fn)
     fn = click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
         default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
@@ -146,7 +159,10 @@ def _client_options(fn: Callable) -> Callable:
 
 
 def _connect(endpoints: list[str], timeout: float) -> Client:
-    return Client(endpoints, timeout=timeout)
+    from kvraft.cli_auth import credentials
+
+    user, password = credentials()
+    return Client(endpoints, timeout=timeout, user=user, password=password)
 
 
 def _key_bytes(text: str) -> bytes:
@@ -692,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 
+
+from kvraft import cli_auth  # noqa: E402, F401  registers `kvraft user|role|auth`
 
 if __name__ == "__main__":
     sys.exit(main())

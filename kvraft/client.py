@@ -42,6 +42,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from kvraft import client_auth
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 from kvraft.wire import (
@@ -279,9 +280,11 @@ def prefix_end(prefix: bytes) -> bytes:
 class _Channel:
     """One gRPC channel and the stubs over it."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str,
+                 credentials: client_auth.Credentials | None = None) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        self.channel = client_auth.authenticated_channel(
+            grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS), credentials)
         self.kv = pb_grpc.KVStub(self.channel)
         self.cluster = pb_grpc.ClusterStub(self.channel)
 
@@ -317,10 +320,16 @@ class Client:
     the client keeps (who leads, who answered last) sits behind a lock."""
 
     def __init__(
-        self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S
+        self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S,
+        *, user: str | None = None, password: str | None = None,
     ) -> None:
+        """`user`, `password`: authenticate as that user on each member (etcd's auth,
+        SPEC §8; kvraft.client_auth); without them the client sends no token."""
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if password is not None and not user:
+            raise ValueError("a password needs a user")
+        self._credentials = client_auth.Credentials(user, password or "") if user else None
         self.endpoints: tuple[str, ...] = tuple(parse_endpoints(endpoints))
         self.timeout = float(timeout)
         self._lock = threading.Lock()
@@ -345,6 +354,11 @@ class Client:
 
     def __enter__(self) -> Client:
         return self
+
+    @property
+    def auth(self) -> client_auth.AuthCalls:
+        """etcd's Auth service: users, roles, permissions, auth enable/disable."""
+        return client_auth.AuthCalls(self)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -543,7 +557,7 @@ class Client:
                 raise KvraftError("the client is closed")
             channel = self._channels.get(endpoint) or self._extra.get(endpoint)
             if channel is None:
-                channel = _Channel(endpoint)
+                channel = _Channel(endpoint, self._credentials)
                 if endpoint in self.endpoints:
                     self._channels[endpoint] = channel
                 else:
