@@ -18,7 +18,9 @@ UserChangePassword.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,10 +34,17 @@ from ..auth.tokens import TokenStore
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
-from .errors import EtcdError, deadline_s, serve_call
+from .errors import TOO_MANY_REQUESTS, EtcdError, deadline_s, serve_call
 from .header import etcd_header
 
+T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
+# Password hashing is slow by design (scrypt, tens of milliseconds of one core): it runs
+# on threads of its own, never the default executor that reads use, and at most this
+# many hashes wait or run at once; past it a call is refused as etcd refuses overload
+# ("etcdserver: too many requests"), so a flood of Authenticate calls cannot stall reads.
+HASH_THREADS = 2
+HASHES_IN_FLIGHT_MAX = 32
 # Verified when the named user does not exist, so that a wrong name costs the same time
 # as a wrong password (no user enumeration by timing).
 _DUMMY_HASH = auth_store.hash_password("kvraft: no such user")
@@ -48,6 +57,21 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
         self.config = config
         self.metrics = metrics
         self.tokens = tokens
+        self._hashing = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="kvraft-auth-hash")
+        self._hashes_in_flight = 0
+
+    async def _hash(self, work: Callable[..., T], *args: Any) -> T:
+        """Run a password hash on the hashing threads (bounded: the module's doc)."""
+        if self._hashes_in_flight >= HASHES_IN_FLIGHT_MAX:
+            raise TOO_MANY_REQUESTS.error()
+        self._hashes_in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._hashing, work, *args)
+        finally:
+            self._hashes_in_flight -= 1
+
+    def close(self) -> None:
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     # --- changes ------------------------------------------------------------------------------
     async def AuthEnable(self, request: etcdpb.AuthEnableRequest, context: Ctx
@@ -62,12 +86,14 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
 
     async def UserAdd(self, request: etcdpb.AuthUserAddRequest, context: Ctx
                       ) -> etcdpb.AuthUserAddResponse:
-        if not request.name:
-            return await self._refuse("UserAdd", context, auth_store.UserEmptyError())
-        hashed = "" if request.options.no_password else \
-            await asyncio.to_thread(auth_store.hash_password, request.password)
-        replicated = etcdpb.AuthUserAddRequest(name=request.name, options=request.options,
-                                               hashedPassword=hashed)
+        async def replicated() -> etcdpb.AuthUserAddRequest:
+            if not request.name:
+                raise auth_store.UserEmptyError()
+            hashed = "" if request.options.no_password else \
+                await self._hash(auth_store.hash_password, request.password)
+            return etcdpb.AuthUserAddRequest(name=request.name, options=request.options,
+                                             hashedPassword=hashed)
+
         return await self._change("UserAdd", "auth_user_add", replicated, context,
                                   etcdpb.AuthUserAddResponse)
 
@@ -78,9 +104,11 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
 
     async def UserChangePassword(self, request: etcdpb.AuthUserChangePasswordRequest,
                                  context: Ctx) -> etcdpb.AuthUserChangePasswordResponse:
-        hashed = await asyncio.to_thread(auth_store.hash_password, request.password)
-        replicated = etcdpb.AuthUserChangePasswordRequest(name=request.name,
-                                                          hashedPassword=hashed)
+        async def replicated() -> etcdpb.AuthUserChangePasswordRequest:
+            hashed = await self._hash(auth_store.hash_password, request.password)
+            return etcdpb.AuthUserChangePasswordRequest(name=request.name,
+                                                        hashedPassword=hashed)
+
         return await self._change("UserChangePassword", "auth_user_change_password",
                                   replicated, context, etcdpb.AuthUserChangePasswordResponse)
 
@@ -133,8 +161,8 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
                 raise auth_store.AuthNotEnabledError()
             user = state.users.get(request.name)
             stored = user.password if user is not None and user.password else _DUMMY_HASH
-            ok = await asyncio.to_thread(auth_store.verify_password, stored, request.password)
-            if not ok or user is None or not user.password:
+            ok = await self._hash(auth_store.verify_password, stored, request.password)
+            if not ok or user is None or not user.password or not request.password:
                 raise auth_store.AuthFailedError()
             token = self.tokens.issue(user.name, user.password)
             return etcdpb.AuthenticateResponse(header=etcd_header(self.node), token=token)
@@ -188,11 +216,14 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
 
     async def _change(self, rpc: str, field: str, request: Any, context: Ctx,
                       answer: Any) -> Any:
+        """Propose etcd's `request` (or what the coroutine function `request` makes: a
+        password hashed first) as the command's `field`; `answer` with a header."""
         async def body() -> Any:
             if self.node.store.sm.cluster_version < CLUSTER_VERSION_MVCC:
                 raise mvcc.ClusterVersionError()
+            message = await request() if callable(request) else request
             request_id = sa.new_request_id()
-            data = commands.etcd_command(request_id, field, request)
+            data = commands.etcd_command(request_id, field, message)
             result = await self.node.propose(
                 request_id, data, deadline_s(context, self.config.default_deadline_s))
             if result.mvcc_error is not None:
@@ -203,12 +234,6 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
             if field == "auth_disable":
                 self.tokens.clear()
             return answer(header=etcd_header(self.node))
-
-        return await serve_call(f"etcd.Auth.{rpc}", context, self.metrics, body)
-
-    async def _refuse(self, rpc: str, context: Ctx, error: mvcc.MVCCError) -> Any:
-        async def body() -> Any:
-            raise error
 
         return await serve_call(f"etcd.Auth.{rpc}", context, self.metrics, body)
 
