@@ -26,6 +26,8 @@ permission PERMISSION_DENIED "etcdserver: permission denied" — etcd's answers.
 Every call, auth enabled or not, runs with auth/context.py ADMITTED set to its user and
 the auth revision it was checked under: the entry it proposes carries both, and the
 apply checks it again if the auth revision moved in between (storage/mvcc_apply.py).
+A read (Range, a read-only Txn, kvraft's Get and Scan) is checked again before its
+answer leaves when the auth revision moved while it ran (recheck_read).
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ _WATCH = "/etcdserverpb.Watch/Watch"
 _FORWARDABLE = frozenset({"/etcdserverpb.Lease/LeaseKeepAlive",
                           "/etcdserverpb.Lease/LeaseTimeToLive"})
 _FORWARDED_METADATA_KEY = "kvraft-lease-forwarded"
+# Reads checked again once served when the auth revision moved meanwhile (recheck_read).
+_READS = frozenset({"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/kvraft.KV/Get",
+                    "/kvraft.KV/Scan"})
 
 
 class _Refused(Exception):
@@ -166,6 +171,21 @@ class AccessCheck:
         if not auth_store.allowed(state, user, needs):
             raise _refusal(auth_store.PermissionDeniedError())
         return user, state.revision
+
+    def recheck_read(self, rule: Rules, request: Any, admitted: tuple[str, int]) -> None:
+        """After a read was served: if the auth revision moved while it ran (its read
+        barrier waited for entries that may have revoked the permission), check it
+        again under the rules it read at; raises _Refused. Writes are re-checked at
+        apply instead (storage/mvcc_apply.py)."""
+        user, revision = admitted
+        state = self.node.store.sm.auth
+        if not user or not state.enabled or state.revision == revision:
+            return
+        needs = rule(request, self)
+        if isinstance(needs, str) or any(n.kind != READ for n in needs):
+            return    # not a read (a txn that writes was re-checked at apply)
+        if not auth_store.allowed(state, user, needs):
+            raise _refusal(auth_store.PermissionDeniedError())
 
     def user(self, state: AuthState, context: grpc.aio.ServicerContext) -> str:
         token = None
@@ -241,9 +261,15 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
                 await _abort(context, e)
             token = ADMITTED.set(admitted)
             try:
-                return await behavior(request, context)
+                response = await behavior(request, context)
             finally:
                 ADMITTED.reset(token)
+            if method in _READS:
+                try:
+                    check.recheck_read(rule, request, admitted)
+                except _Refused as e:
+                    await _abort(context, e)
+            return response
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
 
