@@ -25,7 +25,8 @@ from typing import Any
 
 import click
 
-from kvraft import __version__
+# _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
+from kvraft import __version__, _cli_env  # noqa: F401
 from kvraft.cli_format import escape_bytes, format_table
 from kvraft.client import (
     DEFAULT_ENDPOINT,
@@ -48,6 +49,7 @@ from kvraft.server.config import (
     parse_member_id,
     parse_retention,
 )
+from kvraft.tls import ClientTLS
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -140,8 +142,40 @@ def _remember_user(ctx: click.Context, _: click.Parameter, value: str | None) ->
         ctx.meta[USER_META_KEY] = value
 
 
+# The client TLS options (SPEC §8) of the command being run, stored by their callbacks
+# in the click context's meta (shared by the whole command chain), so that `_connect`
+# finds them and no command has to take them as parameters.
+_TLS_META_KEY = "kvraft.client_tls"
+
+
+def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value and param.name:  # tls_cacert -> cacert: "key" is also an argument's name
+        ctx.meta.setdefault(_TLS_META_KEY, {})[param.name.removeprefix("tls_")] = value
+
+
+def _client_tls_options(fn: Callable) -> Callable:
+    """--cacert, --cert and --key (env KVRAFT_CACERT, ...), as etcdctl names them."""
+    for name, help_text in reversed((
+        ("cacert", "Verify the members' certificates with this CA bundle (TLS)."),
+        ("cert", "Client certificate, for members started with --client-cert-auth."),
+        ("key", "The client certificate's private key."),
+    )):
+        fn = click.option(f"--{name}", f"tls_{name}", envvar=f"KVRAFT_{name.upper()}", default=None,
+                          metavar="FILE", expose_value=False, is_eager=True,
+                          callback=_store_tls_option, help=help_text)(fn)
+    return fn
+
+
+def client_tls_kwargs() -> dict[str, str]:
+    """The current command's --cacert/--cert/--key as Client(...) keywords ({}: none)."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_TLS_META_KEY, {})) if ctx is not None else {}
+
+
 def _client_options(fn: Callable) -> Callable:
-    """--endpoints, --timeout and --user, shared by every client command."""
+    """--endpoints, --timeout, --user and the TLS options, shared by every client
+    command."""
+    fn = _client_tls_options(fn)
     fn = click.option(
         "--user", envvar="KVRAFT_USER", metavar="USER[:PASSWORD]", expose_value=False,
         callback=_remember_user,
@@ -158,11 +192,24 @@ def _client_options(fn: Callable) -> Callable:
     )(fn)
 
 
+def _client_tls() -> ClientTLS | None:
+    """The current command's TLS settings, checked: a TLS file missing or unreadable,
+    a cert without its key is a usage error naming the flag."""
+    tls = client_tls_kwargs()
+    try:
+        return ClientTLS.from_options(tls.get("cacert"), tls.get("cert"), tls.get("key"),
+                                      names=("--cacert", "--cert", "--key"))
+    except ValueError as e:
+        raise CliError(_one_line(str(e)), EXIT_USAGE) from None
+
+
 def _connect(endpoints: list[str], timeout: float) -> Client:
     from kvraft.cli_auth import credentials
 
+    _client_tls()
     user, password = credentials()
-    return Client(endpoints, timeout=timeout, user=user, password=password)
+    return Client(endpoints, timeout=timeout, user=user, password=password,
+                  **client_tls_kwargs())
 
 
 def _key_bytes(text: str) -> bytes:
@@ -194,6 +241,34 @@ def cli() -> None:
 
 
 # --------------------------------------------------------------------------- serve
+
+
+def _serve_tls_options(fn: Callable) -> Callable:
+    """etcd's TLS flags of `kvraft serve` (SPEC §8); their values reach NodeConfig's
+    fields of the same names (checked there: kvraft/server/tls.py)."""
+    options = (
+        ("--cert-file", "Client port TLS certificate (PEM); with --key-file the port "
+                        "serves only TLS."),
+        ("--key-file", "The --cert-file certificate's private key."),
+        ("--trusted-ca-file", "CA bundle that signs client certificates "
+                              "(for --client-cert-auth)."),
+        ("--peer-cert-file", "Peer port certificate, for both ends of a peer connection; "
+                             "it must name this member (SAN URI kvraft://member/ID or "
+                             "CN member-ID)."),
+        ("--peer-key-file", "The --peer-cert-file certificate's private key."),
+        ("--peer-trusted-ca-file", "CA bundle that signs every member's peer certificate "
+                                   "(the peer port is then mutual TLS)."),
+    )
+    for flag, help_text in reversed(options):  # the last decorator applied shows first
+        envvar = "KVRAFT_" + flag[2:].upper().replace("-", "_")
+        fn = click.option(flag, envvar=envvar, default=None, metavar="FILE",
+                          help=help_text)(fn)
+        if flag == "--peer-cert-file":  # after --trusted-ca-file, before the peer's
+            fn = click.option("--client-cert-auth", is_flag=True,
+                              envvar="KVRAFT_CLIENT_CERT_AUTH",
+                              help="Refuse clients without a certificate signed by "
+                              "--trusted-ca-file.")(fn)
+    return fn
 
 
 @cli.command()
@@ -253,13 +328,14 @@ def cli() -> None:
               default="0", show_default=True, metavar="REVISIONS|DURATION",
               help="Compact history automatically: keep this many revisions, or a "
               "duration's worth (30s, 5m, 1h); 0 is off.")
+@_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
-          auto_compaction_retention: str) -> int:
+          auto_compaction_retention: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -294,6 +370,12 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
         quota_backend_bytes=quota_backend_bytes,
+        cert_file=tls["cert_file"] or None, key_file=tls["key_file"] or None,
+        trusted_ca_file=tls["trusted_ca_file"] or None,
+        client_cert_auth=bool(tls["client_cert_auth"]),
+        peer_cert_file=tls["peer_cert_file"] or None,
+        peer_key_file=tls["peer_key_file"] or None,
+        peer_trusted_ca_file=tls["peer_trusted_ca_file"] or None,
     )
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
@@ -645,7 +727,8 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         kv.status()  # one clear error line now rather than a run of failed requests
     spec = LoadSpec(endpoints=tuple(endpoints), clients=clients, duration_s=duration,
                     value_size=value_size, keys=keys, read_ratio=read_ratio, workers=workers,
-                    request_timeout_s=timeout, preload=preload)
+                    request_timeout_s=timeout, preload=preload,
+                    tls=_client_tls())
     try:
         result = run_load(spec, progress=None if as_json else print_progress)
     except (LoadError, ValueError) as e:

@@ -194,6 +194,18 @@ class NodeConfig:
     quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
     # --auto-compaction-retention, parsed (parse_retention): None = off.
     auto_compaction: AutoCompaction | None = None
+    # TLS (SPEC §8, kvraft/server/tls.py, docs/security.md). The client port serves TLS
+    # with --cert-file/--key-file; --client-cert-auth (with --trusted-ca-file) requires
+    # every client to present a certificate that CA signed. The peer port, when its
+    # three files are given, is always mutual TLS, and a peer's certificate must name
+    # the member it speaks for (kvraft.tls, the naming rule). None: plaintext.
+    cert_file: str | None = None
+    key_file: str | None = None
+    trusted_ca_file: str | None = None
+    client_cert_auth: bool = False
+    peer_cert_file: str | None = None
+    peer_key_file: str | None = None
+    peer_trusted_ca_file: str | None = None
 
     @property
     def client_address(self) -> str:
@@ -252,3 +264,6 @@ class NodeConfig:
             raise ServeError(
                 f"the LevelDB write buffer must be {LEVELDB_WRITE_BUFFER_BYTES_MIN}.."
                 f"{LEVELDB_WRITE_BUFFER_BYTES_MAX} bytes, got {self.leveldb_write_buffer_bytes}")
+        from .tls import validate_tls  # tls.py builds on this module
+
+        validate_tls(self)

@@ -87,6 +87,12 @@ class NodeMetrics:
         self.peer_unreachable = Counter(
             "kvraft_peer_unreachable", "Unreachable reports per peer", ["peer"], registry=r
         )
+        # Messages of inbound peer batches refused: another cluster, a non-member, a
+        # sender its certificate does not name (mutual TLS), a replaced data directory.
+        self.peer_refused = Counter(
+            "kvraft_peer_refused_messages", "Inbound peer messages dropped, by reason",
+            ["reason"], registry=r,
+        )
         self.snapshots_sent = Counter(
             "kvraft_snapshots_sent", "Snapshots streamed to peers", ["result"], registry=r
         )

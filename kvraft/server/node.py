@@ -60,6 +60,7 @@ from .proposals import Proposals
 from .reads import Reads
 from .snapshots import SnapshotStaging, snapshot_chunks
 from .storage_io import StorageIO, StorageLanes
+from .tls import peer_channel_credentials
 from .transport import PeerTransport, Transport
 from .waiters import NodeError, Proposal, ReadWaiter, expire, unavailable
 
@@ -214,6 +215,7 @@ class Node:
             batch_bytes_max=self.config.peer_batch_bytes_max,
             incarnation=self.store.datadir.incarnation,
             peer_incarnation=sa.incarnation_lookup(self.store),
+            tls=peer_channel_credentials(self.config),
         )
 
     def _new_request_id(self) -> int:

@@ -25,6 +25,7 @@ from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
+from .tls import client_port_files, peer_port_files, server_credentials
 from .transport import CHANNEL_OPTIONS
 
 log = logging.getLogger("kvraft.server")
@@ -97,9 +98,13 @@ def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
+def _bind(server: grpc.aio.Server, address: str, what: str,
+          credentials: grpc.ServerCredentials | None = None) -> None:
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise ServeError(f"cannot listen on {what} {address}: {e}") from None
     if port == 0:
@@ -137,9 +142,18 @@ async def _serve(config: NodeConfig) -> int:
             ],
             client_server,
         )
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), peer_server)
-        _bind(peer_server, config.peer_listen, "--peer-listen")
-        _bind(client_server, config.listen, "--listen")
+        # TLS (tls.py): the peer port's is always mutual; the client port's requires a
+        # client certificate with --client-cert-auth. Both follow their files' rotation.
+        peer_files, client_files = peer_port_files(config), client_port_files(config)
+        peer_pb2_grpc.add_PeerServicer_to_server(
+            PeerService(node, metrics, peer_tls=peer_files is not None), peer_server)
+        _bind(peer_server, config.peer_listen, "--peer-listen",
+              server_credentials(peer_files, True, f"node {config.node_id} peer port")
+              if peer_files else None)
+        _bind(client_server, config.listen, "--listen",
+              server_credentials(client_files, config.client_cert_auth,
+                                 f"node {config.node_id} client port")
+              if client_files else None)
         if config.metrics_listen:
             try:
                 metrics.serve(config.metrics_listen,
@@ -154,8 +168,11 @@ async def _serve(config: NodeConfig) -> int:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in ("kvraft.KV", "kvraft.Cluster", *etcd_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d: serving clients on %s, peers on %s (cluster %016x, %s loop)%s",
-                 config.node_id, config.listen, config.peer_listen, node.cluster_id,
+        log.info("node %d: serving clients on %s%s, peers on %s%s (cluster %016x, %s loop)%s",
+                 config.node_id, config.listen,
+                 (" (TLS, client certificates required)" if config.client_cert_auth
+                  else " (TLS)") if client_files else "",
+                 config.peer_listen, " (mutual TLS)" if peer_files else "", node.cluster_id,
                  _loop_name(asyncio.get_running_loop()),
                  " — waiting to be added" if config.join and not node.member_ids() else "")
 

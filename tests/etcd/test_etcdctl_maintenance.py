@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -26,9 +28,17 @@ pytestmark = pytest.mark.cluster
 
 LEADER_TIMEOUT_S = 30
 DEFRAG_TIMEOUT_S = 120
-# Enough data that compacting it takes a while (~1 s here): 3 rounds of the same keys,
-# so two thirds of it is garbage a compaction drops.
-LOAD_KEYS, LOAD_ROUNDS, LOAD_VALUE_BYTES, LOAD_BATCH_OPS = 12_000, 3, 1000, 3000
+DEFRAG_WRITERS = 4
+# kvraft serve's log line at the end of a defragmentation (kvraft/server/etcd/maintenance.py):
+# how long it took and when it started (a Unix time).
+DEFRAG_END = re.compile(r"defragmented the database in ([0-9.]+) s \(from ([0-9.]+)\)")
+# Enough data that compacting it takes a while: 2 rounds of the same keys (the first
+# round's latest records are garbage a compaction drops) ...
+LOAD_KEYS, LOAD_ROUNDS, LOAD_VALUE_BYTES, LOAD_BATCH_OPS = 12_000, 2, 1000, 3000
+# ... all of it (and the Raft log's copy) still in LevelDB's memtable and write-ahead
+# log, which LevelDB's background compaction never touches: the defragmentation writes
+# every byte out and compacts it, however idle the member was before.
+DEFRAG_WRITE_BUFFER_BYTES = 256 << 20
 
 
 def statuses(endpoints: str, *flags: str) -> dict[str, dict]:
@@ -115,18 +125,32 @@ def test_move_leader_refusals_are_etcds(etcd_cluster3: LocalCluster) -> None:
     assert cluster.wait_leader() == leader
 
 
-def test_alarm_list_and_disarm_with_no_alarms(etcd_cluster3: LocalCluster) -> None:
+def test_alarm_list_activate_and_disarm(etcd_cluster3: LocalCluster) -> None:
     cluster = etcd_cluster3
+    leader = cluster.wait_leader()
     assert ok(etcdctl(cluster.endpoints(), "alarm", "list")) == ""
     assert ok(etcdctl(cluster.endpoints(), "alarm", "disarm")) == ""
-    response = maintenance(cluster, 1).Alarm(
-        etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.GET), timeout=10)
+    stub = maintenance(cluster, 1)
+    response = stub.Alarm(etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.GET), timeout=10)
     assert list(response.alarms) == [] and response.header.member_id == 1
-    with pytest.raises(grpc.RpcError) as refused:
-        maintenance(cluster, 1).Alarm(etcdpb.AlarmRequest(
-            action=etcdpb.AlarmRequest.ACTIVATE, memberID=1, alarm=etcdpb.NOSPACE),
-            timeout=10)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    raised = stub.Alarm(etcdpb.AlarmRequest(action=etcdpb.AlarmRequest.ACTIVATE, memberID=2,
+                                            alarm=etcdpb.NOSPACE), timeout=10)
+    try:
+        assert [(a.memberID, a.alarm) for a in raised.alarms] == [(2, etcdpb.NOSPACE)]
+        listed = ok(etcdctl(cluster.endpoints(), "alarm", "list"))
+        assert listed.split() == ["memberID:2", "alarm:NOSPACE"], listed
+        # etcd's Status lists the raised alarms among its errors, on every member.
+        wait_until(lambda: all(s.get("errors") == ["memberID:2 alarm:NOSPACE"]
+                               for s in statuses(cluster.endpoints()).values()),
+                   LEADER_TIMEOUT_S, "every member's Status to list the alarm")
+        with pytest.raises(grpc.RpcError) as refused:
+            cluster.put(leader, b"alarm/k", b"v")
+        assert refused.value.details() == "etcdserver: mvcc: database space exceeded"
+    finally:
+        disarmed = ok(etcdctl(cluster.endpoints(), "alarm", "disarm"))
+    assert disarmed.split() == ["memberID:2", "alarm:NOSPACE"], disarmed
+    assert ok(etcdctl(cluster.endpoints(), "alarm", "list")) == ""
+    retry_unavailable(lambda: cluster.put(leader, b"alarm/k", b"v"))
 
 
 def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> None:
@@ -136,11 +160,19 @@ def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> 
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def defrag_span(log_text: str) -> tuple[float, float]:
+    """(start, end), as Unix times, of the last defragmentation a member logged."""
+    *_, last = DEFRAG_END.finditer(log_text)
+    took_s, started_at = float(last.group(1)), float(last.group(2))
+    return started_at, started_at + took_s
+
+
 def test_puts_complete_while_the_leader_defragments() -> None:
     """Defragment compacts the member's LevelDB on a thread of its own: writes through
     that member keep completing while the call has not returned (in etcd it stops the
     world, etcd #9222)."""
-    with LocalCluster.start(3) as cluster:
+    env = {"KVRAFT_LEVELDB_WRITE_BUFFER_BYTES": str(DEFRAG_WRITE_BUFFER_BYTES)}
+    with LocalCluster.start(3, env=env) as cluster:
         leader = cluster.wait_leader()
         value = os.urandom(LOAD_VALUE_BYTES)
         for _ in range(LOAD_ROUNDS):
@@ -152,20 +184,41 @@ def test_puts_complete_while_the_leader_defragments() -> None:
         before = statuses(cluster.nodes[leader].client_address)[
             cluster.nodes[leader].client_address]["dbSize"]
 
-        call = maintenance(cluster, leader).Defragment.future(
-            etcdpb.DefragmentRequest(), timeout=DEFRAG_TIMEOUT_S)
-        puts_during = 0
-        deadline = time.monotonic() + DEFRAG_TIMEOUT_S
-        while not call.done() and time.monotonic() < deadline:
-            cluster.put(leader, b"during/%d" % puts_during, b"x")
-            if not call.done():
-                puts_during += 1
-        response = call.result(timeout=DEFRAG_TIMEOUT_S)
+        # Writers put through the leader throughout; each completion is timed.
+        stop = threading.Event()
+        completed: list[float] = []
+
+        def writer(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                cluster.kv(leader).Put(pb.PutRequest(key=b"during/%d/%d" % (n, i), value=b"x"),
+                                       timeout=30)
+                completed.append(time.time())
+                i += 1
+
+        writers = [threading.Thread(target=writer, args=(n,), daemon=True)
+                   for n in range(DEFRAG_WRITERS)]
+        for t in writers:
+            t.start()
+        wait_until(lambda: len(completed) >= DEFRAG_WRITERS, 30, "the writers to run")
+        try:
+            response = maintenance(cluster, leader).Defragment(
+                etcdpb.DefragmentRequest(), timeout=DEFRAG_TIMEOUT_S)
+            # A little more writing, so a completion at the very end of the
+            # defragmentation is in `completed` too.
+            seen = len(completed)
+            wait_until(lambda: len(completed) > seen + DEFRAG_WRITERS, 30, "more puts")
+        finally:
+            stop.set()
+            for t in writers:
+                t.join(timeout=30)
         assert response.header.member_id == leader
-        assert puts_during >= 1, "no put completed while the defragmentation ran"
         log_text = cluster.nodes[leader].log_path.read_text()
         assert "defragmenting the database" in log_text
-        assert "defragmented the database in" in log_text
+        started_at, ended_at = defrag_span(log_text)
+        during = [t for t in completed if started_at < t < ended_at]
+        assert during, (f"no put completed during the {ended_at - started_at:.3f} s of "
+                        f"the defragmentation ({len(completed)} puts in all)")
         after = statuses(cluster.nodes[leader].client_address)[
             cluster.nodes[leader].client_address]["dbSize"]
         assert after < before, (before, after)
@@ -258,3 +311,18 @@ def test_hashkv_is_equal_on_every_member_at_a_revision(etcd_cluster3: LocalClust
         stub.HashKV(etcdpb.HashKVRequest(revision=revision + 10_000), timeout=10)
     assert (refused.value.code(), refused.value.details()) == (
         grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+
+
+def test_endpoint_health_on_every_member(etcd_cluster3: LocalCluster) -> None:
+    """etcdctl's health check is a linearizable read of the key "health" (etcd's KV
+    service) on each endpoint; --cluster takes the endpoints from MemberList."""
+    cluster = etcd_cluster3
+    rows = json.loads(ok(etcdctl(cluster.endpoints(), "endpoint", "health", "-w", "json")))
+    assert sorted(r["endpoint"] for r in rows) == sorted(
+        n.client_address for n in cluster.nodes.values())
+    assert all(r["health"] is True and "error" not in r for r in rows), rows
+    result = etcdctl(cluster.nodes[1].client_address, "endpoint", "health", "--cluster")
+    assert result.returncode == 0, result.stderr
+    healthy = sorted(line.split(" is healthy: ")[0] for line in result.stderr.splitlines()
+                     if " is healthy: successfully committed proposal" in line)
+    assert healthy == sorted(f"http://{n.client_address}" for n in cluster.nodes.values())

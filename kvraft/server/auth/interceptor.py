@@ -41,6 +41,7 @@ from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import kvraft_pb2 as kpb
 from kvraft.storage import auth_store
 from kvraft.storage.auth_store import READ, WRITE, AuthState, Need, Needs, Rule
+from kvraft.tls import member_ids_named
 
 from ..node import Node
 from .context import ADMITTED
@@ -124,14 +125,17 @@ RULES: dict[str, Rules] = {
     "/kvraft.Cluster/TransferLeader": _root,
 }
 _WATCH = "/etcdserverpb.Watch/Watch"
-# What a follower forwards to the leader on a client's behalf (etcd/lease.py), marked
-# with this metadata key; the follower checked the client already. NOTE: the mark is
-# not authenticated — a client that sets it may keep a lease alive or read its TTL and
-# key names without a user (never read values or write). Closing that needs member
-# identity on the client port (member client certificates, issue 14's TLS part).
-_FORWARDABLE = frozenset({"/etcdserverpb.Lease/LeaseKeepAlive",
-                          "/etcdserverpb.Lease/LeaseTimeToLive"})
-_FORWARDED_METADATA_KEY = "kvraft-lease-forwarded"
+# What a follower forwards to the leader on a client's behalf (etcd/lease.py,
+# etcd/cluster.py), marked with one of these metadata keys; the follower checked the
+# client already, and the leader admits the call without a user (`_forwarded_by_member`)
+# when the connection's client certificate names a current member (the TLS naming rule,
+# kvraft/tls.py). Without --client-cert-auth no caller has an identity the port could
+# check, and the mark is trusted as it is: a client that forges it may keep a lease
+# alive, read a lease's TTL and key names, or promote a learner (never read a value or
+# write) — docs/security.md, "Limits and differences from etcd".
+_FORWARDABLE = {"/etcdserverpb.Lease/LeaseKeepAlive": "kvraft-lease-forwarded",
+                "/etcdserverpb.Lease/LeaseTimeToLive": "kvraft-lease-forwarded",
+                "/etcdserverpb.Cluster/MemberPromote": "kvraft-forwarded"}
 # Reads checked again once served when the auth revision moved meanwhile (recheck_read).
 _READS = frozenset({"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/kvraft.KV/Get",
                     "/kvraft.KV/Scan"})
@@ -165,12 +169,21 @@ class AccessCheck:
                 self.tokens.clear()
             return "", state.revision
         needs = rule(request, self)
-        if needs == OPEN or (method in _FORWARDABLE and _forwarded(context)):
+        if needs == OPEN or (method in _FORWARDABLE and self._forwarded_by_member(
+                context, _FORWARDABLE[method])):
             return "", state.revision
         user = self.user(state, context)
         if not auth_store.allowed(state, user, needs):
             raise _refusal(auth_store.PermissionDeniedError())
         return user, state.revision
+
+    def _forwarded_by_member(self, context: grpc.aio.ServicerContext, mark: str) -> bool:
+        if not any(k == mark for k, _ in context.invocation_metadata() or ()):
+            return False
+        if not self.client_cert_auth:
+            return True
+        named = member_ids_named(context.auth_context() or {})
+        return bool(named & self.node.member_ids())
 
     def recheck_read(self, rule: Rules, request: Any, admitted: tuple[str, int]) -> None:
         """After a read was served: if the auth revision moved while it ran (its read
@@ -217,10 +230,6 @@ class AccessCheck:
         user = self.user(state, context)
         if not auth_store.allowed(state, user, [Need(READ, create.key, create.range_end)]):
             raise _refusal(auth_store.PermissionDeniedError())
-
-
-def _forwarded(context: grpc.aio.ServicerContext) -> bool:
-    return any(k == _FORWARDED_METADATA_KEY for k, _ in context.invocation_metadata() or ())
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -42,6 +42,7 @@ from .. import storage_adapter as sa
 from ..config import NodeConfig, ServeError, parse_address
 from ..metrics import NodeMetrics
 from ..node import Node
+from ..tls import client_port_channel
 from . import errors
 from .errors import EtcdError
 from .header import etcd_header
@@ -293,7 +294,7 @@ class EtcdClusterService(etcdpb_grpc.ClusterServicer):
         record = self._records().get(leader_id) if leader_id else None
         if record is None or not record.client_address:
             raise errors.NO_LEADER.error()
-        async with grpc.aio.insecure_channel(record.client_address) as channel:
+        async with client_port_channel(self.config, record.client_address) as channel:
             stub = etcdpb_grpc.ClusterStub(channel)
             try:
                 response: etcdpb.MemberPromoteResponse = await stub.MemberPromote(

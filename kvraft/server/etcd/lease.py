@@ -33,6 +33,7 @@ from .. import storage_adapter as sa
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
+from ..tls import client_port_channel
 from ..transport import CHANNEL_OPTIONS
 from ..waiters import NodeError
 from .errors import STOPPED, EtcdError, deadline_s, serve_call
@@ -65,7 +66,8 @@ def _no_leader() -> NodeError:
 class _LeaderChannel:
     """One channel to the leader's client address, replaced when the leader moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config  # the client port's TLS, which the leader's port shares
         self.address = ""
         self.channel: grpc.aio.Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()   # old channels being closed
@@ -76,7 +78,7 @@ class _LeaderChannel:
                 task = asyncio.get_running_loop().create_task(self.channel.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self.channel = client_port_channel(self.config, address, CHANNEL_OPTIONS)
             self.address = address
         return etcdpb_grpc.LeaseStub(self.channel)
 
@@ -176,7 +178,7 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
         self.config = config
         self.metrics = metrics
         self.lessor = lessor
-        self._leader = _LeaderChannel()
+        self._leader = _LeaderChannel(config)
 
     # --- plumbing ----------------------------------------------------------------------
     async def _call(self, rpc: str, context: Ctx,

@@ -12,8 +12,10 @@
   elsewhere it is FAILED_PRECONDITION "etcdserver: not leader". A target that is not a
   voter is etcd's "bad leader transferee"; the call returns once the target leads.
 * Alarm: replicated (kvraft/storage/mvcc_apply.py): GET lists the raised alarms after a
-  read barrier; ACTIVATE and DEACTIVATE are proposed and answer the alarms raised once
-  applied. A member raises its own NOSPACE alarm past --quota-backend-bytes (quota.py).
+  read barrier; ACTIVATE and DEACTIVATE are proposed and answer, as etcd's, the one
+  alarm they raised or disarmed (a disarm of an alarm not raised answers none). Status
+  lists the raised alarms among its `errors`, as etcd's. A member raises its own NOSPACE
+  alarm past --quota-backend-bytes (quota.py).
 * Defragment compacts this member's LevelDB — every level, the Raft log's keys and the
   store's — with LevelDB's CompactRange, on a thread of its own: the member's reads
   and writes go on meanwhile (LevelDB is safe for concurrent use, and plyvel releases
@@ -187,6 +189,10 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 isLearner=self.node.id in self.node.learner_ids())
             if raft.leader_id == 0:
                 response.errors.append(errors.NO_LEADER_STATUS_ERROR)
+            # etcd lists every raised alarm among the errors too (its AlarmMember's text).
+            response.errors.extend(
+                f"memberID:{a.member_id} alarm:{etcdpb.AlarmType.Name(a.alarm)}"
+                for a in self.node.store.sm.alarms())
             return response
 
         return await self._call("Status", context, body)
@@ -211,11 +217,12 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
 
         return await self._call("MoveLeader", context, body)
 
-    def _compact(self) -> float:
-        """Compact the whole LevelDB (on the defrag thread); its duration in seconds."""
-        t0 = time.monotonic()
+    def _compact(self) -> tuple[float, float]:
+        """Compact the whole LevelDB (on the defrag thread): (when it started, as a Unix
+        time, and how long it took in seconds)."""
+        started_at, t0 = time.time(), time.monotonic()
         self.node.store.datadir.db.compact_range()
-        return time.monotonic() - t0
+        return started_at, time.monotonic() - t0
 
     async def Defragment(self, request: etcdpb.DefragmentRequest,
                          context: grpc.aio.ServicerContext) -> etcdpb.DefragmentResponse:
@@ -232,10 +239,10 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 # the lock is held until it ends (one at a time, and `close` waits).
                 future = asyncio.get_running_loop().run_in_executor(
                     self._defrag_executor, self._compact)
-                took_s = await asyncio.shield(future)
+                started_at, took_s = await asyncio.shield(future)
                 after = await asyncio.to_thread(db_size_bytes, self.db_dir)
-                log.info("node %d: defragmented the database in %.3f s: %d -> %d bytes",
-                         self.node.id, took_s, before, after)
+                log.info("node %d: defragmented the database in %.3f s (from %.3f): "
+                         "%d -> %d bytes", self.node.id, took_s, started_at, before, after)
             return etcdpb.DefragmentResponse(header=etcd_header(self.node))
 
         return await self._call("Defragment", context, body)
@@ -310,19 +317,28 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                     context: grpc.aio.ServicerContext) -> etcdpb.AlarmResponse:
         async def body(timeout_s: float) -> etcdpb.AlarmResponse:
             # Alarms are replicated (mvcc_apply.py): GET reads this member's state
-            # after a read barrier; ACTIVATE and DEACTIVATE go through Raft and answer
-            # the alarms raised once applied (etcd answers a disarm of an alarm that is
-            # not raised with the others, too).
-            if request.action == etcdpb.AlarmRequest.GET:
-                await self.node.read_index(timeout_s)
-                raised = self.node.store.sm.alarms()
-            else:
+            # after a read barrier; ACTIVATE and DEACTIVATE go through Raft.
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            await self.node.read_index(timeout_s)
+            raised = self.node.store.sm.alarms()
+            if request.action != etcdpb.AlarmRequest.GET:
+                # etcd answers a change with the one alarm it changed: the alarm raised,
+                # or the alarm disarmed (none if it was not raised) — `etcdctl alarm
+                # disarm` prints those.
+                asked = (request.memberID, request.alarm)
+                was_raised = asked in {(a.member_id, a.alarm) for a in raised}
                 request_id = sa.new_request_id()
                 result = await self.node.propose(
-                    request_id, commands.etcd_command(request_id, "alarm", request), timeout_s)
+                    request_id, commands.etcd_command(request_id, "alarm", request),
+                    max(0.0, deadline - asyncio.get_running_loop().time()))
                 if result.mvcc_error is not None:
                     raise result.mvcc_error
-                raised = result.response if isinstance(result.response, list) else []
+                after = result.response if isinstance(result.response, list) else []
+                now_raised = asked in {(a.member_id, a.alarm) for a in after}
+                changed = now_raised if request.action == etcdpb.AlarmRequest.ACTIVATE \
+                    else was_raised and not now_raised
+                raised = [a for a in (after if now_raised else raised)
+                          if (a.member_id, a.alarm) == asked] if changed else []
             return etcdpb.AlarmResponse(header=etcd_header(self.node), alarms=[
                 etcdpb.AlarmMember(memberID=a.member_id, alarm=etcdpb.AlarmType.Name(a.alarm))
                 for a in raised])
