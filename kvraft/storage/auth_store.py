@@ -32,6 +32,7 @@ in memory (state_machine.py `auth`), replaced after every apply that changed it.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import hmac
 import os
@@ -220,6 +221,11 @@ class AuthState:
     revision: int = FIRST_AUTH_REVISION
     users: Mapping[str, User] = field(default_factory=dict)
     roles: Mapping[str, tuple[Permission, ...]] = field(default_factory=dict)
+    # (user, kind) -> the user's grants of that kind merged into disjoint, non-adjacent
+    # ranges: (their starts, their stops (None: unbounded)), both sorted. Filled on
+    # first use (at most two entries per user); the state itself never changes.
+    _merged: dict[tuple[str, int], tuple[list[bytes], list[bytes | None]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def is_root(self, user: str) -> bool:
         u = self.users.get(user)
@@ -232,9 +238,35 @@ class AuthState:
             return False
         if ROOT in u.roles:
             return True
-        grants = [p.keys for role in u.roles for p in self.roles.get(role, ())
-                  if p.grants(kind)]
-        return covers(grants, KeyRange.of(key, range_end))
+        merged = self._merged.get((user, kind))
+        if merged is None:
+            merged = self._merged[(user, kind)] = merge(
+                p.keys for role in u.roles for p in self.roles.get(role, ()) if p.grants(kind))
+        wanted = KeyRange.of(key, range_end)
+        if wanted.empty:
+            return True
+        starts, stops = merged
+        # merged ranges are disjoint and not adjacent: one of them must hold it all
+        i = bisect.bisect_right(starts, wanted.start) - 1
+        if i < 0:
+            return False
+        stop = stops[i]
+        return stop is None or (wanted.stop is not None and wanted.stop <= stop)
+
+
+def merge(grants: Iterable[KeyRange]) -> tuple[list[bytes], list[bytes | None]]:
+    """`grants` as disjoint, non-adjacent ranges in order: (starts, stops)."""
+    starts: list[bytes] = []
+    stops: list[bytes | None] = []
+    for g in sorted((g for g in grants if not g.empty), key=lambda g: g.start):
+        if starts and (stops[-1] is None or g.start <= stops[-1]):   # overlaps or touches
+            last = stops[-1]
+            if last is not None and (g.stop is None or g.stop > last):
+                stops[-1] = g.stop
+            continue
+        starts.append(g.start)
+        stops.append(g.stop)
+    return starts, stops
 
 
 def covers(grants: Iterable[KeyRange], wanted: KeyRange) -> bool:

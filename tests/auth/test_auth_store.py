@@ -311,3 +311,20 @@ def test_a_lease_revoke_is_rechecked_against_the_keys_of_the_lease(log: Log) -> 
     assert log.etcd("lease_revoke", etcdpb.LeaseRevokeRequest(ID=7), as_user="alice",
                     auth_revision=admitted_at).mvcc_error is None
     assert log.sm.lease(7) is None and log.sm.get(b"mine/a") is None
+
+
+def test_the_merged_ranges_a_state_caches_agree_with_covers_on_random_cases() -> None:
+    """AuthState.permitted answers from its merged ranges; covers() from the raw grants:
+    both must say the same for any grants and any range (seeded, so a failure replays)."""
+    import random
+
+    rng = random.Random(1405)
+    keys = [b"", b"\x00", b"a", b"b", b"ba", b"c", b"d", b"e"]
+    for case in range(2000):
+        grants = [(rng.choice(keys), rng.choice(keys)) for _ in range(rng.randint(0, 4))]
+        key, range_end = rng.choice(keys), rng.choice(keys)
+        state = au.AuthState(True, 2, {"u": au.User("u", "", ("r",))},
+                             {"r": tuple(au.Permission(R, k, e) for k, e in grants)})
+        expected = au.covers([KeyRange.of(k, e) for k, e in grants], KeyRange.of(key, range_end))
+        assert state.permitted("u", R, key, range_end) is expected, (case, grants, key,
+                                                                     range_end)
