@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 # _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
-from kvraft import __version__, _cli_env  # noqa: F401
+from kvraft import __version__, _cli_env, cli_auth  # noqa: F401
 from kvraft.cli_format import escape_bytes, format_table
 from kvraft.client import (
     DEFAULT_ENDPOINT,
@@ -134,14 +134,6 @@ MEMBER_ID = MemberIdType()
 INITIAL_CLUSTER = InitialClusterType()
 
 
-USER_META_KEY = "kvraft.user"   # where --user waits for _connect (kvraft/cli_auth.py)
-
-
-def _remember_user(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
-    if value:
-        ctx.meta[USER_META_KEY] = value
-
-
 # The client TLS options (SPEC §8) of the command being run, stored by their callbacks
 # in the click context's meta (shared by the whole command chain), so that `_connect`
 # finds them and no command has to take them as parameters.
@@ -178,7 +170,7 @@ def _client_options(fn: Callable) -> Callable:
     fn = _client_tls_options(fn)
     fn = click.option(
         "--user", envvar="KVRAFT_USER", metavar="USER[:PASSWORD]", expose_value=False,
-        callback=_remember_user,
+        callback=cli_auth.remember_user,
         help="Authenticate as USER; asks for the password if not given (env KVRAFT_USER).",
     )(fn)
     fn = click.option(
@@ -204,10 +196,11 @@ def _client_tls() -> ClientTLS | None:
 
 
 def _connect(endpoints: list[str], timeout: float) -> Client:
-    from kvraft.cli_auth import credentials
-
     _client_tls()
-    user, password = credentials()
+    try:
+        user, password = cli_auth.credentials()
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
     return Client(endpoints, timeout=timeout, user=user, password=password,
                   **client_tls_kwargs())
 
@@ -792,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
-from kvraft import cli_auth  # noqa: E402, F401  registers `kvraft user|role|auth`
+cli_auth.register(cli, sys.modules[__name__])   # kvraft user|role|auth (SPEC §8)
 
 if __name__ == "__main__":
     sys.exit(main())

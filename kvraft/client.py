@@ -384,7 +384,7 @@ class Client:
     @property
     def auth(self) -> client_auth.AuthCalls:
         """etcd's Auth service: users, roles, permissions, auth enable/disable."""
-        return client_auth.AuthCalls(self)
+        return client_auth.AuthCalls(self, DeadlineExceeded)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -17,16 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from kvraft.proto import authpb_pb2 as authpb
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
-
-if TYPE_CHECKING:
-    from kvraft.client import Client
 
 TOKEN_METADATA_KEY = "token"
 AUTHENTICATE_TIMEOUT_S = 5.0
@@ -165,11 +162,24 @@ class Permission:
     range_end: bytes
 
 
-class AuthCalls:
-    """etcd's Auth RPCs over a Client (its endpoints, failover and credentials)."""
+class _Client(Protocol):
+    """What AuthCalls uses of kvraft.client.Client (not imported: client imports us)."""
 
-    def __init__(self, client: Client) -> None:
+    def _deadline(self, timeout: float | None) -> float: ...
+    def _order(self) -> list[str]: ...
+    def _channel(self, endpoint: str) -> Any: ...
+    def _classify(self, err: grpc.RpcError, endpoint: str, write: bool,
+                  deadline: float) -> tuple[Exception, bool]: ...
+
+
+class AuthCalls:
+    """etcd's Auth RPCs over a Client (its endpoints, failover and credentials).
+    `deadline_error`: the exception for a call whose deadline passed before any member
+    was tried (kvraft.client.DeadlineExceeded)."""
+
+    def __init__(self, client: _Client, deadline_error: Callable[[str], Exception]) -> None:
         self._client = client
+        self._deadline_error = deadline_error
 
     def _call(self, method: str, request: Any, *, write: bool,
               timeout: float | None = None) -> Any:
@@ -188,8 +198,7 @@ class AuthCalls:
                 if not retry:
                     raise last from None
         if last is None:
-            from kvraft.client import DeadlineExceeded
-            raise DeadlineExceeded("the deadline passed before any endpoint was tried")
+            raise self._deadline_error("the deadline passed before any endpoint was tried")
         raise last
 
     # --- the switch -------------------------------------------------------------------------
