@@ -137,7 +137,7 @@ INITIAL_CLUSTER = InitialClusterType()
 # The client TLS options (SPEC §8) of the command being run, stored by their callbacks
 # in the click context's meta (shared by the whole command chain), so that `_connect`
 # finds them and no command has to take them as parameters.
-_TLS_META_KEY = "kvraft.client_tls"
+_TLS_META_KEY = "kvraft.client_tls"   # kvraft.cli_ops.TLS_META_KEY reads it too
 
 
 def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -735,6 +735,19 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         raise CliError(f"bench: no request succeeded (errors: {failures})",
                        EXIT_REQUEST_FAILED)
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _register_ops_commands() -> None:
+    """snapshot, defrag and alarm (SPEC §7): kvraft/cli_ops.py."""
+    from kvraft import cli_ops
+
+    cli_ops.register(cli, _client_options)
+
+
+_register_ops_commands()
 
 
 # --------------------------------------------------------------------------- main

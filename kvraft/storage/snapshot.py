@@ -154,16 +154,29 @@ class SnapshotHandle:
 class StreamParser:
     """Incremental parser of the stream; `feed()` returns the complete records so far."""
 
-    def __init__(self, expected: eraftpb.SnapshotMetadata | None = None) -> None:
+    def __init__(self, expected: eraftpb.SnapshotMetadata | None = None, *,
+                 keep_extra: bool = False) -> None:
         self._expected = expected
         self._buf = bytearray()
         self._crc = 0
         self.metadata: eraftpb.SnapshotMetadata | None = None
         self.count = 0
         self.done = False
+        # keep_extra: bytes after the trailer are kept in `extra` instead of refused (a
+        # snapshot file's padding and SHA-256, snapshot_file.py); the caller bounds them.
+        self._keep_extra = keep_extra
+        self.extra = bytearray()
+
+    @property
+    def crc(self) -> int:
+        """The crc32 of the stream so far; once `done`, the one its trailer holds."""
+        return self._crc
 
     def feed(self, data: bytes) -> list[tuple[int, bytes, bytes]]:
         if self.done and data:
+            if self._keep_extra:
+                self.extra += data
+                return []
             raise SnapshotStreamError("data after the end of the snapshot stream")
         self._buf += data
         records: list[tuple[int, bytes, bytes]] = []
@@ -218,7 +231,10 @@ class StreamParser:
             pos = end
         del buf[:pos]
         if self.done and buf:
-            raise SnapshotStreamError("data after the end of the snapshot stream")
+            if not self._keep_extra:
+                raise SnapshotStreamError("data after the end of the snapshot stream")
+            self.extra += buf
+            buf.clear()
         return records
 
 

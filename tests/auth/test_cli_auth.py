@@ -96,6 +96,11 @@ def test_set_up_users_roles_and_auth_with_kvraft_and_use_them(node: LocalCluster
     refused(kvraft(node, "get", "cfg/a", "--user", "dave:davepw"))
     assert done(kvraft(node, "get", "cfg/a", "--user", "dave:newpw")) == "1\n"
 
+    # the maintenance commands (kvraft/cli_ops.py) authenticate too: defrag is root's
+    assert "Finished defragmenting" in done(kvraft(node, "defrag", "--user", "root:rootpw"))
+    as_dave = kvraft(node, "defrag", "--user", "dave:newpw")
+    assert as_dave.returncode == 3 and "etcdserver: permission denied" in as_dave.stderr
+
     if ETCDCTL is not None:   # etcdctl sees what kvraft set up
         assert ok(etcdctl(node.endpoints(), "--user=dave:newpw", "get", "cfg/a")).split() == [
             "cfg/a", "1"]

@@ -315,12 +315,15 @@ class EtcdWorkload:
         # Held once no key of the prefix has a lower create revision; keep the lease
         # alive meanwhile.
         while not self.stop_event.is_set() and time.monotonic() < deadline:
+            # etcd's recipe: the keys created before mine (a count would not do: etcd
+            # counts a range before its revision filters).
             waiting = ends.kv().Range(etcdpb.RangeRequest(
                 key=LOCK_PREFIX, range_end=LOCK_PREFIX[:-1] + b"0",
-                max_create_revision=token - 1, count_only=True), timeout=CALL_TIMEOUT_S)
+                max_create_revision=token - 1, keys_only=True, limit=1),
+                timeout=CALL_TIMEOUT_S)
             list(ends.lease().LeaseKeepAlive(iter([etcdpb.LeaseKeepAliveRequest(ID=lease)]),
                                              timeout=CALL_TIMEOUT_S))
-            if waiting.count == 0:
+            if not waiting.kvs:
                 break
             self.stop_event.wait(0.05)
         else:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from tests.chaos.cluster import Cluster, ServeArgv, kvraft_serve_argv
-from tests.chaos.etcd_workload import EtcdWorkload, check_etcd_workload
+from tests.chaos.etcd_workload import EtcdStats, EtcdWorkload, check_etcd_workload
 from tests.chaos.linearizability import Result, check
 from tests.chaos.nemesis import FAULT_KINDS, Nemesis, schedule
 from tests.chaos.netns import Network, remove_leftovers
@@ -58,7 +58,11 @@ class ChaosReport:
     error: str | None = None
     # The etcd workloads (etcd_workload.py): what their checkers found, and counts.
     etcd_problems: list[str] = dataclasses.field(default_factory=list)
-    etcd_stats: str = ""
+    etcd_counts: EtcdStats | None = None
+
+    @property
+    def etcd_stats(self) -> str:
+        return "" if self.etcd_counts is None else str(self.etcd_counts)
 
     @property
     def ok(self) -> bool:
@@ -183,7 +187,7 @@ def run_chaos(
             say("etcd workloads: the canonical event history, then their checks")
             report.etcd_problems = check_etcd_workload(
                 etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S)
-            report.etcd_stats = str(etcd.stats)
+            report.etcd_counts = etcd.stats
             history = workload.history()
             s = workload.stats
             report.ops = len(history)

@@ -29,3 +29,8 @@ def test_kvraft_stays_linearizable_under_faults(netns_available: None, seed: int
     assert report.ok, text
     assert report.result is not None and report.result.ops_checked > 500, text
     assert set(report.final_values) == {b"chaos-%d" % k for k in range(4)}
+    # The etcd workloads' checks passed (report.ok) and had something to check.
+    counts = report.etcd_counts
+    assert counts is not None, text
+    assert counts.txn_ok > 100 and counts.keepalives_ok > 20, text
+    assert counts.fenced_writes + counts.stale_writes_refused > 0, text
