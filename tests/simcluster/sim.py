@@ -65,7 +65,7 @@ from .events import EventOrder
 from .lanes import DiskTiming, InjectedFsyncError
 from .loop import VirtualTimeLoop
 from .network import NetworkFaults, SimNetwork
-from .workload import Workload
+from .workload import TXN_GROUP, Workload
 
 ELECTION_TIMEOUT_S = ELECTION_TICK * TICK_INTERVAL_S
 CHAOS_S = 20.0                 # virtual seconds of faults and clients
@@ -451,7 +451,7 @@ class Simulation:
         acknowledged write lost anywhere shows as a read the history cannot explain."""
         w = self.workload
         for i in self.cluster.ids():
-            for key in w.keys:
+            for key in (*w.keys, TXN_GROUP):
                 for _attempt in range(20):
                     if await w.one(-2, i, Kind.GET, key) is not None:
                         break
