@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--keys", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the logs of a passing run")
+    parser.add_argument("--read-mode", choices=("safe", "lease"), default="safe",
+                        help="the nodes' `kvraft serve --read-mode` (lease: thesis §6.4.1)")
     parser.add_argument("--overlap", action="store_true",
                         help="let half the faults pile up instead of healing each one")
     args = parser.parse_args(argv)
@@ -223,8 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make chaos: cannot run here: {reason}", file=sys.stderr)
         return 2
     install_signal_handlers()
-    report = run_chaos(args.seed, args.duration, clients=args.clients, keys=args.keys,
-                       keep_on_pass=args.keep, overlap=args.overlap)
+    serve_argv = kvraft_serve_argv
+    if args.read_mode != "safe":
+        mode = args.read_mode
+
+        def serve_argv(cluster: Cluster, index: int) -> list[str]:
+            return [*kvraft_serve_argv(cluster, index), "--read-mode", mode]
+
+        print(f"read mode: {mode}", flush=True)
+    report = run_chaos(args.seed, args.duration, serve_argv=serve_argv, clients=args.clients,
+                       keys=args.keys, keep_on_pass=args.keep, overlap=args.overlap)
     print(report.describe(report.t0_s))
     missing = set(FAULT_KINDS) - report.kinds_applied
     if missing:
