@@ -357,3 +357,28 @@ def test_quorum_ack_tick_follows_both_halves_of_a_joint_configuration() -> None:
     assert prs.quorum_ack_seq(1, 3) == 2
     prs.progress[4].ack_lease_heartbeat(4, 1)  # an older, reordered ack changes nothing
     assert prs.progress[4].last_ack_tick == 5
+
+
+def test_a_stamp_no_heartbeat_could_carry_is_not_recorded() -> None:
+    net, leader = held_lease()
+    net.tick([leader], ticks=2)  # heartbeat 2 at a later tick, acknowledged
+    pr = net.raft(leader).prs.progress[2]
+    seq, tick = pr.last_ack_seq, pr.last_ack_tick
+    assert not pr.ack_lease_heartbeat(tick - 1, seq + 1)  # a later number, an earlier tick
+    assert (pr.last_ack_seq, pr.last_ack_tick) == (seq, tick)
+
+
+def test_an_ack_without_a_lease_stamp_is_no_evidence() -> None:
+    # A heartbeat answer carrying another context (a safe-mode round of an earlier
+    # configuration, say) dates nothing: it neither renews the lease nor counts.
+    net = lease_net()
+    leader = net.elect(1)
+    raft = net.raft(leader)
+    for ctx in (b"", b"read-ctx", lease_heartbeat_ctx(0, 1)[:-1]):
+        net.node(leader).step(eraftpb.Message(msg_type=eraftpb.MsgHeartbeatResponse, from_=2,
+                                              to=leader, term=raft.term, context=ctx))
+    assert raft.prs.progress[2].last_ack_seq == -1 and not raft.lease_valid()
+
+
+def test_no_voters_means_no_quorum_ack() -> None:
+    assert ProgressTracker(4).quorum_ack_tick(1, 10) == NEVER_ACKED_TICK

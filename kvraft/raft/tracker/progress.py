@@ -161,16 +161,16 @@ class Progress:
         if committed_index > self.committed_index:
             self.committed_index = committed_index
 
-    def ack_lease_heartbeat(self, tick: int, seq: int) -> None:
+    def ack_lease_heartbeat(self, tick: int, seq: int) -> bool:
         """The peer acknowledged, at the leader's term, lease heartbeat number `seq`,
-        sent at `tick`. An older (reordered, duplicated) acknowledgement changes nothing."""
-        assert tick >= 0 and seq > 0, f"bad lease heartbeat stamp: tick {tick}, seq {seq}"
-        if seq > self.last_ack_seq:
-            assert tick >= self.last_ack_tick, (
-                f"heartbeat {seq} sent at tick {tick} before heartbeat "
-                f"{self.last_ack_seq} at tick {self.last_ack_tick}")
-            self.last_ack_seq = seq
-            self.last_ack_tick = tick
+        sent at `tick`. An older (reordered, duplicated) acknowledgement changes
+        nothing, nor does a stamp no heartbeat of ours could carry (a later number
+        sent at an earlier tick). Whether it was recorded."""
+        if seq <= self.last_ack_seq or tick < self.last_ack_tick or tick < 0:
+            return False
+        self.last_ack_seq = seq
+        self.last_ack_tick = tick
+        return True
 
     def optimistic_update(self, n: int) -> None:
         """Replicate state: entries up to `n` were sent; the next append starts after."""
