@@ -52,6 +52,7 @@ class ChaosReport:
     kinds_applied: set[str]
     check_s: float = 0.0
     overlap: bool = False
+    read_mode: str = "safe"
     log_tracebacks: dict[int, int] = dataclasses.field(default_factory=dict)
     t0_s: float = 0.0  # monotonic time of the workload's start; history times are relative
     error: str | None = None
@@ -65,7 +66,8 @@ class ChaosReport:
             f"chaos run: seed {self.seed}, {self.duration_s:.0f} s, {NODES} nodes -> "
             + ("PASS" if self.ok else "FAIL"),
             f"  replay: make chaos SEED={self.seed} DURATION={self.duration_s:.0f}"
-            + (" OVERLAP=1" if self.overlap else ""),
+            + (" OVERLAP=1" if self.overlap else "")
+            + (f" READ_MODE={self.read_mode}" if self.read_mode != "safe" else ""),
             "  fault schedule (from the seed):",
             *("    " + s for s in self.schedule),
             "  as applied:",
@@ -120,7 +122,14 @@ def run_chaos(
     keep_on_pass: bool = False,
     log: bool = True,
     overlap: bool = False,
+    read_mode: str = "safe",
 ) -> ChaosReport:
+    if read_mode != "safe":
+        plain_argv = serve_argv
+
+        def serve_argv(cluster: Cluster, index: int) -> list[str]:
+            return [*plain_argv(cluster, index), "--read-mode", read_mode]
+
     remove_leftovers()
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"kvraft-chaos-seed{seed}-"))
@@ -130,6 +139,7 @@ def run_chaos(
         schedule=[f.describe() for f in faults] + [f"{quiet_from_s:6.1f} s  quiet period"],
         nemesis_log=[], result=None, final_values={}, ops=0, stats="", kinds_applied=set(),
         overlap=overlap,
+        read_mode=read_mode,
     )
 
     def say(text: str) -> None:
@@ -225,16 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make chaos: cannot run here: {reason}", file=sys.stderr)
         return 2
     install_signal_handlers()
-    serve_argv = kvraft_serve_argv
-    if args.read_mode != "safe":
-        mode = args.read_mode
-
-        def serve_argv(cluster: Cluster, index: int) -> list[str]:
-            return [*kvraft_serve_argv(cluster, index), "--read-mode", mode]
-
-        print(f"read mode: {mode}", flush=True)
-    report = run_chaos(args.seed, args.duration, serve_argv=serve_argv, clients=args.clients,
-                       keys=args.keys, keep_on_pass=args.keep, overlap=args.overlap)
+    report = run_chaos(args.seed, args.duration, clients=args.clients, keys=args.keys,
+                       keep_on_pass=args.keep, overlap=args.overlap, read_mode=args.read_mode)
     print(report.describe(report.t0_s))
     missing = set(FAULT_KINDS) - report.kinds_applied
     if missing:
