@@ -3,9 +3,9 @@ every operation, the seeded nemesis, then the linearizability check (and the fin
 reads after a SIGKILL of every node, so no acknowledged write may be lost).
 
 Each seed's 60 s schedule holds every fault kind (asserted first); one more seed runs the
-nodes with lease reads. A failure prints the
-seed, the schedule as applied, the smallest failing window and where the logs are;
-`make chaos SEED=<seed> DURATION=60` replays the schedule."""
+nodes with lease reads. A failure prints the seed, the schedule as applied, the
+smallest failing window and where the logs are; `make chaos SEED=<seed> DURATION=60`
+replays the schedule."""
 
 from __future__ import annotations
 
