@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvraft.raft.config import Config, ReadOnlyOption
 from kvraft.wire import UINT64_MAX
 
 MAX_KEY_BYTES = 4096
@@ -181,6 +182,15 @@ class NodeConfig:
         if self.read_mode not in READ_MODES:
             raise ServeError(f"unknown read mode {self.read_mode!r}: expected one of "
                              f"{', '.join(READ_MODES)}")
+        if self.read_mode == "lease":
+            lease = Config(id=1, election_tick=self.election_tick,
+                           heartbeat_tick=self.heartbeat_tick, check_quorum=True,
+                           read_only_option=ReadOnlyOption.LeaseBased)
+            if 0 < self.heartbeat_tick < self.election_tick and \
+                    lease.lease_ticks() <= self.heartbeat_tick:
+                raise ServeError(f"--read-mode lease: a lease of {lease.lease_ticks()} ticks "
+                                 f"would not outlast the {self.heartbeat_tick} between "
+                                 "heartbeats")
         if self.tick_interval_s <= 0 or self.heartbeat_tick <= 0:
             raise ServeError("tick interval and heartbeat ticks must be positive")
         if self.election_tick <= self.heartbeat_tick:
