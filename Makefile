@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvraft-installed
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint test test-fast docs sim sim-cluster run bench bench-compare chaos powerloss docker-up docker-down clean
+.PHONY: help install protos lint test test-fast docs sim sim-cluster run bench bench-compare chaos powerloss certs docker-up docker-down clean
 
 help:
 	@echo "make run          start a local 5-node cluster on loopback (Ctrl-C stops it)"
@@ -19,7 +19,8 @@ help:
 	@echo "make bench        the project's benchmarks, printing a table"
 	@echo "make chaos        fault injection with a linearizability check (SEED=, DURATION=)"
 	@echo "make powerloss    power cuts of a 3-node cluster on lazyfs (CUTS=, SEED=, MODE=ext4|posix)"
-	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster"
+	@echo "make certs        a development CA and member/client certificates (CERTS_DIR=, MEMBERS=)"
+	@echo "make docker-up    build the image without a registry and start the 5-node compose cluster (TLS=1: with TLS)"
 	@echo "make docker-down  stop it (VOLUMES=1 also removes the data)"
 
 $(PY):
@@ -119,17 +120,33 @@ powerloss: install
 	$(PY) -m tests.powerloss.run --cuts $(CUTS) --mode $(MODE) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(ALL_CUTS),--all-cuts $(ALL_CUTS)) $(if $(filter 1,$(SWEEP)),--bootstrap-sweep)
 
+# Development certificates (kvraft/devcerts.py, docs/security.md): a CA, and for each
+# member a client-port and a peer certificate naming 127.0.0.1, localhost and kvraftID
+# (the compose cluster's host names), and a client certificate.
+CERTS_DIR ?= .certs
+MEMBERS ?= 1,2,3,4,5
+certs: install
+	$(PY) -m kvraft.devcerts --out $(CERTS_DIR) --members $(MEMBERS) \
+	  --host 127.0.0.1 --host localhost --member-host 'kvraft{id}'
+
 # The compose plugin when present, docker-compose v1 otherwise (deferred: only these
 # targets pay for the probe). Neither target needs the venv: the image is built from
 # host wheels and the leader wait runs inside a container (deploy/scripts/).
 DOCKER_COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 VOLUMES ?= 0
 
-docker-up:
-	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" bash deploy/scripts/docker-up.sh
+# TLS=1: the TLS overlay (deploy/docker-compose.tls.yml) with the certificates of
+# `make certs` (made first when CERTS_DIR has none).
+docker-up: $(if $(filter 1,$(TLS)),$(CERTS_DIR)/ca.crt)
+	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" TLS="$(TLS)" CERTS_DIR="$(CERTS_DIR)" \
+	  bash deploy/scripts/docker-up.sh
+
+$(CERTS_DIR)/ca.crt:
+	$(MAKE) certs CERTS_DIR=$(CERTS_DIR)
 
 docker-down:
-	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" VOLUMES="$(VOLUMES)" bash deploy/scripts/docker-down.sh
+	@DOCKER_COMPOSE="$(DOCKER_COMPOSE)" VOLUMES="$(VOLUMES)" TLS="$(TLS)" \
+	  bash deploy/scripts/docker-down.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .coverage kvraft/proto/*_pb2*.py kvraft/proto/*_pb2.pyi

@@ -20,6 +20,31 @@ if [ -z "${KVRAFT_ID:-}" ] && [ "${KVRAFT_ID_FROM_HOSTNAME:-0}" = 1 ]; then
   export KVRAFT_ID
 fi
 
+# TLS from one directory of certificates named as `make certs` names them
+# (docs/security.md): with KVRAFT_TLS_DIR set, member ID serves DIR/member-ID.crt/.key
+# on its client port and DIR/peer-ID.crt/.key on its peer port (mutual TLS), both with
+# DIR/ca.crt. KVRAFT_TLS_CLIENT_CERT_AUTH=1 also requires client certificates. A
+# KVRAFT_*_FILE set explicitly wins.
+if [ -n "${KVRAFT_TLS_DIR:-}" ] && [ "${1:-}" = serve ]; then
+  if [ -z "${KVRAFT_ID:-}" ]; then
+    echo "kvraft-entrypoint: KVRAFT_TLS_DIR needs KVRAFT_ID (or KVRAFT_ID_FROM_HOSTNAME=1)" >&2
+    exit 64
+  fi
+  tls="$KVRAFT_TLS_DIR"
+  : "${KVRAFT_CERT_FILE:=$tls/member-$KVRAFT_ID.crt}"
+  : "${KVRAFT_KEY_FILE:=$tls/member-$KVRAFT_ID.key}"
+  : "${KVRAFT_PEER_CERT_FILE:=$tls/peer-$KVRAFT_ID.crt}"
+  : "${KVRAFT_PEER_KEY_FILE:=$tls/peer-$KVRAFT_ID.key}"
+  : "${KVRAFT_PEER_TRUSTED_CA_FILE:=$tls/ca.crt}"
+  export KVRAFT_CERT_FILE KVRAFT_KEY_FILE KVRAFT_PEER_CERT_FILE KVRAFT_PEER_KEY_FILE \
+    KVRAFT_PEER_TRUSTED_CA_FILE
+  if [ "${KVRAFT_TLS_CLIENT_CERT_AUTH:-0}" = 1 ]; then
+    : "${KVRAFT_TRUSTED_CA_FILE:=$tls/ca.crt}"
+    KVRAFT_CLIENT_CERT_AUTH=1
+    export KVRAFT_TRUSTED_CA_FILE KVRAFT_CLIENT_CERT_AUTH
+  fi
+fi
+
 # The data directory lives on the volume; make sure it exists (a fresh PVC is empty).
 if [ "${1:-}" = serve ] && [ -n "${KVRAFT_DATA_DIR:-}" ]; then
   mkdir -p "$KVRAFT_DATA_DIR"

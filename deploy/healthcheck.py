@@ -8,6 +8,11 @@ docker-up` uses that to wait for the first election.
 
 The address defaults to the port of KVRAFT_LISTEN on 127.0.0.1 (a wildcard listen
 host means "this container").
+
+TLS (docs/security.md): when the node serves TLS from KVRAFT_TLS_DIR (the entrypoint's
+convention) or KVRAFT_CERT_FILE, the check verifies the node's certificate with
+KVRAFT_CACERT (default DIR/ca.crt) and presents KVRAFT_CERT/KVRAFT_KEY, or DIR's
+client.crt/.key when the node requires client certificates.
 """
 from __future__ import annotations
 
@@ -55,6 +60,29 @@ def check_leader(channel: grpc.Channel, timeout_s: float) -> int:
     return 0 if header.leader_id != 0 else 1
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel_for(address: str, env: dict[str, str]) -> grpc.Channel:
+    """A plaintext channel, or a TLS one when the node's environment says it serves TLS."""
+    tls_dir = env.get("KVRAFT_TLS_DIR", "")
+    if not (tls_dir or env.get("KVRAFT_CERT_FILE") or env.get("KVRAFT_CACERT")):
+        return grpc.insecure_channel(address)
+    cacert = env.get("KVRAFT_CACERT") or (os.path.join(tls_dir, "ca.crt") if tls_dir else "")
+    cert, key = env.get("KVRAFT_CERT", ""), env.get("KVRAFT_KEY", "")
+    client_auth = env.get("KVRAFT_TLS_CLIENT_CERT_AUTH") == "1" or \
+        env.get("KVRAFT_CLIENT_CERT_AUTH", "").lower() in ("1", "true")
+    if not cert and tls_dir and client_auth:
+        cert, key = os.path.join(tls_dir, "client.crt"), os.path.join(tls_dir, "client.key")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(cacert) if cacert else None,
+        private_key=_read(key) if cert else None,
+        certificate_chain=_read(cert) if cert else None)
+    return grpc.secure_channel(address, credentials)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", help="HOST:PORT to ask (default: from KVRAFT_LISTEN)")
@@ -63,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         address = args.address or local_address(os.environ.get("KVRAFT_LISTEN", DEFAULT_LISTEN))
-        with grpc.insecure_channel(address) as channel:
+        with channel_for(address, dict(os.environ)) as channel:
             check = check_leader if args.leader else check_serving
             return check(channel, args.timeout)
     except grpc.RpcError as e:
@@ -71,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ValueError as e:
         print(str(e), file=sys.stderr)
+        return 2
+    except OSError as e:  # a certificate file that cannot be read
+        print(f"cannot read {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import click
 
-from kvraft import __version__
+# _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
+from kvraft import __version__, _cli_env  # noqa: F401
 from kvraft.cli_format import escape_bytes, format_table
 from kvraft.client import (
     DEFAULT_ENDPOINT,
@@ -46,7 +47,10 @@ from kvraft.server.config import (
     NodeConfig,
     ServeError,
     parse_initial_cluster,
+    parse_member_id,
+    parse_retention,
 )
+from kvraft.tls import ClientTLS
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -107,10 +111,10 @@ class MemberIdType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
             return value
-        text = str(value).strip()
-        if not text.isdigit() or not 0 < int(text) <= UINT64_MAX:
-            self.fail(f"invalid member id {value!r}: expected a positive integer", param, ctx)
-        return int(text)
+        try:
+            return parse_member_id(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class InitialClusterType(click.ParamType):
@@ -131,8 +135,39 @@ MEMBER_ID = MemberIdType()
 INITIAL_CLUSTER = InitialClusterType()
 
 
+# The client TLS options (SPEC §8) of the command being run, stored by their callbacks
+# in the click context's meta (shared by the whole command chain), so that `_connect`
+# finds them and no command has to take them as parameters.
+_TLS_META_KEY = "kvraft.client_tls"
+
+
+def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value and param.name:  # tls_cacert -> cacert: "key" is also an argument's name
+        ctx.meta.setdefault(_TLS_META_KEY, {})[param.name.removeprefix("tls_")] = value
+
+
+def _client_tls_options(fn: Callable) -> Callable:
+    """--cacert, --cert and --key (env KVRAFT_CACERT, ...), as etcdctl names them."""
+    for name, help_text in reversed((
+        ("cacert", "Verify the members' certificates with this CA bundle (TLS)."),
+        ("cert", "Client certificate, for members started with --client-cert-auth."),
+        ("key", "The client certificate's private key."),
+    )):
+        fn = click.option(f"--{name}", f"tls_{name}", envvar=f"KVRAFT_{name.upper()}", default=None,
+                          metavar="FILE", expose_value=False, is_eager=True,
+                          callback=_store_tls_option, help=help_text)(fn)
+    return fn
+
+
+def client_tls_kwargs() -> dict[str, str]:
+    """The current command's --cacert/--cert/--key as Client(...) keywords ({}: none)."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_TLS_META_KEY, {})) if ctx is not None else {}
+
+
 def _client_options(fn: Callable) -> Callable:
-    """--endpoints and --timeout, shared by every client command."""
+    """--endpoints, --timeout and the TLS options, shared by every client command."""
+    fn = _client_tls_options(fn)
     fn = click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
         default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
@@ -144,8 +179,20 @@ def _client_options(fn: Callable) -> Callable:
     )(fn)
 
 
+def _client_tls() -> ClientTLS | None:
+    """The current command's TLS settings, checked: a TLS file missing or unreadable,
+    a cert without its key is a usage error naming the flag."""
+    tls = client_tls_kwargs()
+    try:
+        return ClientTLS.from_options(tls.get("cacert"), tls.get("cert"), tls.get("key"),
+                                      names=("--cacert", "--cert", "--key"))
+    except ValueError as e:
+        raise CliError(_one_line(str(e)), EXIT_USAGE) from None
+
+
 def _connect(endpoints: list[str], timeout: float) -> Client:
-    return Client(endpoints, timeout=timeout)
+    _client_tls()
+    return Client(endpoints, timeout=timeout, **client_tls_kwargs())
 
 
 def _key_bytes(text: str) -> bytes:
@@ -179,9 +226,38 @@ def cli() -> None:
 # --------------------------------------------------------------------------- serve
 
 
+def _serve_tls_options(fn: Callable) -> Callable:
+    """etcd's TLS flags of `kvraft serve` (SPEC §8); their values reach NodeConfig's
+    fields of the same names (checked there: kvraft/server/tls.py)."""
+    options = (
+        ("--cert-file", "Client port TLS certificate (PEM); with --key-file the port "
+                        "serves only TLS."),
+        ("--key-file", "The --cert-file certificate's private key."),
+        ("--trusted-ca-file", "CA bundle that signs client certificates "
+                              "(for --client-cert-auth)."),
+        ("--peer-cert-file", "Peer port certificate, for both ends of a peer connection; "
+                             "it must name this member (SAN URI kvraft://member/ID or "
+                             "CN member-ID)."),
+        ("--peer-key-file", "The --peer-cert-file certificate's private key."),
+        ("--peer-trusted-ca-file", "CA bundle that signs every member's peer certificate "
+                                   "(the peer port is then mutual TLS)."),
+    )
+    for flag, help_text in reversed(options):  # the last decorator applied shows first
+        envvar = "KVRAFT_" + flag[2:].upper().replace("-", "_")
+        fn = click.option(flag, envvar=envvar, default=None, metavar="FILE",
+                          help=help_text)(fn)
+        if flag == "--peer-cert-file":  # after --trusted-ca-file, before the peer's
+            fn = click.option("--client-cert-auth", is_flag=True,
+                              envvar="KVRAFT_CLIENT_CERT_AUTH",
+                              help="Refuse clients without a certificate signed by "
+                              "--trusted-ca-file.")(fn)
+    return fn
+
+
 @cli.command()
 @click.option("--id", "node_id", type=MEMBER_ID, envvar="KVRAFT_ID", default=DEFAULT_NODE_ID,
-              show_default=True, help="This node's member id (a positive integer).")
+              show_default=True, help="This node's member id: a positive integer, decimal "
+              "or 0x-hex (etcdctl prints the id `member add` gave in hex).")
 @click.option("--data-dir", envvar="KVRAFT_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the node keeps its Raft log and data.")
 @click.option("--listen", type=ADDRESS, envvar="KVRAFT_LISTEN", default=DEFAULT_LISTEN,
@@ -230,12 +306,23 @@ def cli() -> None:
 @click.option("--profile", "profile_path", envvar="KVRAFT_PROFILE", default=None,
               metavar="FILE", help="A development aid: write a cProfile of the node to FILE "
               "({id} = node id) when it stops.")
+@click.option("--quota-backend-bytes", type=click.IntRange(min=1),
+              envvar="KVRAFT_QUOTA_BACKEND_BYTES", default=NodeConfig.quota_backend_bytes,
+              show_default=True, metavar="BYTES",
+              help="Past this size of its database a member raises a NOSPACE alarm, and "
+              "writes that add data are refused until it is disarmed.")
+@click.option("--auto-compaction-retention", envvar="KVRAFT_AUTO_COMPACTION_RETENTION",
+              default="0", show_default=True, metavar="REVISIONS|DURATION",
+              help="Compact history automatically: keep this many revisions, or a "
+              "duration's worth (30s, 5m, 1h); 0 is off.")
+@_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
-          profile_path: str | None) -> int:
+          profile_path: str | None, quota_backend_bytes: int,
+          auto_compaction_retention: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -269,8 +356,16 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
         read_mode=read_mode, leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
+        quota_backend_bytes=quota_backend_bytes,
+        cert_file=tls["cert_file"] or None, key_file=tls["key_file"] or None,
+        trusted_ca_file=tls["trusted_ca_file"] or None,
+        client_cert_auth=bool(tls["client_cert_auth"]),
+        peer_cert_file=tls["peer_cert_file"] or None,
+        peer_key_file=tls["peer_key_file"] or None,
+        peer_trusted_ca_file=tls["peer_trusted_ca_file"] or None,
     )
     try:
+        config.auto_compaction = parse_retention(auto_compaction_retention)
         config.validate()
         return run_node(config)
     except ServeError as e:
@@ -619,7 +714,8 @@ def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio:
         kv.status()  # one clear error line now rather than a run of failed requests
     spec = LoadSpec(endpoints=tuple(endpoints), clients=clients, duration_s=duration,
                     value_size=value_size, keys=keys, read_ratio=read_ratio, workers=workers,
-                    request_timeout_s=timeout, preload=preload)
+                    request_timeout_s=timeout, preload=preload,
+                    tls=_client_tls())
     try:
         result = run_load(spec, progress=None if as_json else print_progress)
     except (LoadError, ValueError) as e:

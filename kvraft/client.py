@@ -28,6 +28,13 @@ and moves to the next endpoint when one fails:
   its own success, a delete would report `False`), so the error is raised with
   `outcome_unknown=True` and the caller decides (read back, then retry).
 
+TLS (SPEC §8): `cacert=` (the CA that signs the members' certificates), and `cert=` with
+`key=` for members that require a client certificate; any of them makes every channel
+TLS. The files are read when the client is made (a missing or unreadable one is a
+ValueError at once) and again for each new channel. A handshake the client or the
+member refuses is a `TLSError` naming the cause in one line (untrusted server
+certificate, missing client certificate, ...), raised once every endpoint refused.
+
 Errors are typed exceptions carrying the gRPC status code (`KvraftError.code`).
 """
 from __future__ import annotations
@@ -44,6 +51,7 @@ import grpc
 
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+from kvraft.tls import ClientTLS, handshake_failure
 from kvraft.wire import (
     GRPC_MESSAGE_BYTES_MAX,
     RETRY_SAFE_METADATA_KEY,
@@ -69,6 +77,10 @@ SCAN_PAGES_MAX = 1000
 MEMBER_MAP_TIMEOUT_S = 1.0
 # Channels kept open to addresses outside the endpoint list (status of other members).
 EXTRA_CHANNELS_MAX = 64
+# A call gives up on TLS once every endpoint refused the handshake in this many rounds:
+# a configuration error does not heal within a deadline, but a member that closed a
+# connection while restarting looks like a refusal once.
+TLS_REFUSED_ROUNDS_MAX = 2
 UINT32_MAX = (1 << 32) - 1
 # gRPC reconnect backoff: the default climbs to 120 s, which would keep a restarted
 # member out of rotation for minutes.
@@ -147,6 +159,14 @@ class NotFound(KvraftError):
 
 class AlreadyExists(KvraftError):
     code = grpc.StatusCode.ALREADY_EXISTS
+
+
+# What handshake_failure says of a plaintext client at a TLS port (kvraft.tls).
+_PLAINTEXT_AT_TLS_HINT = "if it serves TLS, pass --cacert"
+
+
+class TLSError(Unavailable):
+    """The TLS handshake with a member failed; the message names the cause."""
 
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[KvraftError]] = {
@@ -279,9 +299,13 @@ def prefix_end(prefix: bytes) -> bytes:
 class _Channel:
     """One gRPC channel and the stubs over it."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, tls: ClientTLS | None = None) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        if tls is None:
+            self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(endpoint, tls.credentials(),
+                                               options=_CHANNEL_OPTIONS)
         self.kv = pb_grpc.KVStub(self.channel)
         self.cluster = pb_grpc.ClusterStub(self.channel)
 
@@ -317,11 +341,14 @@ class Client:
     the client keeps (who leads, who answered last) sits behind a lock."""
 
     def __init__(
-        self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S
+        self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S,
+        *, cacert: str | None = None, cert: str | None = None, key: str | None = None,
     ) -> None:
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.endpoints: tuple[str, ...] = tuple(parse_endpoints(endpoints))
+        # None: plaintext. Checked now: a missing file is a ValueError here.
+        self.tls: ClientTLS | None = ClientTLS.from_options(cacert, cert, key)
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._channels: dict[str, _Channel] = {}
@@ -543,7 +570,7 @@ class Client:
                 raise KvraftError("the client is closed")
             channel = self._channels.get(endpoint) or self._extra.get(endpoint)
             if channel is None:
-                channel = _Channel(endpoint)
+                channel = _Channel(endpoint, self.tls)
                 if endpoint in self.endpoints:
                     self._channels[endpoint] = channel
                 else:
@@ -617,8 +644,10 @@ class Client:
         backoff_s = ROUND_BACKOFF_INITIAL_S
         last: KvraftError | None = None
         failures: dict[str, str] = {}  # endpoint -> its latest failure, for the report
+        tls_refused_rounds = 0
         while True:
             order = self._order()
+            tls_refused = 0  # endpoints that refused the TLS handshake this round
             for position, endpoint in enumerate(order):
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
@@ -640,11 +669,19 @@ class Client:
                     if not retry:
                         raise last from None
                     failures[endpoint] = last.message
+                    tls_refused += isinstance(last, TLSError)
                     self._forget(endpoint)
                     continue
                 self._learn(endpoint, response.header)
                 self._maybe_map_leader(endpoint, deadline)
                 return response
+            if tls_refused == len(order):
+                tls_refused_rounds += 1
+                if tls_refused_rounds >= TLS_REFUSED_ROUNDS_MAX:
+                    assert last is not None
+                    raise _final_error(last, failures)
+            else:
+                tls_refused_rounds = 0
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 break
@@ -662,7 +699,10 @@ class Client:
         code = err.code()
         details = err.details() or code.name.lower()
         if _not_sent(err):
-            message = f"{endpoint} is unreachable ({_short_reason(details)})"
+            cause = handshake_failure(details, self.tls, endpoint)
+            if cause is not None and self.tls is not None:
+                return TLSError(cause, code=code, endpoint=endpoint), True
+            message = cause or f"{endpoint} is unreachable ({_short_reason(details)})"
             return error_for(code, message, endpoint=endpoint), True
         if write:
             if code == grpc.StatusCode.UNAVAILABLE and _marked_retry_safe(err):
@@ -700,6 +740,10 @@ def _final_error(last: KvraftError, failures: dict[str, str]) -> KvraftError:
     """The error of a call that ran out of time: every member's failure when several."""
     if len(failures) < 2:
         return last
+    if isinstance(last, TLSError):
+        return last  # the cause to fix; the other members' failures are likely the same
+    if all(_PLAINTEXT_AT_TLS_HINT in m for m in failures.values()):
+        return last  # a plaintext client at TLS ports: one line says it for all
     summary = "; ".join(failures.values())
     return error_for(last.code or grpc.StatusCode.UNAVAILABLE,
                      f"no member answered in time: {summary}", endpoint=last.endpoint)

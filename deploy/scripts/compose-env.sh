@@ -8,4 +8,7 @@ if [ -z "${DOCKER_COMPOSE:-}" ]; then
   else DOCKER_COMPOSE=docker-compose; fi
 fi
 project="${COMPOSE_PROJECT_NAME:-kvraft}"
-compose() { $DOCKER_COMPOSE -p "$project" -f deploy/docker-compose.yml "$@"; }
+# TLS=1: the TLS overlay (deploy/docker-compose.tls.yml) on top of the cluster.
+compose_files=(-f deploy/docker-compose.yml)
+if [ "${TLS:-0}" = 1 ]; then compose_files+=(-f deploy/docker-compose.tls.yml); fi
+compose() { $DOCKER_COMPOSE -p "$project" "${compose_files[@]}" "$@"; }

@@ -13,6 +13,7 @@ from typing import Protocol
 import grpc
 
 from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc
+from kvraft.tls import ClientTLS
 
 # gRPC channel options shared by drivers: large enough messages for a 4 MiB batch.
 CHANNEL_OPTIONS = [
@@ -32,8 +33,12 @@ class Driver(Protocol):
 class KvraftDriver:
     """kvraft's client protocol: Put, and Get with the default LINEARIZABLE consistency."""
 
-    def __init__(self, endpoint: str) -> None:
-        self._channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+    def __init__(self, endpoint: str, tls: ClientTLS | None = None) -> None:
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        else:  # `kvraft bench --cacert ...`: what TLS costs per request
+            self._channel = grpc.aio.secure_channel(endpoint, tls.credentials(),
+                                                    options=CHANNEL_OPTIONS)
         self._stub = kvraft_pb2_grpc.KVStub(self._channel)
 
     async def put(self, key: bytes, value: bytes, timeout_s: float) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from kvraft.bench.drivers import load_driver_factory
+from kvraft.tls import ClientTLS
 
 # Latency samples kept per worker; past this the worker still counts operations but
 # stops recording latencies (a 60 s run at 20k ops/s per worker stays under it).
@@ -51,6 +52,7 @@ class LoadSpec:
     request_timeout_s: float = 5.0
     preload: bool = False  # write every key once before the clock starts
     seed: int = 1
+    tls: ClientTLS | None = None  # the kvraft driver's TLS (--cacert/--cert/--key)
 
     def validate(self) -> None:
         if not self.endpoints:
@@ -146,7 +148,8 @@ def _key(i: int) -> bytes:
 async def _worker_main(spec: LoadSpec, index: int, clients: list[int], ready: Any,
                        start: Any, counters: Any) -> dict[str, Any]:
     factory = load_driver_factory(spec.driver)
-    drivers = {ep: factory(ep) for ep in spec.endpoints}
+    drivers = {ep: factory(ep) if spec.tls is None else factory(ep, tls=spec.tls)
+               for ep in spec.endpoints}
     rng = random.Random(spec.seed * 1000 + index)
     value = rng.randbytes(spec.value_size)
     errors: dict[str, int] = {}

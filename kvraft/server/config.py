@@ -61,6 +61,22 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_member_id(text: str) -> int:
+    """A member id: a positive integer up to 2**64-1, in decimal or 0x-hex (etcdctl
+    prints ids in hex: `kvraft serve --id 0x8e9e05c52164694d`). Raises ValueError."""
+    text = text.strip()
+    if text[:2].lower() == "0x":
+        digits, base = text[2:], 16
+        valid = bool(digits) and all(c in "0123456789abcdefABCDEF" for c in digits)
+    else:
+        digits, base = text, 10
+        valid = digits.isascii() and digits.isdigit()
+    if not valid or not 0 < int(digits, base) <= UINT64_MAX:
+        raise ValueError(f"invalid member id {text!r}: expected a positive integer "
+                         "(decimal or 0x-hex) below 2**64")
+    return int(digits, base)
+
+
 def parse_initial_cluster(text: str) -> dict[int, str]:
     """`1=host:2380,2=host:2381` -> {1: "host:2380", 2: "host:2381"}: the founding
     members' peer addresses (`kvraft serve --initial-cluster`). Raises ServeError."""
@@ -71,10 +87,11 @@ def parse_initial_cluster(text: str) -> dict[int, str]:
         if not sep:
             raise ServeError(f"malformed member {item!r}: expected ID=HOST:PORT")
         member = member.strip()
-        if not (member.isascii() and member.isdigit()) or not 0 < int(member) <= UINT64_MAX:
+        try:
+            member_id = parse_member_id(member)
+        except ValueError:
             raise ServeError(f"invalid member id {member!r} in {item!r}: "
-                             "expected a positive integer")
-        member_id = int(member)
+                             "expected a positive integer") from None
         if member_id in cluster:
             raise ServeError(f"member id {member_id} is listed twice")
         address = address.strip()
@@ -93,6 +110,44 @@ def cluster_id_for(initial_cluster: dict[int, str]) -> int:
     canonical = ",".join(f"{i}={initial_cluster[i]}" for i in sorted(initial_cluster))
     digest = hashlib.sha256(canonical.encode()).digest()
     return int.from_bytes(digest[:8], "big") or 1
+
+
+QUOTA_BACKEND_BYTES_DEFAULT = 2 << 30   # etcd's default, 2 GiB
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class AutoCompaction:
+    """`--auto-compaction-retention`: keep `revisions` revisions of history, or the
+    history of the last `period_s` seconds (etcd's revision and periodic modes)."""
+
+    revisions: int = 0
+    period_s: float = 0.0
+
+
+def parse_retention(text: str) -> AutoCompaction | None:
+    """"0" (off), an integer (revisions to keep), or a duration such as 30s, 5m, 1h,
+    1h30m (history to keep)."""
+    text = text.strip()
+    if text.isdigit():
+        return AutoCompaction(revisions=int(text)) if int(text) > 0 else None
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in _DURATION_UNITS and number:
+            try:
+                total += float(number) * _DURATION_UNITS[ch]
+            except ValueError:
+                break
+            number = ""
+        else:
+            break
+    else:
+        if not number:
+            return AutoCompaction(period_s=total) if total > 0 else None
+    raise ServeError(f"--auto-compaction-retention {text!r}: expected a number of revisions "
+                     "or a duration such as 30s, 5m or 1h")
 
 
 @dataclass
@@ -141,6 +196,22 @@ class NodeConfig:
     # A development aid (`kvraft serve --profile FILE`, KVRAFT_PROFILE): a cProfile of the
     # node's Python code written to FILE ({id} = the node id) when it stops.
     profile_path: str | None = None
+    # --quota-backend-bytes: past it this member raises a NOSPACE alarm (server/quota.py).
+    quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
+    # --auto-compaction-retention, parsed (parse_retention): None = off.
+    auto_compaction: AutoCompaction | None = None
+    # TLS (SPEC §8, kvraft/server/tls.py, docs/security.md). The client port serves TLS
+    # with --cert-file/--key-file; --client-cert-auth (with --trusted-ca-file) requires
+    # every client to present a certificate that CA signed. The peer port, when its
+    # three files are given, is always mutual TLS, and a peer's certificate must name
+    # the member it speaks for (kvraft.tls, the naming rule). None: plaintext.
+    cert_file: str | None = None
+    key_file: str | None = None
+    trusted_ca_file: str | None = None
+    client_cert_auth: bool = False
+    peer_cert_file: str | None = None
+    peer_key_file: str | None = None
+    peer_trusted_ca_file: str | None = None
 
     @property
     def client_address(self) -> str:
@@ -199,6 +270,8 @@ class NodeConfig:
             raise ServeError("size limits must be positive")
         if self.default_deadline_s <= 0:
             raise ServeError("the default deadline must be positive")
+        if self.quota_backend_bytes <= 0:
+            raise ServeError("--quota-backend-bytes must be positive")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
         if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:
@@ -209,3 +282,6 @@ class NodeConfig:
             raise ServeError(
                 f"the LevelDB write buffer must be {LEVELDB_WRITE_BUFFER_BYTES_MIN}.."
                 f"{LEVELDB_WRITE_BUFFER_BYTES_MAX} bytes, got {self.leveldb_write_buffer_bytes}")
+        from .tls import validate_tls  # tls.py builds on this module
+
+        validate_tls(self)

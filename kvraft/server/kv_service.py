@@ -19,6 +19,7 @@ import grpc
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
+from kvraft.storage.mvcc import CompactedError
 from kvraft.wire import RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE
 
 from . import storage_adapter as sa
@@ -49,7 +50,8 @@ class _Base:
     def header(self) -> pb.ResponseHeader:
         member_id, leader_id, term, applied = self.node.header()
         return pb.ResponseHeader(
-            member_id=member_id, leader_id=leader_id, term=term, applied_index=applied
+            member_id=member_id, leader_id=leader_id, term=term, applied_index=applied,
+            revision=self.node.store.sm.revision,
         )
 
     def _deadline(self, context: Ctx) -> tuple[float, bool]:
@@ -113,7 +115,13 @@ class _Base:
 
     async def _write(self, encode: Callable[[int], bytes], timeout_s: float) -> Any:
         request_id = sa.new_request_id()
-        return await self.node.propose(request_id, encode(request_id), timeout_s)
+        result = await self.node.propose(request_id, encode(request_id), timeout_s)
+        refusal = result.mvcc_error
+        if refusal is not None and not isinstance(refusal, CompactedError):
+            # The store refused the write at apply time (a NOSPACE alarm): nothing of
+            # it was applied, so a retry is safe once the cause is gone.
+            raise NodeError(grpc.StatusCode[refusal.code.name], str(refusal))
+        return result
 
 
 class KVService(_Base, pb_grpc.KVServicer):

@@ -1,14 +1,28 @@
-"""Prometheus metrics of one node, served at /metrics on --metrics-listen.
+"""Prometheus metrics of one node, served at /metrics on --metrics-listen, beside the
+health endpoints /health, /livez and /readyz (health.py).
 
 Each node owns its own CollectorRegistry, so several nodes in one test process (or a
 re-created node) never collide on metric names."""
 from __future__ import annotations
 
-from typing import Any
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from .config import parse_address
+
+if TYPE_CHECKING:
+    from .health import Check, HealthChecks
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -35,6 +49,12 @@ class NodeMetrics:
             registry=r)
         self.revision = Gauge("kvraft_mvcc_revision", "The store's current revision",
                               registry=r)
+        self.db_size_bytes = Gauge(
+            "kvraft_db_size_bytes",
+            "Bytes of this member's LevelDB files (what --quota-backend-bytes bounds)",
+            registry=r)
+        self.quota_backend_bytes = Gauge("kvraft_quota_backend_bytes",
+                                         "--quota-backend-bytes", registry=r)
         self.is_leader = Gauge("kvraft_is_leader", "1 when this node leads", registry=r)
         self.leader_changes = Counter(
             "kvraft_leader_changes", "Times this node saw the leader change", registry=r
@@ -66,6 +86,12 @@ class NodeMetrics:
         )
         self.peer_unreachable = Counter(
             "kvraft_peer_unreachable", "Unreachable reports per peer", ["peer"], registry=r
+        )
+        # Messages of inbound peer batches refused: another cluster, a non-member, a
+        # sender its certificate does not name (mutual TLS), a replaced data directory.
+        self.peer_refused = Counter(
+            "kvraft_peer_refused_messages", "Inbound peer messages dropped, by reason",
+            ["reason"], registry=r,
         )
         self.snapshots_sent = Counter(
             "kvraft_snapshots_sent", "Snapshots streamed to peers", ["result"], registry=r
@@ -111,6 +137,56 @@ class NodeMetrics:
         children[0].inc()
         children[1].observe(latency_s)
 
-    def serve(self, address: str) -> None:
+    def serve(self, address: str, health: HealthChecks | None = None) -> None:
+        """Serve /metrics (and, given `health`, /health, /livez and /readyz) on
+        `address`, from daemon threads. Raises OSError when it cannot listen."""
         host, port = parse_address(address, "--metrics-listen address")
-        start_http_server(port, addr=host, registry=self.registry)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("_MetricsServer", (_ThreadingWSGIServer,),
+                            {"address_family": family})
+        app = http_app(make_wsgi_app(self.registry), health)
+        httpd: WSGIServer = make_server(host, port, app, server_class,
+                                        handler_class=_QuietHandler)
+        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True   # a probe's thread never keeps the process from exiting
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:   # no line per scrape
+        pass
+
+
+def _checks_text(checks: list[Check], verbose: bool) -> tuple[bool, str]:
+    healthy = all(c.ok for c in checks)
+    lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.reason}"
+             for c in checks] if verbose else []
+    lines.append("ok" if healthy else "failed")
+    return healthy, "\n".join(lines) + "\n"
+
+
+def http_app(metrics_app: WsgiApp, health: HealthChecks | None) -> WsgiApp:
+    """The metrics listener's WSGI app: the health endpoints, and every other path to
+    prometheus_client's app (/metrics)."""
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if health is None or path not in ("/health", "/livez", "/readyz"):
+            return metrics_app(environ, start_response)
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if path == "/health":
+            serializable = query.get("serializable", [""])[0].lower() == "true"
+            healthy, reason = health.health(serializable)
+            body = json.dumps({"health": "true" if healthy else "false", "reason": reason})
+            content_type = "application/json"
+        else:
+            checks = health.livez() if path == "/livez" else health.readyz()
+            healthy, body = _checks_text(checks, "verbose" in query)
+            content_type = "text/plain; charset=utf-8"
+        data = body.encode()
+        start_response("200 OK" if healthy else "503 Service Unavailable",
+                       [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+        return [data]
+
+    return app

@@ -59,6 +59,7 @@ from .proposals import Proposals
 from .reads import Reads
 from .snapshots import SnapshotStaging, snapshot_chunks
 from .storage_io import StorageIO, StorageLanes
+from .tls import peer_channel_credentials
 from .transport import PeerTransport, Transport
 from .waiters import NodeError, Proposal, ReadWaiter, expire, unavailable
 
@@ -225,6 +226,7 @@ class Node:
             batch_bytes_max=self.config.peer_batch_bytes_max,
             incarnation=self.store.datadir.incarnation,
             peer_incarnation=sa.incarnation_lookup(self.store),
+            tls=peer_channel_credentials(self.config),
         )
 
     def _new_request_id(self) -> int:
@@ -400,6 +402,11 @@ class Node:
     def header(self) -> tuple[int, int, int, int]:
         r = self.raw.raft
         return self.id, r.leader_id, r.term, self.store.sm.applied_index
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows of (0: none)."""
+        return self._leader_id
 
     @property
     def stopping(self) -> bool:
@@ -635,13 +642,24 @@ class Node:
 
         asyncio.get_running_loop().call_later(self._election_timeout_s() * 2, forget)
 
-    def _propose_cluster_version(self, data: bytes) -> None:
+    def propose_own(self, encode: Callable[[int], bytes], what: str) -> None:
+        """Propose a command of the node's own (a cluster version raise, an alarm, an
+        automatic compaction): `encode(request_id)` makes it; nobody waits for it, and
+        it is forgotten after two election timeouts (the caller proposes it again if it
+        is still needed). Call it on the event loop."""
+        if self._stopping:
+            return
         request_id = self._new_request_id()
-        command = commands.decode_command(data)
-        command.request_id = request_id
-        self._propose_in_background(
-            Proposal(request_id=request_id, data=commands.encode_command(command)),
-            "cluster version raise")
+        self._propose_in_background(Proposal(request_id=request_id, data=encode(request_id)),
+                                    what)
+
+    def _propose_cluster_version(self, data: bytes) -> None:
+        def encode(request_id: int) -> bytes:
+            command = commands.decode_command(data)
+            command.request_id = request_id
+            return commands.encode_command(command)
+
+        self.propose_own(encode, "cluster version raise")
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the

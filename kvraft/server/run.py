@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,10 +17,12 @@ from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 from . import storage_adapter as sa
 from .config import NodeConfig, ServeError
 from .etcd.register import add_etcd_services
+from .health import HealthChecks
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
+from .tls import client_port_files, peer_port_files, server_credentials
 from .transport import CHANNEL_OPTIONS
 
 log = logging.getLogger("kvraft.server")
@@ -93,9 +95,13 @@ def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
+def _bind(server: grpc.aio.Server, address: str, what: str,
+          credentials: grpc.ServerCredentials | None = None) -> None:
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise ServeError(f"cannot listen on {what} {address}: {e}") from None
     if port == 0:
@@ -113,7 +119,8 @@ async def _serve(config: NodeConfig) -> int:
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server
         )
-        etcd_names = add_etcd_services(client_server, node, config, metrics)
+        etcd_closers: list[Callable[[], Awaitable[None]]] = []
+        etcd_names = add_etcd_services(client_server, node, config, metrics, etcd_closers)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
         reflection.enable_server_reflection(
@@ -126,12 +133,22 @@ async def _serve(config: NodeConfig) -> int:
             ],
             client_server,
         )
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), peer_server)
-        _bind(peer_server, config.peer_listen, "--peer-listen")
-        _bind(client_server, config.listen, "--listen")
+        # TLS (tls.py): the peer port's is always mutual; the client port's requires a
+        # client certificate with --client-cert-auth. Both follow their files' rotation.
+        peer_files, client_files = peer_port_files(config), client_port_files(config)
+        peer_pb2_grpc.add_PeerServicer_to_server(
+            PeerService(node, metrics, peer_tls=peer_files is not None), peer_server)
+        _bind(peer_server, config.peer_listen, "--peer-listen",
+              server_credentials(peer_files, True, f"node {config.node_id} peer port")
+              if peer_files else None)
+        _bind(client_server, config.listen, "--listen",
+              server_credentials(client_files, config.client_cert_auth,
+                                 f"node {config.node_id} client port")
+              if client_files else None)
         if config.metrics_listen:
             try:
-                metrics.serve(config.metrics_listen)
+                metrics.serve(config.metrics_listen,
+                              HealthChecks(node, asyncio.get_running_loop()))
             except OSError as e:
                 raise ServeError(
                     f"cannot listen on --metrics-listen {config.metrics_listen}: {e.strerror}"
@@ -142,8 +159,11 @@ async def _serve(config: NodeConfig) -> int:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in ("kvraft.KV", "kvraft.Cluster", *etcd_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d: serving clients on %s, peers on %s (cluster %016x, %s loop)%s",
-                 config.node_id, config.listen, config.peer_listen, node.cluster_id,
+        log.info("node %d: serving clients on %s%s, peers on %s%s (cluster %016x, %s loop)%s",
+                 config.node_id, config.listen,
+                 (" (TLS, client certificates required)" if config.client_cert_auth
+                  else " (TLS)") if client_files else "",
+                 config.peer_listen, " (mutual TLS)" if peer_files else "", node.cluster_id,
                  _loop_name(asyncio.get_running_loop()),
                  " — waiting to be added" if config.join and not node.member_ids() else "")
 
@@ -163,6 +183,8 @@ async def _serve(config: NodeConfig) -> int:
             client_server.stop(SHUTDOWN_GRACE_S), node.stop(),
         )
         await peer_server.stop(0.2)
+        for close in etcd_closers:   # before the store closes (finally, below)
+            await close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("node %d: stopped", config.node_id)

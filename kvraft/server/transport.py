@@ -10,6 +10,10 @@ exponential backoff.
 
 Snapshots travel on their own stream (`SendSnapshot`), one at a time per peer, so a
 large transfer never delays heartbeats.
+
+Over mutual TLS (tls.py) each channel is made with this member's peer certificate as
+the files are when it is made; a sender whose stream failed makes a new channel if
+the files changed since, so a rotation reaches the next connection without a restart.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MAX
 from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from .metrics import NodeMetrics
+from .tls import PeerChannelCredentials
 
 log = logging.getLogger("kvraft.server.transport")
 
@@ -85,6 +90,7 @@ class _PeerSender:
         self.has_data = asyncio.Event()
         self.reachable = True
         self.channel: grpc.aio.Channel | None = None
+        self.channel_files: object = None  # the TLS files' signature `channel` was made at
         self.snapshot_task: asyncio.Task[None] | None = None
         self.queue_depth = owner.metrics.peer_queue_depth.labels(str(peer_id))
         self.task = asyncio.get_running_loop().create_task(
@@ -104,8 +110,27 @@ class _PeerSender:
 
     def _channel(self) -> grpc.aio.Channel:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            tls = self.owner.tls
+            if tls is None:
+                self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            else:
+                credentials, self.channel_files = tls.current()
+                self.channel = grpc.aio.secure_channel(self.address, credentials,
+                                                       options=CHANNEL_OPTIONS)
         return self.channel
+
+    async def _renew_channel_if_rotated(self) -> None:
+        """After a failed stream: drop the channel if the TLS files changed since it was
+        made, so the next attempt connects with the new certificates."""
+        tls = self.owner.tls
+        if tls is None or self.channel is None or not tls.changed_since(
+                self.channel_files):  # type: ignore[arg-type]
+            return
+        channel, self.channel = self.channel, None
+        log.info("node %d: peer %d: TLS files changed, reconnecting with them",
+                 self.owner.node_id, self.peer_id)
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     def _take_batch(self) -> peer_pb2.MessageBatch:
         batch = peer_pb2.MessageBatch(
@@ -163,6 +188,7 @@ class _PeerSender:
                     log.warning("node %d: peer %d unreachable at %s: %s",
                                 self.owner.node_id, self.peer_id, self.address,
                                 _status_line(status) if status else _one_line(e))
+                await self._renew_channel_if_rotated()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
@@ -245,11 +271,13 @@ class PeerTransport:
         batch_bytes_max: int,
         incarnation: int = 0,
         peer_incarnation: Callable[[int], int] | None = None,
+        tls: PeerChannelCredentials | None = None,
     ) -> None:
         assert queue_messages_max > 0 and queue_bytes_max > 0 and batch_bytes_max > 0
         self.node_id = node_id
         self.own_address = own_address
         self.incarnation = incarnation  # of this node's data directory, sent to peers
+        self.tls = tls  # None: plaintext peer channels
         # peer id -> the incarnation this node's member records hold for it (0: unknown)
         self.peer_incarnation: Callable[[int], int] = peer_incarnation or (lambda _: 0)
         self.cluster_id = cluster_id

@@ -10,6 +10,7 @@ so every node learns each member's addresses from the replicated log.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -105,7 +106,7 @@ def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:
 
 # The Command fields that hold one of etcd's requests (command.proto, 7-13).
 ETCD_OPS = frozenset({"etcd_put", "etcd_delete_range", "etcd_txn", "etcd_compact",
-                      "lease_grant", "lease_revoke", "lease_checkpoint"})
+                      "lease_grant", "lease_revoke", "lease_checkpoint", "alarm"})
 
 
 def etcd_command(request_id: int, op: str, request: Message) -> bytes:
@@ -116,6 +117,11 @@ def etcd_command(request_id: int, op: str, request: Message) -> bytes:
     command = pb.Command(request_id=request_id)
     getattr(command, op).CopyFrom(request)
     return encode_command(command)
+
+
+def etcd_encoder(op: str, request: Message) -> Callable[[int], bytes]:
+    """`etcd_command` with the request id left for later (Node.propose_own)."""
+    return lambda request_id: etcd_command(request_id, op, request)
 
 
 def cluster_version_command(version: int, request_id: int = 0) -> bytes:

@@ -17,6 +17,12 @@ an empty store's), sub-revisions in key order, version 1, no lease. The `K` reco
 deleted only after no read can still be using them (state_machine.py: the readers'
 view switch), so a read never sees the key-value data missing.
 
+Alarms (etcd's AlarmType: NOSPACE, CORRUPT) are replicated records (`Va`), raised and
+disarmed by `alarm` commands. While any member's NOSPACE alarm is raised, every member
+refuses, at apply time, the writes that add data — a Put, a Txn with a put in either
+branch, a lease grant, kvraft's put, cas and batches with a put — with etcd's NoSpaceError;
+deletes, compaction and revokes still apply (they are how space is freed).
+
 A member asked to apply a version above CLUSTER_VERSION_MAX stops: applying the
 following entries by older rules would make it disagree with the members that know
 the version (ClusterVersionTooNewError).
@@ -30,6 +36,7 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from kvraft.proto import command_pb2 as cpb
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.storage import keys
 from kvraft.storage.mvcc import convert, layout
 from kvraft.storage.mvcc.batch import MVCCBatch
@@ -39,6 +46,7 @@ from kvraft.storage.mvcc.errors import (
     LeaseNotFoundError,
     LeaseTTLTooLargeError,
     MVCCError,
+    NoSpaceError,
 )
 from kvraft.storage.mvcc.messages import (
     Compare,
@@ -90,6 +98,20 @@ class LeaseRevokeResult:
     deleted: int
 
 
+NOSPACE = 1   # etcdserverpb.AlarmType
+CORRUPT = 2
+ALARM_GET, ALARM_ACTIVATE, ALARM_DEACTIVATE = 0, 1, 2   # AlarmRequest.AlarmAction
+# The commands that add data, refused while a NOSPACE alarm is raised (a txn only if a
+# branch puts: `_txn_puts`).
+_ADDS_DATA = frozenset({"put", "cas", "etcd_put", "lease_grant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    member_id: int
+    alarm: int   # NOSPACE, CORRUPT
+
+
 @dataclass(frozen=True, slots=True)
 class CommandOutcome:
     """What an applied command did, for its ApplyResult (state_machine.py)."""
@@ -110,6 +132,14 @@ def lease_records(view: Reader) -> list[LeaseRecord]:
         while (item := next(it, None)) is not None:
             ttl, remaining = layout.unpack_grant(item[1])
             out.append(LeaseRecord(layout.grant_lease(item[0]), ttl, remaining))
+    return out
+
+
+def alarms(view: Reader) -> list[Alarm]:
+    out = []
+    with closing(view.iterator(start=layout.ALARM_PREFIX, stop=layout.ALARM_END)) as it:
+        while (item := next(it, None)) is not None:
+            out.append(Alarm(*layout.alarm_of(item[0])))
     return out
 
 
@@ -182,6 +212,8 @@ class VersionedApply:
         """Apply an etcd or lease command, or a kvraft command at version >= 2."""
         if not self.mvcc:
             return CommandOutcome(error=ClusterVersionError())
+        if self._adds_data(command, op) and self._no_space():
+            return CommandOutcome(error=NoSpaceError())
         batch = self.batch()
         try:
             response = self._run(command, op, batch)
@@ -217,6 +249,8 @@ class VersionedApply:
             return self._grant(command.lease_grant.ID, command.lease_grant.TTL, batch)
         if op == "lease_revoke":
             return self._revoke(command.lease_revoke.ID, batch)
+        if op == "alarm":
+            return self._alarm(command.alarm)
         assert op == "lease_checkpoint", op
         for cp in command.lease_checkpoint.checkpoints:
             record = lease_record(self._view, cp.ID)
@@ -243,12 +277,48 @@ class VersionedApply:
         self._writes[layout.grant_key(lease_id)] = None
         return LeaseRevokeResult(deleted.revision, deleted.deleted)
 
+    def _alarm(self, request: etcdpb.AlarmRequest) -> list[Alarm]:
+        """Raise or disarm one member's alarm; the alarms raised afterwards."""
+        action, member_id, alarm = request.action, request.memberID, request.alarm
+        if alarm in (NOSPACE, CORRUPT):
+            key = layout.alarm_key(member_id, alarm)
+            if action == ALARM_ACTIVATE:
+                self._writes[key] = b""
+            elif action == ALARM_DEACTIVATE:
+                self._writes[key] = None
+        return alarms(self._view)
+
+    def _no_space(self) -> bool:
+        return any(a.alarm == NOSPACE for a in alarms(self._view))
+
+    @staticmethod
+    def _adds_data(command: cpb.Command, op: str) -> bool:
+        if op in _ADDS_DATA:
+            return True
+        if op == "batch":
+            return any(o.HasField("put") for o in command.batch.ops)
+        if op == "etcd_txn":
+            return _txn_puts(command.etcd_txn)
+        return False
+
     def finish(self) -> None:
         """One bounded step of removing compacted history (logically invisible: reads
         below the compact revision fail already), so compaction never holds an apply
         for long."""
         if self.mvcc and self._batch is not None and self._batch.compaction_pending:
             self._batch.compact_step(COMPACT_STEP_REVISIONS)
+
+
+def _txn_puts(txn: etcdpb.TxnRequest) -> bool:
+    """A put anywhere in either branch, nested txns included (etcd's capped applier
+    refuses such a txn whichever branch it would take)."""
+    for branch in (txn.success, txn.failure):
+        for op in branch:
+            which = op.WhichOneof("request")
+            if which == "request_put" or (which == "request_txn" and
+                                          _txn_puts(op.request_txn)):
+                return True
+    return False
 
 
 def _cas_txn(cas: cpb.CompareAndSwap) -> TxnRequest:

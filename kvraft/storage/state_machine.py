@@ -60,8 +60,10 @@ from kvraft.storage.log_store import LevelDBStorage
 from kvraft.storage.mvcc import layout as mvcc_layout
 from kvraft.storage.mvcc_apply import (
     CLUSTER_VERSION_MVCC,
+    Alarm,
     LeaseRecord,
     VersionedApply,
+    alarms,
     cas_outcome,
     lease_record,
     lease_records,
@@ -542,6 +544,14 @@ class KVStateMachine:
         slot = self._views.enter()
         try:
             return lease_records(slot.view)
+        finally:
+            self._views.leave(slot)
+
+    def alarms(self) -> list[Alarm]:
+        """The raised alarms (replicated: the same on every member at an index)."""
+        slot = self._views.enter()
+        try:
+            return alarms(slot.view)
         finally:
             self._views.leave(slot)
 

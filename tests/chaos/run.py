@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from tests.chaos.cluster import Cluster, ServeArgv, kvraft_serve_argv
+from tests.chaos.etcd_workload import EtcdWorkload, check_etcd_workload
 from tests.chaos.linearizability import Result, check
 from tests.chaos.nemesis import FAULT_KINDS, Nemesis, schedule
 from tests.chaos.netns import Network, remove_leftovers
@@ -56,10 +57,14 @@ class ChaosReport:
     log_tracebacks: dict[int, int] = dataclasses.field(default_factory=dict)
     t0_s: float = 0.0  # monotonic time of the workload's start; history times are relative
     error: str | None = None
+    # The etcd workloads (etcd_workload.py): what their checkers found, and counts.
+    etcd_problems: list[str] = dataclasses.field(default_factory=list)
+    etcd_stats: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.result is not None and self.result.ok
+        return (self.error is None and self.result is not None and self.result.ok
+                and not self.etcd_problems)
 
     def describe(self, t0_s: float = 0.0) -> str:
         lines = [
@@ -77,6 +82,9 @@ class ChaosReport:
                 f"{k.decode()}={v.decode() if v else None}" for k, v in self.final_values.items()
             ),
         ]
+        if self.etcd_stats:
+            lines.append(f"  etcd workloads: {self.etcd_stats}")
+        lines.extend(f"  ETCD CHECK FAILED: {p}" for p in self.etcd_problems[:20])
         if self.log_tracebacks:
             lines.append(f"  note: Python tracebacks in node logs (node: count): "
                          f"{self.log_tracebacks}")
@@ -158,14 +166,18 @@ def run_chaos(
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             say(f"leader is node {leader}; {clients} clients for {duration_s:.0f} s")
             workload = Workload(cluster.endpoints(), seed, clients=clients, keys=keys)
+            etcd = EtcdWorkload(cluster.endpoints(), seed, workload.next_id, workload.record)
             t0_s = time.monotonic()
             workload.t0_s = report.t0_s = t0_s
             nemesis = Nemesis(cluster, faults, t0_s)
             workload.start()
+            etcd.start()
             try:
                 nemesis.run(stop, until_s=duration_s)
             finally:
                 workload.stop()
+                etcd.stop()
+                watched_until_s = time.monotonic()
                 nemesis.heal()
                 report.nemesis_log = nemesis.log
             report.kinds_applied = {f.kind for f in faults if f.start_s < duration_s}
@@ -178,6 +190,10 @@ def run_chaos(
             cluster.start_all()
             cluster.wait_for_leader(LEADER_TIMEOUT_S)
             report.final_values = workload.final_reads(FINAL_READS_TIMEOUT_S)
+            say("etcd workloads: the canonical event history, then their checks")
+            report.etcd_problems = check_etcd_workload(
+                etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S)
+            report.etcd_stats = str(etcd.stats)
             history = workload.history()
             s = workload.stats
             report.ops = len(history)

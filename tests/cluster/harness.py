@@ -125,6 +125,8 @@ class NodeProcess(ServeProcess):
         self.metrics_address = metrics_address
         self.extra_args = list(extra_args)
         self.channel: grpc.Channel | None = None
+        # Set (before the first call) for a client port that serves TLS (tests/tls).
+        self.credentials: grpc.ChannelCredentials | None = None
 
     @property
     def stopped_by_harness(self) -> bool:
@@ -138,7 +140,8 @@ class NodeProcess(ServeProcess):
 
     def grpc_channel(self) -> grpc.Channel:
         if self.channel is None:
-            self.channel = grpc.insecure_channel(self.client_address)
+            self.channel = (grpc.insecure_channel(self.client_address) if self.credentials is None
+                            else grpc.secure_channel(self.client_address, self.credentials))
         return self.channel
 
     def close_channel(self) -> None:

@@ -211,3 +211,21 @@ def test_kill9_leader_elects_a_new_one_without_losing_acked_writes(
                20, "the old leader to catch up", lambda: cluster3.log_tail(leader))
     for key, value in acked.items():
         assert cluster3.get(leader, key, serializable=True) == value
+
+
+def test_every_kvraft_write_is_one_revision_and_headers_report_it(
+        cluster3: LocalCluster) -> None:
+    """SPEC §6: kvraft's ResponseHeader.revision is the store's revision, which every
+    write entry raises by one (a Batch too: one entry, one revision)."""
+    leader = cluster3.wait_leader()
+    kv = cluster3.kv(leader)
+    first = retry_unavailable(lambda: kv.Put(pb.PutRequest(key=b"rev-a", value=b"1"),
+                                             timeout=5)).header.revision
+    second = kv.Put(pb.PutRequest(key=b"rev-a", value=b"2"), timeout=5).header.revision
+    batch = kv.Batch(pb.BatchRequest(ops=[
+        pb.BatchOp(put=pb.PutRequest(key=b"rev-b", value=b"x")),
+        pb.BatchOp(delete=pb.DeleteRequest(key=b"rev-a"))]), timeout=5).header.revision
+    assert first >= 2 and (second, batch) == (first + 1, first + 2)
+    for node_id in cluster3.nodes:
+        got = cluster3.kv(node_id).Get(pb.GetRequest(key=b"rev-b"), timeout=5)
+        assert got.header.revision >= batch

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kvraft.server.health import CHECK_TIMEOUT_S
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extra: pip install -e .[test]")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,14 +116,21 @@ def test_advertised_addresses_are_the_pods_stable_names(statefulset, container):
     assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
-def test_probes_ask_the_health_service_on_the_client_port(container):
+def test_probes_ask_livez_and_readyz_on_the_metrics_listener(container):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["client"] == CLIENT_PORT
     assert ports["peer"] == PEER_PORT
-    listen_port = int(env_of(container)["KVRAFT_LISTEN"].rpartition(":")[2])
+    env = env_of(container)
+    listen_port = int(env["KVRAFT_LISTEN"].rpartition(":")[2])
     assert listen_port == ports["client"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == ports["client"], probe
+    # The probes' port is the one the member serves /livez and /readyz on.
+    metrics_port = int(env["KVRAFT_METRICS_LISTEN"].rpartition(":")[2])
+    assert ports["metrics"] == metrics_port
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+        get = container[probe]["httpGet"]
+        assert (get["path"], ports.get(get["port"], get["port"])) == (path, metrics_port), probe
+        # An answer within the probe's timeout: the checks give up after CHECK_TIMEOUT_S.
+        assert container[probe]["timeoutSeconds"] > CHECK_TIMEOUT_S, probe
 
 
 def test_data_directory_is_on_the_claimed_volume(statefulset, container):
@@ -295,3 +304,25 @@ def test_entrypoint_execs_so_the_node_is_the_process_signals_reach(fake_kvraft):
     shell_pid = re.search(r"shell=(\d+)", out.stdout).group(1)
     assert f"pid={shell_pid}" in out.stdout
     assert os.access(ENTRYPOINT, os.X_OK)
+
+
+# The Kubernetes versions the manifests are checked against: the oldest and the newest
+# whose schemas kubernetes-validate ships (httpGet probes on a named port need neither
+# a feature gate nor a recent release).
+K8S_SCHEMA_VERSIONS = ("1.25.0", "latest")
+
+
+@pytest.mark.parametrize("version", K8S_SCHEMA_VERSIONS)
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(version):
+    """Strict: a misspelt field (an unknown property) fails as a wrong type does."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is in the test extra")
+    if version == "latest":
+        version = kubernetes_validate.latest_version()
+    objects = load_k8s()
+    assert ("StatefulSet", "kvraft") in objects
+    for key, doc in objects.items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{key} is not a valid Kubernetes {version} object: {e.message}")

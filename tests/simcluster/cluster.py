@@ -118,6 +118,8 @@ class SimCluster:
         # The Checker's hooks (tests/raft/sim.py registers into these).
         self.applied_hooks: list[Callable[[SimMember, eraftpb.Entry], None]] = []
         self.restore_hooks: list[Callable[[SimMember, Any], None]] = []
+        # Called with (member id, Node) for each Node made, before it starts.
+        self.start_hooks: list[Callable[[int, Node], None]] = []
         self.send_hooks = network.send_hooks
         self.crashes = 0
         self.jobs_lost = 0
@@ -167,6 +169,8 @@ class SimCluster:
         node = Node(m.config, store, NodeMetrics(), io=lanes, transport=transport,
                     clock=self.loop.time, rng=random.Random(self.rng.getrandbits(64)))
         self._watch(node)
+        for start_hook in self.start_hooks:
+            start_hook(node_id, node)
         m.node, m.store, m.lanes, m.transport = node, store, lanes, transports[0]
         m.service = PeerService(node)
         m.incarnations += 1

@@ -54,12 +54,14 @@ from typing import Any, ClassVar
 
 from kvraft.server import storage_adapter as sa
 from kvraft.storage import datadir as datadir_module
+from kvraft.storage import mvcc
 from tests.chaos import linearizability
 from tests.chaos.linearizability import Kind
 from tests.raft.network import InvariantViolation
 from tests.raft.sim import Checker
 
 from .cluster import ELECTION_TICK, TICK_INTERVAL_S, SimCluster, client_address, peer_address
+from .events import EventOrder
 from .lanes import DiskTiming, InjectedFsyncError
 from .loop import VirtualTimeLoop
 from .network import NetworkFaults, SimNetwork
@@ -185,6 +187,8 @@ class Simulation:
             self.trace)
         self.checker = Checker(self.cluster, wire_check=self.wire_check)  # type: ignore[arg-type]
         network.snapshot_hooks.append(self._on_snapshot_sent)
+        self.event_order = EventOrder(lambda what: self._fail(f"events: {what}"))
+        self.cluster.start_hooks.append(self.event_order.attach)
         network.on_violation = lambda e: self._fail(f"invariant: {e}")
         self.workload = Workload(self.cluster, random.Random(self.rng.getrandbits(64)),
                                  [b"k%d" % i for i in range(p.keys)], CALL_TIMEOUT_S,
@@ -478,6 +482,18 @@ class Simulation:
             if kvs != first:
                 raise SimFailure(f"member {i} holds another state than member {members[0].id} "
                                  f"at the same applied index: {kvs} vs {first}")
+        # The MVCC view of the same state: revisions, versions and the store's revision.
+        versioned = {}
+        for m in members:
+            assert m.store is not None
+            sm = m.store.sm
+            everything = sm.range(mvcc.RangeRequest(b"\0", b"\0"))
+            versioned[m.id] = (sm.revision, list(everything.kvs))
+        first_v = versioned[members[0].id]
+        for i, state in versioned.items():
+            if state != first_v:
+                raise SimFailure(f"member {i} holds another MVCC state than member "
+                                 f"{members[0].id}: revision {state[0]} vs {first_v[0]}")
 
     async def _main(self) -> None:
         c = self.cluster
@@ -542,6 +558,7 @@ class Simulation:
             "crashes": self.cluster.crashes,
             "persist_jobs_lost": self.cluster.jobs_lost,
             "snapshots_delivered": self.cluster.network.snapshots_delivered,
+            "revisions": len(self.event_order.by_revision),
             "ops": dict(sorted(self.workload.stats.items())),
             "trace": self.digest(),
         }

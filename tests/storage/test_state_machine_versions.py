@@ -208,3 +208,45 @@ def test_version_revision_and_leases_survive_a_restart_and_a_snapshot(tmp_path: 
         again = KVStateMachine(a)
         assert (again.cluster_version, again.revision, again.applied_index) == (2, 4, 5)
         assert again.get(b"y") == b"3" and again.lease(5) is not None
+
+
+def test_a_nospace_alarm_refuses_writes_that_add_data_until_disarmed(datadir: DataDir) -> None:
+    sm = KVStateMachine(datadir)
+    log = Log(sm)
+    log.apply(cluster_version_command(2), put_command(b"a", b"1"), put_command(b"b", b"2"))
+
+    def alarm(action: int, member: int = 3, kind: int = etcdpb.NOSPACE) -> bytes:
+        return etcd_command(9, "alarm", etcdpb.AlarmRequest(action=action, memberID=member,
+                                                            alarm=kind))
+
+    [raised] = log.apply(alarm(etcdpb.AlarmRequest.ACTIVATE))
+    assert [(a.member_id, a.alarm) for a in raised.response] == [(3, etcdpb.NOSPACE)]
+    assert [(a.member_id, a.alarm) for a in sm.alarms()] == [(3, etcdpb.NOSPACE)]
+    read_only_txn = etcdpb.TxnRequest(success=[etcdpb.RequestOp(
+        request_range=etcdpb.RangeRequest(key=b"a"))])
+    nested_put = etcdpb.TxnRequest(failure=[etcdpb.RequestOp(request_txn=etcdpb.TxnRequest(
+        success=[etcdpb.RequestOp(request_put=etcdpb.PutRequest(key=b"x"))]))])
+    results = log.apply(
+        put_command(b"c", b"3"),
+        cas_command(b"a", b"1", b"9"),
+        batch_command([(b"d", b"4")]),
+        etcd_command(1, "etcd_put", etcdpb.PutRequest(key=b"e", value=b"5")),
+        etcd_command(2, "etcd_txn", nested_put),
+        etcd_command(3, "lease_grant", etcdpb.LeaseGrantRequest(ID=1, TTL=10)),
+        # What frees space still applies:
+        delete_command(b"b"),
+        batch_command([(b"a", None)]),
+        etcd_command(4, "etcd_txn", read_only_txn),
+        etcd_command(5, "etcd_compact", etcdpb.CompactionRequest(revision=3)),
+    )
+    refused = [type(r.mvcc_error).__name__ for r in results[:6]]
+    assert refused == ["NoSpaceError"] * 6
+    assert str(results[0].mvcc_error) == "etcdserver: mvcc: database space exceeded"
+    assert [r.ok for r in results[6:]] == [True] * 4
+    assert sm.get(b"c") is None and sm.get(b"b") is None and sm.get(b"a") is None
+    # A CORRUPT alarm of another member is kept apart; disarming NOSPACE lifts the cap.
+    log.apply(alarm(etcdpb.AlarmRequest.ACTIVATE, member=1, kind=etcdpb.CORRUPT),
+              alarm(etcdpb.AlarmRequest.DEACTIVATE))
+    assert [(a.member_id, a.alarm) for a in sm.alarms()] == [(1, etcdpb.CORRUPT)]
+    [ok] = log.apply(put_command(b"c", b"3"))
+    assert ok.ok and sm.get(b"c") == b"3"

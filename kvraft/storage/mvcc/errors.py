@@ -76,6 +76,13 @@ class LeaseNotFoundError(MVCCError):
     message = "etcdserver: requested lease not found"
 
 
+class NoSpaceError(MVCCError):
+    """A write that adds data while a NOSPACE alarm is raised (--quota-backend-bytes)."""
+
+    code = StatusCode.RESOURCE_EXHAUSTED
+    message = "etcdserver: mvcc: database space exceeded"
+
+
 class LeaseExistsError(MVCCError):
     code = StatusCode.FAILED_PRECONDITION
     message = "etcdserver: lease already exists"

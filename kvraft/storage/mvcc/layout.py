@@ -13,6 +13,7 @@ snapshot, an upgrade, a wipe) and no future keys.py prefix can collide with it:
     Vl <lease> <user key>             a live key attached to a lease (empty value)
     Vg <lease>                        a granted lease: its TTL and the remaining TTL
                                       of its last checkpoint (two int64; 0: none)
+    Va <member> <alarm type: 1 byte>  a raised alarm (etcd's AlarmType; empty value)
     Vc                                the cluster version (a uint32 as int64; absent:
                                       1, the layout before MVCC: storage/mvcc_apply.py)
     Vm rev                            the current revision (main)
@@ -58,6 +59,8 @@ LEASE_PREFIX: Final = b"Vl"
 GRANT_PREFIX: Final = b"Vg"
 GRANT_END: Final = b"Vh"
 CLUSTER_VERSION: Final = b"Vc"
+ALARM_PREFIX: Final = b"Va"
+ALARM_END: Final = b"Vb"
 META_REVISION: Final = b"Vmrev"
 META_COMPACT: Final = b"Vmcompact"
 META_COMPACTED: Final = b"Vmcompacted"
@@ -145,6 +148,15 @@ def unpack_grant(raw: bytes) -> tuple[int, int]:
         raise ValueError(f"lease record of {len(raw)} bytes, expected 16")
     ttl, remaining = struct.unpack(">qq", raw)
     return ttl, remaining
+
+
+def alarm_key(member_id: int, alarm: int) -> bytes:
+    return ALARM_PREFIX + struct.pack(">QB", member_id, alarm)
+
+
+def alarm_of(akey: bytes) -> tuple[int, int]:
+    member_id, alarm = struct.unpack_from(">QB", akey, 2)
+    return member_id, alarm
 
 
 def pack_int(value: int) -> bytes:
