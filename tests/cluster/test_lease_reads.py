@@ -97,4 +97,6 @@ def test_paused_lease_leader_serves_no_stale_read_after_a_new_leader_wrote() -> 
             assert e.code() == grpc.StatusCode.UNAVAILABLE, e
         for node_id in cluster.nodes:
             assert retry_unavailable(lambda n=node_id: cluster.get(n, b"p")) == b"after"
+        # The mechanism ran: on waking, still leader, it caught its tick clock up.
+        assert "tick clock" in cluster.log_tail(old, lines=400), cluster.log_tail(old)
         cluster.check_no_crash()
