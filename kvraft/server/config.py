@@ -282,6 +282,5 @@ class NodeConfig:
             raise ServeError(
                 f"the LevelDB write buffer must be {LEVELDB_WRITE_BUFFER_BYTES_MIN}.."
                 f"{LEVELDB_WRITE_BUFFER_BYTES_MAX} bytes, got {self.leveldb_write_buffer_bytes}")
-        from .tls import validate_tls  # tls.py builds on this module
-
-        validate_tls(self)
+        # The TLS files are checked by tls.validate_tls (run_node calls it after this):
+        # tls.py builds on this module.

@@ -29,22 +29,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
+from .metrics import Check
 from .node import Node
 from .waiters import NodeError
 
 # How long one check may take: below a Kubernetes probe's default timeout (1 s), so the
 # probe gets an answer rather than a timeout.
 CHECK_TIMEOUT_S = 0.8
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    reason: str = ""
 
 
 class HealthChecks:

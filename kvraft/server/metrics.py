@@ -9,8 +9,9 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -18,10 +19,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 from .config import parse_address
 
-if TYPE_CHECKING:
-    from .health import Check, HealthChecks
-
 StartResponse = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check's outcome (health.py makes them)."""
+
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+class HealthChecks(Protocol):
+    """What the health endpoints ask (health.HealthChecks; a Protocol here, so that
+    this module, which the transport imports, does not import the node)."""
+
+    def health(self, serializable: bool) -> tuple[bool, str]: ...
+    def livez(self) -> list[Check]: ...
+    def readyz(self) -> list[Check]: ...
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _LATENCY_BUCKETS_S = (

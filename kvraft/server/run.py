@@ -22,7 +22,7 @@ from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
-from .tls import client_port_files, peer_port_files, server_credentials
+from .tls import client_port_files, peer_port_files, server_credentials, validate_tls
 from .transport import CHANNEL_OPTIONS
 
 log = logging.getLogger("kvraft.server")
@@ -46,6 +46,7 @@ def run_node(config: NodeConfig) -> int:
 
     Raises ServeError (one line) when the node cannot start."""
     config.validate()
+    validate_tls(config)
     configure_logging(config.log_level)
     loop_factory = event_loop_factory(config.event_loop)
     if not config.profile_path:

@@ -164,6 +164,10 @@ class VersionedApply:
         self._range_limits = range_limits
         self.version = read_cluster_version(self._view)
         self.migrated = False                  # this call raised the version to 2
+        # This call moved the compact revision: no history is removed in it (reads
+        # that checked the old compact revision may still need it: state_machine.py
+        # waits for them before a later call removes any).
+        self.compacted = False
         self._batch: MVCCBatch | None = None
 
     @property
@@ -244,7 +248,9 @@ class VersionedApply:
         if op == "etcd_txn":
             return batch.txn(convert.txn_request(command.etcd_txn))
         if op == "etcd_compact":
-            return batch.compact(command.etcd_compact.revision)
+            response = batch.compact(command.etcd_compact.revision)
+            self.compacted = True
+            return response
         if op == "lease_grant":
             return self._grant(command.lease_grant.ID, command.lease_grant.TTL, batch)
         if op == "lease_revoke":
@@ -305,6 +311,8 @@ class VersionedApply:
         """One bounded step of removing compacted history (logically invisible: reads
         below the compact revision fail already), so compaction never holds an apply
         for long."""
+        if self.compacted:
+            return
         if self.mvcc and self._batch is not None and self._batch.compaction_pending:
             self._batch.compact_step(COMPACT_STEP_REVISIONS)
 

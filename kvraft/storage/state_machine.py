@@ -305,6 +305,12 @@ class KVStateMachine:
                 # the K records have ended, those go.
                 self._views.switch(self._live, versioned.version)
                 self._drop_legacy_records()
+            elif versioned.compacted:
+                # A read that checked the old compact revision may still be reading
+                # history the new one frees (reads of several steps are not one point
+                # in time): wait for the reads in flight before any of it is removed
+                # (by the next applies). New reads check the new compact revision.
+                self._views.switch(self._live, versioned.version)
             if self._buffer.over_bound():
                 self._buffer.flush()
         return results

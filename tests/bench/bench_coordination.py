@@ -183,7 +183,7 @@ async def watch_fanout(system: System, rate: int, duration_s: float) -> dict[str
     while time.monotonic() - t0 < duration_s:
         key = prefix + b"%08d" % n
         sent_at[key] = time.monotonic()
-        task = asyncio.create_task(kv.Put(etcdpb.PutRequest(key=key, value=VALUE), timeout=10))
+        task = asyncio.ensure_future(kv.Put(etcdpb.PutRequest(key=key, value=VALUE), timeout=10))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
         n += 1

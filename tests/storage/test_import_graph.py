@@ -29,12 +29,15 @@ PACKAGE_DIR = ROOT / "kvraft"
 # its submodules ("kvraft" only the top module itself: __version__). A module that no
 # name covers fails the layering test until it is given a layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("kvraft", "kvraft.proto", "kvraft.wire"),  # the version; generated protobuf; wire constants
+    # the version; generated protobuf; wire constants; TLS files and names both sides use
+    ("kvraft", "kvraft.proto", "kvraft.wire", "kvraft.tls"),
     ("kvraft.raft",),
     ("kvraft.storage",),
     ("kvraft.server",),
     ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
-     "kvraft.devcluster", "kvraft.procs", "kvraft.__main__"),
+     "kvraft.devcluster", "kvraft.procs", "kvraft.__main__", "kvraft._cli_env",
+     "kvraft.client_etcd", "kvraft.cli_etcd", "kvraft.cli_ops", "kvraft.cli_auth",
+     "kvraft.devcerts"),
 ]
 
 

@@ -250,3 +250,35 @@ def test_a_nospace_alarm_refuses_writes_that_add_data_until_disarmed(datadir: Da
     assert [(a.member_id, a.alarm) for a in sm.alarms()] == [(1, etcdpb.CORRUPT)]
     [ok] = log.apply(put_command(b"c", b"3"))
     assert ok.ok and sm.get(b"c") == b"3"
+
+
+def test_a_compaction_waits_for_reads_in_flight_before_history_is_removed(
+        datadir: DataDir) -> None:
+    """A read of several steps checked the compact revision when it began; the apply
+    that moves the compact revision waits for such reads, and history is removed only
+    by later applies — so the read never finds a record it needs gone."""
+    import threading
+
+    sm = KVStateMachine(datadir)
+    log = Log(sm)
+    log.apply(cluster_version_command(2), *(put_command(b"k", b"v%d" % i) for i in range(5)))
+    slot = sm._views.enter()            # a read in flight, as range() holds one
+    applied = threading.Event()
+
+    def compact() -> None:
+        log.apply(etcd_command(1, "etcd_compact", etcdpb.CompactionRequest(revision=5)))
+        applied.set()
+
+    t = threading.Thread(target=compact)
+    t.start()
+    try:
+        assert not applied.wait(0.5), "the compaction did not wait for the read in flight"
+    finally:
+        sm._views.leave(slot)
+    t.join(timeout=30)
+    assert applied.is_set() and sm.compact_revision == 5
+    # The history below 5 goes with later applies, in bounded steps.
+    log.apply(put_command(b"k", b"after"))
+    with pytest.raises(mvcc.CompactedError):
+        sm.range(mvcc.RangeRequest(b"k", revision=4))
+    assert sm.range(mvcc.RangeRequest(b"k", revision=5)).kvs[0].value == b"v3"

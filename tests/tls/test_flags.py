@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvraft.server.config import NodeConfig, ServeError
+from kvraft.server.tls import validate_tls
 from tests.cli.helpers import assert_one_error_line, run_kvraft
 
 from .tlscluster import CertDir
@@ -71,6 +72,7 @@ def test_a_complete_tls_configuration_validates(certs: CertDir, tmp_path: Path) 
         peer_cert_file=certs.path("peer-1.crt"), peer_key_file=certs.path("peer-1.key"),
         peer_trusted_ca_file=certs.ca)
     config.validate()
+    validate_tls(config)   # run_node's check of the files, after validate()
     config.peer_key_file = certs.path("peer-2.key")
     with pytest.raises(ServeError, match="the key does not belong to the certificate"):
-        config.validate()
+        validate_tls(config)

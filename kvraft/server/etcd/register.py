@@ -19,6 +19,7 @@ from .kv import add_kv_service
 from .lease import add_lease_service
 from .maintenance import EtcdMaintenanceService
 from .quota import QuotaWatch
+from .watch import add_watch_service
 
 
 def _full_name(service: str) -> str:
@@ -36,6 +37,7 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     names: list[str] = []
     closers = on_close if on_close is not None else []
     names.append(add_kv_service(server, node, config, metrics))
+    names.append(add_watch_service(server, node, config, closers))
     names.append(add_lease_service(server, node, config, metrics))
     etcdpb_grpc.add_ClusterServicer_to_server(EtcdClusterService(node, config, metrics), server)
     names.append(_full_name("Cluster"))
