@@ -101,11 +101,12 @@ bench-compare: install
 
 # A real 5-node cluster in network namespaces under a seeded nemesis (needs root and
 # iproute2/iptables); no SEED draws one, which the report prints for replaying.
-# OVERLAP=1 lets faults pile up instead of healing each one.
+# OVERLAP=1 lets faults pile up instead of healing each one; READ_MODE=lease runs the
+# nodes with `kvraft serve --read-mode lease`.
 DURATION ?= 300
 chaos: install
 	$(PY) -m tests.chaos.run --duration $(DURATION) $(if $(SEED),--seed $(SEED)) \
-	  $(if $(OVERLAP),--overlap)
+	  $(if $(OVERLAP),--overlap) $(if $(READ_MODE),--read-mode $(READ_MODE))
 
 # A 3-node cluster on lazyfs (tests/powerloss: a FUSE file system that loses what was not
 # fsynced) power-cut CUTS times, a quarter (or ALL_CUTS) of them all members at once,

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 # _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
-from kvraft import __version__, _cli_env  # noqa: F401
+from kvraft import __version__, _cli_env, cli_auth  # noqa: F401
 from kvraft.cli_format import escape_bytes, format_table
 from kvraft.client import (
     DEFAULT_ENDPOINT,
@@ -43,6 +43,7 @@ from kvraft.client import (
 )
 from kvraft.server.config import (
     EVENT_LOOPS,
+    READ_MODES,
     NodeConfig,
     ServeError,
     parse_initial_cluster,
@@ -165,8 +166,14 @@ def client_tls_kwargs() -> dict[str, str]:
 
 
 def _client_options(fn: Callable) -> Callable:
-    """--endpoints, --timeout and the TLS options, shared by every client command."""
+    """--endpoints, --timeout, --user and the TLS options, shared by every client
+    command."""
     fn = _client_tls_options(fn)
+    fn = click.option(
+        "--user", envvar="KVRAFT_USER", metavar="USER[:PASSWORD]", expose_value=False,
+        callback=cli_auth.remember_user,
+        help="Authenticate as USER; asks for the password if not given (env KVRAFT_USER).",
+    )(fn)
     fn = click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
         default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
@@ -191,7 +198,12 @@ def _client_tls() -> ClientTLS | None:
 
 def _connect(endpoints: list[str], timeout: float) -> Client:
     _client_tls()
-    return Client(endpoints, timeout=timeout, **client_tls_kwargs())
+    try:
+        user, password = cli_auth.credentials()
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    return Client(endpoints, timeout=timeout, user=user, password=password,
+                  **client_tls_kwargs())
 
 
 def _key_bytes(text: str) -> bytes:
@@ -293,6 +305,10 @@ def _serve_tls_options(fn: Callable) -> Callable:
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), envvar="KVRAFT_EVENT_LOOP",
               default=NodeConfig.event_loop, show_default=True,
               help="The node's event loop: uvloop (libuv), or the standard library's asyncio.")
+@click.option("--read-mode", type=click.Choice(READ_MODES), envvar="KVRAFT_READ_MODE",
+              default=NodeConfig.read_mode, show_default=True,
+              help="How a linearizable read is confirmed: a heartbeat round (safe), or the "
+              "leader's lease while it holds (lease; assumes bounded clock drift).")
 @click.option("--leveldb-write-buffer-bytes", type=click.IntRange(min=64 << 10, max=1 << 30),
               envvar="KVRAFT_LEVELDB_WRITE_BUFFER_BYTES",
               default=NodeConfig.leveldb_write_buffer_bytes, show_default=True, metavar="BYTES",
@@ -315,7 +331,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
-          event_loop: str, leveldb_write_buffer_bytes: int,
+          event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
           auto_compaction_retention: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
@@ -349,7 +365,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         advertise_peer=advertise_peer or initial_cluster.get(node_id),
         tick_interval_s=tick_interval, snapshot_entries=snapshot_entries,
         snapshot_keep_entries=snapshot_keep_entries, event_loop=event_loop,
-        leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
+        read_mode=read_mode, leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
         quota_backend_bytes=quota_backend_bytes,
         cert_file=tls["cert_file"] or None, key_file=tls["key_file"] or None,
@@ -812,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 
+
+cli_auth.register(cli, sys.modules[__name__])   # kvraft user|role|auth (SPEC §8)
 
 if __name__ == "__main__":
     sys.exit(main())

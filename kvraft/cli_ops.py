@@ -29,6 +29,7 @@ from typing import Any
 import click
 import grpc
 
+from kvraft import cli_auth, client_auth
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.server.config import ServeError, parse_initial_cluster, parse_member_id
@@ -90,7 +91,18 @@ TLS_META_KEY = "kvraft.client_tls"
 
 def open_channel(endpoint: str) -> grpc.Channel:
     """A channel to `endpoint`, with TLS when the command was given --cacert, --cert or
-    --key (the files are read now)."""
+    --key (the files are read now), authenticating as the command's --user if given
+    (kvraft/client_auth.py)."""
+    channel = _open_raw_channel(endpoint)
+    try:
+        user, password = cli_auth.credentials()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    credentials = client_auth.Credentials(user, password or "") if user else None
+    return client_auth.authenticated_channel(channel, credentials)
+
+
+def _open_raw_channel(endpoint: str) -> grpc.Channel:
     ctx = click.get_current_context(silent=True)
     options = dict(ctx.meta.get(TLS_META_KEY, {})) if ctx is not None else {}
     if not options:

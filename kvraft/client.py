@@ -50,7 +50,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from kvraft import client_etcd, client_recipes
+from kvraft import client_auth, client_etcd, client_recipes
 from kvraft.client_etcd import (  # noqa: F401  etcd's API types (SPEC §6), importable here
     Bytesish,
     Compare,
@@ -298,13 +298,14 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
 class _Channel:
     """One gRPC channel and the stubs over it."""
 
-    def __init__(self, endpoint: str, tls: ClientTLS | None = None) -> None:
+    def __init__(self, endpoint: str, tls: ClientTLS | None = None,
+                 credentials: client_auth.Credentials | None = None) -> None:
         self.endpoint = endpoint
         if tls is None:
-            self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            raw = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.secure_channel(endpoint, tls.credentials(),
-                                               options=_CHANNEL_OPTIONS)
+            raw = grpc.secure_channel(endpoint, tls.credentials(), options=_CHANNEL_OPTIONS)
+        self.channel = client_auth.authenticated_channel(raw, credentials)
         self.kv = pb_grpc.KVStub(self.channel)
         self.cluster = pb_grpc.ClusterStub(self.channel)
 
@@ -342,9 +343,15 @@ class Client:
     def __init__(
         self, endpoints: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S,
         *, cacert: str | None = None, cert: str | None = None, key: str | None = None,
+        user: str | None = None, password: str | None = None,
     ) -> None:
+        """`user`, `password`: authenticate as that user on each member (etcd's auth,
+        SPEC §8; kvraft.client_auth); without them the client sends no token."""
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if password is not None and not user:
+            raise ValueError("a password needs a user")
+        self._credentials = client_auth.Credentials(user, password or "") if user else None
         self.endpoints: tuple[str, ...] = tuple(parse_endpoints(endpoints))
         # None: plaintext. Checked now: a missing file is a ValueError here.
         self.tls: ClientTLS | None = ClientTLS.from_options(cacert, cert, key)
@@ -371,6 +378,11 @@ class Client:
 
     def __enter__(self) -> Client:
         return self
+
+    @property
+    def auth(self) -> client_auth.AuthCalls:
+        """etcd's Auth service: users, roles, permissions, auth enable/disable."""
+        return client_auth.AuthCalls(self, DeadlineExceeded)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -680,7 +692,7 @@ class Client:
                 raise KvraftError("the client is closed")
             channel = self._channels.get(endpoint) or self._extra.get(endpoint)
             if channel is None:
-                channel = _Channel(endpoint, self.tls)
+                channel = _Channel(endpoint, self.tls, self._credentials)
                 if endpoint in self.endpoints:
                     self._channels[endpoint] = channel
                 else:

@@ -26,9 +26,21 @@ class ReadOnlyOption(enum.Enum):
     # quorum for every ReadIndex request. Safe regardless of clock drift.
     Safe = 0
     # Thesis §6.4.1: the leader trusts its lease (it heard from a quorum within an
-    # election timeout, and voters ignore elections while they hear from it). Cheaper,
-    # but only correct while clocks advance at about the same rate on every node.
+    # election timeout less a clock-drift margin, and voters ignore elections while
+    # they hear from it); without a valid lease it falls back to the Safe round. Cheaper,
+    # but only correct while ticks advance at about the same rate on every node; see
+    # read_only.py for the argument and its limits.
     LeaseBased = 1
+
+
+# Thesis §6.4.1 bounds the lease by "election timeout / clock drift bound". The tick
+# clocks of two nodes are assumed to run at rates within this many percent of each
+# other; the lease is shortened by that share of the election timeout ...
+LEASE_CLOCK_DRIFT_PERCENT = 10
+# ... and by two more ticks for granularity: a heartbeat sent late in the leader's tick
+# t is stamped t, and a follower's first tick after it received the heartbeat may come
+# at once, so each end of the interval may lose up to one tick.
+LEASE_GRANULARITY_TICKS = 2
 
 
 @dataclass
@@ -112,6 +124,17 @@ class Config:
         """The effective (exclusive) upper bound of the randomized election timeout."""
         return 2 * self.election_tick if self.max_election_tick == 0 else self.max_election_tick
 
+    def lease_drift_margin_ticks(self) -> int:
+        """Thesis §6.4.1: how much shorter than the election timeout the lease is, in
+        ticks: LEASE_CLOCK_DRIFT_PERCENT of it (rounded up) plus LEASE_GRANULARITY_TICKS."""
+        drift = -(-self.election_tick * LEASE_CLOCK_DRIFT_PERCENT // 100)
+        return drift + LEASE_GRANULARITY_TICKS
+
+    def lease_ticks(self) -> int:
+        """How long, in this node's ticks from the sending of a heartbeat that a quorum
+        acknowledged, a LeaseBased leader may answer reads without a round."""
+        return self.election_tick - self.lease_drift_margin_ticks()
+
     def validate(self) -> None:
         """Raise ConfigInvalid naming the first bad field."""
         if self.id == INVALID_ID:
@@ -142,6 +165,15 @@ class Config:
             raise ConfigInvalid("max_size_per_msg must not be negative")
         if self.read_only_option is ReadOnlyOption.LeaseBased and not self.check_quorum:
             raise ConfigInvalid("read_only_option LeaseBased requires check_quorum")
+        if (self.read_only_option is ReadOnlyOption.LeaseBased
+                and self.lease_ticks() <= self.heartbeat_tick):
+            # The lease must outlast the interval between two heartbeats, or it lapses
+            # before the next one can renew it and every read pays a round anyway.
+            raise ConfigInvalid(
+                f"read_only_option LeaseBased needs a lease ({self.lease_ticks()} ticks: "
+                f"election_tick {self.election_tick} less a drift margin of "
+                f"{self.lease_drift_margin_ticks()}) longer than heartbeat_tick "
+                f"{self.heartbeat_tick}")
         if self.max_uncommitted_size <= 0:
             raise ConfigInvalid("max_uncommitted_size must be greater than 0")
         if self.max_uncommitted_size < self.max_size_per_msg:

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvraft.raft.config import Config, ReadOnlyOption
 from kvraft.wire import UINT64_MAX
 
 MAX_KEY_BYTES = 4096
@@ -21,6 +22,10 @@ MIB = 1 << 20
 # 2-core machine (issue 16's measurements); "asyncio" is the standard library's loop,
 # kept for platforms without uvloop and for comparing the two.
 EVENT_LOOPS = ("uvloop", "asyncio")
+# How a LINEARIZABLE read is confirmed (SPEC §3 `--read-mode`): "safe", a ReadIndex
+# heartbeat round per batch of reads (thesis §6.4); "lease", the leader's lease while it
+# holds (thesis §6.4.1, bounded clock drift; kvraft/raft/read_only.py), else a round.
+READ_MODES = ("safe", "lease")
 # LevelDB's memtable size: a larger one switches write-ahead log files less often.
 # LevelDB's own default; it clamps values outside [64 KiB, 1 GiB] silently, so those
 # bounds are refused here instead. Tests use the minimum to switch log files often.
@@ -158,6 +163,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     log_level: str = "INFO"
     event_loop: str = "uvloop"   # one of EVENT_LOOPS
+    read_mode: str = "safe"      # one of READ_MODES
     advertise_client: str | None = None
     advertise_peer: str | None = None
     # Raft timing. Thesis §3.4: the election timeout must be well above the broadcast
@@ -244,6 +250,18 @@ class NodeConfig:
         if self.event_loop not in EVENT_LOOPS:
             raise ServeError(f"unknown event loop {self.event_loop!r}: expected one of "
                              f"{', '.join(EVENT_LOOPS)}")
+        if self.read_mode not in READ_MODES:
+            raise ServeError(f"unknown read mode {self.read_mode!r}: expected one of "
+                             f"{', '.join(READ_MODES)}")
+        if self.read_mode == "lease":
+            lease = Config(id=1, election_tick=self.election_tick,
+                           heartbeat_tick=self.heartbeat_tick, check_quorum=True,
+                           read_only_option=ReadOnlyOption.LeaseBased)
+            if 0 < self.heartbeat_tick < self.election_tick and \
+                    lease.lease_ticks() <= self.heartbeat_tick:
+                raise ServeError(f"--read-mode lease: a lease of {lease.lease_ticks()} ticks "
+                                 f"would not outlast the {self.heartbeat_tick} between "
+                                 "heartbeats")
         if self.tick_interval_s <= 0 or self.heartbeat_tick <= 0:
             raise ServeError("tick interval and heartbeat ticks must be positive")
         if self.election_tick <= self.heartbeat_tick:

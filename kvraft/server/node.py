@@ -49,6 +49,7 @@ from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot, commands
 
 from . import storage_adapter as sa
 from .applier import Applier
+from .auth.context import entry_context
 from .cluster_version import ClusterVersionRaise
 from .config import NodeConfig
 from .loop_lag import LoopLagProbe
@@ -76,6 +77,10 @@ EARLY_MESSAGE_TYPES = frozenset({
     eraftpb.MsgTransferLeader,
 })
 TICKS_PER_ROUND_MAX = 2   # ticks owed after a slow round; more are dropped (see _ticker)
+# Lease mode (kvraft/raft/read_only.py): the ticks a leader owes its tick clock after a
+# pause are delivered at once at the start of the next round, at most this many more
+# than an election timeout — enough to end any lease and reach a check-quorum.
+LEASE_CATCH_UP_EXTRA_TICKS = 1
 # Round pacing under load (thesis §10.2, batching): while at least BUSY_ENTRIES_MIN writes
 # or BUSY_READS_MIN linearizable reads wait on the node, rounds start at most every
 # BUSY_ROUND_INTERVAL_S, so each Ready carries more entries, each ReadIndex more reads and
@@ -161,6 +166,9 @@ class Node:
             # its majority step down, so clients are told UNAVAILABLE, not left waiting.
             pre_vote=True,
             check_quorum=True,
+            # `--read-mode lease`: thesis §6.4.1 lease reads (kvraft/raft/read_only.py).
+            read_only_option=(raft.ReadOnlyOption.LeaseBased if config.read_mode == "lease"
+                              else raft.ReadOnlyOption.Safe),
             # The hard limit behind the leader's pushback (proposals.py), which holds
             # back writes at half of it; this one also stops forwarded proposals.
             max_uncommitted_size=2 * config.uncommitted_bytes_max,
@@ -175,6 +183,11 @@ class Node:
         self._stopped = asyncio.Event()
         self._ticks_due = 0
         self._tick_count = 0
+        # Lease mode: (raft tick_count, clock()) at the start of the last round that
+        # found this node not leading, so that while it leads, tick_count can be kept
+        # no further behind real time than the ticks since then (_keep_lease_clock).
+        # None in safe mode.
+        self._lease_clock_base: tuple[int, float] | None = None
         self._inbound: list[eraftpb.Message] = []
         self._unreachable: set[int] = set()
         self._snapshot_reports: list[tuple[int, bool]] = []
@@ -409,7 +422,8 @@ class Node:
         if self._admission_refusal() is not None:
             timeout_s = await self.proposals.admit(timeout_s, self._admission_refusal,
                                                    lambda: self._stopping)
-        p = Proposal(request_id=request_id, data=data)
+        # Who the client's request was admitted for: re-checked at apply (auth/).
+        p = Proposal(request_id=request_id, data=data, context=entry_context())
         self.proposals.add_write(p)
         self._wake.set()
         result = await self._await(p, timeout_s, lambda: self.proposals.forget(p))
@@ -517,8 +531,40 @@ class Node:
         self._leader_waiters.clear()
 
     # ------------------------------------------------------------------ the round
+    def _keep_lease_clock(self) -> None:
+        """Lease mode, at the start of a round, before anything is stepped: the lease
+        is counted in ticks (thesis §6.4.1), but the ticker and the round drop ticks
+        when the loop is starved or the process was paused (SIGSTOP), which would make
+        a leader's lease outlive real time. A leader whose tick clock is behind the
+        ticks of real time since it began leading ticks the difference now (bounded),
+        so an expired lease is seen expired before any read — a forwarded one included
+        — is answered. Followers keep dropping ticks: a slow follower clock only
+        lengthens the promise it keeps."""
+        raft_ = self.raw.raft
+        now = self.clock()
+        base = self._lease_clock_base
+        if raft_.state is not StateRole.Leader or base is None:
+            self._lease_clock_base = (raft_.tick_count, now)
+            return
+        base_ticks, base_at = base
+        owed = int((now - base_at) / self.config.tick_interval_s) - (raft_.tick_count - base_ticks)
+        if owed <= 0:
+            return
+        limit = self.config.election_tick + LEASE_CATCH_UP_EXTRA_TICKS
+        if owed > TICKS_PER_ROUND_MAX:
+            log.warning("node %d: leader's tick clock %d ticks behind (a pause?); "
+                        "catching up %d before serving reads", self.id, owed,
+                        min(owed, limit))
+        for _ in range(min(owed, limit)):
+            self.raw.tick()
+        if owed > limit:
+            # Any lease has ended; count the next from here.
+            self._lease_clock_base = (raft_.tick_count, now)
+
     def _round(self) -> None:
         raw = self.raw
+        if self.config.read_mode == "lease":
+            self._keep_lease_clock()
         inbound, self._inbound = self._inbound, []
         # Every pending snapshot's message is in `inbound` (deliver_snapshot queues both).
         self.snapshots.begin_round()

@@ -104,7 +104,7 @@ class Proposals:
             if p.conf_change is not None:
                 raw.propose_conf_change(b"", p.conf_change)
             else:
-                raw.propose(b"", p.data)
+                raw.propose(p.context, p.data)
         except raft.ProposalDropped:
             p.fail(unavailable("no leader to take the write" if raw.raft.leader_id == 0
                                else "the leader dropped the write", retry_safe=True))

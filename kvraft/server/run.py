@@ -15,7 +15,10 @@ from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc, peer_pb2_grpc
 from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
 
 from . import storage_adapter as sa
+from .auth.interceptor import AccessCheck, AuthInterceptor
+from .auth.tokens import TokenStore
 from .config import NodeConfig, ServeError
+from .etcd.auth import add_auth_service
 from .etcd.register import add_etcd_services
 from .health import HealthChecks
 from .kv_service import ClusterService, KVService
@@ -114,7 +117,12 @@ async def _serve(config: NodeConfig) -> int:
     try:
         metrics = NodeMetrics()
         node = Node(config, store, metrics)
-        client_server = grpc.aio.server(options=_client_server_options(config))
+        # Access on the client port (SPEC §8): every call but health's and reflection's
+        # passes the interceptor's check; tokens are this member's (auth/tokens.py).
+        tokens = TokenStore()
+        access = AccessCheck(node, tokens, bool(getattr(config, "client_cert_auth", False)))
+        client_server = grpc.aio.server(options=_client_server_options(config),
+                                        interceptors=[AuthInterceptor(access)])
         peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         kvraft_pb2_grpc.add_KVServicer_to_server(KVService(node, config, metrics), client_server)
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
@@ -122,6 +130,7 @@ async def _serve(config: NodeConfig) -> int:
         )
         etcd_closers: list[Callable[[], Awaitable[None]]] = []
         etcd_names = add_etcd_services(client_server, node, config, metrics, etcd_closers)
+        etcd_names.append(add_auth_service(client_server, node, config, metrics, tokens))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
         reflection.enable_server_reflection(

@@ -59,6 +59,7 @@ class Proposal:
 
     request_id: int
     data: bytes = b""
+    context: bytes = b""               # the entry's context (auth/context.py)
     conf_change: Any = None            # eraftpb.ConfChange for member changes
     future: asyncio.Future[Any] = field(default_factory=_new_future)
     index: int = 0                     # log index, known when proposed on the leader

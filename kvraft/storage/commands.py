@@ -104,9 +104,15 @@ def batch_command_from_wire(ops_wire: bytes, request_id: int = 0) -> bytes:
     return encode_command(command)
 
 
-# The Command fields that hold one of etcd's requests (command.proto, 7-13).
+# The Command fields that hold one of etcd's Auth changes (command.proto, 16-26).
+AUTH_OPS = frozenset({"auth_enable", "auth_disable", "auth_user_add", "auth_user_delete",
+                      "auth_user_change_password", "auth_user_grant_role",
+                      "auth_user_revoke_role", "auth_role_add", "auth_role_delete",
+                      "auth_role_grant_permission", "auth_role_revoke_permission"})
+# The Command fields that hold one of etcd's requests (command.proto, 7-13, 15-26).
 ETCD_OPS = frozenset({"etcd_put", "etcd_delete_range", "etcd_txn", "etcd_compact",
-                      "lease_grant", "lease_revoke", "lease_checkpoint", "alarm"})
+                      "lease_grant", "lease_revoke", "lease_checkpoint", "alarm"}) | AUTH_OPS
+AUTH_CONTEXT_VERSION = 1
 
 
 def etcd_command(request_id: int, op: str, request: Message) -> bytes:
@@ -162,3 +168,21 @@ def decode_members(context: bytes) -> list[MemberRecord]:
     except DecodeError as e:
         raise CommandDecodeError(f"malformed member context: {e}") from e
     return [MemberRecord.from_proto(m) for m in msg.members]
+
+
+# --- the auth context of a client's normal entry ---------------------------------------
+def encode_auth_context(user: str, auth_revision: int) -> bytes:
+    """The context of a client's normal entry (command.proto AuthContext)."""
+    msg = pb.AuthContext(user=user, auth_revision=auth_revision)
+    return bytes((AUTH_CONTEXT_VERSION,)) + msg.SerializeToString()
+
+
+def decode_auth_context(context: bytes) -> pb.AuthContext | None:
+    """Inverse of encode_auth_context; None for an entry without one (the node's own,
+    or written by a kvraft before auth) or one this version cannot read."""
+    if not context or context[0] != AUTH_CONTEXT_VERSION:
+        return None
+    try:
+        return pb.AuthContext.FromString(context[1:])
+    except DecodeError:
+        return None

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 from kvraft.proto import command_pb2 as cpb
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
-from kvraft.storage import keys
+from kvraft.storage import auth_store, keys
+from kvraft.storage.commands import AUTH_OPS, decode_auth_context
 from kvraft.storage.mvcc import convert, layout
 from kvraft.storage.mvcc.batch import MVCCBatch
 from kvraft.storage.mvcc.errors import (
@@ -60,7 +61,7 @@ from kvraft.storage.mvcc.messages import (
     TxnRequest,
     TxnResponse,
 )
-from kvraft.storage.mvcc.reads import DEFAULT_RANGE_LIMITS, RangeLimits
+from kvraft.storage.mvcc.reads import DEFAULT_RANGE_LIMITS, RangeLimits, iter_keys_with_lease
 from kvraft.storage.mvcc.view import Reader, WriteSet
 
 CLUSTER_VERSION_LEGACY = 1
@@ -169,6 +170,7 @@ class VersionedApply:
         # waits for them before a later call removes any).
         self.compacted = False
         self._batch: MVCCBatch | None = None
+        self.auth = auth_store.AuthApply(self._view, writes)   # .changed: auth moved
 
     @property
     def mvcc(self) -> bool:
@@ -212,10 +214,13 @@ class VersionedApply:
         return tuple(batch.take_events())
 
     # --- commands ---------------------------------------------------------------------------
-    def apply(self, command: cpb.Command, op: str) -> CommandOutcome:
-        """Apply an etcd or lease command, or a kvraft command at version >= 2."""
+    def apply(self, command: cpb.Command, op: str, context: bytes = b"") -> CommandOutcome:
+        """Apply an etcd or lease command, or a kvraft command at version >= 2.
+        `context`: the entry's (a client's auth context, command.proto AuthContext)."""
         if not self.mvcc:
             return CommandOutcome(error=ClusterVersionError())
+        if context and self._auth_refuses(command, op, context):
+            return CommandOutcome(error=auth_store.PermissionDeniedError())
         if self._adds_data(command, op) and self._no_space():
             return CommandOutcome(error=NoSpaceError())
         batch = self.batch()
@@ -257,6 +262,8 @@ class VersionedApply:
             return self._revoke(command.lease_revoke.ID, batch)
         if op == "alarm":
             return self._alarm(command.alarm)
+        if op in AUTH_OPS:
+            return self.auth.apply(op, getattr(command, op))
         assert op == "lease_checkpoint", op
         for cp in command.lease_checkpoint.checkpoints:
             record = lease_record(self._view, cp.ID)
@@ -264,6 +271,23 @@ class VersionedApply:
                 self._writes[layout.grant_key(cp.ID)] = layout.pack_grant(
                     record.ttl, max(0, cp.remaining_TTL))
         return None
+
+    def _auth_refuses(self, command: cpb.Command, op: str, context: bytes) -> bool:
+        """The re-check at apply (auth_store.py): a request admitted under an older auth
+        revision than the store's is checked again against the current rules. The
+        same on every member: it reads only replicated state and the entry."""
+        admitted = decode_auth_context(context)
+        if admitted is None:
+            return False
+        state = self.auth.state
+        if not state.enabled or admitted.auth_revision >= state.revision:
+            return False
+        needs = auth_store.command_needs(command, op, self._lease_keys)
+        return needs is not None and not auth_store.allowed(state, admitted.user, needs)
+
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        with closing(iter_keys_with_lease(self._view, lease_id)) as it:
+            return list(it)
 
     def _grant(self, lease_id: int, ttl: int, batch: MVCCBatch) -> LeaseGrantResult:
         if ttl > LEASE_TTL_MAX:

@@ -48,6 +48,8 @@ from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.errors import SnapshotTemporarilyUnavailableError
 from kvraft.storage import keys, mvcc
 from kvraft.storage.apply_buffer import ApplyBuffer, FrozenView, MergedIterator, prefix_stop
+from kvraft.storage.auth_store import AuthState
+from kvraft.storage.auth_store import load_state as load_auth_state
 from kvraft.storage.commands import (
     ETCD_OPS,
     CommandDecodeError,
@@ -234,6 +236,9 @@ class KVStateMachine:
         # state the live view shows (an install swaps it after switching views back).
         self._members: dict[int, MemberRecord] = self._read_members(self._live)
         self.members_version = 0  # +1 whenever a member record changes (for the node)
+        # The auth records (auth_store.py), replaced as a whole after an apply or an
+        # install that changed them. Invariant: equals the records the live view shows.
+        self._auth: AuthState = load_auth_state(self._live)
 
     def _load_applied(self) -> None:
         self.applied_index, self.applied_term = self._read_applied()
@@ -299,6 +304,8 @@ class KVStateMachine:
                 self.members_version += 1
             # The state is visible before the index says so: a reader that checks the
             # index first never sees less than it promises.
+            if versioned.auth.changed:
+                self._auth = load_auth_state(self._live)
             self.applied_index, self.applied_term = last_index, last_term
             if versioned.migrated:
                 # New reads see the MVCC layout; then, once the reads that still use
@@ -328,7 +335,8 @@ class KVStateMachine:
         op = command.WhichOneof("op")
         if op == "member_update" or op == "cluster_version" or op in ETCD_OPS or \
                 versioned.mvcc:
-            return self._apply_versioned(command, op, result, pending, versioned, members)
+            return self._apply_versioned(command, op, result, pending, versioned, members,
+                                         entry.context)
         if op == "put":
             pending.put(command.put.key, command.put.value)
         elif op == "delete":
@@ -366,9 +374,11 @@ class KVStateMachine:
 
     def _apply_versioned(self, command: cpb.Command, op: str, result: ApplyResult,
                          pending: _PendingWrites, versioned: VersionedApply,
-                         members: dict[int, MemberRecord | None]) -> ApplyResult:
+                         members: dict[int, MemberRecord | None],
+                         context: bytes = b"") -> ApplyResult:
         """A command that is the same at every cluster version (member_update), raises
-        it, or applies to the MVCC store (mvcc_apply.py)."""
+        it, or applies to the MVCC store (mvcc_apply.py); `context`: the entry's (a
+        client's auth context, re-checked there)."""
         if op == "member_update":
             result.kind = MEMBER_UPDATE
             result.error = self._apply_member_update(command.member_update, pending.writes,
@@ -380,7 +390,7 @@ class KVStateMachine:
             outcome = versioned.raise_version(command.cluster_version.version)
         else:
             result.kind = _KIND_OF_OP.get(op, op)
-            outcome = versioned.apply(command, op)
+            outcome = versioned.apply(command, op, context)
         result.response, result.events = outcome.response, outcome.events
         if outcome.error is not None:
             result.ok, result.mvcc_error, result.error = False, outcome.error, str(outcome.error)
@@ -475,6 +485,12 @@ class KVStateMachine:
         return result
 
     # --- reads --------------------------------------------------------------------------
+    @property
+    def auth(self) -> AuthState:
+        """The users, roles, permissions and auth flag as of the applied index (from
+        memory: never waits, never reads LevelDB)."""
+        return self._auth
+
     @property
     def cluster_version(self) -> int:
         """1: the layout before MVCC (etcd's requests are refused); 2: MVCC."""
@@ -739,6 +755,7 @@ class KVStateMachine:
             before.close()
             self._members = members
             self.members_version += 1
+            self._auth = load_auth_state(self._live)
             self.applied_index, self.applied_term = applied
 
     def _check_usable(self) -> None:

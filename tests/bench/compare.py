@@ -2,18 +2,22 @@
 
     python -m tests.bench.compare [--nodes 3,5] [--clients 1,16,64,256] [--values 100,4096]
                                   [--ops put,get] [--repeats 3] [--duration 5]
+                                  [--systems kvraft,kvraft-lease,etcd,echo]
                                   [--markdown BENCHMARKS.md] [--json bench.json]
 
 Every cell (system, nodes, op, value size, clients) runs `repeats` times through the one
 load generator (kvraft.bench.loadgen); the table shows min / median / max ops/s, the
 median run's p50 / p99 / max latency, the CPU the generator and the servers used, and
 kvraft ÷ etcd per cell. The echo row is the ceiling of a Python unary RPC here.
+`kvraft-lease` is kvraft serving linearizable reads from the leader's lease
+(`kvraft serve --read-mode lease`); it is measured only when named in --systems.
 Run by `make bench-compare`; never part of `make test` (timings are not asserted).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -89,8 +93,15 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def kvraft_command() -> list[str]:
+    """The installed `kvraft`, else this interpreter's `-m kvraft` (a worktree without
+    its own .venv, whose PYTHONPATH names the tree)."""
+    return [str(KVRAFT)] if KVRAFT.exists() else [sys.executable, "-m", "kvraft"]
+
+
 @contextmanager
-def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning") -> Iterator[System]:
+def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning",
+                   read_mode: str = "safe") -> Iterator[System]:
     peer = [free_port() for _ in range(nodes)]
     client = [free_port() for _ in range(nodes)]
     initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(nodes))
@@ -99,14 +110,16 @@ def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning") -> Iterat
         for i in range(nodes):
             log = open(base / f"kvraft{i + 1}.log", "wb")  # noqa: SIM115 - owned by proc
             procs.append(subprocess.Popen(
-                [str(KVRAFT), "serve", "--id", str(i + 1), "--data-dir",
+                [*kvraft_command(), "serve", "--id", str(i + 1), "--data-dir",
                  str(base / f"kvraft{i + 1}"), "--listen", f"127.0.0.1:{client[i]}",
                  "--peer-listen", f"127.0.0.1:{peer[i]}", "--initial-cluster", initial,
-                 "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT))
+                 "--log-level", log_level, "--read-mode", read_mode],
+                stdout=log, stderr=subprocess.STDOUT))
             log.close()
         endpoints = tuple(f"127.0.0.1:{p}" for p in client)
         _wait_kvraft_ready(endpoints)
-        yield System("kvraft", nodes, endpoints, [p.pid for p in procs], "kvraft")
+        name = "kvraft" if read_mode == "safe" else f"kvraft-{read_mode}"
+        yield System(name, nodes, endpoints, [p.pid for p in procs], "kvraft")
     finally:
         _stop(procs)
 
@@ -199,7 +212,8 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
         med = c.median_run()
         ops = c.ops()
         base = etcd.get((c.nodes, c.op, c.value_size, c.clients))
-        ratio = f"{statistics.median(ops) / base:.2f}" if base and c.system == "kvraft" else ""
+        ratio = (f"{statistics.median(ops) / base:.2f}"
+                 if base and c.system.startswith("kvraft") else "")
         lat = med["latency"]
         lines.append(
             f"| {c.system} | {c.nodes} | {c.op} | {c.value_size} | {c.clients} | "
@@ -249,6 +263,10 @@ def targets(cells: list[Cell]) -> list[str]:
         2.0, higher_is_better=False, unit=".2f")
     row("puts/s, 64 clients: kvraft / echo ceiling", ops("kvraft", "put", 64),
         ops("echo", "put", 64), 0.5)
+    row("lease-mode gets/s, 64 clients: kvraft-lease / echo ceiling",
+        ops("kvraft-lease", "get", 64), ops("echo", "get", 64), 0.9)
+    row("lease-mode gets/s, 64 clients: kvraft-lease / kvraft safe",
+        ops("kvraft-lease", "get", 64), ops("kvraft", "get", 64), 1.0)
     if not rows:
         return []
     lines = ["", "## Targets (3 nodes, 100 B values, medians of this run)", "",
@@ -288,15 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if "etcd" in args.systems:
         ensure_installed()
-    if not KVRAFT.exists() and "kvraft" in args.systems:
-        print(f"error: {KVRAFT} missing; run `make install` first", file=sys.stderr)
-        return 2
+    if any(name.startswith("kvraft") for name in args.systems):
+        try:
+            import kvraft.cli  # noqa: F401  - the node the clusters run
+        except ImportError as e:
+            print(f"error: kvraft is not importable ({e}); run `make install` first",
+                  file=sys.stderr)
+            return 2
     cells: list[Cell] = []
     base = Path(tempfile.mkdtemp(prefix="kvraft-compare-", dir=ROOT / ".run"
                                  if (ROOT / ".run").is_dir() else None))
     try:
         for nodes in args.nodes:
-            for name, starter in (("kvraft", kvraft_cluster), ("etcd", etcd_cluster)):
+            starters = (("kvraft", kvraft_cluster),
+                        ("kvraft-lease", functools.partial(kvraft_cluster, read_mode="lease")),
+                        ("etcd", etcd_cluster))
+            for name, starter in starters:
                 if name not in args.systems:
                     continue
                 workdir = base / f"{name}-{nodes}"

@@ -108,14 +108,16 @@ class EtcdStats:
 class EtcdWorkload:
     def __init__(self, endpoints: list[str], seed: int, next_id: Callable[[], int],
                  record: Callable[[Op], None], *, groups: int = 2, txn_clients: int = 2,
-                 watchers: int = 2, lease_holders: int = 4, lockers: int = 2) -> None:
+                 watchers: int = 2, lease_holders: int = 4, lockers: int = 2,
+                 enabled: bool = True) -> None:
         self.endpoints = endpoints
         self.seed = seed
         self._next_id = next_id
         self._record = record
         self.groups = [[b"chaos-g%d/%s" % (g, part) for part in (b"a", b"b", b"c")]
                        for g in range(groups)]
-        self._counts = (txn_clients, watchers, lease_holders, lockers)
+        self._counts = (txn_clients, watchers, lease_holders, lockers) if enabled else \
+            (0, 0, 0, 0)
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()

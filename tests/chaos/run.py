@@ -53,6 +53,7 @@ class ChaosReport:
     kinds_applied: set[str]
     check_s: float = 0.0
     overlap: bool = False
+    read_mode: str = "safe"
     log_tracebacks: dict[int, int] = dataclasses.field(default_factory=dict)
     t0_s: float = 0.0  # monotonic time of the workload's start; history times are relative
     error: str | None = None
@@ -74,7 +75,8 @@ class ChaosReport:
             f"chaos run: seed {self.seed}, {self.duration_s:.0f} s, {NODES} nodes -> "
             + ("PASS" if self.ok else "FAIL"),
             f"  replay: make chaos SEED={self.seed} DURATION={self.duration_s:.0f}"
-            + (" OVERLAP=1" if self.overlap else ""),
+            + (" OVERLAP=1" if self.overlap else "")
+            + (f" READ_MODE={self.read_mode}" if self.read_mode != "safe" else ""),
             "  fault schedule (from the seed):",
             *("    " + s for s in self.schedule),
             "  as applied:",
@@ -132,7 +134,17 @@ def run_chaos(
     keep_on_pass: bool = False,
     log: bool = True,
     overlap: bool = False,
+    etcd_api: bool = True,
+    read_mode: str = "safe",
 ) -> ChaosReport:
+    """`etcd_api`: also run the etcd workloads (etcd_workload.py); the fake stores of
+    the harness's own tests (fake_node.py) serve kvraft's API only."""
+    if read_mode != "safe":
+        plain_argv = serve_argv
+
+        def serve_argv(cluster: Cluster, index: int) -> list[str]:
+            return [*plain_argv(cluster, index), "--read-mode", read_mode]
+
     remove_leftovers()
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"kvraft-chaos-seed{seed}-"))
@@ -142,6 +154,7 @@ def run_chaos(
         schedule=[f.describe() for f in faults] + [f"{quiet_from_s:6.1f} s  quiet period"],
         nemesis_log=[], result=None, final_values={}, ops=0, stats="", kinds_applied=set(),
         overlap=overlap,
+        read_mode=read_mode,
     )
 
     def say(text: str) -> None:
@@ -160,7 +173,8 @@ def run_chaos(
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             say(f"leader is node {leader}; {clients} clients for {duration_s:.0f} s")
             workload = Workload(cluster.endpoints(), seed, clients=clients, keys=keys)
-            etcd = EtcdWorkload(cluster.endpoints(), seed, workload.next_id, workload.record)
+            etcd = EtcdWorkload(cluster.endpoints(), seed, workload.next_id, workload.record,
+                                enabled=etcd_api)
             t0_s = time.monotonic()
             workload.t0_s = report.t0_s = t0_s
             nemesis = Nemesis(cluster, faults, t0_s)
@@ -184,10 +198,11 @@ def run_chaos(
             cluster.start_all()
             cluster.wait_for_leader(LEADER_TIMEOUT_S)
             report.final_values = workload.final_reads(FINAL_READS_TIMEOUT_S)
-            say("etcd workloads: the canonical event history, then their checks")
-            report.etcd_problems = check_etcd_workload(
-                etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S)
-            report.etcd_counts = etcd.stats
+            if etcd_api:
+                say("etcd workloads: the canonical event history, then their checks")
+                report.etcd_problems = check_etcd_workload(
+                    etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S)
+                report.etcd_counts = etcd.stats
             history = workload.history()
             s = workload.stats
             report.ops = len(history)
@@ -233,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--keys", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the logs of a passing run")
+    parser.add_argument("--read-mode", choices=("safe", "lease"), default="safe",
+                        help="the nodes' `kvraft serve --read-mode` (lease: thesis §6.4.1)")
     parser.add_argument("--overlap", action="store_true",
                         help="let half the faults pile up instead of healing each one")
     args = parser.parse_args(argv)
@@ -244,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install_signal_handlers()
     report = run_chaos(args.seed, args.duration, clients=args.clients, keys=args.keys,
-                       keep_on_pass=args.keep, overlap=args.overlap)
+                       keep_on_pass=args.keep, overlap=args.overlap, read_mode=args.read_mode)
     print(report.describe(report.t0_s))
     missing = set(FAULT_KINDS) - report.kinds_applied
     if missing:

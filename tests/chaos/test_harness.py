@@ -32,7 +32,7 @@ def _our_namespaces() -> list[str]:
 
 def test_a_linearizable_store_passes_through_every_fault(netns_available: None) -> None:
     report = run_chaos(seed=5, duration_s=60.0, serve_argv=functools.partial(fake_argv, "primary"),
-                       clients=4)
+                       clients=4, etcd_api=False)
     assert report.ok, report.describe(report.t0_s)
     assert report.kinds_applied == {"isolate-leader", "split", "bridge", "kill", "pause"}
     applied = "\n".join(report.nemesis_log)
@@ -48,7 +48,7 @@ def test_a_store_that_is_not_linearizable_is_caught_and_its_logs_kept(
     netns_available: None,
 ) -> None:
     report = run_chaos(seed=6, duration_s=10.0, serve_argv=functools.partial(fake_argv, "local"),
-                       clients=4)
+                       clients=4, etcd_api=False)
     try:
         assert not report.ok
         assert report.result is not None and report.result.violations

@@ -63,6 +63,7 @@ BAD_USAGE = [
     (["serve", "--tick-interval", "0"], "--tick-interval"),
     (["serve", "--snapshot-entries", "0"], "--snapshot-entries"),
     (["serve", "--log-level", "loud"], "--log-level"),
+    (["serve", "--read-mode", "fast"], "--read-mode"),
     (["serve", "--data-dir", ""], "--data-dir must not be empty"),
     (["serve", "--data-dir", "  "], "--data-dir must not be empty"),
     (["bench", "--clients", "0"], "--clients"),
@@ -205,7 +206,7 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
         "KVRAFT_JOIN": "true", "KVRAFT_METRICS_LISTEN": metrics, "KVRAFT_LOG_LEVEL": "Debug",
         "KVRAFT_ADVERTISE_CLIENT": "node-3:2379", "KVRAFT_ADVERTISE_PEER": "node-3:2390",
         "KVRAFT_TICK_INTERVAL": "0.02", "KVRAFT_SNAPSHOT_ENTRIES": "50",
-        "KVRAFT_SNAPSHOT_KEEP_ENTRIES": "5",
+        "KVRAFT_SNAPSHOT_KEEP_ENTRIES": "5", "KVRAFT_READ_MODE": "lease",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -218,9 +219,11 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
     assert (config.advertise_client, config.advertise_peer) == ("node-3:2379", "node-3:2390")
     assert (config.tick_interval_s, config.snapshot_entries, config.snapshot_keep_entries) == (
         0.02, 50, 5)
+    assert config.read_mode == "lease"
     # A flag wins over its variable.
-    assert main(["serve", "--id", "2", "--log-level", "error"]) == 0
+    assert main(["serve", "--id", "2", "--log-level", "error", "--read-mode", "safe"]) == 0
     assert (captured_config[1].node_id, captured_config[1].log_level) == (2, "ERROR")
+    assert captured_config[1].read_mode == "safe"
 
 
 def test_serve_defaults_are_node_config_defaults(captured_config: list) -> None:
@@ -228,7 +231,7 @@ def test_serve_defaults_are_node_config_defaults(captured_config: list) -> None:
     assert main(["serve", "--listen", _free_address(), "--peer-listen", _free_address()]) == 0
     (config,) = captured_config
     for name in ("tick_interval_s", "snapshot_entries", "snapshot_keep_entries", "event_loop",
-                 "log_level", "profile_path"):
+                 "log_level", "profile_path", "read_mode"):
         assert getattr(config, name) == getattr(NodeConfig, name), name
 
 

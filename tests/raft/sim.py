@@ -13,7 +13,10 @@ the Raft paper (Figure 3):
   sequence is a prefix of one sequence;
 - Leader Completeness: an entry committed in term t is in the log of every leader of a
   later term;
-- ReadIndex: a read index is at least every commit index seen before the read began;
+- Lease (with `--lease`): while a leader's lease holds, no leader of a higher term exists;
+- ReadIndex: a read index is at least every commit index seen before the read began
+  (linearizable reads; with `--lease`, every seed runs ReadOnlyOption.LeaseBased with
+  check_quorum, and the lease must keep this property too);
 - Durable state (§3.8): no message on the wire carries a term or vote that its sender
   has not persisted (a pre-vote request asks about its term + 1; a granted pre-vote
   answer carries the requester's term).
@@ -28,6 +31,10 @@ every node within a bounded number of ticks. A run is a pure function of its see
 
     python -m tests.raft.sim --seeds 200        # seeds 0..199
     python -m tests.raft.sim --seed 17 -v       # replay one seed with a trace
+    python -m tests.raft.sim --seeds 200 --lease   # the same seeds with lease reads
+
+The lease (thesis §6.4.1) assumes the nodes' tick clocks advance at about the same
+rate, so lease runs tick every live node together (never one alone).
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from typing import ClassVar
 from kvraft.raft import (
     NO_LIMIT,
     ProposalDropped,
+    ReadOnlyOption,
     StateRole,
     eraftpb,
 )
@@ -61,7 +69,7 @@ VOTERS_AFTER_DEMOTION_MIN = 2
 LIVENESS_TICKS_MAX = 30 * DEFAULT_ELECTION_TICK  # after healing, to elect and commit
 TOTALS: dict[str, int] = {}  # summed statistics of the passing seeds of this process
 LIVENESS_RETRY_TICKS = 5 * DEFAULT_ELECTION_TICK
-REPLAY = "python -m tests.raft.sim --seed {seed} -v   (or: make sim SEED={seed})"
+REPLAY = "python -m tests.raft.sim --seed {seed} -v{flags}   (or: make sim SEED={seed})"
 
 
 @dataclass
@@ -90,13 +98,16 @@ class Params:
     max_committed_size_per_ready: int
     max_uncommitted_size: int
     priorities: bool  # node i gets priority i (raft-rs: voters prefer higher priority)
+    # ReadOnlyOption.LeaseBased (forces check_quorum): set by --lease, not by the seed,
+    # so that every seed keeps the run it always had without it.
+    lease_reads: bool = False
 
     @property
     def size(self) -> int:
         return self.voters + self.learners
 
     @classmethod
-    def from_seed(cls, seed: int) -> Params:
+    def from_seed(cls, seed: int, lease_reads: bool = False) -> Params:
         r = random.Random(f"params-{seed}")
         size = 3 if seed % 2 == 0 else 5
         p = cls(
@@ -128,6 +139,9 @@ class Params:
             p.membership = p.learners > 0 and r.random() < 0.5
         elif p.membership:
             p.voters, p.learners = 3, 2
+        if lease_reads:
+            p.lease_reads = True
+            p.check_quorum = True  # LeaseBased requires it
         return p
 
     def config(self) -> dict[str, object]:
@@ -140,6 +154,8 @@ class Params:
             "skip_bcast_commit": self.skip_bcast_commit,
             "max_committed_size_per_ready": self.max_committed_size_per_ready,
             "max_uncommitted_size": self.max_uncommitted_size,
+            "read_only_option": (ReadOnlyOption.LeaseBased if self.lease_reads
+                                 else ReadOnlyOption.Safe),
         }
 
 
@@ -251,9 +267,21 @@ class Checker:
             self._check_commit(node)
             self._check_reads(node)
         self._check_log_matching()
-        for node in alive:
-            if node.raw.raft.state == StateRole.Leader:
-                self._check_leader_completeness(node)
+        leaders = [node for node in alive if node.raw.raft.state == StateRole.Leader]
+        for node in leaders:
+            self._check_leader_completeness(node)
+        if len(leaders) > 1:
+            self._check_leases(leaders)
+
+    def _check_leases(self, leaders: list[SimNode]) -> None:
+        """Thesis §6.4.1 (read_only.py): while a leader's lease holds, no leader of a
+        higher term exists — checked at every step, whether or not a read comes."""
+        newest = max(node.raw.raft.term for node in leaders)
+        for node in leaders:
+            raft = node.raw.raft
+            if raft.term < newest and raft.lease_valid():
+                self.fail(f"node {node.id} holds a lease at term {raft.term} while a "
+                          f"leader of term {newest} exists")
 
     def _check_commit(self, node: SimNode) -> None:
         raft = node.raw.raft
@@ -335,8 +363,8 @@ class Checker:
 
 class Simulation:
     def __init__(self, seed: int, steps: int = CHAOS_STEPS, verbose: bool = False,
-                 wire_check: bool = True) -> None:
-        self.p = Params.from_seed(seed)
+                 wire_check: bool = True, lease_reads: bool = False) -> None:
+        self.p = Params.from_seed(seed, lease_reads)
         self.steps = steps
         self.verbose = verbose
         self.rng = random.Random(seed)
@@ -375,9 +403,16 @@ class Simulation:
         "reboot": 0.8, "reboot_voter": 1, "crash_before_fsync": 0.4,
     }
 
+    # Lease runs read more and keep partitions longer (past an election timeout), so
+    # that a deposed leader that may still believe in its lease coexists with its
+    # successor and is asked (a stale answer shows up as a read index below a commit
+    # index seen before the read began).
+    LEASE_WEIGHTS: ClassVar[dict[str, float]] = {**WEIGHTS, "read_index": 15, "heal": 0.15}
+
     def random_action(self) -> None:
-        names = list(self.WEIGHTS)
-        action = self.rng.choices(names, weights=[self.WEIGHTS[n] for n in names])[0]
+        weights = self.LEASE_WEIGHTS if self.p.lease_reads else self.WEIGHTS
+        names = list(weights)
+        action = self.rng.choices(names, weights=[weights[n] for n in names])[0]
         getattr(self, f"do_{action}")()
 
     def _pick_alive(self) -> int | None:
@@ -392,6 +427,10 @@ class Simulation:
         self.log("tick all")
 
     def do_tick_one(self) -> None:
+        if self.p.lease_reads:
+            # Bounded clock drift is the lease's assumption: lease runs tick in lockstep.
+            self.do_tick_all()
+            return
         i = self._pick_alive()
         if i is not None:
             self.net.node(i).tick()
@@ -428,6 +467,9 @@ class Simulation:
 
     def do_read_index(self) -> None:
         i = self._pick_alive()
+        leaders = self.net.leaders()
+        if self.p.lease_reads and leaders and self.rng.random() < 0.5:
+            i = self.rng.choice(leaders)  # the nodes that may answer from a lease
         if i is None:
             return
         self.reads += 1
@@ -618,10 +660,10 @@ class Simulation:
 
 
 def run_seed(seed: int, steps: int = CHAOS_STEPS, verbose: bool = False,
-             wire_check: bool = True) -> str | None:
+             wire_check: bool = True, lease_reads: bool = False) -> str | None:
     """Run one seed; None if every property held, else the failure with a replay line."""
     try:
-        stats = Simulation(seed, steps, verbose, wire_check).run()
+        stats = Simulation(seed, steps, verbose, wire_check, lease_reads).run()
         if verbose:
             print(f"seed {seed}: {stats}")
         for k, v in stats.items():
@@ -630,8 +672,9 @@ def run_seed(seed: int, steps: int = CHAOS_STEPS, verbose: bool = False,
         detail = (traceback.format_exc() if verbose else
                   "".join(traceback.format_exception_only(type(err), err))).strip()
         flags = "" if wire_check else "   (add --no-wire-check)"
-        return (f"seed {seed} FAILED ({Params.from_seed(seed)}): {detail}\n"
-                f"  replay: {REPLAY.format(seed=seed)}{flags}")
+        lease = " --lease" if lease_reads else ""
+        return (f"seed {seed} FAILED ({Params.from_seed(seed, lease_reads)}): {detail}\n"
+                f"  replay: {REPLAY.format(seed=seed, flags=lease)}{flags}")
     return None
 
 
@@ -647,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wire-check", dest="wire_check", action="store_false",
                     help="do not check that messages carry only durable terms and votes; "
                          "check only the consequences of breaking that rule")
+    ap.add_argument("--lease", action="store_true",
+                    help="run every seed with lease-based reads (ReadOnlyOption.LeaseBased)")
     args = ap.parse_args(argv)
     if not args.verbose:
         # The core logs every step-down and dropped proposal; thousands per run.
@@ -656,8 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for seed in seeds:
         if args.seed is not None:
-            print(Params.from_seed(seed))
-        failure = run_seed(seed, args.steps, args.verbose, args.wire_check)
+            print(Params.from_seed(seed, args.lease))
+        failure = run_seed(seed, args.steps, args.verbose, args.wire_check, args.lease)
         if failure:
             failures.append(failure)
             print(failure, flush=True)

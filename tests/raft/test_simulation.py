@@ -11,13 +11,21 @@ CHUNKS = 10  # separate tests, so a failure report stays short and progress is v
 QUICK_SEEDS = 8
 
 
-def run_seeds(seeds: range) -> list[str]:
-    return [f for f in (run_seed(s, CHAOS_STEPS) for s in seeds) if f is not None]
+def run_seeds(seeds: range, lease_reads: bool = False) -> list[str]:
+    return [f for f in (run_seed(s, CHAOS_STEPS, lease_reads=lease_reads) for s in seeds)
+            if f is not None]
 
 
 def test_simulation_quick() -> None:
     """A few seeds of every layout in the fast tier (10000-10004 are single-voter)."""
     failures = run_seeds(range(10_000, 10_000 + QUICK_SEEDS))
+    assert not failures, "\n".join(failures)
+
+
+def test_simulation_quick_with_lease_reads() -> None:
+    """The same seeds with ReadOnlyOption.LeaseBased: lease reads stay linearizable
+    (a read index is never below a commit index seen before the read began)."""
+    failures = run_seeds(range(10_000, 10_000 + QUICK_SEEDS), lease_reads=True)
     assert not failures, "\n".join(failures)
 
 
@@ -38,4 +46,12 @@ def test_simulation_seeds_that_found_the_durable_term_bug(seed: int, wire_check:
 def test_simulation_seeds(chunk: int) -> None:
     per_chunk = SEEDS_TOTAL // CHUNKS
     failures = run_seeds(range(chunk * per_chunk, (chunk + 1) * per_chunk))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_simulation_seeds_with_lease_reads(chunk: int) -> None:
+    per_chunk = SEEDS_TOTAL // CHUNKS
+    failures = run_seeds(range(chunk * per_chunk, (chunk + 1) * per_chunk), lease_reads=True)
     assert not failures, "\n".join(failures)

@@ -45,6 +45,8 @@ def test_malformed_addresses_are_one_line_errors(address: str) -> None:
     (dict(initial_cluster={1: "nope"}), "malformed"),
     (dict(metrics_listen="x"), "malformed"),
     (dict(election_tick=2, heartbeat_tick=2), "election ticks"),
+    (dict(read_mode="fast"), "unknown read mode"),
+    (dict(read_mode="lease", election_tick=5, heartbeat_tick=2), "would not outlast"),
 ])
 def test_bad_configs_are_refused(overrides: dict[str, object], reason: str) -> None:
     with pytest.raises(ServeError, match=reason):

@@ -65,7 +65,7 @@ from .events import EventOrder
 from .lanes import DiskTiming, InjectedFsyncError
 from .loop import VirtualTimeLoop
 from .network import NetworkFaults, SimNetwork
-from .workload import Workload
+from .workload import TXN_GROUP, Workload
 
 ELECTION_TIMEOUT_S = ELECTION_TICK * TICK_INTERVAL_S
 CHAOS_S = 20.0                 # virtual seconds of faults and clients
@@ -74,7 +74,8 @@ LIVENESS_S_MAX = 60.0          # after healing: a write commits and every member
 CALL_TIMEOUT_S = 2.0           # a client call's deadline
 RESTART_DELAY_S = (0.1, 3.0)   # a crashed member comes back after this long
 SNAPSHOT_RECEIVER_PAUSE_SHARE = 0.3   # of the snapshots sent in the chaos phase
-REPLAY = "python -m tests.simcluster --seed {seed} -v   (or: make sim-cluster SEED={seed})"
+REPLAY = ("python -m tests.simcluster --seed {seed} -v{flags}   "
+          "(or: make sim-cluster SEED={seed})")
 LAYOUTS = [(3, 0), (5, 0), (3, 2), (1, 2), (1, 4)]
 
 
@@ -139,8 +140,12 @@ class Simulation:
     }
 
     def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
-                 wire_check: bool = True) -> None:
+                 wire_check: bool = True, read_mode: str = "safe") -> None:
         self.p = Params.from_seed(seed)
+        # `kvraft serve --read-mode` of every member: "lease" runs the seed's history
+        # through lease reads (thesis §6.4.1); the nodes share one clock here, so this
+        # checks the lease against the network's faults, not against clock drift.
+        self.read_mode = read_mode
         # Whether to check the durable-state rule on the wire; without it only its
         # consequences are checked (as tests/raft/sim.py --no-wire-check).
         self.wire_check = wire_check
@@ -178,7 +183,7 @@ class Simulation:
             ids[:p.voters], ids[p.voters:],
             {"snapshot_entries": p.snapshot_entries,
              "snapshot_keep_entries": p.snapshot_keep_entries,
-             "snapshot_chunk_bytes": 4096},
+             "snapshot_chunk_bytes": 4096, "read_mode": self.read_mode},
             self.trace)
         self.checker = Checker(self.cluster, wire_check=self.wire_check)  # type: ignore[arg-type]
         network.snapshot_hooks.append(self._on_snapshot_sent)
@@ -451,7 +456,7 @@ class Simulation:
         acknowledged write lost anywhere shows as a read the history cannot explain."""
         w = self.workload
         for i in self.cluster.ids():
-            for key in w.keys:
+            for key in (*w.keys, TXN_GROUP):
                 for _attempt in range(20):
                     if await w.one(-2, i, Kind.GET, key) is not None:
                         break
@@ -609,12 +614,12 @@ def _scratch_root() -> Path:
 
 
 def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
-             on_start: Callable[[Simulation], None] | None = None, wire_check: bool = True
-             ) -> tuple[str | None, dict[str, Any]]:
+             on_start: Callable[[Simulation], None] | None = None, wire_check: bool = True,
+             read_mode: str = "safe") -> tuple[str | None, dict[str, Any]]:
     """Run one seed: (None, its statistics) if every property held, else (the failure
     with its replay line, {})."""
     root = _scratch_root()
-    sim = Simulation(seed, chaos_s, verbose, wire_check)
+    sim = Simulation(seed, chaos_s, verbose, wire_check, read_mode)
     if on_start is not None:
         on_start(sim)
     try:
@@ -626,8 +631,9 @@ def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
         detail = (traceback.format_exc() if verbose and not isinstance(err, SimFailure)
                   else "".join(traceback.format_exception_only(type(err), err))).strip()
         flags = "" if wire_check else "   (add --no-wire-check)"
+        mode = "" if read_mode == "safe" else f" --read-mode {read_mode}"
         return (f"seed {seed} FAILED at {sim.loop.time():.3f} s ({sim.p.describe()}): "
-                f"{detail}\n  replay: {REPLAY.format(seed=seed)}{flags}"), {}
+                f"{detail}\n  replay: {REPLAY.format(seed=seed, flags=mode)}{flags}"), {}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -662,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wire-check", dest="wire_check", action="store_false",
                     help="do not check that messages carry only durable terms and votes; "
                          "check only the consequences of breaking that rule")
+    ap.add_argument("--read-mode", choices=("safe", "lease"), default="safe",
+                    help="the members' `kvraft serve --read-mode`")
     args = ap.parse_args(argv)
     kvraft_log = logging.getLogger("kvraft")
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
@@ -674,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             print(Params.from_seed(seed).describe())
         failure, stats = run_seed(seed, args.chaos_s, args.verbose,
                                   on_start=lambda sim, h=handler: setattr(h, "sim", sim),
-                                  wire_check=args.wire_check)
+                                  wire_check=args.wire_check, read_mode=args.read_mode)
         kvraft_log.removeHandler(handler)
         if failure:
             failures.append(failure)

@@ -50,3 +50,25 @@ def test_time_boxed_seeds_keep_every_property() -> None:
     print(f"{seed - FIRST_SEED} seeds ({FIRST_SEED}..{seed - 1}) in "
           f"{time.monotonic() - started:.0f} s")
     assert not failures, "\n".join(failures)
+
+
+# Lease reads (kvraft serve --read-mode lease) under the same faults: the history of
+# gets, puts and compare-and-swaps stays linearizable. A quarter of the budget.
+LEASE_FIRST_SEED = 2_000
+
+
+@pytest.mark.slow
+def test_time_boxed_seeds_in_lease_read_mode_stay_linearizable() -> None:
+    started = time.monotonic()
+    failures: list[str] = []
+    gets = 0
+    seed = LEASE_FIRST_SEED
+    while seed < LEASE_FIRST_SEED + SEEDS_MIN or time.monotonic() - started < BUDGET_S / 4:
+        failure, stats = run_seed(seed, read_mode="lease")
+        if failure is not None:
+            failures.append(failure)
+        else:
+            gets += stats["ops"].get("get ok", 0)
+        seed += 1
+    assert not failures, "\n".join(failures)
+    assert gets > 0, "no linearizable get completed in lease mode"

@@ -1,6 +1,10 @@
-"""Clients of the simulated cluster: put, get and compare-and-swap on a few keys,
-recorded as a history for the project's linearizability checker
-(tests/chaos/linearizability.py).
+"""Clients of the simulated cluster: put, get and compare-and-swap on a few keys, and
+multi-key transactions, recorded as a history for the project's linearizability
+checker (tests/chaos/linearizability.py).
+
+A transaction group is two keys written together by one etcd Txn (both to one unique
+value) and read together; the checker sees the group as ONE register, so a read that
+sees the two keys differ (a torn transaction) is a value nobody wrote and fails it.
 
 They call the Node as the KV service does (kv_service.py): a write is `Node.propose`
 of the storage command, a linearizable get is `Node.read_index` then a state-machine
@@ -18,11 +22,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.server import storage_adapter as sa
 from kvraft.server.waiters import NodeError
+from kvraft.storage import commands
 from tests.chaos.linearizability import Kind, Op
 
 from .cluster import SimCluster
+
+TXN_GROUP = b"txn-group"                        # the register the checker sees
+GROUP_KEYS = (b"txn-group/a", b"txn-group/b")   # the keys each transaction writes
 
 
 @dataclass
@@ -71,6 +80,9 @@ class Workload:
             roll = self.rng.random()
             kind = Kind.GET if roll < 0.4 else Kind.PUT if roll < 0.75 else Kind.CAS
             key = self.rng.choice(self.keys)
+            if self.rng.random() < 0.2:   # a transaction group instead
+                kind = Kind.GET if kind is Kind.GET else Kind.PUT
+                key = TXN_GROUP
             task = loop.create_task(self.one(c, member, kind, key))
             await asyncio.wait({task})
             if task.result() is None:
@@ -108,7 +120,9 @@ class Workload:
         request_id = self.rng.getrandbits(63) or 1
         what = f"client {c} {kind.value} {key.decode()}"
         try:
-            if kind is Kind.GET:
+            if key == TXN_GROUP:
+                done, what = await self._group(node, base, request_id, what)
+            elif kind is Kind.GET:
                 await node.read_index(self.call_timeout_s)
                 got = node.store.sm.get(key)
                 done = dataclasses.replace(base, complete_s=loop.time(), result=got)
@@ -143,6 +157,28 @@ class Workload:
         self._count(f"{kind.value} ok")
         self.trace(f"{what} (node {member_id})")
         return done
+
+    async def _group(self, node: object, base: Op, request_id: int, what: str
+                     ) -> tuple[Op, str]:
+        """A transaction on the group: one etcd Txn writing both keys, or a read of both
+        after a ReadIndex."""
+        loop = asyncio.get_running_loop()
+        if base.kind is Kind.GET:
+            await node.read_index(self.call_timeout_s)  # type: ignore[attr-defined]
+            values = [node.store.sm.get(k) for k in GROUP_KEYS]  # type: ignore[attr-defined]
+            got = values[0] if len(set(values)) == 1 else \
+                b"torn:" + b",".join(v or b"-" for v in values)
+            return dataclasses.replace(base, complete_s=loop.time(), result=got), \
+                f"{what} -> {got!r}"
+        assert base.value is not None
+        txn = etcdpb.TxnRequest(success=[
+            etcdpb.RequestOp(request_put=etcdpb.PutRequest(key=k, value=base.value))
+            for k in GROUP_KEYS])
+        data = commands.etcd_command(request_id, "etcd_txn", txn)
+        result = await node.propose(request_id, data, self.call_timeout_s)  # type: ignore[attr-defined]
+        self.acked.append(Acked(result.index, data, what))
+        return dataclasses.replace(base, complete_s=loop.time()), \
+            f"{what} {base.value.decode()} -> ok at {result.index}"
 
     def _failed(self, base: Op, what: str, certain: bool) -> None:
         self.trace(what)

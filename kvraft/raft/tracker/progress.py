@@ -20,6 +20,10 @@ from kvraft.raft.tracker.inflights import Inflights
 
 # Index 0 is never a log index (logs start at 1): used for "no request" / "none".
 INVALID_INDEX = 0
+# `Progress.last_ack_tick` / `last_ack_seq` of a peer that acknowledged no lease
+# heartbeat of this leadership.
+NEVER_ACKED_TICK = -1
+NEVER_ACKED_SEQ = -1
 
 
 class ProgressState(enum.Enum):
@@ -41,6 +45,8 @@ class Progress:
     __slots__ = (
         "committed_index",
         "ins",
+        "last_ack_seq",
+        "last_ack_tick",
         "matched",
         "next_idx",
         "paused",
@@ -67,12 +73,24 @@ class Progress:
         self.ins: Inflights = Inflights(ins_size)
         # The commit index the peer last reported (heartbeat / append responses).
         self.committed_index: int = 0
+        # Thesis §6.4.1 lease evidence (LeaseBased only, read_only.py): the leader's
+        # tick (Raft.tick_count) at which it sent the newest lease heartbeat this peer
+        # acknowledged at the leader's current term. Invariant: NEVER_ACKED_TICK (none
+        # since the last reset, i.e. since this leadership began) or
+        # 0 <= last_ack_tick <= the leader's tick; it never decreases until a reset.
+        self.last_ack_tick: int = NEVER_ACKED_TICK
+        # The sequence number of that same newest acknowledged lease heartbeat.
+        # Invariant: NEVER_ACKED_SEQ or 1 <= last_ack_seq <= Raft.heartbeat_seq; it
+        # never decreases until a reset, and moves together with last_ack_tick (a
+        # later heartbeat has a later or equal tick).
+        self.last_ack_seq: int = NEVER_ACKED_SEQ
 
     def __repr__(self) -> str:
         return (f"Progress(state={self.state.name}, matched={self.matched}, "
                 f"next_idx={self.next_idx}, paused={self.paused}, "
                 f"pending_snapshot={self.pending_snapshot}, "
-                f"recent_active={self.recent_active}, inflights={self.ins.count()})")
+                f"recent_active={self.recent_active}, inflights={self.ins.count()}, "
+                f"last_ack_tick={self.last_ack_tick}, last_ack_seq={self.last_ack_seq})")
 
     def reset(self, next_idx: int) -> None:
         """Start over, as a new leader does for every peer (thesis §3.5: nextIndex is
@@ -84,6 +102,8 @@ class Progress:
         self.pending_snapshot = 0
         self.pending_request_snapshot = INVALID_INDEX
         self.recent_active = False
+        self.last_ack_tick = NEVER_ACKED_TICK
+        self.last_ack_seq = NEVER_ACKED_SEQ
         self.ins.reset()
 
     def _reset_state(self, state: ProgressState) -> None:
@@ -140,6 +160,17 @@ class Progress:
     def update_committed(self, committed_index: int) -> None:
         if committed_index > self.committed_index:
             self.committed_index = committed_index
+
+    def ack_lease_heartbeat(self, tick: int, seq: int) -> bool:
+        """The peer acknowledged, at the leader's term, lease heartbeat number `seq`,
+        sent at `tick`. An older (reordered, duplicated) acknowledgement changes
+        nothing, nor does a stamp no heartbeat of ours could carry (a later number
+        sent at an earlier tick). Whether it was recorded."""
+        if seq <= self.last_ack_seq or tick < self.last_ack_tick or tick < 0:
+            return False
+        self.last_ack_seq = seq
+        self.last_ack_tick = tick
+        return True
 
     def optimistic_update(self, n: int) -> None:
         """Replicate state: entries up to `n` were sent; the next append starts after."""

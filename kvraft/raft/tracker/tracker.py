@@ -4,11 +4,11 @@ and the votes of the current election."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft.quorum import JointConfig, MajorityConfig, VoteResult
-from kvraft.raft.tracker.progress import Progress
+from kvraft.raft.tracker.progress import NEVER_ACKED_SEQ, NEVER_ACKED_TICK, Progress
 
 
 class MapChangeType(enum.Enum):
@@ -127,6 +127,36 @@ class ProgressTracker:
             return pr.matched if pr is not None else None
 
         return voters.committed_index(acked)
+
+    def quorum_ack_tick(self, perspective_of: int, now: int) -> int:
+        """Thesis §6.4.1: the newest tick `s` such that a quorum of voters (of both
+        halves when joint) acknowledged lease heartbeats sent at `s` or later; the
+        leader (`perspective_of`) counts itself at `now`. NEVER_ACKED_TICK when no
+        quorum acknowledged one in this leadership. Learners never count."""
+        return self._quorum_value(perspective_of, now, NEVER_ACKED_TICK,
+                                  lambda pr: pr.last_ack_tick)
+
+    def quorum_ack_seq(self, perspective_of: int, newest: int) -> int:
+        """The highest lease heartbeat sequence number that a quorum of voters
+        acknowledged (or a later one); the leader counts itself at `newest`."""
+        return self._quorum_value(perspective_of, newest, NEVER_ACKED_SEQ,
+                                  lambda pr: pr.last_ack_seq)
+
+    def _quorum_value(self, perspective_of: int, own: int, never: int,
+                      value_of: Callable[[Progress], int]) -> int:
+        progress = self.progress
+        if not self.conf.voters.ids():
+            return never  # no voters, no quorum (an uninitialized node)
+
+        def acked(peer_id: int) -> int:
+            if peer_id == perspective_of:
+                return own
+            pr = progress.get(peer_id)
+            return value_of(pr) if pr is not None else never
+
+        value = self.conf.voters.committed_index(acked)
+        assert never <= value <= own, f"quorum value {value} outside [{never}, {own}]"
+        return value
 
     def reset_votes(self) -> None:
         self.votes.clear()

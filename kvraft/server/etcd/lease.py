@@ -126,6 +126,11 @@ class _Upstream:
             stream.waiting.append(answer)
             try:
                 await asyncio.wait_for(stream.call.write(request), FORWARD_TIMEOUT_S)
+            except asyncio.InvalidStateError as e:
+                # The leader ended the stream between our last read and this write
+                # (a restart, a leader change): retried on a new stream.
+                self._drop(stream, e)
+                raise ConnectionError("the leader's keep-alive stream had ended") from e
             except BaseException as e:
                 self._drop(stream, e)
                 raise
@@ -301,6 +306,8 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
                 pending = answers.get_nowait()
                 if pending is not None:
                     pending.cancel()
+                    # One that had already failed must not be reported as unretrieved.
+                    pending.add_done_callback(_consume_outcome)
             upstream.close()
 
     async def _keep_alive(self, request: etcdpb.LeaseKeepAliveRequest, forwarded: bool,
@@ -385,3 +392,9 @@ def add_lease_service(server: grpc.aio.Server, node: Node, config: NodeConfig,
     lessor.start()
     etcdpb_grpc.add_LeaseServicer_to_server(LeaseService(node, config, metrics, lessor), server)
     return SERVICE_NAME
+
+
+def _consume_outcome(task: asyncio.Task[etcdpb.LeaseKeepAliveResponse]) -> None:
+    """Mark a dropped keep-alive's outcome retrieved (its stream has gone)."""
+    if not task.cancelled():
+        task.exception()

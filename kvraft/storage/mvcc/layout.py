@@ -14,6 +14,10 @@ snapshot, an upgrade, a wipe) and no future keys.py prefix can collide with it:
     Vg <lease>                        a granted lease: its TTL and the remaining TTL
                                       of its last checkpoint (two int64; 0: none)
     Va <member> <alarm type: 1 byte>  a raised alarm (etcd's AlarmType; empty value)
+    Vu <user name>                    an auth user (authpb.User; its password only
+                                      as a salted hash: storage/auth_store.py)
+    Vr <role name>                    an auth role and its permissions (authpb.Role)
+    Vz                                auth: enabled flag and auth revision (two int64)
     Vc                                the cluster version (a uint32 as int64; absent:
                                       1, the layout before MVCC: storage/mvcc_apply.py)
     Vm rev                            the current revision (main)
@@ -59,6 +63,11 @@ LEASE_PREFIX: Final = b"Vl"
 GRANT_PREFIX: Final = b"Vg"
 GRANT_END: Final = b"Vh"
 CLUSTER_VERSION: Final = b"Vc"
+USER_PREFIX: Final = b"Vu"
+USER_END: Final = b"Vv"
+ROLE_PREFIX: Final = b"Vr"
+ROLE_END: Final = b"Vs"
+AUTH_META: Final = b"Vz"
 ALARM_PREFIX: Final = b"Va"
 ALARM_END: Final = b"Vb"
 META_REVISION: Final = b"Vmrev"
