@@ -582,7 +582,8 @@ class Client:
         prev_kv: bool = False, *, range_end: Bytesish = b"",
     ) -> client_etcd.Watch:
         """An iterator of Events on `key` (or every key starting with it, or
-        [key, range_end)) from `start_revision` (0: changes from now on). It resumes on
+        [key, range_end)) from `start_revision` (0: changes after the revision the
+        serving member has applied when the watch is created). It resumes on
         another member after the last revision it delivered when its member fails: no
         gap, no duplicate. Close it (or use it as a context manager) to stop."""
         ce = client_etcd
