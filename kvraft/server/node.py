@@ -384,6 +384,10 @@ class Node:
     def learn_address(self, peer_id: int, address: str) -> None:
         self.membership.learn_address(peer_id, address)
 
+    def learn_cluster_version_max(self, peer_id: int, version_max: int) -> None:
+        """What a peer's kvraft applies (its peer stream says): cluster_version.py."""
+        self.cluster_version.learn(peer_id, version_max)
+
     # --------------------------------------------- asked by the peer service (seam)
     @property
     def incarnation(self) -> int:

@@ -128,8 +128,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                                   context, named=named, messages=len(batch.messages))
                 checked_from = batch.from_id
                 self.node.learn_address(batch.from_id, batch.from_address)
-                self.node.cluster_version.learn(batch.from_id,
-                                                batch.from_cluster_version_max)
+                self.node.learn_cluster_version_max(batch.from_id,
+                                                    batch.from_cluster_version_max)
             # (A message's own `from_` may name another node: a follower forwards
             # MsgTransferLeader with from_ = the transferee.)
             self.node.deliver(list(batch.messages))

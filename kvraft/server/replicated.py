@@ -558,6 +558,9 @@ class _PeerEndpoint:
     def learn_address(self, peer_id: int, address: str) -> None:
         """The members and their addresses are fixed by the configuration."""
 
+    def learn_cluster_version_max(self, peer_id: int, version_max: int) -> None:
+        """An application's own state machine has no cluster version."""
+
     @property
     def incarnation(self) -> int:
         assert self._node._datadir is not None

@@ -90,11 +90,14 @@ class LeaseLog:
 
 
 def check_leases(leases: Sequence[LeaseLog], deleted_seen_s: Mapping[bytes, float],
-                 abandoned_bound_s: float, checked_until_s: float) -> list[str]:
+                 abandoned_bound_s: float, checked_until_s: float,
+                 faults_end_s: float = 0.0) -> list[str]:
     """`deleted_seen_s`: for each lease key, the earliest time a watcher saw it
     deleted (an upper bound of the deletion's time); `checked_until_s`: until when the
     watchers were watching (an abandoned lease must be seen gone by then if its
-    deadline plus the bound had passed)."""
+    deadline plus the bound had passed). The bound counts from the later of the
+    abandonment and `faults_end_s`: while a cluster has no leader, or changes leaders
+    every few seconds, nobody can promise an expiry time."""
     problems: list[str] = []
     for lease in leases:
         deleted_s = deleted_seen_s.get(lease.key)
@@ -107,7 +110,7 @@ def check_leases(leases: Sequence[LeaseLog], deleted_seen_s: Mapping[bytes, floa
                         f" (alive until at least {k.sent_s + lease.ttl:.2f} s)")
                     break
         if lease.abandoned_s is not None:
-            due_s = lease.abandoned_s + lease.ttl + abandoned_bound_s
+            due_s = max(lease.abandoned_s, faults_end_s) + lease.ttl + abandoned_bound_s
             late = deleted_s is not None and deleted_s > due_s
             never = deleted_s is None and checked_until_s > due_s
             if late or never:

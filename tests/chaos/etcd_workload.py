@@ -425,7 +425,7 @@ ABANDONED_BOUND_S = 30.0
 
 
 def check_etcd_workload(etcd: EtcdWorkload, endpoints: list[str], watched_until_s: float,
-                        timeout_s: float) -> list[str]:
+                        timeout_s: float, faults_end_s: float = 0.0) -> list[str]:
     """Every check of the etcd workloads (etcd_checks.py), after the run."""
     canonical = canonical_history(endpoints, timeout_s)
     problems = check_watchers(canonical, etcd.watchers)
@@ -435,7 +435,8 @@ def check_etcd_workload(etcd: EtcdWorkload, endpoints: list[str], watched_until_
             if event.deleted and event.key.startswith(b"chaos-lease-"):
                 deleted_seen_s[event.key] = min(received_s,
                                                 deleted_seen_s.get(event.key, received_s))
-    problems += check_leases(etcd.leases, deleted_seen_s, ABANDONED_BOUND_S, watched_until_s)
+    problems += check_leases(etcd.leases, deleted_seen_s, ABANDONED_BOUND_S, watched_until_s,
+                             faults_end_s)
     problems += _abandoned_leases_left(etcd, endpoints)
     tokens = [(e.revision, int(e.value)) for e in canonical
               if e.key == FENCED_KEY and not e.deleted]

@@ -201,7 +201,8 @@ def run_chaos(
             if etcd_api:
                 say("etcd workloads: the canonical event history, then their checks")
                 report.etcd_problems = check_etcd_workload(
-                    etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S)
+                    etcd, cluster.endpoints(), watched_until_s, FINAL_READS_TIMEOUT_S,
+                    faults_end_s=t0_s + quiet_from_s)
                 report.etcd_counts = etcd.stats
             history = workload.history()
             s = workload.stats

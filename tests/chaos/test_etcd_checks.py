@@ -58,6 +58,9 @@ def test_an_abandoned_lease_that_outlives_its_bound_is_found() -> None:
     assert "due by 21.00 s" in check_leases([abandoned], {b"l2": 22.0}, 5.0, 30.0)[0]
     assert "never" in check_leases([abandoned], {}, 5.0, 30.0)[0]
     assert check_leases([abandoned], {}, 5.0, 20.0) == []   # not due yet when watching ended
+    # Abandoned during the faults: the bound counts from their end.
+    assert check_leases([abandoned], {b"l2": 30.0}, 5.0, 40.0, faults_end_s=20.0) == []
+    assert check_leases([abandoned], {b"l2": 32.0}, 5.0, 40.0, faults_end_s=20.0)
 
 
 def test_a_stale_token_write_after_a_newer_one_is_found() -> None:

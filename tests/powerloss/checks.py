@@ -26,6 +26,7 @@ from kvraft.storage import keys
 from kvraft.storage.commands import CommandDecodeError, decode_command
 from kvraft.storage.datadir import DataDir, DataDirError
 from kvraft.storage.log_store import LevelDBStorage
+from kvraft.storage.mvcc import layout as mvcc_layout
 from kvraft.storage.state_machine import KVStateMachine
 
 PROBLEMS_SHOWN_MAX = 5  # missing effects listed by key before "... and N more"
@@ -124,10 +125,35 @@ def _check(datadir: DataDir, state: DurableState) -> None:
                         f"machine has applied only up to {state.applied_index}: the effects "
                         f"of entries {state.applied_index + 1}..{state.offset_index} are lost")
 
-    kv = list(db.iterator(prefix=keys.KV_PREFIX))
+    kv = _live_items(db)
     state.kv_keys = len(kv)
-    state.kv_digest = kv_digest([(k[len(keys.KV_PREFIX):], v) for k, v in kv])
+    state.kv_digest = kv_digest(kv)
     _check_applied_effects(db, entries, state)
+
+
+def _mvcc(db: object) -> bool:
+    """The data is in the MVCC layout (cluster version 2: storage/mvcc_apply.py)."""
+    return db.get(mvcc_layout.CLUSTER_VERSION) is not None  # type: ignore[attr-defined]
+
+
+def _live_items(db: object) -> list[tuple[bytes, bytes]]:
+    """Every live (key, value) of the state machine, in key order, in either layout."""
+    if not _mvcc(db):
+        return [(k[len(keys.KV_PREFIX):], v)
+                for k, v in db.iterator(prefix=keys.KV_PREFIX)]  # type: ignore[attr-defined]
+    strip = len(mvcc_layout.LATEST_PREFIX)
+    return [(k[strip:], mvcc_layout.decode_record(raw).value)
+            for k, raw in db.iterator(prefix=mvcc_layout.LATEST_PREFIX)  # type: ignore[attr-defined]
+            if mvcc_layout.record_live(raw)]
+
+
+def _value(db: object, key: bytes) -> bytes | None:
+    if not _mvcc(db):
+        return db.get(keys.kv_key(key))  # type: ignore[attr-defined,no-any-return]
+    raw = db.get(mvcc_layout.latest_key(key))  # type: ignore[attr-defined]
+    if raw is None or not mvcc_layout.record_live(raw):
+        return None
+    return mvcc_layout.decode_record(raw).value
 
 
 def _check_applied_effects(db: object, entries: list[eraftpb.Entry],
@@ -155,13 +181,14 @@ def _check_applied_effects(db: object, entries: list[eraftpb.Entry],
                     written[batch_op.put.key] = (entry.index, batch_op.put.value)
                 else:
                     written[batch_op.delete.key] = (entry.index, None)
-        else:  # cas: depends on the state before it
+        elif op == "cas":  # depends on the state before it
             undecidable.add(command.cas.key)
+        # (member updates and the cluster version write no key-value data)
     lost = []
     for key, (index, value) in sorted(written.items(), key=lambda kv: kv[1][0]):
         if key in undecidable:
             continue
-        if db.get(keys.kv_key(key)) != value:  # type: ignore[attr-defined]
+        if _value(db, key) != value:
             lost.append((index, key))
     state.lost_effects = lost
     if lost:

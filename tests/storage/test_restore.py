@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -180,10 +181,13 @@ def test_a_member_not_in_the_initial_cluster_is_refused(source, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("damage, reason", [
-    ("flip_image", "is not an intact kvraft snapshot"),
+    # A flipped byte fails the image's crc32, or, when it lands in a record's length,
+    # leaves an image with no end: either way the file is refused, naming why.
+    ("flip_image", "is not an intact kvraft snapshot|is truncated"),
     ("flip_padding", "fails its SHA-256 checksum"),
     ("flip_sha", "fails its SHA-256 checksum"),
-    ("truncate", "fails its SHA-256 checksum"),
+    # Cut into the padding (the checksum fails) or into the image itself (no end).
+    ("truncate", "fails its SHA-256 checksum|is truncated"),
     ("no_sha", "has no SHA-256 checksum after its image"),
     ("garbage", "not a kvraft snapshot stream"),
     ("empty", "is too short"),
@@ -211,7 +215,8 @@ def test_a_damaged_file_is_refused_with_one_line(source, tmp_path: Path, damage:
     with pytest.raises(SnapshotFileError, match=reason):
         read_snapshot_file(bad)
     message = _refused(bad, tmp_path / "target")
-    assert message.startswith(f"snapshot file {bad}: ") and reason in message
+    assert message.startswith(f"snapshot file {bad}: ")
+    assert re.search(reason, message), message
 
 
 def test_an_image_without_its_sha256_is_read_only_when_told_to_skip_the_check(

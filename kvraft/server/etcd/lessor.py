@@ -20,10 +20,10 @@ Rules, each with the etcd bug it keeps out:
   one election timeout. The leader checkpoints remaining TTLs through Raft
   (`lease_checkpoint` entries, several leases per entry, at most
   CHECKPOINT_LEASES_PER_ENTRY_MAX) every CHECKPOINT_INTERVAL_S, for the leases whose
-  remaining has moved at least that far from the recorded one: so an abandoned lease
-  lives at most about one interval plus one extension longer per failover, and a lease
-  kept alive with a TTL under the interval costs no checkpoints at all (its remaining
-  never moves that far; the checkpoint's own staleness is of the same order anyway).
+  remaining has moved at least that far (or half its TTL, if that is less) from the
+  recorded one: so an abandoned lease lives at most about one interval plus one
+  extension longer per failover, and a lease kept alive every TTL/3 costs no
+  checkpoints at all (its remaining never moves half its TTL).
 * A TTL below the minimum is raised to it, as etcd does: minTTL = ceil(3/2 election
   timeout) seconds (`min_lease_ttl_s`), so that a lease always outlives an election.
   Above LEASE_TTL_MAX_S a grant is refused (lease.py).
@@ -264,7 +264,11 @@ class LeaseTable:
             if remaining <= 0:
                 continue
             divergence = abs(remaining - lease.recorded_remaining())
-            if divergence >= self.checkpoint_divergence_s:
+            # A short lease is checkpointed once half its TTL has gone (else a new
+            # leader would give an abandoned one its whole TTL again at every
+            # failover: etcd #9395); a kept-alive one (renewed every TTL/3) never
+            # drifts that far, so it still costs no checkpoints.
+            if divergence >= min(self.checkpoint_divergence_s, max(1.0, lease.ttl / 2)):
                 due.append((-divergence, lease.id, remaining))
         due.sort()
         return [(lease_id, remaining) for _, lease_id, remaining in due[:limit]]
