@@ -170,6 +170,9 @@ class VersionedApply:
         # waits for them before a later call removes any).
         self.compacted = False
         self._batch: MVCCBatch | None = None
+        # The raised alarms after the entries so far (read once per call, on the first
+        # write that asks: every put checks for NOSPACE); None until then.
+        self._alarms: list[Alarm] | None = None
         self.auth = auth_store.AuthApply(self._view, writes)   # .changed: auth moved
 
     @property
@@ -316,10 +319,13 @@ class VersionedApply:
                 self._writes[key] = b""
             elif action == ALARM_DEACTIVATE:
                 self._writes[key] = None
-        return alarms(self._view)
+        self._alarms = alarms(self._view)
+        return self._alarms
 
     def _no_space(self) -> bool:
-        return any(a.alarm == NOSPACE for a in alarms(self._view))
+        if self._alarms is None:
+            self._alarms = alarms(self._view)
+        return any(a.alarm == NOSPACE for a in self._alarms)
 
     @staticmethod
     def _adds_data(command: cpb.Command, op: str) -> bool:
