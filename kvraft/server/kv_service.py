@@ -19,7 +19,6 @@ import grpc
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
-from kvraft.storage.mvcc import CompactedError
 from kvraft.wire import RETRY_SAFE_METADATA_KEY, RETRY_SAFE_METADATA_VALUE
 
 from . import storage_adapter as sa
@@ -117,7 +116,7 @@ class _Base:
         request_id = sa.new_request_id()
         result = await self.node.propose(request_id, encode(request_id), timeout_s)
         refusal = result.mvcc_error
-        if refusal is not None and not isinstance(refusal, CompactedError):
+        if refusal is not None:
             # The store refused the write at apply time (a NOSPACE alarm): nothing of
             # it was applied, so a retry is safe once the cause is gone.
             raise NodeError(grpc.StatusCode[refusal.code.name], str(refusal))
