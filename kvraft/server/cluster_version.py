@@ -25,9 +25,10 @@ log = logging.getLogger("kvraft.server")
 
 
 class ClusterVersionRaise:
-    def __init__(self, node_id: int, propose: Callable[[bytes], None]) -> None:
+    def __init__(self, node_id: int,
+                 propose: Callable[[Callable[[int], bytes], str], None]) -> None:
         self._node_id = node_id
-        self._propose = propose   # proposes a command nobody waits for
+        self._propose = propose   # Node.propose_own: a command nobody waits for
         self._max_by_member: dict[int, int] = {}
         self._next_try_tick = 0
 
@@ -51,4 +52,5 @@ class ClusterVersionRaise:
         self._next_try_tick = tick + retry_ticks
         log.info("node %d: every member applies cluster version %d: raising it from %d",
                  self._node_id, target, current)
-        self._propose(cluster_version_command(target))
+        self._propose(lambda request_id: cluster_version_command(target, request_id),
+                      "cluster version raise")

@@ -45,7 +45,7 @@ import grpc
 from kvraft import raft
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import Config, RawNode, StateRole
-from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot, commands
+from kvraft.storage import ApplyResult, MemberRecord, StagedSnapshot
 
 from . import storage_adapter as sa
 from .applier import Applier
@@ -208,7 +208,7 @@ class Node:
         self.loop_lag = LoopLagProbe(self.id, metrics, warn_s=self._election_timeout_s() / 4,
                                      clock=clock)
         self.snapshots = SnapshotStaging(self.id)
-        self.cluster_version = ClusterVersionRaise(self.id, self._propose_cluster_version)
+        self.cluster_version = ClusterVersionRaise(self.id, self.propose_own)
         self.reads = Reads(self.rng.randbytes(8))
         self.proposals = Proposals(self.id, config, metrics)
         self.membership = Membership(config, store, self.transport, self.rng,
@@ -658,14 +658,6 @@ class Node:
         request_id = self._new_request_id()
         self._propose_in_background(Proposal(request_id=request_id, data=encode(request_id)),
                                     what)
-
-    def _propose_cluster_version(self, data: bytes) -> None:
-        def encode(request_id: int) -> bytes:
-            command = commands.decode_command(data)
-            command.request_id = request_id
-            return commands.encode_command(command)
-
-        self.propose_own(encode, "cluster version raise")
 
     def _handle_ready(self) -> None:
         """Async persistence (raft-rs advance_append_async / on_persist_ready): the
