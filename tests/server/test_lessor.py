@@ -179,6 +179,20 @@ def test_due_checkpoints_are_the_diverged_leases_farthest_first_and_bounded() ->
     assert t.due_checkpoints(21.0, limit=10)[0] == (1, 60)
 
 
+def test_a_short_abandoned_lease_is_checkpointed_once_half_its_ttl_has_gone() -> None:
+    """Else every failover gives it its whole TTL again (a chaos run saw a 6 s lease
+    abandoned and alive 36 s later); one kept alive every TTL/3 is never due."""
+    t = table(leading=True)
+    t.grant(1, 6, now=0.0)          # abandoned
+    t.grant(2, 6, now=0.0)          # kept alive every 2 s
+    for now in (2.0, 4.0):
+        t.renew(2, now)
+        assert t.due_checkpoints(now + 0.5, limit=10) == ([] if now == 2.0 else [(1, 2)])
+    t.checkpoint(1, 2)
+    t.renew(2, 6.0)
+    assert t.due_checkpoints(6.5, limit=10) == []
+
+
 def test_a_checkpoint_rounds_up_and_never_exceeds_the_ttl() -> None:
     t = table()
     t.load([Record(1, ttl=60, remaining_ttl=10)], now=0.0)
