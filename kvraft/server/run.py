@@ -193,13 +193,14 @@ async def _serve(config: NodeConfig) -> int:
         stop_task.cancel()
         stopped_task.cancel()
         log.info("node %d: shutting down", config.node_id)
-        if status_task is not None:
-            status_task.cancel()
         await health_servicer.enter_graceful_shutdown()
         # Stop accepting and fail everything in flight with UNAVAILABLE together.
         await asyncio.gather(
             client_server.stop(SHUTDOWN_GRACE_S), node.stop(),
         )
+        if status_task is not None and status_board is not None:
+            status_task.cancel()      # it would stop at its next publish by itself
+            status_board.publish()    # the page says "shutting down" while it can
         await peer_server.stop(0.2)
         for close in etcd_closers:   # before the store closes (finally, below)
             await close()

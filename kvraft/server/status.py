@@ -111,10 +111,12 @@ class StatusBoard:
         self.publish()
 
     async def run(self) -> None:
-        """Publish every PUBLISH_INTERVAL_S until cancelled or the node stops."""
+        """Publish every PUBLISH_INTERVAL_S until cancelled or the node stops; once
+        more then, so that the page says it stopped."""
         while not self.node.stopping:
             self.publish()
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+        self.publish()
 
     def publish(self) -> None:
         node = self.node
@@ -150,19 +152,22 @@ class StatusBoard:
                 role = ROLE_NAMES[StateRole.Leader]
             else:
                 role = ROLE_NAMES[StateRole.Follower]
-            view = MemberView(
+            tracked = progress.get(member_id) if progress is not None else None
+            matched: int | None = None
+            lag: int | None = None
+            replication: str | None = None
+            active: bool | None = None
+            if tracked is not None:
+                matched, replication, active = tracked
+                if member_id == node.id:   # the leader's own log has everything
+                    matched, active = r.raft_log.last_index(), True
+                lag = max(0, r.raft_log.committed - matched)
+            views.append(MemberView(
                 id=member_id, name=member_name(record, member_id),
                 peer_address=record.peer_address if record else "",
                 client_address=record.client_address if record else "",
-                learner=learner, role=role)
-            if progress is not None and member_id in progress:
-                matched, state, active = progress[member_id]
-                if member_id == node.id:   # the leader's own log has everything
-                    matched, active = r.raft_log.last_index(), True
-                view = MemberView(**{**asdict(view), "match_index": matched,
-                                     "lag": max(0, r.raft_log.committed - matched),
-                                     "replication": state, "active": active})
-            views.append(view)
+                learner=learner, role=role, match_index=matched, lag=lag,
+                replication=replication, active=active))
         return tuple(views)
 
     # ------------------------------------------------------------ any thread

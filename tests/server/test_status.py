@@ -221,3 +221,19 @@ def test_the_page_is_self_contained_and_never_parses_what_it_shows() -> None:
     assert "textContent" in PAGE
     assert len(PAGE.encode()) < 16_000
 
+
+
+def test_the_board_publishes_once_more_when_the_node_stops(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with InProcessCluster(tmp_path, 1) as cluster:
+            node = cluster.nodes[1]
+            board = StatusBoard(node)
+            await cluster.wait_leader()
+            task = asyncio.get_running_loop().create_task(board.run())
+            await wait_for(lambda: board.status()["role"] == "leader", 5.0, "a publish")
+            assert board.status()["stopping"] is False
+            node.exit_with_error("the test stops it")   # as a fatal error does
+            await asyncio.wait_for(task, 5.0)           # it returns by itself
+            assert board.status()["stopping"] is True
+
+    asyncio.run(scenario())
