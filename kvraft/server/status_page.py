@@ -33,6 +33,7 @@ body[data-state=stale] #banner, body[data-state=down] #banner {
 body[data-state=down] main, body[data-state=stale] main { opacity: .45; }
 .leader { font-weight: bold; color: #0b57d0; }
 .muted { color: #666; }
+li.alarm { color: #8c1d18; font-weight: bold; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .1em 1em; margin: 0; }
 dt { color: #555; }
 dd { margin: 0; }
@@ -101,7 +102,7 @@ function render(s) {
   }));
   document.getElementById("lag-note").textContent = s.lag_known ? ""
     : "Match index and lag are known to the leader only: open the leader's status page.";
-  const alarms = s.alarms.map(a => el("li", a.alarm + " on member " + a.member_id));
+  const alarms = s.alarms.map(a => el("li", a.alarm + " on member " + a.member_id, "alarm"));
   if (s.alarms_error) alarms.push(el("li", "alarms unknown: " + s.alarms_error));
   if (!alarms.length) alarms.push(el("li", "none", "muted"));
   document.getElementById("alarms").replaceChildren(...alarms);
