@@ -1,5 +1,6 @@
 """Prometheus metrics of one node, served at /metrics on --metrics-listen, beside the
-health endpoints /health, /livez and /readyz (health.py).
+health endpoints /health, /livez and /readyz (health.py) and the status page at `/`
+with its `/status.json` (status_page.py, status.py).
 
 Each node owns its own CollectorRegistry, so several nodes in one test process (or a
 re-created node) never collide on metric names."""
@@ -18,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from .config import parse_address
+from .status_page import PAGE_BYTES
 
 StartResponse = Callable[..., Any]
 
@@ -38,6 +40,14 @@ class HealthChecks(Protocol):
     def health(self, serializable: bool) -> tuple[bool, str]: ...
     def livez(self) -> list[Check]: ...
     def readyz(self) -> list[Check]: ...
+
+
+class StatusSource(Protocol):
+    """What the status page shows (status.StatusBoard): callable from any thread."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _LATENCY_BUCKETS_S = (
@@ -153,14 +163,16 @@ class NodeMetrics:
         children[0].inc()
         children[1].observe(latency_s)
 
-    def serve(self, address: str, health: HealthChecks | None = None) -> None:
-        """Serve /metrics (and, given `health`, /health, /livez and /readyz) on
-        `address`, from daemon threads. Raises OSError when it cannot listen."""
+    def serve(self, address: str, health: HealthChecks | None = None,
+              status: StatusSource | None = None) -> None:
+        """Serve /metrics (given `health`, /health, /livez and /readyz; given `status`,
+        the status page) on `address`, from daemon threads. Raises OSError when it
+        cannot listen."""
         host, port = parse_address(address, "--metrics-listen address")
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = type("_MetricsServer", (_ThreadingWSGIServer,),
                             {"address_family": family})
-        app = http_app(make_wsgi_app(self.registry), health)
+        app = http_app(make_wsgi_app(self.registry), health, status)
         httpd: WSGIServer = make_server(host, port, app, server_class,
                                         handler_class=_QuietHandler)
         threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
@@ -183,11 +195,46 @@ def _checks_text(checks: list[Check], verbose: bool) -> tuple[bool, str]:
     return healthy, "\n".join(lines) + "\n"
 
 
-def http_app(metrics_app: WsgiApp, health: HealthChecks | None) -> WsgiApp:
-    """The metrics listener's WSGI app: the health endpoints, and every other path to
-    prometheus_client's app (/metrics)."""
+def _answer(start_response: StartResponse, status: str, content_type: str, data: bytes,
+            headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+    start_response(status, [("Content-Type", content_type),
+                            ("Content-Length", str(len(data))), *headers])
+    return [data]
+
+
+# The page runs only its own inline script and style and fetches only its own origin;
+# no framing (it is read-only, but nothing needs to embed it).
+_PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+                                "style-src 'unsafe-inline'; connect-src 'self'; "
+                                "frame-ancestors 'none'"),
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+)
+
+
+def _status_json(status: StatusSource, start_response: StartResponse) -> list[bytes]:
+    try:
+        body = json.dumps(status.status())
+    except Exception as e:   # never a traceback on the listener; the page shows it
+        body = json.dumps({"error": f"{type(e).__name__}: {e}"})
+        return _answer(start_response, "503 Service Unavailable", "application/json",
+                       body.encode(), (("Cache-Control", "no-store"),))
+    return _answer(start_response, "200 OK", "application/json", body.encode(),
+                   (("Cache-Control", "no-store"),))
+
+
+def http_app(metrics_app: WsgiApp, health: HealthChecks | None,
+             status: StatusSource | None = None) -> WsgiApp:
+    """The metrics listener's WSGI app: the status page (`/`, `/status.json`), the
+    health endpoints, and every other path to prometheus_client's app (/metrics)."""
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if status is not None and path == "/":
+            return _answer(start_response, "200 OK", "text/html; charset=utf-8", PAGE_BYTES,
+                           _PAGE_HEADERS)
+        if status is not None and path == "/status.json":
+            return _status_json(status, start_response)
         if health is None or path not in ("/health", "/livez", "/readyz"):
             return metrics_app(environ, start_response)
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -200,9 +247,7 @@ def http_app(metrics_app: WsgiApp, health: HealthChecks | None) -> WsgiApp:
             checks = health.livez() if path == "/livez" else health.readyz()
             healthy, body = _checks_text(checks, "verbose" in query)
             content_type = "text/plain; charset=utf-8"
-        data = body.encode()
-        start_response("200 OK" if healthy else "503 Service Unavailable",
-                       [("Content-Type", content_type), ("Content-Length", str(len(data)))])
-        return [data]
+        return _answer(start_response, "200 OK" if healthy else "503 Service Unavailable",
+                       content_type, body.encode())
 
     return app

@@ -25,6 +25,7 @@ from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
 from .peer_service import PeerService
+from .status import StatusBoard
 from .tls import client_port_files, peer_port_files, server_credentials, validate_tls
 from .transport import CHANNEL_OPTIONS
 
@@ -155,16 +156,21 @@ async def _serve(config: NodeConfig) -> int:
               server_credentials(client_files, config.client_cert_auth,
                                  f"node {config.node_id} client port")
               if client_files else None)
+        # Made before the node starts, so it sees the first leader (status.py).
+        status_board = StatusBoard(node) if config.metrics_listen else None
         if config.metrics_listen:
             try:
                 metrics.serve(config.metrics_listen,
-                              HealthChecks(node, asyncio.get_running_loop()))
+                              HealthChecks(node, asyncio.get_running_loop()), status_board)
             except OSError as e:
                 raise ServeError(
                     f"cannot listen on --metrics-listen {config.metrics_listen}: {e.strerror}"
                 ) from None
         await peer_server.start()
         node.start()
+        status_task = (asyncio.get_running_loop().create_task(status_board.run(),
+                                                              name="status-board")
+                       if status_board is not None else None)
         await client_server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in ("kvraft.KV", "kvraft.Cluster", *etcd_names):
@@ -192,6 +198,9 @@ async def _serve(config: NodeConfig) -> int:
         await asyncio.gather(
             client_server.stop(SHUTDOWN_GRACE_S), node.stop(),
         )
+        if status_task is not None and status_board is not None:
+            status_task.cancel()      # it would stop at its next publish by itself
+            status_board.publish()    # the page says "shutting down" while it can
         await peer_server.stop(0.2)
         for close in etcd_closers:   # before the store closes (finally, below)
             await close()
