@@ -120,7 +120,8 @@ MAX_REQUEST_BYTES_DEFAULT = 1572864
 # framing and the entries around it. A larger entry could be committed on the leader
 # and never reach a follower.
 MAX_REQUEST_BYTES_MAX = GRPC_MESSAGE_BYTES_MAX // 2
-# etcd's --max-txn-ops default.
+# etcd's --max-txn-ops default: mvcc.TXN_OPS_MAX, spelled again so that the CLI can
+# load this module without the store (a test checks that the two agree).
 MAX_TXN_OPS_DEFAULT = 128
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 

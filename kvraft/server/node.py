@@ -491,7 +491,7 @@ class Node:
     @property
     def is_learner(self) -> bool:
         """This member is a learner in the configuration it applied."""
-        return self.id in self.membership.learner_ids()
+        return self.membership.is_learner(self.id)
 
     def status(self) -> NodeStatus:
         r = self.raw.raft

@@ -41,6 +41,7 @@ from kvraft.server.node import Node
 from kvraft.server.run import _client_server_options
 from kvraft.server.waiters import NodeError, leader_lost, unavailable
 from kvraft.storage import commands
+from kvraft.storage.mvcc import TXN_OPS_MAX
 from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MVCC
 
 DEADLINE_S = 0.2   # what a write that passed the checks waits on the idle node
@@ -195,6 +196,7 @@ def test_the_defaults_are_etcds(tmp_path: Path) -> None:
     config = config_for(tmp_path)
     assert (config.max_request_bytes, config.max_txn_ops) == (1572864, 128)
     assert (MAX_REQUEST_BYTES_DEFAULT, MAX_TXN_OPS_DEFAULT) == (1572864, 128)
+    assert MAX_TXN_OPS_DEFAULT == TXN_OPS_MAX
 
 
 @pytest.mark.parametrize(("overrides", "flag"), [
