@@ -7,8 +7,9 @@ ServicerContext:
   is too large" (INVALID_ARGUMENT) before it is proposed;
 * --max-txn-ops: more compares, or ops in a branch, than it allows is "etcdserver: too
   many operations in txn request" (INVALID_ARGUMENT) — each branch counted apart;
-* a write whose leader stepped down before it was applied is "etcdserver: leader
-  changed" (UNAVAILABLE), one the pushback refused "etcdserver: too many requests"
+* a write whose leader stepped down before it was applied, and a linearizable read
+  whose ReadIndex that leader never answered, are "etcdserver: leader changed"
+  (UNAVAILABLE); a write the pushback refused is "etcdserver: too many requests"
   (RESOURCE_EXHAUSTED), as etcd answers past its apply gap;
 * the flags and their bounds (`kvraft serve` refuses what NodeConfig refuses).
 """
@@ -168,6 +169,24 @@ def test_a_write_whose_leader_stepped_down_is_etcds_leader_changed(kv: KVService
     assert answer(lambda ctx: kv.Put(put, ctx),
                   meanwhile=lambda: node._on_soft_state(0, StateRole.Follower)) == (
         grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed")  # ... then no one
+
+
+def test_a_read_index_the_lost_leader_never_answered_is_etcds_leader_changed(
+        kv: KVService) -> None:
+    """A linearizable Range whose ReadIndex went to a leader that is then lost fails as
+    etcd's read loop fails it (requestCurrentIndex), not with kvraft's own text."""
+    node = kv.node
+    node.raw.raft.become_follower(node.raw.raft.term + 1, 2)
+    node._on_soft_state(2, StateRole.Follower)
+
+    def lose_the_leader() -> None:
+        node.reads.issue(node.raw, 0)      # the round the Ready loop would start
+        assert not node.reads.needs_round()  # the read is in a round, asked of member 2
+        node._on_soft_state(0, StateRole.Follower)
+
+    linearizable = etcdpb.RangeRequest(key=b"k")
+    assert answer(lambda ctx: kv.Range(linearizable, ctx), meanwhile=lose_the_leader) == (
+        grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed")
 
 
 def test_a_write_the_pushback_refused_is_etcds_too_many_requests(kv: KVService) -> None:
