@@ -43,6 +43,7 @@ from kvraft.client import (
 )
 from kvraft.server.config import (
     EVENT_LOOPS,
+    MAX_REQUEST_BYTES_MAX,
     READ_MODES,
     NodeConfig,
     ServeError,
@@ -326,6 +327,15 @@ def _serve_tls_options(fn: Callable) -> Callable:
               default="0", show_default=True, metavar="REVISIONS|DURATION",
               help="Compact history automatically: keep this many revisions, or a "
               "duration's worth (30s, 5m, 1h); 0 is off.")
+@click.option("--max-request-bytes", type=click.IntRange(min=1, max=MAX_REQUEST_BYTES_MAX),
+              envvar="KVRAFT_MAX_REQUEST_BYTES", default=NodeConfig.max_request_bytes,
+              show_default=True, metavar="BYTES",
+              help="etcd's API refuses a write larger than this: etcdserver: request is "
+              "too large.")
+@click.option("--max-txn-ops", type=click.IntRange(min=1), envvar="KVRAFT_MAX_TXN_OPS",
+              default=NodeConfig.max_txn_ops, show_default=True, metavar="N",
+              help="etcd's API refuses a txn with more compares, or ops in a branch: "
+              "etcdserver: too many operations in txn request.")
 @_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
@@ -333,7 +343,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
-          auto_compaction_retention: str, **tls: Any) -> int:
+          auto_compaction_retention: str, max_request_bytes: int, max_txn_ops: int,
+          **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -368,6 +379,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
         read_mode=read_mode, leveldb_write_buffer_bytes=leveldb_write_buffer_bytes,
         profile_path=profile_path or None,
         quota_backend_bytes=quota_backend_bytes,
+        max_request_bytes=max_request_bytes, max_txn_ops=max_txn_ops,
         cert_file=tls["cert_file"] or None, key_file=tls["key_file"] or None,
         trusted_ca_file=tls["trusted_ca_file"] or None,
         client_cert_auth=bool(tls["client_cert_auth"]),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvraft.raft.config import Config, ReadOnlyOption
-from kvraft.wire import UINT64_MAX
+from kvraft.wire import GRPC_MESSAGE_BYTES_MAX, UINT64_MAX
 
 MAX_KEY_BYTES = 4096
 MIB = 1 << 20
@@ -113,6 +113,16 @@ def cluster_id_for(initial_cluster: dict[int, str]) -> int:
 
 
 QUOTA_BACKEND_BYTES_DEFAULT = 2 << 30   # etcd's default, 2 GiB
+# etcd's --max-request-bytes default, 1.5 MiB: the largest proposal its API takes.
+MAX_REQUEST_BYTES_DEFAULT = 1572864
+# An etcd request is one log entry, and a follower is sent an entry whole in one peer
+# message (at most GRPC_MESSAGE_BYTES_MAX): half of that leaves room for the message's
+# framing and the entries around it. A larger entry could be committed on the leader
+# and never reach a follower.
+MAX_REQUEST_BYTES_MAX = GRPC_MESSAGE_BYTES_MAX // 2
+# etcd's --max-txn-ops default: mvcc.TXN_OPS_MAX, spelled again so that the CLI can
+# load this module without the store (a test checks that the two agree).
+MAX_TXN_OPS_DEFAULT = 128
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -200,6 +210,12 @@ class NodeConfig:
     quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
     # --auto-compaction-retention, parsed (parse_retention): None = off.
     auto_compaction: AutoCompaction | None = None
+    # etcd's request limits, on etcd's API only (server/etcd/limits.py): a proposal
+    # whose encoded command is over --max-request-bytes is refused with "etcdserver:
+    # request is too large"; a txn with more than --max-txn-ops compares, or ops in a
+    # branch, with "etcdserver: too many operations in txn request".
+    max_request_bytes: int = MAX_REQUEST_BYTES_DEFAULT
+    max_txn_ops: int = MAX_TXN_OPS_DEFAULT
     # TLS (SPEC §8, kvraft/server/tls.py, docs/security.md). The client port serves TLS
     # with --cert-file/--key-file; --client-cert-auth (with --trusted-ca-file) requires
     # every client to present a certificate that CA signed. The peer port, when its
@@ -272,6 +288,11 @@ class NodeConfig:
             raise ServeError("the default deadline must be positive")
         if self.quota_backend_bytes <= 0:
             raise ServeError("--quota-backend-bytes must be positive")
+        if not 0 < self.max_request_bytes <= MAX_REQUEST_BYTES_MAX:
+            raise ServeError(f"--max-request-bytes must be 1..{MAX_REQUEST_BYTES_MAX} (a "
+                             f"request is one log entry), got {self.max_request_bytes}")
+        if self.max_txn_ops <= 0:
+            raise ServeError(f"--max-txn-ops must be positive, got {self.max_txn_ops}")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
         if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:

@@ -62,7 +62,7 @@ from .snapshots import SnapshotStaging, snapshot_chunks
 from .storage_io import StorageIO, StorageLanes
 from .tls import peer_channel_credentials
 from .transport import PeerTransport, Transport
-from .waiters import NodeError, Proposal, ReadWaiter, expire, unavailable
+from .waiters import NodeError, Proposal, ReadWaiter, expire, leader_lost, unavailable
 
 log = logging.getLogger("kvraft.server.node")
 
@@ -422,7 +422,8 @@ class Node:
         if self._stopping:
             raise unavailable("the node is shutting down", retry_safe=True)
         if self.proposals.full:
-            raise unavailable("too many writes in flight", retry_safe=True)
+            raise NodeError(grpc.StatusCode.UNAVAILABLE, "too many writes in flight",
+                            retry_safe=True, overloaded=True)
         if self._admission_refusal() is not None:
             timeout_s = await self.proposals.admit(timeout_s, self._admission_refusal,
                                                    lambda: self._stopping)
@@ -487,10 +488,15 @@ class Node:
                 if w in self._leader_waiters:
                     self._leader_waiters.remove(w)
 
+    @property
+    def is_learner(self) -> bool:
+        """This member is a learner in the configuration it applied."""
+        return self.membership.is_learner(self.id)
+
     def status(self) -> NodeStatus:
         r = self.raw.raft
         role = ROLE_NAMES.get(r.state, str(r.state))
-        if self.id in self.membership.learner_ids():
+        if self.is_learner:
             role = "learner"
         return NodeStatus(
             role=role,
@@ -769,7 +775,7 @@ class Node:
                 # No leader: nothing queued will be committed soon. Tell clients now
                 # (UNAVAILABLE) rather than at their deadline. The outcome of a write
                 # that already reached a log stays unknown, as after any timeout.
-                error = unavailable("lost the leader")
+                error = leader_lost("lost the leader")
                 self.proposals.fail_in_flight(error)
                 self.reads.fail_rounds(error)
             self._leader_id = leader_id

@@ -28,7 +28,7 @@ from kvraft.storage import ApplyResult
 
 from .config import MIB, NodeConfig
 from .metrics import NodeMetrics
-from .waiters import NodeError, Proposal, unavailable
+from .waiters import NodeError, Proposal, leader_lost, unavailable
 
 PENDING_PROPOSALS_MAX = 20_000
 
@@ -114,7 +114,7 @@ class Proposals:
             p.index = raw.raft.raft_log.last_index()
             old = self._by_index.get(p.index)
             if old is not None and old is not p:
-                old.fail(unavailable("the write was overwritten by a new leader"))
+                old.fail(leader_lost("the write was overwritten by a new leader"))
             self._by_index[p.index] = p
 
     # ----------------------------------------------------------- after applying
@@ -139,7 +139,7 @@ class Proposals:
                     waiter.fail(NodeError(grpc.StatusCode.FAILED_PRECONDITION,
                                           "another member change was in progress"))
                 else:
-                    waiter.fail(unavailable("the write was overwritten by a new leader"))
+                    waiter.fail(leader_lost("the write was overwritten by a new leader"))
 
     # ------------------------------------------------------------------ failing
     def fail_in_flight(self, error: NodeError) -> None:
@@ -192,7 +192,7 @@ class Proposals:
                     self.metrics.proposals_refused.inc()
                     raise NodeError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"{reason}; the write was not proposed: retry later",
-                                    retry_safe=True)
+                                    retry_safe=True, overloaded=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._admission_event.wait(), remaining)
         finally:

@@ -19,6 +19,8 @@ from .auth.interceptor import AccessCheck, AuthInterceptor
 from .auth.tokens import TokenStore
 from .config import NodeConfig, ServeError
 from .etcd.auth import add_auth_service
+from .etcd.learner import LearnerGuard
+from .etcd.limits import receive_bytes_max
 from .etcd.register import add_etcd_services
 from .health import HealthChecks
 from .kv_service import ClusterService, KVService
@@ -91,8 +93,10 @@ def _run_on(loop_factory: Callable[[], asyncio.AbstractEventLoop], config: NodeC
 
 def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
     # Let oversized requests reach the handler, so they get INVALID_ARGUMENT with a
-    # reason instead of the transport's RESOURCE_EXHAUSTED.
-    limit = max(config.max_batch_bytes, config.max_value_bytes) * 2 + (1 << 20)
+    # reason instead of the transport's RESOURCE_EXHAUSTED: kvraft's own up to twice
+    # its limits, etcd's up to --max-request-bytes plus etcd's overhead (etcd/limits.py).
+    limit = max(max(config.max_batch_bytes, config.max_value_bytes) * 2 + (1 << 20),
+                receive_bytes_max(config.max_request_bytes))
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
@@ -122,8 +126,11 @@ async def _serve(config: NodeConfig) -> int:
         # passes the interceptor's check; tokens are this member's (auth/tokens.py).
         tokens = TokenStore()
         access = AccessCheck(node, tokens, bool(getattr(config, "client_cert_auth", False)))
-        client_server = grpc.aio.server(options=_client_server_options(config),
-                                        interceptors=[AuthInterceptor(access)])
+        # A learner refuses the etcd calls etcd's learner does (etcd/learner.py), before
+        # the access check, as etcd checks it.
+        client_server = grpc.aio.server(
+            options=_client_server_options(config),
+            interceptors=[LearnerGuard(lambda: node.is_learner), AuthInterceptor(access)])
         peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         kvraft_pb2_grpc.add_KVServicer_to_server(KVService(node, config, metrics), client_server)
         kvraft_pb2_grpc.add_ClusterServicer_to_server(

@@ -17,7 +17,8 @@ class NodeError(Exception):
     """A request failed with a gRPC status code (SPEC §2)."""
 
     def __init__(self, code: grpc.StatusCode, message: str, *, retry_safe: bool = False,
-                 deadline_passed: bool = False) -> None:
+                 deadline_passed: bool = False, leader_changed: bool = False,
+                 overloaded: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -28,6 +29,15 @@ class NodeError(Exception):
         # quorum answered. The service then answers DEADLINE_EXCEEDED if that deadline
         # was the client's own (kv_service.py); a write's outcome is unknown either way.
         self.deadline_passed = deadline_passed
+        # True when the leader the request waited on lost its leadership before
+        # answering (it stepped down, or a new leader replaced the write's entry): etcd's
+        # API answers "etcdserver: leader changed" (etcd/errors.py), which its clients
+        # retry.
+        self.leader_changed = leader_changed
+        # True when this member refused a write it is too far behind to take now (the
+        # pushback, or too many writes in flight); never proposed. etcd's API answers
+        # "etcdserver: too many requests".
+        self.overloaded = overloaded
 
 
 # What a waiter whose deadline passed fails with (`wait_expired`).
@@ -47,6 +57,11 @@ def expire(waiter: Proposal | ReadWaiter) -> None:
 
 def unavailable(message: str, *, retry_safe: bool = False) -> NodeError:
     return NodeError(grpc.StatusCode.UNAVAILABLE, message, retry_safe=retry_safe)
+
+
+def leader_lost(message: str) -> NodeError:
+    """A waiter's leader lost its leadership before the call was answered."""
+    return NodeError(grpc.StatusCode.UNAVAILABLE, message, leader_changed=True)
 
 
 def _new_future() -> asyncio.Future[Any]:

@@ -64,6 +64,9 @@ BAD_USAGE = [
     (["serve", "--snapshot-entries", "0"], "--snapshot-entries"),
     (["serve", "--log-level", "loud"], "--log-level"),
     (["serve", "--read-mode", "fast"], "--read-mode"),
+    (["serve", "--max-request-bytes", "0"], "--max-request-bytes"),
+    (["serve", "--max-request-bytes", str(64 << 20)], "--max-request-bytes"),
+    (["serve", "--max-txn-ops", "0"], "--max-txn-ops"),
     (["serve", "--data-dir", ""], "--data-dir must not be empty"),
     (["serve", "--data-dir", "  "], "--data-dir must not be empty"),
     (["bench", "--clients", "0"], "--clients"),
@@ -207,6 +210,7 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
         "KVRAFT_ADVERTISE_CLIENT": "node-3:2379", "KVRAFT_ADVERTISE_PEER": "node-3:2390",
         "KVRAFT_TICK_INTERVAL": "0.02", "KVRAFT_SNAPSHOT_ENTRIES": "50",
         "KVRAFT_SNAPSHOT_KEEP_ENTRIES": "5", "KVRAFT_READ_MODE": "lease",
+        "KVRAFT_MAX_REQUEST_BYTES": "65536", "KVRAFT_MAX_TXN_OPS": "16",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -220,6 +224,7 @@ def test_serve_reads_every_option_from_kvraft_env_vars(captured_config: list,
     assert (config.tick_interval_s, config.snapshot_entries, config.snapshot_keep_entries) == (
         0.02, 50, 5)
     assert config.read_mode == "lease"
+    assert (config.max_request_bytes, config.max_txn_ops) == (65536, 16)
     # A flag wins over its variable.
     assert main(["serve", "--id", "2", "--log-level", "error", "--read-mode", "safe"]) == 0
     assert (captured_config[1].node_id, captured_config[1].log_level) == (2, "ERROR")
@@ -231,7 +236,7 @@ def test_serve_defaults_are_node_config_defaults(captured_config: list) -> None:
     assert main(["serve", "--listen", _free_address(), "--peer-listen", _free_address()]) == 0
     (config,) = captured_config
     for name in ("tick_interval_s", "snapshot_entries", "snapshot_keep_entries", "event_loop",
-                 "log_level", "profile_path", "read_mode"):
+                 "log_level", "profile_path", "read_mode", "max_request_bytes", "max_txn_ops"):
         assert getattr(config, name) == getattr(NodeConfig, name), name
 
 

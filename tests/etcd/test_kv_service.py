@@ -13,6 +13,7 @@ import pytest
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
+from kvraft.server.config import MAX_REQUEST_BYTES_DEFAULT
 from tests.cluster.harness import LocalCluster, retry_unavailable, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -65,16 +66,21 @@ def test_requests_etcd_refuses_before_raft(cluster: LocalCluster) -> None:
     empty_op = etcdpb.TxnRequest(success=[etcdpb.RequestOp()])
     assert refusal(lambda: stub.Txn(empty_op, timeout=t)) == (
         invalid, "etcdserver: key not found")
-    big = etcdpb.PutRequest(key=b"big", value=b"x" * (1024 * 1024 + 1))
+    # Over etcd's default --max-request-bytes (1.5 MiB), alone or inside a txn.
+    big = etcdpb.PutRequest(key=b"big", value=b"x" * MAX_REQUEST_BYTES_DEFAULT)
     assert refusal(lambda: stub.Put(big, timeout=t)) == (
         invalid, "etcdserver: request is too large")
-    big_in_txn = etcdpb.TxnRequest(success=[put_op(b"big", b"x" * (1024 * 1024 + 1))])
+    big_in_txn = etcdpb.TxnRequest(success=[put_op(b"big", b"x" * MAX_REQUEST_BYTES_DEFAULT)])
     assert refusal(lambda: stub.Txn(big_in_txn, timeout=t)) == (
         invalid, "etcdserver: request is too large")
     # The apply's own refusal comes back the same way: no key to keep the value of.
     keep = etcdpb.PutRequest(key=b"/svc/absent", ignore_value=True)
     assert refusal(lambda: stub.Put(keep, timeout=t)) == (invalid, "etcdserver: key not found")
     assert list(stub.Range(etcdpb.RangeRequest(key=b"big"), timeout=t).kvs) == []  # never written
+    # Just under the limit goes through: a value may be larger than kvraft's own 1 MiB.
+    under = b"u" * (MAX_REQUEST_BYTES_DEFAULT - 1024)
+    stub.Put(etcdpb.PutRequest(key=b"big-under", value=under), timeout=t)
+    assert stub.Range(etcdpb.RangeRequest(key=b"big-under"), timeout=t).kvs[0].value == under
 
 
 def test_headers_name_the_cluster_the_member_the_revision_and_the_term(

@@ -36,6 +36,7 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from .errors import TOO_MANY_REQUESTS, EtcdError, deadline_s, serve_call
 from .header import etcd_header
+from .limits import check_request_bytes
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
@@ -224,6 +225,7 @@ class EtcdAuthService(etcdpb_grpc.AuthServicer):
             message = await request() if callable(request) else request
             request_id = sa.new_request_id()
             data = commands.etcd_command(request_id, field, message)
+            check_request_bytes(data, self.config.max_request_bytes)
             result = await self.node.propose(
                 request_id, data, deadline_s(context, self.config.default_deadline_s))
             if result.mvcc_error is not None:

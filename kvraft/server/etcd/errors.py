@@ -93,12 +93,19 @@ def from_mvcc_error(e: MVCCError) -> EtcdError:
 
 def from_node_error(e: NodeError) -> EtcdError:
     """A NodeError as etcd's nearest: shutdown is "server stopped", a wait that ran out
-    (no leader or quorum in time) "request timed out"; others keep kvraft's text."""
+    (no leader or quorum in time) "request timed out", a waiter whose leader lost its
+    leadership "leader changed" (etcd's answer to a read index a leader change
+    interrupted), a write this member is too far behind to take "too many requests"
+    (etcd's answer past its apply gap); others keep kvraft's text."""
     if e.code == Code.UNAVAILABLE:
         if "shutting down" in e.message:
             return STOPPED.error()
         if e.deadline_passed or e.message == WAIT_EXPIRED_MESSAGE:
             return TIMEOUT.error()
+    if e.leader_changed:
+        return LEADER_CHANGED.error()
+    if e.overloaded:
+        return TOO_MANY_REQUESTS.error()
     return EtcdError(e.code, e.message)
 
 

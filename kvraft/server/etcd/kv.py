@@ -1,7 +1,8 @@
 """etcd's `KV` service (Range, Put, DeleteRange, Txn, Compact) over kvraft's MVCC store.
 
 Writes: the request is checked as etcd checks it before proposing (v3rpc/key.go: empty
-key, sort options, txn op count and duplicate keys; the request's size), then proposed
+key, sort options, txn op count (--max-txn-ops) and duplicate keys; the encoded
+command's size, --max-request-bytes: limits.py), then proposed
 as one command embedding etcd's own message; the answer is the apply's
 (ApplyResult.response), or its refusal (ApplyResult.mvcc_error, which carries etcd's
 code and message). Every member applies the same entry the same way, so the checks
@@ -40,6 +41,7 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from .errors import REQUEST_TOO_LARGE, EtcdError, deadline_s, serve_call
 from .header import etcd_header
+from .limits import check_request_bytes
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext
@@ -72,8 +74,7 @@ class KVService(etcdpb_grpc.KVServicer):
         async def body() -> etcdpb.PutResponse:
             req = convert.put_request(request)
             mvcc.check_put(req)
-            self._check_put_size(req)
-            self._check_size(request)
+            self._check_key_size(req)
             resp = await self._propose("etcd_put", request, mvcc.PutResponse, context)
             return convert.put_response_pb(resp, etcd_header(self.node, resp.revision))
 
@@ -83,7 +84,6 @@ class KVService(etcdpb_grpc.KVServicer):
                           ) -> etcdpb.DeleteRangeResponse:
         async def body() -> etcdpb.DeleteRangeResponse:
             mvcc.check_delete(convert.delete_range_request(request))
-            self._check_size(request)
             resp = await self._propose("etcd_delete_range", request, mvcc.DeleteRangeResponse,
                                        context)
             return convert.delete_range_response_pb(resp, etcd_header(self.node, resp.revision))
@@ -92,12 +92,11 @@ class KVService(etcdpb_grpc.KVServicer):
 
     async def Txn(self, request: etcdpb.TxnRequest, context: Ctx) -> etcdpb.TxnResponse:
         async def body() -> etcdpb.TxnResponse:
-            self._check_size(request)
             try:
                 req = convert.txn_request(request)
             except ValueError:  # an op with no request: etcd's checkRequestOp refuses it so
                 raise mvcc.KeyNotFoundError() from None
-            mvcc.check_txn(req, ops_max=mvcc.TXN_OPS_MAX)
+            mvcc.check_txn(req, ops_max=self.config.max_txn_ops)
             read_only, serializable = _reads_only(request)
             resp: mvcc.TxnResponse | None = None
             if read_only:
@@ -105,7 +104,7 @@ class KVService(etcdpb_grpc.KVServicer):
                     await self.node.read_index(self._timeout_s(context))
                 resp = await asyncio.to_thread(_read_txn, self.node.store.sm, req)
             if resp is None:
-                self._check_txn_puts(req)
+                self._check_txn_keys(req)
                 resp = await self._propose("etcd_txn", request, mvcc.TxnResponse, context)
                 _refuse_truncated(resp)
             return convert.txn_response_pb(resp, etcd_header(self.node, resp.revision))
@@ -135,6 +134,7 @@ class KVService(etcdpb_grpc.KVServicer):
             raise mvcc.ClusterVersionError()
         request_id = sa.new_request_id()
         data = commands.etcd_command(request_id, field, message)
+        check_request_bytes(data, self.config.max_request_bytes)
         result = await self.node.propose(request_id, data, self._timeout_s(context))
         if result.mvcc_error is not None:
             raise result.mvcc_error
@@ -144,22 +144,18 @@ class KVService(etcdpb_grpc.KVServicer):
                             f"kvraft: {field} applied as {result.kind}: {result.error}")
         return resp
 
-    def _check_size(self, request: Any) -> None:
-        if request.ByteSize() > self.config.max_batch_bytes:
+    def _check_key_size(self, req: mvcc.PutRequest) -> None:
+        """kvraft's bound on a key it stores (etcd bounds only the whole request, as
+        `_propose` does here: a value may take all of --max-request-bytes)."""
+        if len(req.key) > self.config.max_key_bytes:
             raise REQUEST_TOO_LARGE.error()
 
-    def _check_put_size(self, req: mvcc.PutRequest) -> None:
-        """kvraft's bounds on a key and a value (etcd bounds only the whole request)."""
-        if len(req.key) > self.config.max_key_bytes or \
-                len(req.value) > self.config.max_value_bytes:
-            raise REQUEST_TOO_LARGE.error()
-
-    def _check_txn_puts(self, req: mvcc.TxnRequest) -> None:
+    def _check_txn_keys(self, req: mvcc.TxnRequest) -> None:
         for op in (*req.success, *req.failure):
             if isinstance(op, mvcc.PutRequest):
-                self._check_put_size(op)
+                self._check_key_size(op)
             elif isinstance(op, mvcc.TxnRequest):
-                self._check_txn_puts(op)
+                self._check_txn_keys(op)
 
 
 def add_kv_service(server: grpc.aio.Server, node: Node, config: NodeConfig,

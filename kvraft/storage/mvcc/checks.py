@@ -2,10 +2,10 @@
 checkIntervals), so the server can refuse a bad request before proposing it, and an
 apply refuses it the same way on every member.
 
-`TXN_OPS_MAX` is etcd's default --max-txn-ops. It is a member's configuration, so only
-the server's check before proposing applies it (`check_txn(req, ops_max=...)`); the
-apply passes no bound: a limit that differed between members must not make their
-applies differ.
+`TXN_OPS_MAX` is etcd's default --max-txn-ops. The limit is a member's configuration
+(`kvraft serve --max-txn-ops`), so only the server's check before proposing applies it
+(`check_txn(req, ops_max=...)`); the apply passes no bound: a limit that differed
+between members must not make their applies differ.
 """
 from __future__ import annotations
 
