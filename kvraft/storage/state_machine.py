@@ -73,6 +73,7 @@ from kvraft.storage.mvcc_apply import (
 )
 from kvraft.storage.snapshot import SnapshotHandle, SnapshotReceiver, StagedSnapshot
 from kvraft.storage.snapshot_install import install_pending, install_staged
+from kvraft.storage.state_hash import StateHash, hash_view
 
 # ApplyResult.kind
 PUT = "put"
@@ -669,6 +670,22 @@ class KVStateMachine:
         finally:
             self._views.leave(slot)
         return eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
+
+    def state_hash(self) -> StateHash:
+        """The hash of the whole replicated state as of now (state_hash.py), from one
+        point-in-time view. Reads every record: call it off the event loop. Not during
+        a snapshot install (SnapshotTemporarilyUnavailableError)."""
+        slot = self._views.enter()
+        try:
+            if slot.view is not self._live:
+                raise SnapshotTemporarilyUnavailableError()
+            view = self._buffer.freeze()
+        finally:
+            self._views.leave(slot)
+        try:
+            return hash_view(view)
+        finally:
+            view.close()
 
     # --- snapshots ----------------------------------------------------------------------
     def create_snapshot(self) -> SnapshotHandle:
