@@ -46,6 +46,7 @@ from kvraft.server.config import (
     READ_MODES,
     NodeConfig,
     ServeError,
+    parse_corrupt_check_time,
     parse_initial_cluster,
     parse_member_id,
     parse_retention,
@@ -326,6 +327,11 @@ def _serve_tls_options(fn: Callable) -> Callable:
               default="0", show_default=True, metavar="REVISIONS|DURATION",
               help="Compact history automatically: keep this many revisions, or a "
               "duration's worth (30s, 5m, 1h); 0 is off.")
+@click.option("--corrupt-check-time", envvar="KVRAFT_CORRUPT_CHECK_TIME", default="0",
+              show_default=True, metavar="DURATION",
+              help="How often the leader compares every member's HashKV and raises a "
+              "CORRUPT alarm (writes refused) for a member whose data differs (30s, 5m); "
+              "0 is off.")
 @_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
@@ -333,7 +339,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
-          auto_compaction_retention: str, **tls: Any) -> int:
+          auto_compaction_retention: str, corrupt_check_time: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -377,6 +383,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     )
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
+        config.corrupt_check_interval_s = parse_corrupt_check_time(corrupt_check_time)
         config.validate()
         return run_node(config)
     except ServeError as e:

@@ -1,4 +1,5 @@
-"""etcd's `Maintenance` service (SPEC §6): Status, MoveLeader and Alarm (list).
+"""etcd's `Maintenance` service (SPEC §6): Status, MoveLeader, Alarm, Defragment,
+Snapshot, Hash and HashKV.
 
 * Status answers as etcd's does: this member's view of the leader, its Raft commit
   index (`raftIndex`), term and applied index, its learner flag, and `errors` ("etcdserver:
@@ -39,7 +40,15 @@
   is what `compact_revision` in the answer is for (etcd's corruption check compares
   only such answers). R above the current revision is etcd's future-revision error,
   at or below the compact revision its compacted error.
-* Hash and Downgrade are UNIMPLEMENTED (the servicer's defaults).
+* Hash hashes the member's whole replicated state — the key-value data's latest
+  records, leases, alarms, auth, members, cluster version, current and compact
+  revisions — from one point-in-time view (kvraft/storage/state_hash.py says what is
+  in and what is left out, and why). etcd's is a CRC of its bbolt file, which differs
+  between members holding the same data; kvraft's is equal on every member that
+  applied the same entries, so it can be compared across members. The header's
+  revision is the revision of the state hashed. During a snapshot install it is
+  UNAVAILABLE (try again).
+* Downgrade is UNIMPLEMENTED (the servicer's default).
 """
 from __future__ import annotations
 
@@ -71,7 +80,6 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from ..waiters import NodeError
 from . import errors
-from .errors import EtcdError
 from .header import etcd_header
 
 T = TypeVar("T")
@@ -85,6 +93,10 @@ SHA256_BYTES = 32
 # etcdctl (3.4's snapshot save) refuses a file whose size is not a multiple of this plus
 # SHA256_BYTES ("sha256 checksum not found").
 SNAPSHOT_PAGE_BYTES = 512
+# Snapshot and Hash while a snapshot install replaces the state (readers see the old
+# state meanwhile, but no new point-in-time view of it is taken).
+INSTALLING = errors.EtcdStatus(grpc.StatusCode.UNAVAILABLE,
+                               "kvraft: a snapshot is being installed; try again")
 
 
 # Events read from the store per page while hashing (each page is one read view).
@@ -253,8 +265,7 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
             try:
                 handle = self.node.store.sm.create_snapshot()
             except SnapshotTemporarilyUnavailableError:
-                raise EtcdError(grpc.StatusCode.UNAVAILABLE,
-                                "kvraft: a snapshot is being installed; try again") from None
+                raise INSTALLING.error() from None
             header = etcd_header(self.node)
             # A generator (SnapshotHandle.chunks): closing it ends the stream's hold.
             chunks = cast(Generator[bytes, None, None], handle.chunks(SNAPSHOT_BLOB_BYTES))
@@ -301,6 +312,18 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
                 handle.close()
 
         await self._call("Snapshot", context, body)
+
+    async def Hash(self, request: etcdpb.HashRequest,
+                   context: grpc.aio.ServicerContext) -> etcdpb.HashResponse:
+        async def body(timeout_s: float) -> etcdpb.HashResponse:
+            try:
+                hashed = await asyncio.to_thread(self.node.store.sm.state_hash)
+            except SnapshotTemporarilyUnavailableError:
+                raise INSTALLING.error() from None
+            return etcdpb.HashResponse(header=etcd_header(self.node, hashed.revision),
+                                       hash=hashed.hash)
+
+        return await self._call("Hash", context, body)
 
     async def HashKV(self, request: etcdpb.HashKVRequest,
                      context: grpc.aio.ServicerContext) -> etcdpb.HashKVResponse:
