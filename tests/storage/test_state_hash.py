@@ -4,6 +4,7 @@ members that applied the same entries, however they grouped them into apply call
 one record of the data differs."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,15 +13,22 @@ import pytest
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
-from kvraft.storage import DataDir, KVStateMachine, put_command
+from kvraft.storage import DataDir, KVStateMachine, mvcc, mvcc_apply, put_command
 from kvraft.storage.commands import cluster_version_command, etcd_command
 from kvraft.storage.datadir import DB_NAME
 from kvraft.storage.mvcc import layout
-from kvraft.storage.mvcc_apply import COMPACT_STEP_REVISIONS
+from kvraft.storage.state_hash import StateHash
 
-# More history than one apply call's compaction step removes: the members' removals
-# stand at different points after the same entries.
-OVERWRITES = COMPACT_STEP_REVISIONS + 500
+# A small compaction step (mvcc_apply.py removes this many changes per apply call),
+# and more history than one step removes: the members' removals stand at different
+# points after the same entries.
+COMPACT_STEP = 10
+OVERWRITES = 6 * COMPACT_STEP
+
+
+@pytest.fixture(autouse=True)
+def small_compaction_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mvcc_apply, "COMPACT_STEP_REVISIONS", COMPACT_STEP)
 
 
 def entries(commands: list[bytes], first_index: int) -> list[eraftpb.Entry]:
@@ -74,32 +82,70 @@ def test_members_that_applied_the_same_entries_hash_alike(two) -> None:
     assert a.state_hash().hash == ha.hash and a.state_hash().applied_index == len(commands) + 1
 
 
-def test_one_changed_value_changes_the_hash(tmp_path: Path) -> None:
-    commands = [cluster_version_command(2), put_command(b"k", b"value"),
-                put_command(b"j", b"other")]
-    hashes = []
-    for name in ("a", "b"):
-        datadir = DataDir.open(tmp_path / name, 1)
-        sm = KVStateMachine(datadir)
-        sm.apply(entries(commands, 1))
-        hashes.append(sm.state_hash())
-        datadir.close()
-    assert hashes[0] == hashes[1]
-    # What a disk or a hand can do: one byte of one record's value, in LevelDB itself.
-    db = plyvel.DB(str(tmp_path / "b" / DB_NAME))
+def tamper(path: Path, key: bytes, value: bytes) -> None:
+    """What a disk or a hand can do: the value of `key`'s latest record, in LevelDB
+    itself (the data directory closed)."""
+    db = plyvel.DB(str(path / DB_NAME))
     try:
-        raw = db.get(layout.latest_key(b"k"))
-        assert raw is not None and raw.endswith(b"value")
-        db.put(layout.latest_key(b"k"), raw[:-5] + b"valuf", sync=True)
+        raw = db.get(layout.latest_key(key))
+        assert raw is not None
+        record = layout.decode_record(raw)
+        db.put(layout.latest_key(key), dataclasses.replace(record, value=value).encode(),
+               sync=True)
     finally:
         db.close()
-    datadir = DataDir.open(tmp_path / "b", 1)
+
+
+def hashes_of(path: Path, commands: list[bytes] | None = None, revision: int = 0
+              ) -> tuple[StateHash, tuple[int, int, int], bytes | None]:
+    """(Hash, HashKV at `revision`, the value of b"hot") of the data directory at
+    `path`, after applying `commands` (when given) in one call."""
+    datadir = DataDir.open(path, 1)
     try:
         sm = KVStateMachine(datadir)
-        assert sm.get(b"k") == b"valuf"
-        changed = sm.state_hash()
+        if commands:
+            sm.apply(entries(commands, 1))
+        return sm.state_hash(), sm.hash_kv(revision), sm.get(b"hot")
     finally:
         datadir.close()
-    assert changed.hash != hashes[0].hash
-    assert (changed.revision, changed.applied_index) == (hashes[0].revision,
-                                                         hashes[0].applied_index)
+
+
+def test_one_changed_value_changes_the_hash(tmp_path: Path) -> None:
+    commands = [cluster_version_command(2), put_command(b"hot", b"value"),
+                put_command(b"j", b"other")]
+    before = [hashes_of(tmp_path / name, commands) for name in ("a", "b")]
+    assert before[0] == before[1]
+    tamper(tmp_path / "b", b"hot", b"valuf")
+    state, history, value = hashes_of(tmp_path / "b")
+    assert value == b"valuf"
+    assert state.hash != before[0][0].hash and history[0] != before[0][1][0]
+    assert (state.revision, state.applied_index) == (before[0][0].revision,
+                                                     before[0][0].applied_index)
+
+
+def test_hashkv_covers_the_keys_unchanged_since_the_last_compaction(two, tmp_path) -> None:
+    """HashKV at R hashes the keys live at the compact revision C as well as the changes
+    after it (etcd's keeps those records too): a value written before C and never
+    since is compared, and members whose compaction stands at different points agree."""
+    a, b = two
+    commands = workload()
+    a.apply(entries(commands, 1))
+    for i, command in enumerate(commands):
+        b.apply(entries([command], i + 1))
+    compact = OVERWRITES + 3
+    assert a.compact_revision == b.compact_revision == compact
+    assert a.hash_kv(0) == b.hash_kv(0) and a.hash_kv(0)[1:] == (compact, a.revision)
+    assert a.hash_kv(compact + 1) == b.hash_kv(compact + 1) != a.hash_kv(0)
+    with pytest.raises(mvcc.CompactedError):
+        a.hash_kv(compact)
+    with pytest.raises(mvcc.FutureRevisionError):
+        a.hash_kv(a.revision + 1)
+
+    # b"hot" was last written before the compaction: a change to it still shows.
+    fresh = hashes_of(tmp_path / "c", commands)
+    assert fresh[1] == a.hash_kv(0)
+    tamper(tmp_path / "c", b"hot", b"changed")
+    state, history, value = hashes_of(tmp_path / "c")
+    assert value == b"changed"
+    assert history[1:] == fresh[1][1:] and history[0] != fresh[1][0]
+    assert state.hash != fresh[0].hash

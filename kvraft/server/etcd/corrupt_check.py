@@ -3,8 +3,8 @@ alarm for a member whose data differs (etcd's periodic corruption check,
 `--experimental-corrupt-check-time`).
 
 Every interval the leader hashes its own history with HashKV at its current revision R
-(maintenance.py `hash_kv`), asks every other member for HashKV at R over that member's
-client port, and compares. Only answers with the leader's compact revision are
+(kvraft/storage/state_hash.py `hash_history`), asks every other member for HashKV at
+R over that member's client port, and compares. Only answers with the leader's compact revision are
 compared (etcd's rule: the hash at R covers the history after the compact revision, so
 members that have not applied the same compaction yet differ without being corrupt).
 A member that cannot be reached, has not applied R yet (etcd's future-revision error,
@@ -48,7 +48,6 @@ from ..node import Node
 from ..tls import client_port_channel
 from ..transport import CHANNEL_OPTIONS
 from .cluster import FORWARDED_METADATA_KEY
-from .maintenance import hash_kv
 
 log = logging.getLogger("kvraft.server")
 
@@ -115,7 +114,7 @@ class CorruptionCheck:
         sm = node.store.sm
         if node.raw.raft.state != StateRole.Leader or sm.cluster_version < CLUSTER_VERSION_MVCC:
             return None
-        own, compact, revision = await asyncio.to_thread(hash_kv, sm, 0)
+        own, compact, revision = await asyncio.to_thread(sm.hash_kv, 0)
         peers = [m for m in sm.members() if m.id != node.id and m.client_address]
         asked = await asyncio.gather(*(self._peer_hash(m, revision) for m in peers))
         answers = {node.id: HashAnswer(own, compact)}
