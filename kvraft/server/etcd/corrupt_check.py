@@ -121,8 +121,10 @@ class CorruptionCheck:
         answers.update((m.id, a) for m, a in zip(peers, asked, strict=True) if a is not None)
         verdict = find_corrupt(compact, answers)
         if not verdict.corrupt:
-            log.debug("node %d: corruption check at revision %d: %d members agree",
-                      node.id, revision, len(verdict.compared))
+            # One line a round, as etcd's "finished peer corruption check".
+            log.info("node %d: corruption check at revision %d: %d members compared, "
+                     "all agree; %d skipped", node.id, revision, len(verdict.compared),
+                     len(peers) + 1 - len(verdict.compared))
             return verdict
         hashes = ", ".join(f"{m}={answers[m].hash:#010x}" for m in sorted(verdict.compared))
         named = ", ".join(str(m) for m in sorted(verdict.corrupt))
