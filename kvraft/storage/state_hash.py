@@ -9,8 +9,7 @@ hash, and a member whose data changed under it (a disk, a bug, a hand) gives ano
 
 What is hashed, in LevelDB key order within each part (keys.py and mvcc/layout.py):
 * `K` — the key-value data before MVCC (cluster version 1), record by record;
-* `R cs` — the conf state of the last applied conf change;
-* `S m` — every member's record (its addresses, learner flag);
+* `S m` — every member's record (its addresses, learner flag): the membership;
 * `V` — the MVCC state: every key's latest record when it is live (its key, mod
   revision, create revision, version, lease and value — not the pointer to its
   previous record, which is bookkeeping of compaction), the lease attachments (`Vl`)
@@ -19,14 +18,16 @@ What is hashed, in LevelDB key order within each part (keys.py and mvcc/layout.p
   revision (`Vm rev`, `Vm compact`).
 
 Left out, because members that applied the same entries may hold them differently:
-the Raft log and hard state (`L`, `R hs`, `R off`, `R snap`: each member's own), the
-applied index (`S applied`: equal states at different indexes — an empty entry
-changes nothing — should hash alike), the history older than the latest records and
-the revision index (`Vh`, `Ve`) together with the compaction's progress (`Vm
-compacted`, `Vm compact_next`) and the tombstones that the compaction removes: the
-compaction removes history in bounded steps per apply call (mvcc_apply.py), and
-members group entries into apply calls differently. The history is what HashKV
-hashes (server/etcd/maintenance.py), at a revision and compact revision.
+* the Raft log and state (`L`, `R hs`, `R off`, `R snap`: each member's own), and `R
+  cs`, which a member that joined holds from its snapshot's metadata and which says
+  nothing the member records do not;
+* the applied index (`S applied`): equal states at different indexes (an empty entry
+  changes nothing) hash alike;
+* the history older than the latest records and the revision index (`Vh`, `Ve`), the
+  compaction's progress (`Vm compacted`, `Vm compact_next`) and the tombstones: the
+  compaction removes them in bounded steps per apply call (mvcc_apply.py), and
+  members group entries into apply calls differently. The history is what HashKV
+  hashes (`hash_history`, below), at a revision and compact revision.
 
 Each item enters the CRC-32 (zlib's) as: part tag (1 byte), key length, value length
 (u32 each), key, value.
@@ -68,7 +69,7 @@ _MVCC_RANGES = ((layout.PREFIX, layout.EVENT_PREFIX),          # Va, Vc
                 (layout.EVENT_END, layout.HISTORY_PREFIX),     # Vg
                 (layout.HISTORY_END, prefix_stop(layout.PREFIX)))  # Vk, Vl, Vm, Vr, Vu, Vz
 _SKIPPED_META = frozenset({layout.META_COMPACTED, layout.META_COMPACT_NEXT})
-TAG_KV, TAG_CONF_STATE, TAG_MEMBER, TAG_MVCC = 1, 2, 3, 4
+TAG_KV, TAG_MEMBER, TAG_MVCC = 1, 3, 4
 # A history item as HashKV hashes it: type, create and mod revisions, version, lease,
 # key and value lengths.
 _HISTORY_ITEM = struct.Struct(">BqqqqII")
@@ -88,9 +89,6 @@ def _items(view: FrozenView) -> Iterator[tuple[int, bytes, bytes]]:
     with closing(view.iterator(prefix=keys.KV_PREFIX)) as it:
         for key, value in it:
             yield TAG_KV, key, value
-    conf_state = view.get(keys.CONF_STATE)
-    if conf_state is not None:
-        yield TAG_CONF_STATE, keys.CONF_STATE, conf_state
     with closing(view.iterator(prefix=keys.MEMBER_PREFIX)) as it:
         for key, value in it:
             yield TAG_MEMBER, key, value
