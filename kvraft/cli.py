@@ -47,6 +47,7 @@ from kvraft.server.config import (
     READ_MODES,
     NodeConfig,
     ServeError,
+    parse_corrupt_check_time,
     parse_initial_cluster,
     parse_member_id,
     parse_retention,
@@ -336,6 +337,11 @@ def _serve_tls_options(fn: Callable) -> Callable:
               default=NodeConfig.max_txn_ops, show_default=True, metavar="N",
               help="etcd's API refuses a txn with more compares, or ops in a branch: "
               "etcdserver: too many operations in txn request.")
+@click.option("--corrupt-check-time", envvar="KVRAFT_CORRUPT_CHECK_TIME", default="0",
+              show_default=True, metavar="DURATION",
+              help="How often the leader compares every member's HashKV and raises a "
+              "CORRUPT alarm (writes refused) for a member whose data differs (30s, 5m); "
+              "0 is off.")
 @_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
@@ -344,7 +350,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
           auto_compaction_retention: str, max_request_bytes: int, max_txn_ops: int,
-          **tls: Any) -> int:
+          corrupt_check_time: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -389,6 +395,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     )
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
+        config.corrupt_check_interval_s = parse_corrupt_check_time(corrupt_check_time)
         config.validate()
         return run_node(config)
     except ServeError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,33 @@ MAX_REQUEST_BYTES_MAX = GRPC_MESSAGE_BYTES_MAX // 2
 # etcd's --max-txn-ops default: mvcc.TXN_OPS_MAX, spelled again so that the CLI can
 # load this module without the store (a test checks that the two agree).
 MAX_TXN_OPS_DEFAULT = 128
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+# A duration as etcd's flags take one (Go's time.ParseDuration, from ms up): one or more
+# NUMBER UNIT pairs, such as 30s, 5m, 1h30m, 1.5h, 500ms; a bare 0 is zero.
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+
+
+def parse_duration_s(text: str) -> float:
+    """An etcd-style duration (`_DURATION`) in seconds. Raises ValueError."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def parse_corrupt_check_time(text: str) -> float:
+    """`--corrupt-check-time`: seconds between the leader's corruption checks; 0 is
+    off. Raises ServeError."""
+    try:
+        return parse_duration_s(text)
+    except ValueError:
+        raise ServeError(f"--corrupt-check-time {text.strip()!r}: expected a duration such "
+                         "as 30s, 5m or 1h (0 is off)") from None
 
 
 @dataclass(frozen=True)
@@ -141,23 +168,12 @@ def parse_retention(text: str) -> AutoCompaction | None:
     text = text.strip()
     if text.isdigit():
         return AutoCompaction(revisions=int(text)) if int(text) > 0 else None
-    total, number = 0.0, ""
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in _DURATION_UNITS and number:
-            try:
-                total += float(number) * _DURATION_UNITS[ch]
-            except ValueError:
-                break
-            number = ""
-        else:
-            break
-    else:
-        if not number:
-            return AutoCompaction(period_s=total) if total > 0 else None
-    raise ServeError(f"--auto-compaction-retention {text!r}: expected a number of revisions "
-                     "or a duration such as 30s, 5m or 1h")
+    try:
+        period_s = parse_duration_s(text) if text else 0.0
+    except ValueError:
+        raise ServeError(f"--auto-compaction-retention {text!r}: expected a number of "
+                         "revisions or a duration such as 30s, 5m or 1h") from None
+    return AutoCompaction(period_s=period_s) if period_s > 0 else None
 
 
 @dataclass
@@ -216,6 +232,9 @@ class NodeConfig:
     # branch, with "etcdserver: too many operations in txn request".
     max_request_bytes: int = MAX_REQUEST_BYTES_DEFAULT
     max_txn_ops: int = MAX_TXN_OPS_DEFAULT
+    # --corrupt-check-time, parsed (parse_corrupt_check_time): how often the leader
+    # compares the members' HashKV (server/etcd/corrupt_check.py); 0 = off.
+    corrupt_check_interval_s: float = 0.0
     # TLS (SPEC §8, kvraft/server/tls.py, docs/security.md). The client port serves TLS
     # with --cert-file/--key-file; --client-cert-auth (with --trusted-ca-file) requires
     # every client to present a certificate that CA signed. The peer port, when its
@@ -286,6 +305,8 @@ class NodeConfig:
             raise ServeError("size limits must be positive")
         if self.default_deadline_s <= 0:
             raise ServeError("the default deadline must be positive")
+        if self.corrupt_check_interval_s < 0:
+            raise ServeError("--corrupt-check-time must not be negative")
         if self.quota_backend_bytes <= 0:
             raise ServeError("--quota-backend-bytes must be positive")
         if not 0 < self.max_request_bytes <= MAX_REQUEST_BYTES_MAX:

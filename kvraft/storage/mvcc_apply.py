@@ -21,7 +21,13 @@ Alarms (etcd's AlarmType: NOSPACE, CORRUPT) are replicated records (`Va`), raise
 disarmed by `alarm` commands. While any member's NOSPACE alarm is raised, every member
 refuses, at apply time, the writes that add data — a Put, a Txn with a put in either
 branch, a lease grant, kvraft's put, cas and batches with a put — with etcd's NoSpaceError;
-deletes, compaction and revokes still apply (they are how space is freed).
+deletes, compaction and revokes still apply (they are how space is freed). While any
+member's CORRUPT alarm is raised (etcd's corrupt applier), every member refuses every
+write of the key-value data and the leases — puts, deletes, txns (a read-only txn never
+reaches the log), compactions, lease grants and revokes, kvraft's put, delete, cas and
+batch — with etcd's CorruptError: the cluster is read-only until an operator replaced
+the member and disarmed the alarm. Lease checkpoints, alarms and auth still apply, as
+in etcd (so the alarm can be disarmed).
 
 A member asked to apply a version above CLUSTER_VERSION_MAX stops: applying the
 following entries by older rules would make it disagree with the members that know
@@ -43,6 +49,7 @@ from kvraft.storage.mvcc import convert, layout
 from kvraft.storage.mvcc.batch import MVCCBatch
 from kvraft.storage.mvcc.errors import (
     ClusterVersionError,
+    CorruptError,
     LeaseExistsError,
     LeaseNotFoundError,
     LeaseTTLTooLargeError,
@@ -105,6 +112,10 @@ ALARM_GET, ALARM_ACTIVATE, ALARM_DEACTIVATE = 0, 1, 2   # AlarmRequest.AlarmActi
 # The commands that add data, refused while a NOSPACE alarm is raised (a txn only if a
 # branch puts: `_txn_puts`).
 _ADDS_DATA = frozenset({"put", "cas", "etcd_put", "lease_grant"})
+# The commands refused while a CORRUPT alarm is raised (etcd's applierV3Corrupt).
+_REFUSED_WHEN_CORRUPT = frozenset({"put", "delete", "cas", "batch", "etcd_put",
+                                   "etcd_delete_range", "etcd_txn", "etcd_compact",
+                                   "lease_grant", "lease_revoke"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +182,8 @@ class VersionedApply:
         self.compacted = False
         self._batch: MVCCBatch | None = None
         # The raised alarms after the entries so far (read once per call, on the first
-        # write that asks: every put checks for NOSPACE); None until then.
+        # write that asks: every write checks for CORRUPT, a put for NOSPACE); None
+        # until then.
         self._alarms: list[Alarm] | None = None
         self.auth = auth_store.AuthApply(self._view, writes)   # .changed: auth moved
 
@@ -224,7 +236,9 @@ class VersionedApply:
             return CommandOutcome(error=ClusterVersionError())
         if context and self._auth_refuses(command, op, context):
             return CommandOutcome(error=auth_store.PermissionDeniedError())
-        if self._adds_data(command, op) and self._no_space():
+        if op in _REFUSED_WHEN_CORRUPT and self._raised(CORRUPT):
+            return CommandOutcome(error=CorruptError())
+        if self._adds_data(command, op) and self._raised(NOSPACE):
             return CommandOutcome(error=NoSpaceError())
         batch = self.batch()
         try:
@@ -322,10 +336,11 @@ class VersionedApply:
         self._alarms = alarms(self._view)
         return self._alarms
 
-    def _no_space(self) -> bool:
+    def _raised(self, alarm: int) -> bool:
+        """Some member's `alarm` is raised, after the entries so far."""
         if self._alarms is None:
             self._alarms = alarms(self._view)
-        return any(a.alarm == NOSPACE for a in self._alarms)
+        return any(a.alarm == alarm for a in self._alarms)
 
     @staticmethod
     def _adds_data(command: cpb.Command, op: str) -> bool:

@@ -73,6 +73,7 @@ from kvraft.storage.mvcc_apply import (
 )
 from kvraft.storage.snapshot import SnapshotHandle, SnapshotReceiver, StagedSnapshot
 from kvraft.storage.snapshot_install import install_pending, install_staged
+from kvraft.storage.state_hash import StateHash, hash_history, hash_view
 
 # ApplyResult.kind
 PUT = "put"
@@ -670,17 +671,41 @@ class KVStateMachine:
             self._views.leave(slot)
         return eraftpb.ConfState() if raw is None else eraftpb.ConfState.FromString(raw)
 
-    # --- snapshots ----------------------------------------------------------------------
-    def create_snapshot(self) -> SnapshotHandle:
-        """A consistent image at the current applied index; close() it when done.
-        Not during a snapshot install (SnapshotTemporarilyUnavailableError)."""
+    def state_hash(self) -> StateHash:
+        """The hash of the whole replicated state as of now (state_hash.py, etcd's
+        Hash), from one point-in-time view. Reads every record: call it off the event
+        loop. Not during a snapshot install (SnapshotTemporarilyUnavailableError)."""
+        view = self._frozen_live_view()
+        try:
+            return hash_view(view)
+        finally:
+            view.close()
+
+    def hash_kv(self, revision: int) -> tuple[int, int, int]:
+        """(hash, compact revision, revision hashed) of the history at `revision` (0:
+        the current one; state_hash.py, etcd's HashKV), from one point-in-time view.
+        Raises FutureRevisionError or CompactedError; off the event loop; not during a
+        snapshot install (SnapshotTemporarilyUnavailableError)."""
+        view = self._frozen_live_view()
+        try:
+            return hash_history(view, revision)
+        finally:
+            view.close()
+
+    def _frozen_live_view(self) -> FrozenView:
         slot = self._views.enter()
         try:
             if slot.view is not self._live:
                 raise SnapshotTemporarilyUnavailableError()
-            return SnapshotHandle(self._buffer.freeze())
+            return self._buffer.freeze()
         finally:
             self._views.leave(slot)
+
+    # --- snapshots ----------------------------------------------------------------------
+    def create_snapshot(self) -> SnapshotHandle:
+        """A consistent image at the current applied index; close() it when done.
+        Not during a snapshot install (SnapshotTemporarilyUnavailableError)."""
+        return SnapshotHandle(self._frozen_live_view())
 
     def raft_snapshot(self, request_index: int, to: int) -> eraftpb.Snapshot:
         """`Storage.snapshot` for `LevelDBStorage.set_snapshot_provider`.

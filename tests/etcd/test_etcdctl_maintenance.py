@@ -156,7 +156,7 @@ def test_alarm_list_activate_and_disarm(etcd_cluster3: LocalCluster) -> None:
 def test_unimplemented_maintenance_calls_say_so(etcd_cluster3: LocalCluster) -> None:
     stub = maintenance(etcd_cluster3, 1)
     with pytest.raises(grpc.RpcError) as refused:
-        stub.Hash(etcdpb.HashRequest(), timeout=10)
+        stub.Downgrade(etcdpb.DowngradeRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

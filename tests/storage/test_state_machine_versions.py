@@ -244,12 +244,56 @@ def test_a_nospace_alarm_refuses_writes_that_add_data_until_disarmed(datadir: Da
     assert str(results[0].mvcc_error) == "etcdserver: mvcc: database space exceeded"
     assert [r.ok for r in results[6:]] == [True] * 4
     assert sm.get(b"c") is None and sm.get(b"b") is None and sm.get(b"a") is None
-    # A CORRUPT alarm of another member is kept apart; disarming NOSPACE lifts the cap.
+    # A CORRUPT alarm of another member is kept apart when NOSPACE is disarmed.
     log.apply(alarm(etcdpb.AlarmRequest.ACTIVATE, member=1, kind=etcdpb.CORRUPT),
               alarm(etcdpb.AlarmRequest.DEACTIVATE))
     assert [(a.member_id, a.alarm) for a in sm.alarms()] == [(1, etcdpb.CORRUPT)]
+    log.apply(alarm(etcdpb.AlarmRequest.DEACTIVATE, member=1, kind=etcdpb.CORRUPT))
     [ok] = log.apply(put_command(b"c", b"3"))
     assert ok.ok and sm.get(b"c") == b"3"
+
+
+def test_a_corrupt_alarm_makes_the_store_read_only_until_disarmed(datadir: DataDir) -> None:
+    """etcd's corrupt applier: with any member's CORRUPT alarm raised, every write of the
+    data and the leases is refused with etcd's "corrupt cluster" (DATA_LOSS); lease
+    checkpoints, auth and alarms still apply, so the alarm can be disarmed."""
+    sm = KVStateMachine(datadir)
+    log = Log(sm)
+    log.apply(cluster_version_command(2), put_command(b"a", b"1"),
+              etcd_command(1, "lease_grant", etcdpb.LeaseGrantRequest(ID=7, TTL=10)))
+
+    def alarm(action: int) -> bytes:
+        return etcd_command(9, "alarm", etcdpb.AlarmRequest(action=action, memberID=2,
+                                                            alarm=etcdpb.CORRUPT))
+
+    log.apply(alarm(etcdpb.AlarmRequest.ACTIVATE))
+    revision = sm.revision
+    results = log.apply(
+        put_command(b"b", b"2"),
+        delete_command(b"a"),
+        cas_command(b"a", b"1", b"9"),
+        batch_command([(b"a", None)]),
+        etcd_command(2, "etcd_put", etcdpb.PutRequest(key=b"e", value=b"5")),
+        etcd_command(3, "etcd_delete_range", etcdpb.DeleteRangeRequest(key=b"a")),
+        etcd_command(4, "etcd_txn", etcdpb.TxnRequest(success=[etcdpb.RequestOp(
+            request_delete_range=etcdpb.DeleteRangeRequest(key=b"a"))])),
+        etcd_command(5, "etcd_compact", etcdpb.CompactionRequest(revision=2)),
+        etcd_command(6, "lease_grant", etcdpb.LeaseGrantRequest(ID=8, TTL=10)),
+        etcd_command(7, "lease_revoke", etcdpb.LeaseRevokeRequest(ID=7)),
+        # Still applied:
+        etcd_command(8, "lease_checkpoint", etcdpb.LeaseCheckpointRequest(
+            checkpoints=[etcdpb.LeaseCheckpoint(ID=7, remaining_TTL=4)])),
+    )
+    assert [type(r.mvcc_error).__name__ for r in results[:10]] == ["CorruptError"] * 10
+    assert (results[0].mvcc_error.code.name, str(results[0].mvcc_error)) == (
+        "DATA_LOSS", "etcdserver: corrupt cluster")
+    assert results[10].mvcc_error is None
+    assert sm.revision == revision and sm.get(b"a") == b"1" and sm.get(b"b") is None
+    assert sm.compact_revision == 0 and [r.id for r in sm.leases()] == [7]
+    assert sm.lease(7).remaining_ttl == 4
+    log.apply(alarm(etcdpb.AlarmRequest.DEACTIVATE))
+    [ok] = log.apply(put_command(b"b", b"2"))
+    assert ok.mvcc_error is None and sm.get(b"b") == b"2"
 
 
 def test_a_compaction_waits_for_reads_in_flight_before_history_is_removed(

@@ -126,16 +126,18 @@ RULES: dict[str, Rules] = {
 }
 _WATCH = "/etcdserverpb.Watch/Watch"
 # What a follower forwards to the leader on a client's behalf (etcd/lease.py,
-# etcd/cluster.py), marked with one of these metadata keys; the follower checked the
-# client already, and the leader admits the call without a user (`_forwarded_by_member`)
+# etcd/cluster.py), and the leader's HashKV calls of its corruption check
+# (etcd/corrupt_check.py), marked with one of these metadata keys; the follower checked
+# the client already, and the leader admits the call without a user (`_forwarded_by_member`)
 # when the connection's client certificate names a current member (the TLS naming rule,
 # kvraft/tls.py). Without --client-cert-auth no caller has an identity the port could
 # check, and the mark is trusted as it is: a client that forges it may keep a lease
-# alive, read a lease's TTL and key names, or promote a learner (never read a value or
-# write) — docs/security.md, "Limits and differences from etcd".
+# alive, read a lease's TTL and key names, promote a learner or read a member's HashKV
+# (never read a value or write) — docs/security.md, "Limits and differences from etcd".
 _FORWARDABLE = {"/etcdserverpb.Lease/LeaseKeepAlive": "kvraft-lease-forwarded",
                 "/etcdserverpb.Lease/LeaseTimeToLive": "kvraft-lease-forwarded",
-                "/etcdserverpb.Cluster/MemberPromote": "kvraft-forwarded"}
+                "/etcdserverpb.Cluster/MemberPromote": "kvraft-forwarded",
+                "/etcdserverpb.Maintenance/HashKV": "kvraft-forwarded"}
 # Reads checked again once served when the auth revision moved meanwhile (recheck_read).
 _READS = frozenset({"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/kvraft.KV/Get",
                     "/kvraft.KV/Scan"})

@@ -1,4 +1,5 @@
-"""etcd's `Maintenance` service (SPEC §6): Status, MoveLeader and Alarm (list).
+"""etcd's `Maintenance` service (SPEC §6): Status, MoveLeader, Alarm, Defragment,
+Snapshot, Hash and HashKV.
 
 * Status answers as etcd's does: this member's view of the leader, its Raft commit
   index (`raftIndex`), term and applied index, its learner flag, and `errors` ("etcdserver:
@@ -31,15 +32,23 @@
   Only the first message carries a header. The total is not known ahead, so
   `remaining_bytes` is at least 32 (the checksum still to come) on every data message
   and 0 on the checksum.
-* HashKV hashes the store's history at a revision R (0: the current one): every change
-  at a revision in (compact revision, R], in revision order — its type, key, value,
-  create and mod revisions, version and lease — with CRC-32 (zlib's; etcd's is
-  Castagnoli's, so the values differ from etcd's, not their use). Members that applied
-  the same entries give the same hash at R when their compact revisions agree, which
-  is what `compact_revision` in the answer is for (etcd's corruption check compares
-  only such answers). R above the current revision is etcd's future-revision error,
-  at or below the compact revision its compacted error.
-* Hash and Downgrade are UNIMPLEMENTED (the servicer's defaults).
+* HashKV hashes the store's history at a revision R (0: the current one) from one
+  point-in-time view: the keys live at the compact revision, then every change after
+  it up to R (kvraft/storage/state_hash.py `hash_history`), with zlib's CRC-32 (etcd's
+  is Castagnoli's: the values differ from etcd's, not their use). Members that
+  applied the same entries give the same hash at R when their compact revisions
+  agree, which is what `compact_revision` in the answer is for (the corruption check,
+  corrupt_check.py, compares only such answers). R above the current revision is
+  etcd's future-revision error, at or below the compact revision its compacted error.
+* Hash hashes the member's whole replicated state — the key-value data's latest
+  records, leases, alarms, auth, members, cluster version, current and compact
+  revisions — from one point-in-time view (kvraft/storage/state_hash.py says what is
+  in and what is left out, and why). etcd's is a CRC of its bbolt file, which differs
+  between members holding the same data; kvraft's is equal on every member that
+  applied the same entries, so it can be compared across members. The header's
+  revision is the revision of the state hashed. During a snapshot install it is
+  UNAVAILABLE (try again).
+* Downgrade is UNIMPLEMENTED (the servicer's default).
 """
 from __future__ import annotations
 
@@ -48,9 +57,7 @@ import contextlib
 import hashlib
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,9 +68,8 @@ import grpc
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.raft import SnapshotTemporarilyUnavailableError, StateRole
-from kvraft.storage import commands, mvcc
+from kvraft.storage import commands
 from kvraft.storage.datadir import DB_NAME
-from kvraft.storage.state_machine import KVStateMachine
 
 from .. import storage_adapter as sa
 from ..config import NodeConfig
@@ -71,7 +77,6 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from ..waiters import NodeError
 from . import errors
-from .errors import EtcdError
 from .header import etcd_header
 
 T = TypeVar("T")
@@ -85,43 +90,10 @@ SHA256_BYTES = 32
 # etcdctl (3.4's snapshot save) refuses a file whose size is not a multiple of this plus
 # SHA256_BYTES ("sha256 checksum not found").
 SNAPSHOT_PAGE_BYTES = 512
-
-
-# Events read from the store per page while hashing (each page is one read view).
-HASH_PAGE_EVENTS = 1000
-# The fixed part of an event as HashKV hashes it: type, create and mod revisions,
-# version, lease, key and value lengths.
-_HASHED_EVENT = struct.Struct(">BqqqqII")
-
-
-def hash_kv(sm: KVStateMachine, revision: int) -> tuple[int, int, int]:
-    """(hash, compact revision, revision hashed) of the store's changes at revisions in
-    (compact revision, `revision`] (0: the current revision). Raises the store's
-    FutureRevisionError or CompactedError. Reads LevelDB: call it off the event loop."""
-    compact, current = sm.compact_revision, sm.revision
-    upto = revision if revision > 0 else current
-    if upto > current:
-        raise mvcc.FutureRevisionError()
-    if revision > 0 and upto <= compact:
-        raise mvcc.CompactedError(compact)
-    crc = 0
-    start = compact + 1
-    while start <= upto:
-        # Every key: from b"\0" to the end of the key space (etcd's "all keys").
-        events = sm.events(b"\0", b"\0", start, limit=HASH_PAGE_EVENTS)
-        for event in events:
-            kv = event.kv
-            if kv.mod_revision > upto:
-                return crc, compact, upto
-            crc = zlib.crc32(_HASHED_EVENT.pack(
-                int(event.type), kv.create_revision, kv.mod_revision, kv.version,
-                kv.lease, len(kv.key), len(kv.value)), crc)
-            crc = zlib.crc32(kv.key, crc)
-            crc = zlib.crc32(kv.value, crc)
-        if not events:
-            break
-        start = events[-1].kv.mod_revision + 1
-    return crc, compact, upto
+# Snapshot and Hash while a snapshot install replaces the state (readers see the old
+# state meanwhile, but no new point-in-time view of it is taken).
+INSTALLING = errors.EtcdStatus(grpc.StatusCode.UNAVAILABLE,
+                               "kvraft: a snapshot is being installed; try again")
 
 
 def db_size_bytes(db_dir: Path) -> int:
@@ -253,8 +225,7 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
             try:
                 handle = self.node.store.sm.create_snapshot()
             except SnapshotTemporarilyUnavailableError:
-                raise EtcdError(grpc.StatusCode.UNAVAILABLE,
-                                "kvraft: a snapshot is being installed; try again") from None
+                raise INSTALLING.error() from None
             header = etcd_header(self.node)
             # A generator (SnapshotHandle.chunks): closing it ends the stream's hold.
             chunks = cast(Generator[bytes, None, None], handle.chunks(SNAPSHOT_BLOB_BYTES))
@@ -302,11 +273,26 @@ class EtcdMaintenanceService(etcdpb_grpc.MaintenanceServicer):
 
         await self._call("Snapshot", context, body)
 
+    async def Hash(self, request: etcdpb.HashRequest,
+                   context: grpc.aio.ServicerContext) -> etcdpb.HashResponse:
+        async def body(timeout_s: float) -> etcdpb.HashResponse:
+            try:
+                hashed = await asyncio.to_thread(self.node.store.sm.state_hash)
+            except SnapshotTemporarilyUnavailableError:
+                raise INSTALLING.error() from None
+            return etcdpb.HashResponse(header=etcd_header(self.node, hashed.revision),
+                                       hash=hashed.hash)
+
+        return await self._call("Hash", context, body)
+
     async def HashKV(self, request: etcdpb.HashKVRequest,
                      context: grpc.aio.ServicerContext) -> etcdpb.HashKVResponse:
         async def body(timeout_s: float) -> etcdpb.HashKVResponse:
-            crc, compact, _ = await asyncio.to_thread(hash_kv, self.node.store.sm,
-                                                      request.revision)
+            try:
+                crc, compact, _ = await asyncio.to_thread(self.node.store.sm.hash_kv,
+                                                          request.revision)
+            except SnapshotTemporarilyUnavailableError:
+                raise INSTALLING.error() from None
             # The header's revision is the store's current one, as etcd's.
             return etcdpb.HashKVResponse(header=etcd_header(self.node), hash=crc,
                                          compact_revision=compact)

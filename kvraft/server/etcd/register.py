@@ -15,6 +15,7 @@ from ..metrics import NodeMetrics
 from ..node import Node
 from .auto_compaction import AutoCompactor
 from .cluster import EtcdClusterService
+from .corrupt_check import CorruptionCheck
 from .kv import add_kv_service
 from .lease import add_lease_service
 from .maintenance import EtcdMaintenanceService
@@ -49,6 +50,8 @@ def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
     node.metrics.quota_backend_bytes.set(config.quota_backend_bytes)
     if config.auto_compaction is not None:
         _start(AutoCompactor(node, config.auto_compaction).run(), closers)
+    if config.corrupt_check_interval_s > 0:
+        _start(CorruptionCheck(node, config, config.corrupt_check_interval_s).run(), closers)
     return names
 
 

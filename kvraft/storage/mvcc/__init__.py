@@ -21,6 +21,7 @@ from kvraft.storage.mvcc.checks import (
 from kvraft.storage.mvcc.errors import (
     ClusterVersionError,
     CompactedError,
+    CorruptError,
     DuplicateKeyError,
     EmptyKeyError,
     FutureRevisionError,
@@ -79,6 +80,7 @@ __all__ = [
     "Compare",
     "CompareResult",
     "CompareTarget",
+    "CorruptError",
     "DeleteRangeRequest",
     "DeleteRangeResponse",
     "DuplicateKeyError",

@@ -23,6 +23,7 @@ class StatusCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    DATA_LOSS = "DATA_LOSS"
 
 
 class MVCCError(Exception):
@@ -83,6 +84,14 @@ class NoSpaceError(MVCCError):
 
     code = StatusCode.RESOURCE_EXHAUSTED
     message = "etcdserver: mvcc: database space exceeded"
+
+
+class CorruptError(MVCCError):
+    """A write while a CORRUPT alarm is raised (a member's data differs from the
+    others': server/etcd/corrupt_check.py); etcd's ErrGRPCCorrupt."""
+
+    code = StatusCode.DATA_LOSS
+    message = "etcdserver: corrupt cluster"
 
 
 class LeaseExistsError(MVCCError):
