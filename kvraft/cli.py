@@ -46,6 +46,7 @@ from kvraft.server.config import (
     READ_MODES,
     NodeConfig,
     ServeError,
+    parse_duration_s,
     parse_initial_cluster,
     parse_member_id,
     parse_retention,
@@ -326,6 +327,10 @@ def _serve_tls_options(fn: Callable) -> Callable:
               default="0", show_default=True, metavar="REVISIONS|DURATION",
               help="Compact history automatically: keep this many revisions, or a "
               "duration's worth (30s, 5m, 1h); 0 is off.")
+@click.option("--warning-apply-duration", envvar="KVRAFT_WARNING_APPLY_DURATION",
+              default="100ms", show_default=True, metavar="DURATION",
+              help="Log a warning when applying a batch of committed entries takes "
+              "longer than this (100ms, 1s).")
 @_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
@@ -333,7 +338,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           tick_interval: float, snapshot_entries: int, snapshot_keep_entries: int,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
-          auto_compaction_retention: str, **tls: Any) -> int:
+          auto_compaction_retention: str, warning_apply_duration: str,
+          **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -377,6 +383,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     )
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
+        config.warning_apply_duration_s = parse_duration_s(warning_apply_duration,
+                                                           "--warning-apply-duration")
         config.validate()
         return run_node(config)
     except ServeError as e:

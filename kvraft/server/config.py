@@ -116,6 +116,30 @@ QUOTA_BACKEND_BYTES_DEFAULT = 2 << 30   # etcd's default, 2 GiB
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
+# etcd's --warning-apply-duration default: an apply batch slower than this is logged.
+WARNING_APPLY_DURATION_S_DEFAULT = 0.1
+_DURATION_SUFFIXES = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def parse_duration_s(text: str, what: str) -> float:
+    """A positive duration as etcd's flags take one (100ms, 1.5s, 2m, 1h), or a bare
+    number of seconds; raises ServeError naming `what`."""
+    text = text.strip()
+    number, scale = text, 1.0
+    for suffix, unit_s in _DURATION_SUFFIXES:
+        if text.endswith(suffix) and text[:-len(suffix)][-1:].isdigit():
+            number, scale = text[:-len(suffix)], unit_s
+            break
+    try:
+        seconds = float(number) * scale if number.replace(".", "", 1).isdigit() else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ServeError(f"{what} {text!r}: expected a positive duration such as 100ms, "
+                         "1s or 2m")
+    return seconds
+
+
 @dataclass(frozen=True)
 class AutoCompaction:
     """`--auto-compaction-retention`: keep `revisions` revisions of history, or the
@@ -198,6 +222,9 @@ class NodeConfig:
     profile_path: str | None = None
     # --quota-backend-bytes: past it this member raises a NOSPACE alarm (server/quota.py).
     quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
+    # --warning-apply-duration: an apply batch slower than this logs a warning (rate
+    # limited, slow_ops.py) and counts in kvraft_slow_applies_total.
+    warning_apply_duration_s: float = WARNING_APPLY_DURATION_S_DEFAULT
     # --auto-compaction-retention, parsed (parse_retention): None = off.
     auto_compaction: AutoCompaction | None = None
     # TLS (SPEC §8, kvraft/server/tls.py, docs/security.md). The client port serves TLS
@@ -272,6 +299,8 @@ class NodeConfig:
             raise ServeError("the default deadline must be positive")
         if self.quota_backend_bytes <= 0:
             raise ServeError("--quota-backend-bytes must be positive")
+        if not self.warning_apply_duration_s > 0:
+            raise ServeError("--warning-apply-duration must be positive")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
         if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:
