@@ -174,6 +174,7 @@ def test_metrics_expose_raft_and_request_counters(cluster3: LocalCluster) -> Non
         assert name in text, name
     assert 'kvraft_requests_total{code="OK",rpc="Put"}' in text
     assert "kvraft_is_leader 1.0" in text
+    assert "kvraft_has_leader 1.0" in text
 
 
 def test_leader_transfer_to_a_chosen_member(cluster3: LocalCluster) -> None:
