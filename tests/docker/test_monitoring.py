@@ -189,3 +189,13 @@ def test_promtool_accepts_the_rule_file() -> None:
 def test_each_alert_fires_on_its_symptom_after_its_for_and_not_on_a_healthy_member() -> None:
     result = _promtool("test", "rules", str(RULES_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_promtool_unit_test_that_fires_it_and_one_that_does_not() -> None:
+    cases = [case for test in yaml.safe_load(RULES_TESTS.read_text())["tests"]
+             for case in test["alert_rule_test"]]
+    fired = {c["alertname"] for c in cases if c["exp_alerts"]}
+    quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
+    alerts = {r["alert"] for r in rules()}
+    assert fired == alerts, f"no unit test fires {alerts - fired}"
+    assert quiet == alerts, f"no unit test shows {alerts - quiet} quiet before its for:"
