@@ -46,10 +46,10 @@ from kvraft.server.config import (
     READ_MODES,
     NodeConfig,
     ServeError,
-    parse_duration_s,
     parse_initial_cluster,
     parse_member_id,
     parse_retention,
+    parse_warning_apply_duration,
 )
 from kvraft.tls import ClientTLS
 
@@ -383,8 +383,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     )
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
-        config.warning_apply_duration_s = parse_duration_s(warning_apply_duration,
-                                                           "--warning-apply-duration")
+        config.warning_apply_duration_s = parse_warning_apply_duration(
+            warning_apply_duration)
         config.validate()
         return run_node(config)
     except ServeError as e:

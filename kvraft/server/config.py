@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,25 +119,32 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 # etcd's --warning-apply-duration default: an apply batch slower than this is logged.
 WARNING_APPLY_DURATION_S_DEFAULT = 0.1
-_DURATION_SUFFIXES = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+# A duration as etcd's flags take one (Go's time.ParseDuration from ms up): NUMBER UNIT
+# pairs such as 100ms, 1.5s, 2m, 1h30m; a bare 0 is zero.
+_GO_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 
 
-def parse_duration_s(text: str, what: str) -> float:
-    """A positive duration as etcd's flags take one (100ms, 1.5s, 2m, 1h), or a bare
-    number of seconds; raises ServeError naming `what`."""
+def parse_duration_s(text: str) -> float:
+    """An etcd-style duration in seconds. Raises ValueError."""
     text = text.strip()
-    number, scale = text, 1.0
-    for suffix, unit_s in _DURATION_SUFFIXES:
-        if text.endswith(suffix) and text[:-len(suffix)][-1:].isdigit():
-            number, scale = text[:-len(suffix)], unit_s
-            break
+    if text == "0":
+        return 0.0
+    parts = _GO_DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _GO_DURATION_UNITS_S[u] for n, u in parts)
+
+
+def parse_warning_apply_duration(text: str) -> float:
+    """`--warning-apply-duration`: a positive duration, in seconds. Raises ServeError."""
     try:
-        seconds = float(number) * scale if number.replace(".", "", 1).isdigit() else -1.0
+        seconds = parse_duration_s(text)
     except ValueError:
-        seconds = -1.0
+        seconds = 0.0
     if seconds <= 0:
-        raise ServeError(f"{what} {text!r}: expected a positive duration such as 100ms, "
-                         "1s or 2m")
+        raise ServeError(f"--warning-apply-duration {text.strip()!r}: expected a positive "
+                         "duration such as 100ms, 1s or 2m")
     return seconds
 
 

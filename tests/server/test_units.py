@@ -8,7 +8,12 @@ import pytest
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.server import NodeConfig, ServeError
-from kvraft.server.config import cluster_id_for, parse_address, parse_duration_s
+from kvraft.server.config import (
+    cluster_id_for,
+    parse_address,
+    parse_duration_s,
+    parse_warning_apply_duration,
+)
 from kvraft.server.metrics import NodeMetrics
 from kvraft.server.persist import PersistJob, merge_jobs
 from kvraft.server.proposals import Proposals
@@ -60,16 +65,23 @@ def test_bad_configs_are_refused(overrides: dict[str, object], reason: str) -> N
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("100ms", 0.1), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0), ("0.25", 0.25),
+    ("100ms", 0.1), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("1h30m", 5400.0), (".5s", 0.5),
+    ("0", 0.0),
 ])
 def test_durations_parse_as_etcd_flags_take_them(text: str, seconds: float) -> None:
-    assert parse_duration_s(text, "--warning-apply-duration") == pytest.approx(seconds)
+    assert parse_duration_s(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "0", "0ms", "-1s", "ms", "1x", "1.2.3s", "1 s", "abc"])
-def test_bad_durations_are_one_line_errors(text: str) -> None:
+@pytest.mark.parametrize("text", ["", "0.25", "ms", "1x", "1.2.3s", "1 s", "s1", "1s2", "abc"])
+def test_what_is_not_a_duration_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration_s(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0ms", "1x", ""])
+def test_a_bad_warning_apply_duration_is_a_one_line_error(text: str) -> None:
     with pytest.raises(ServeError) as info:
-        parse_duration_s(text, "--warning-apply-duration")
+        parse_warning_apply_duration(text)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"--warning-apply-duration {text!r}:")
 
