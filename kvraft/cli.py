@@ -51,6 +51,7 @@ from kvraft.server.config import (
     parse_initial_cluster,
     parse_member_id,
     parse_retention,
+    parse_warning_apply_duration,
 )
 from kvraft.tls import ClientTLS
 
@@ -342,6 +343,10 @@ def _serve_tls_options(fn: Callable) -> Callable:
               help="How often the leader compares every member's HashKV and raises a "
               "CORRUPT alarm (writes refused) for a member whose data differs (30s, 5m); "
               "0 is off.")
+@click.option("--warning-apply-duration", envvar="KVRAFT_WARNING_APPLY_DURATION",
+              default="100ms", show_default=True, metavar="DURATION",
+              help="Log a warning when applying a batch of committed entries takes "
+              "longer than this (100ms, 1s).")
 @_serve_tls_options
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
@@ -350,7 +355,7 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           event_loop: str, read_mode: str, leveldb_write_buffer_bytes: int,
           profile_path: str | None, quota_backend_bytes: int,
           auto_compaction_retention: str, max_request_bytes: int, max_txn_ops: int,
-          corrupt_check_time: str, **tls: Any) -> int:
+          corrupt_check_time: str, warning_apply_duration: str, **tls: Any) -> int:
     """Run a node until SIGTERM or SIGINT (Ctrl-C).
 
     With no options: a single-node cluster serving 127.0.0.1:2379 with its data in
@@ -396,6 +401,8 @@ def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
     try:
         config.auto_compaction = parse_retention(auto_compaction_retention)
         config.corrupt_check_interval_s = parse_corrupt_check_time(corrupt_check_time)
+        config.warning_apply_duration_s = parse_warning_apply_duration(
+            warning_apply_duration)
         config.validate()
         return run_node(config)
     except ServeError as e:

@@ -10,6 +10,7 @@ at compaction and the pushback (`AppliedFn`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from kvraft.storage import ApplyResult
 from .apply_backlog import ApplyBacklog, ApplyBatch
 from .membership import Membership
 from .metrics import NodeMetrics
+from .slow_ops import SlowOpLog
 from .storage_adapter import Store
 from .storage_io import StorageLanes
 
@@ -31,6 +33,8 @@ APPLY_BATCH_ENTRIES_MAX = 1_024
 # Committed entries waiting to be applied are held in memory up to this much; beyond
 # it they are read back from the Raft log when their turn comes (apply_backlog.py).
 APPLY_BACKLOG_HELD_BYTES_MAX = 16 << 20
+
+log = logging.getLogger("kvraft.server.node")
 
 # Called on the loop after a batch: (the entries it covered, their apply results).
 AppliedFn = Callable[[list[eraftpb.Entry], list[ApplyResult]], None]
@@ -45,12 +49,19 @@ class Applier:
     """
 
     def __init__(self, store: Store, io: StorageLanes, membership: Membership,
-                 metrics: NodeMetrics, applied: AppliedFn) -> None:
+                 metrics: NodeMetrics, applied: AppliedFn, *, node_id: int,
+                 warning_apply_s: float, clock: Callable[[], float] = time.perf_counter
+                 ) -> None:
         self.store = store
         self.io = io
         self.membership = membership
         self.metrics = metrics
         self._applied = applied
+        # Times each batch's apply (and paces the warnings); a test's clock makes an
+        # apply slow without waiting. `_slow` is used on the apply lane only.
+        self._clock = clock
+        self._slow = SlowOpLog(log, f"node {node_id}: apply request took too long",
+                               warning_apply_s, metrics.slow_applies.inc, clock=clock)
         self.backlog = ApplyBacklog(
             store.sm.applied_index, held_bytes_max=APPLY_BACKLOG_HELD_BYTES_MAX,
             batch_bytes_max=APPLY_BATCH_BYTES_MAX, batch_entries_max=APPLY_BATCH_ENTRIES_MAX)
@@ -100,7 +111,16 @@ class Applier:
                 # A snapshot installed meanwhile replaced these entries (and the log).
                 assert self.store.sm.applied_index >= batch.read_from
                 return [], []
-        t0 = time.perf_counter()
+        t0 = self._clock()
         results = self.store.sm.apply(entries, self.membership.conf_state_of)
-        self.metrics.apply_latency.observe(time.perf_counter() - t0)
+        took_s = self._clock() - t0
+        self.metrics.apply_duration.observe(took_s)
+        self._slow.observe(took_s, lambda: _batch_summary(entries))
         return entries, results
+
+
+def _batch_summary(entries: list[eraftpb.Entry]) -> str:
+    """What one apply batch held, for its slow-apply warning."""
+    if not entries:
+        return "applying no entries"
+    return f"applying {len(entries)} entries, index {entries[0].index}-{entries[-1].index}"

@@ -153,6 +153,22 @@ def parse_corrupt_check_time(text: str) -> float:
                          "as 30s, 5m or 1h (0 is off)") from None
 
 
+# etcd's --warning-apply-duration default: an apply batch slower than this is logged.
+WARNING_APPLY_DURATION_S_DEFAULT = 0.1
+
+
+def parse_warning_apply_duration(text: str) -> float:
+    """`--warning-apply-duration`: a positive duration, in seconds. Raises ServeError."""
+    try:
+        seconds = parse_duration_s(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ServeError(f"--warning-apply-duration {text.strip()!r}: expected a positive "
+                         "duration such as 100ms, 1s or 2m")
+    return seconds
+
+
 @dataclass(frozen=True)
 class AutoCompaction:
     """`--auto-compaction-retention`: keep `revisions` revisions of history, or the
@@ -224,6 +240,9 @@ class NodeConfig:
     profile_path: str | None = None
     # --quota-backend-bytes: past it this member raises a NOSPACE alarm (server/quota.py).
     quota_backend_bytes: int = QUOTA_BACKEND_BYTES_DEFAULT
+    # --warning-apply-duration: an apply batch slower than this logs a warning (rate
+    # limited, slow_ops.py) and counts in kvraft_slow_applies_total.
+    warning_apply_duration_s: float = WARNING_APPLY_DURATION_S_DEFAULT
     # --auto-compaction-retention, parsed (parse_retention): None = off.
     auto_compaction: AutoCompaction | None = None
     # etcd's request limits, on etcd's API only (server/etcd/limits.py): a proposal
@@ -314,6 +333,8 @@ class NodeConfig:
                              f"request is one log entry), got {self.max_request_bytes}")
         if self.max_txn_ops <= 0:
             raise ServeError(f"--max-txn-ops must be positive, got {self.max_txn_ops}")
+        if not self.warning_apply_duration_s > 0:
+            raise ServeError("--warning-apply-duration must be positive")
         if self.snapshot_entries <= 0 or self.snapshot_keep_entries < 0:
             raise ServeError("snapshot thresholds must be positive")
         if self.apply_backlog_bytes_max <= 0 or self.uncommitted_bytes_max < MIB:

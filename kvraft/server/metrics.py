@@ -81,24 +81,48 @@ class NodeMetrics:
             registry=r)
         self.quota_backend_bytes = Gauge("kvraft_quota_backend_bytes",
                                          "--quota-backend-bytes", registry=r)
+        # Members whose alarm of each type is raised, as this member's applied state
+        # holds them (replicated: the same on every member at an index); refreshed
+        # every quota check (etcd/quota.py). Every type is exported, 0 when clear.
+        self.alarms = Gauge("kvraft_alarms", "Raised alarms, by type", ["alarm"],
+                            registry=r)
         self.is_leader = Gauge("kvraft_is_leader", "1 when this node leads", registry=r)
+        self.has_leader = Gauge(   # etcd_server_has_leader
+            "kvraft_has_leader", "1 when this node knows a leader", registry=r)
         self.leader_changes = Counter(
             "kvraft_leader_changes", "Times this node saw the leader change", registry=r
         )
         self.proposals_in_flight = Gauge(
             "kvraft_proposals_in_flight", "Writes waiting to be applied", registry=r
         )
+        # etcd_server_proposals_failed_total: writes and member changes this node
+        # accepted whose wait ended in an error (leader lost, overwritten by a new
+        # leader, dropped, deadline, shutdown); not the ones refused before they were
+        # proposed (kvraft_proposals_refused), nor those their client abandoned.
+        self.proposals_failed = Counter(
+            "kvraft_proposals_failed", "Proposals that ended in an error", registry=r)
         self.reads_in_flight = Gauge(
             "kvraft_reads_in_flight", "Linearizable reads waiting on ReadIndex", registry=r
         )
-        self.fsync_latency = Histogram(
-            "kvraft_fsync_latency_seconds", "Synced Raft log write per Ready",
+        # Named after etcd's etcd_disk_wal_fsync_duration_seconds: the Raft log is
+        # kvraft's write-ahead log, and each Ready write is one synced LevelDB batch.
+        self.fsync_duration = Histogram(
+            "kvraft_disk_wal_fsync_duration_seconds",
+            "Synced Raft log write (entries and hard state) per persist batch",
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
-        self.apply_latency = Histogram(
-            "kvraft_apply_latency_seconds", "State machine apply per batch",
+        # etcd's etcd_server_apply_duration_seconds, per batch: one state-machine write.
+        self.apply_duration = Histogram(
+            "kvraft_apply_duration_seconds", "State machine apply per batch of entries",
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
+        self.slow_fsyncs = Counter(
+            "kvraft_slow_fsyncs", "Raft log fsyncs slower than 1 s (logged: slow_ops.py)",
+            registry=r)
+        self.slow_applies = Counter(   # etcd_server_slow_apply_total
+            "kvraft_slow_applies",
+            "Apply batches slower than --warning-apply-duration (logged: slow_ops.py)",
+            registry=r)
         self.ready_entries = Histogram(
             "kvraft_ready_entries", "Entries persisted per Ready",
             buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r,

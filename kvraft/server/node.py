@@ -213,7 +213,9 @@ class Node:
         self.proposals = Proposals(self.id, config, metrics)
         self.membership = Membership(config, store, self.transport, self.rng,
                                      self._new_request_id)
-        self.applier = Applier(store, self.io, self.membership, metrics, self._on_applied)
+        self.applier = Applier(store, self.io, self.membership, metrics, self._on_applied,
+                               node_id=self.id,
+                               warning_apply_s=config.warning_apply_duration_s)
         self.persister = Persister(self.id, store, self.io, metrics, self._on_persisted)
         self.store.log.set_snapshot_provider(store.sm.raft_snapshot)
         self.membership.refresh_addresses()
@@ -794,6 +796,7 @@ class Node:
         m.applied_index.set(self.store.sm.applied_index)
         m.cluster_version.set(self.store.sm.cluster_version)
         m.is_leader.set(1 if r.state == StateRole.Leader else 0)
+        m.has_leader.set(1 if r.leader_id else 0)
         m.apply_backlog_entries.set(self.applier.backlog.entries)
         m.apply_backlog_bytes.set(self.applier.backlog.bytes)
 

@@ -29,6 +29,7 @@ from kvraft.raft import Ready
 from kvraft.storage import StagedSnapshot
 
 from .metrics import NodeMetrics
+from .slow_ops import SLOW_FSYNC_S, SlowOpLog
 from .storage_adapter import Store
 from .storage_io import StorageLanes
 
@@ -100,12 +101,19 @@ class Persister:
     """
 
     def __init__(self, node_id: int, store: Store, io: StorageLanes, metrics: NodeMetrics,
-                 persisted: PersistedFn) -> None:
+                 persisted: PersistedFn, *,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.node_id = node_id
         self.store = store
         self.io = io
         self.metrics = metrics
         self._persisted = persisted
+        # Times each synced write (and paces its slow-write warnings); a test's clock
+        # makes a write slow without waiting.
+        self._clock = clock
+        # Used on the persistence lane only (its invariants: slow_ops.py).
+        self._slow = SlowOpLog(log, f"node {node_id}: slow fdatasync", SLOW_FSYNC_S,
+                               metrics.slow_fsyncs.inc, clock=clock)
         self._queue: deque[PersistJob] = deque()
         self._writing = False
         self._wake = asyncio.Event()
@@ -194,10 +202,12 @@ class Persister:
             self.store.sm.install_snapshot(first.staged, self.store.log)
         entries, hs = merge_jobs(jobs)
         if entries or hs is not None:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             self.store.log.persist(entries, hs)
-            self.metrics.fsync_latency.observe(time.perf_counter() - t0)
+            took_s = self._clock() - t0
+            self.metrics.fsync_duration.observe(took_s)
             self.metrics.ready_entries.observe(len(entries))
+            self._slow.observe(took_s, lambda: _write_summary(len(jobs), entries, hs))
 
     def _compact(self) -> None:
         applied = self.store.sm.applied_index
@@ -206,3 +216,14 @@ class Persister:
             self.metrics.snapshots_created.inc()
             log.info("node %d: compacted the log: first index now %d (applied %d)",
                      self.node_id, first, applied)
+
+
+def _write_summary(readys: int, entries: list[eraftpb.Entry],
+                   hs: eraftpb.HardState | None) -> str:
+    """What one synced write held, for its slow-write warning."""
+    parts = []
+    if entries:
+        parts.append(f"{len(entries)} entries, index {entries[0].index}-{entries[-1].index}")
+    if hs is not None:
+        parts.append(f"hard state term {hs.term} commit {hs.commit}")
+    return f"writing {' and '.join(parts)} of {readys} Ready(s)"

@@ -36,6 +36,11 @@ PENDING_PROPOSALS_MAX = 20_000
 ConfChangeAppliedFn = Callable[[eraftpb.Entry, ApplyResult, Proposal | None], None]
 
 
+def _failed(p: Proposal) -> bool:
+    """`p` ended in an error (not resolved, nor cancelled by its client going away)."""
+    return p.future.done() and not p.future.cancelled() and p.future.exception() is not None
+
+
 class Proposals:
     """Every write and member change this node waits on.
 
@@ -81,11 +86,12 @@ class Proposals:
         self._queued.append(p)
 
     def forget(self, p: Proposal) -> None:
-        """The call of `p` ended: drop it from every index."""
-        if p.conf_change is not None:
-            self.conf_changes.pop(p.request_id, None)
-        else:
-            self.writes.pop(p.request_id, None)
+        """The call of `p` ended: drop it from every index (and count it in
+        kvraft_proposals_failed_total if it ended in an error)."""
+        waiting = self.conf_changes if p.conf_change is not None else self.writes
+        # Counted once: a second forget of `p` finds it gone.
+        if waiting.pop(p.request_id, None) is p and _failed(p):
+            self.metrics.proposals_failed.inc()
         if p.index and self._by_index.get(p.index) is p:
             del self._by_index[p.index]
         self.metrics.proposals_in_flight.set(len(self.writes))

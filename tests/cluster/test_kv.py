@@ -170,10 +170,11 @@ def test_metrics_expose_raft_and_request_counters(cluster3: LocalCluster) -> Non
     text = cluster3.metrics_text(leader)
     for name in ("kvraft_term", "kvraft_commit_index", "kvraft_applied_index",
                  "kvraft_requests_total", "kvraft_request_latency_seconds_bucket",
-                 "kvraft_fsync_latency_seconds_count", "kvraft_leader_changes_total"):
+                 "kvraft_disk_wal_fsync_duration_seconds_count", "kvraft_leader_changes_total"):
         assert name in text, name
     assert 'kvraft_requests_total{code="OK",rpc="Put"}' in text
     assert "kvraft_is_leader 1.0" in text
+    assert "kvraft_has_leader 1.0" in text
 
 
 def test_leader_transfer_to_a_chosen_member(cluster3: LocalCluster) -> None:

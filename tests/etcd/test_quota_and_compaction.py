@@ -57,6 +57,11 @@ def test_nospace_alarm_refuses_writes_until_space_is_freed_and_disarmed() -> Non
         assert written * len(value) >= QUOTA_BYTES // 2
         alarms = ctl.out("alarm", "list")
         assert "alarm:NOSPACE" in alarms, alarms
+        # /metrics of every member shows it (each re-reads the alarms every second):
+        # how many members raised NOSPACE, each its own (all three filled up).
+        wait_until(lambda: all((_alarm_metric(c, i, "NOSPACE") or 0) >= 1 for i in c.nodes),
+                   10, "kvraft_alarms{alarm=NOSPACE} at least 1 on every member")
+        assert _alarm_metric(c, 1, "CORRUPT") == 0
         # Every member refuses, through both APIs; reads still work.
         put = ctl.run("put", "more", "data", check=False)
         assert put.returncode != 0 and NOSPACE in put.stderr, put.stderr
@@ -78,6 +83,17 @@ def test_nospace_alarm_refuses_writes_until_space_is_freed_and_disarmed() -> Non
         wait_until(writable, 30, "writes accepted after the disarm")
         assert ctl.out("alarm", "list").strip() == ""
         assert ctl.out("get", "after", "--print-value-only").strip() == "ok"
+        wait_until(lambda: all(_alarm_metric(c, i, "NOSPACE") == 0 for i in c.nodes), 10,
+                   "kvraft_alarms{alarm=NOSPACE} 0 after the disarm")
+
+
+def _alarm_metric(cluster: LocalCluster, node_id: int, alarm: str) -> float | None:
+    """The member's kvraft_alarms{alarm=...} on /metrics, or None when absent."""
+    line = f'kvraft_alarms{{alarm="{alarm}"}} '
+    for text in cluster.metrics_text(node_id).splitlines():
+        if text.startswith(line):
+            return float(text[len(line):])
+    return None
 
 
 @pytest.mark.parametrize("retention", ["5", "2s"])

@@ -2,13 +2,23 @@
 entries, and how queued Readys merge into one write."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.server import NodeConfig, ServeError
-from kvraft.server.config import cluster_id_for, parse_address
+from kvraft.server.config import (
+    cluster_id_for,
+    parse_address,
+    parse_duration_s,
+    parse_warning_apply_duration,
+)
+from kvraft.server.metrics import NodeMetrics
 from kvraft.server.persist import PersistJob, merge_jobs
+from kvraft.server.proposals import Proposals
 from kvraft.server.storage_adapter import bootstrap_entries, member_conf_change
+from kvraft.server.waiters import Proposal, unavailable, wait_expired
 from kvraft.storage import commands
 
 
@@ -47,10 +57,33 @@ def test_malformed_addresses_are_one_line_errors(address: str) -> None:
     (dict(election_tick=2, heartbeat_tick=2), "election ticks"),
     (dict(read_mode="fast"), "unknown read mode"),
     (dict(read_mode="lease", election_tick=5, heartbeat_tick=2), "would not outlast"),
+    (dict(warning_apply_duration_s=0.0), "--warning-apply-duration must be positive"),
 ])
 def test_bad_configs_are_refused(overrides: dict[str, object], reason: str) -> None:
     with pytest.raises(ServeError, match=reason):
         config(**overrides).validate()
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("100ms", 0.1), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("1h30m", 5400.0), (".5s", 0.5),
+    ("0", 0.0),
+])
+def test_durations_parse_as_etcd_flags_take_them(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0.25", "ms", "1x", "1.2.3s", "1 s", "s1", "1s2", "abc"])
+def test_what_is_not_a_duration_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration_s(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0ms", "1x", ""])
+def test_a_bad_warning_apply_duration_is_a_one_line_error(text: str) -> None:
+    with pytest.raises(ServeError) as info:
+        parse_warning_apply_duration(text)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"--warning-apply-duration {text!r}:")
 
 
 def test_a_joining_node_needs_no_initial_cluster() -> None:
@@ -104,3 +137,25 @@ def test_a_later_ready_replaces_the_suffix_it_overlaps() -> None:
     assert [(e.index, e.term) for e in entries] == [(5, 2), (6, 2), (7, 3)]
     entries, _ = merge_jobs([job(1, 5, 2, term=2), job(2, 4, 1, term=3)])
     assert [(e.index, e.term) for e in entries] == [(4, 3)]
+
+
+def test_a_write_that_ends_in_an_error_counts_once_as_a_failed_proposal() -> None:
+    """kvraft_proposals_failed_total (etcd_server_proposals_failed_total) counts the
+    accepted writes whose wait ended in an error — not those applied, nor those whose
+    client went away — and each once, however often its end is reported."""
+    async def scenario() -> float | None:
+        metrics = NodeMetrics()
+        proposals = Proposals(1, config(), metrics)
+        lost, expired, applied, abandoned = (Proposal(request_id=i) for i in range(1, 5))
+        for p in (lost, expired, applied, abandoned):
+            proposals.add_write(p)
+        lost.fail(unavailable("lost the leader"))
+        expired.fail(wait_expired())
+        applied.resolve(object())
+        abandoned.future.cancel()
+        for p in (lost, expired, applied, abandoned, lost):
+            proposals.forget(p)
+        assert not proposals.writes
+        return metrics.registry.get_sample_value("kvraft_proposals_failed_total")
+
+    assert asyncio.run(scenario()) == 2

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.storage import commands
-from kvraft.storage.mvcc_apply import NOSPACE
+from kvraft.storage.mvcc_apply import CORRUPT, NOSPACE
 
 from ..node import Node
 from .maintenance import db_size_bytes
@@ -45,10 +45,18 @@ class QuotaWatch:
         return any(a.member_id == self._node.id and a.alarm == NOSPACE
                    for a in self._node.store.sm.alarms())
 
+    def _export_alarms(self) -> None:
+        """kvraft_alarms{alarm}: how many members have each alarm type raised."""
+        raised = [a.alarm for a in self._node.store.sm.alarms()]
+        for alarm in (NOSPACE, CORRUPT):
+            self._node.metrics.alarms.labels(etcdpb.AlarmType.Name(alarm)).set(
+                raised.count(alarm))
+
     async def run(self) -> None:
         while not self._node.stopping:
             self.size_bytes = await asyncio.to_thread(db_size_bytes, self._db_dir)
             self._node.metrics.db_size_bytes.set(self.size_bytes)
+            self._export_alarms()
             if self.size_bytes > self._quota and self._node.leader_id and not self._raised():
                 log.warning("node %d: database %d bytes, over --quota-backend-bytes %d: "
                             "raising the NOSPACE alarm", self._node.id, self.size_bytes,
