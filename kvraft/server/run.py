@@ -24,9 +24,10 @@ from .health import HealthChecks
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
+from .parse_guard import ParseGuard
 from .peer_service import PeerService
 from .tls import client_port_files, peer_port_files, server_credentials, validate_tls
-from .transport import CHANNEL_OPTIONS
+from .transport import CHANNEL_OPTIONS, METADATA_OPTIONS
 
 log = logging.getLogger("kvraft.server")
 
@@ -96,6 +97,7 @@ def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
         ("grpc.so_reuseport", 0),
+        *METADATA_OPTIONS,
     ]
 
 
@@ -121,9 +123,14 @@ async def _serve(config: NodeConfig) -> int:
         # passes the interceptor's check; tokens are this member's (auth/tokens.py).
         tokens = TokenStore()
         access = AccessCheck(node, tokens, bool(getattr(config, "client_cert_auth", False)))
-        client_server = grpc.aio.server(options=_client_server_options(config),
-                                        interceptors=[AuthInterceptor(access)])
-        peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+        # A request that does not parse is refused by ParseGuard, first on both servers
+        # (parse_guard.py), so no other interceptor or servicer sees it.
+        node_name = f"node {config.node_id}"
+        client_server = grpc.aio.server(
+            options=_client_server_options(config),
+            interceptors=[ParseGuard("client", metrics, node_name), AuthInterceptor(access)])
+        peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+                                      interceptors=[ParseGuard("peer", metrics, node_name)])
         kvraft_pb2_grpc.add_KVServicer_to_server(KVService(node, config, metrics), client_server)
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server

@@ -1,0 +1,186 @@
+"""Requests that do not parse, on both ports: answered INVALID_ARGUMENT, counted, and
+logged at a bounded rate (issue 14, "Bad input").
+
+grpc.aio parses a request with its method handler's `request_deserializer` before any
+servicer code runs; a DecodeError there escapes to grpc, which answers UNKNOWN and logs
+an ERROR with a full traceback — one per request, so anyone who can reach a port could
+flood the node's log. `ParseGuard`, a server interceptor installed first on each
+server, rewrites every method handler (kvraft's, etcd's, the peer service's, health's
+and reflection's alike) so that:
+
+* its deserializer returns an `Unparsed` marker instead of raising;
+* its behaviour answers a marker with INVALID_ARGUMENT "request does not parse:
+  METHOD" before the handler (or any inner interceptor, such as the access check)
+  sees it — for a stream, at the message that does not parse;
+* each refusal increments `kvraft_malformed_requests_total{port,method}`, and
+  `BoundedLog` writes at most one WARNING line per `MALFORMED_LOG_INTERVAL_S`, with
+  how many were refused since the previous line.
+
+grpc-go (and so etcd) answers an unparsable request INTERNAL "grpc: error
+unmarshalling request"; kvraft answers INVALID_ARGUMENT, the code for a request the
+client got wrong (docs/etcd.md, "Differences").
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from .metrics import NodeMetrics
+
+log = logging.getLogger("kvraft.server.parse_guard")
+
+# At most one log line per this many seconds for requests that do not parse, per port;
+# the metric counts every one.
+MALFORMED_LOG_INTERVAL_S = 10.0
+# The longest decoder message a log line quotes (protobuf's are one short sentence).
+ERROR_TEXT_MAX = 200
+
+Deserializer = Callable[[bytes], Any]
+if TYPE_CHECKING:   # grpc's classes are generic to the type checker only
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class Unparsed:
+    """What a guarded deserializer returns for bytes that are not a request message:
+    never a protobuf message, so it cannot be mistaken for a request."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class BoundedLog:
+    """One WARNING line per `interval_s` at most; the events in between are counted and
+    reported by the next line. Invariant: `suppressed` counts the events since the last
+    line written, each one refused (never logged on its own)."""
+
+    def __init__(self, what: str, interval_s: float = MALFORMED_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert interval_s > 0
+        self.what = what
+        self.interval_s = interval_s
+        self.clock = clock
+        self.suppressed = 0
+        self.last_line_at: float | None = None   # clock() of the last line written
+
+    def event(self, detail: str) -> bool:
+        """Record one event; True when it wrote a line."""
+        now = self.clock()
+        if self.last_line_at is not None and now - self.last_line_at < self.interval_s:
+            self.suppressed += 1
+            return False
+        earlier = (f" ({self.suppressed} more since the last report)"
+                   if self.suppressed else "")
+        log.warning("%s: %s%s; further ones are counted in "
+                    "kvraft_malformed_requests_total and reported at most every %gs",
+                    self.what, detail.replace("\n", " "), earlier, self.interval_s)
+        self.suppressed = 0
+        self.last_line_at = now
+        return True
+
+
+def _guarded(deserialize: Deserializer | None) -> Deserializer | None:
+    if deserialize is None:   # a raw-bytes handler parses nothing
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as e:  # DecodeError, or any other: these bytes are no request
+            return Unparsed(e)
+
+    return parse
+
+
+class ParseGuard(grpc.aio.ServerInterceptor):
+    """Install FIRST in a server's interceptors, so no inner interceptor or servicer
+    sees an `Unparsed` marker. `port` labels the metric ("client", "peer")."""
+
+    def __init__(self, port: str, metrics: NodeMetrics, what: str,
+                 interval_s: float = MALFORMED_LOG_INTERVAL_S) -> None:
+        self.port = port
+        self.counter = metrics.malformed_requests
+        self.log = BoundedLog(f"{what}: requests that do not parse on the {port} port",
+                              interval_s)
+
+    async def refuse(self, method: str, unparsed: Unparsed,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Count and (rate-bounded) log it, then abort the call: raises."""
+        self.counter.labels(self.port, method).inc()
+        error = (str(unparsed.error) or type(unparsed.error).__name__)[:ERROR_TEXT_MAX]
+        self.log.event(f"{method} from {context.peer()}: {error}")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"request does not parse: {method}")
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+            details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _wrap(handler, details.method, self)
+
+
+def _wrap(handler: Handler, method: str, guard: ParseGuard) -> Handler:
+    kwargs: dict[str, Any] = {
+        "request_deserializer": _guarded(handler.request_deserializer),
+        "response_serializer": handler.response_serializer}
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if type(request) is Unparsed:
+            await guard.refuse(method, request, context)
+        return request
+
+    async def requests(iterator: AsyncIterator[Any],
+                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async for request in iterator:
+            yield await checked(request, context)
+
+    if not handler.request_streaming:
+        if not handler.response_streaming:
+            unary: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                return await unary(await checked(request, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+        streamer: Any = handler.unary_stream
+        if inspect.isasyncgenfunction(streamer):
+            async def unary_stream_gen(request: Any, context: Any) -> AsyncIterator[Any]:
+                async for response in streamer(await checked(request, context), context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream_gen, **kwargs)
+
+        async def unary_stream(request: Any, context: Any) -> Any:
+            return await streamer(await checked(request, context), context)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+
+    # A request stream: each message is checked as the handler reads it. (Handlers
+    # here read their requests by iterating, never with context.read().)
+    if not handler.response_streaming:
+        client_stream: Any = handler.stream_unary
+
+        async def stream_unary(iterator: Any, context: Any) -> Any:
+            return await client_stream(requests(iterator, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    both: Any = handler.stream_stream
+    if inspect.isasyncgenfunction(both):
+        async def stream_stream_gen(iterator: Any, context: Any) -> AsyncIterator[Any]:
+            async for response in both(requests(iterator, context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream_gen, **kwargs)
+
+    async def stream_stream(iterator: Any, context: Any) -> Any:
+        return await both(requests(iterator, context), context)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
