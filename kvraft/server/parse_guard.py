@@ -12,6 +12,9 @@ and reflection's alike) so that:
 * its behaviour answers a marker with INVALID_ARGUMENT "request does not parse:
   METHOD" before the handler (or any inner interceptor, such as the access check)
   sees it — for a stream, at the message that does not parse;
+* a method its servicer leaves to the generated base class (which raises
+  NotImplementedError, another traceback per call) is answered UNIMPLEMENTED
+  "method not implemented: METHOD";
 * each refusal increments `kvraft_malformed_requests_total{port,method}`, and
   `BoundedLog` writes at most one WARNING line per `MALFORMED_LOG_INTERVAL_S`, with
   how many were refused since the previous line.
@@ -127,10 +130,18 @@ class ParseGuard(grpc.aio.ServerInterceptor):
         return _wrap(handler, details.method, self)
 
 
+_FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _wrap(handler: Handler, method: str, guard: ParseGuard) -> Handler:
-    kwargs: dict[str, Any] = {
-        "request_deserializer": _guarded(handler.request_deserializer),
-        "response_serializer": handler.response_serializer}
+    behavior: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                     or handler.stream_stream)
+    streaming = handler.request_streaming
 
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if type(request) is Unparsed:
@@ -139,48 +150,32 @@ def _wrap(handler: Handler, method: str, guard: ParseGuard) -> Handler:
 
     async def requests(iterator: AsyncIterator[Any],
                        context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        # Each message of a request stream is checked as the handler reads it (the
+        # handlers here iterate their requests, none calls context.read()).
         async for request in iterator:
             yield await checked(request, context)
 
-    if not handler.request_streaming:
-        if not handler.response_streaming:
-            unary: Any = handler.unary_unary
+    async def argument(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return requests(request, context) if streaming else await checked(request, context)
 
-            async def unary_unary(request: Any, context: Any) -> Any:
-                return await unary(await checked(request, context), context)
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        given = await argument(request, context)
+        try:
+            return await behavior(given, context)
+        except NotImplementedError:
+            # A method the servicer inherits from the generated base class (which sets
+            # UNIMPLEMENTED and raises): answered without grpc's traceback log line.
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"method not implemented: {method}")
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
-        streamer: Any = handler.unary_stream
-        if inspect.isasyncgenfunction(streamer):
-            async def unary_stream_gen(request: Any, context: Any) -> AsyncIterator[Any]:
-                async for response in streamer(await checked(request, context), context):
-                    yield response
+    async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                       ) -> AsyncIterator[Any]:
+        async for response in behavior(await argument(request, context), context):
+            yield response
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream_gen, **kwargs)
-
-        async def unary_stream(request: Any, context: Any) -> Any:
-            return await streamer(await checked(request, context), context)
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
-
-    # A request stream: each message is checked as the handler reads it. (Handlers
-    # here read their requests by iterating, never with context.read().)
-    if not handler.response_streaming:
-        client_stream: Any = handler.stream_unary
-
-        async def stream_unary(iterator: Any, context: Any) -> Any:
-            return await client_stream(requests(iterator, context), context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
-    both: Any = handler.stream_stream
-    if inspect.isasyncgenfunction(both):
-        async def stream_stream_gen(iterator: Any, context: Any) -> AsyncIterator[Any]:
-            async for response in both(requests(iterator, context), context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream_gen, **kwargs)
-
-    async def stream_stream(iterator: Any, context: Any) -> Any:
-        return await both(requests(iterator, context), context)
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+    # A handler that yields its responses is wrapped by one that yields them; any other
+    # by a coroutine (grpc.aio tells them apart by their functions' kinds).
+    wrapped = generate if inspect.isasyncgenfunction(behavior) else call
+    return _FACTORIES[(streaming, handler.response_streaming)](
+        wrapped, request_deserializer=_guarded(handler.request_deserializer),
+        response_serializer=handler.response_serializer)
