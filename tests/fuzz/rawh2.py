@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
-END_HEADERS = 0x4
+DATA, HEADERS, RST_STREAM, SETTINGS = 0x0, 0x1, 0x3, 0x4
+END_STREAM, END_HEADERS, SETTINGS_ACK = 0x1, 0x4, 0x1
 STREAM_ID = 1
 
 
@@ -44,6 +45,7 @@ def truncated_message(message: bytes, sent_bytes: int) -> bytes:
 
 
 def send_then_close(address: str, data: bytes, timeout_s: float) -> None:
+    """Garbage: write it all, half-close, read until the server closes (or timeout)."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout_s) as s:
         s.sendall(data)
@@ -51,3 +53,37 @@ def send_then_close(address: str, data: bytes, timeout_s: float) -> None:
         with contextlib.suppress(OSError):   # the server reads it all before it goes
             while s.recv(1 << 16):
                 pass
+
+
+def exchange(address: str, data: bytes, wait_s: float) -> bool:
+    """Write `data` (a call started with grpc_call_start), acknowledge the server's
+    SETTINGS, and read frames until the server ends stream 1 (True) or `wait_s`
+    passes (False); then close the socket, mid-call if it is still open."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + wait_s
+    with socket.create_connection((host, int(port)), timeout=wait_s) as s:
+        s.sendall(data)
+        buffer = b""
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                chunk = s.recv(1 << 16)
+            except TimeoutError:
+                return False
+            if not chunk:
+                return False
+            buffer += chunk
+            while len(buffer) >= 9:
+                length = int.from_bytes(buffer[:3], "big")
+                if len(buffer) < 9 + length:
+                    break
+                kind, flags = buffer[3], buffer[4]
+                stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFF_FFFF
+                buffer = buffer[9 + length:]
+                if kind == SETTINGS and not flags & SETTINGS_ACK:
+                    s.sendall(frame(SETTINGS, SETTINGS_ACK, 0, b""))
+                if kind == HEADERS and flags & END_STREAM and stream_id == STREAM_ID:
+                    return True
+                if kind == RST_STREAM and stream_id == STREAM_ID:
+                    return True
+    return False

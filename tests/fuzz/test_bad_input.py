@@ -25,11 +25,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.proto import peer_pb2
 from kvraft.server.config import NodeConfig
 from kvraft.server.parse_guard import MALFORMED_LOG_INTERVAL_S
 from kvraft.server.run import _client_server_options
 from kvraft.server.transport import METADATA_BYTES_MAX, PEER_MESSAGE_BYTES_MAX
+from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MAX
 from tests.cluster.harness import LocalCluster, NodeProcess, retry_unavailable
 
 from . import rawh2
@@ -62,9 +65,10 @@ def _address(node: NodeProcess, m: Method) -> str:
     return node.client_address if m.port == "client" else node.peer_address
 
 
-def _malformed_counts(cluster: LocalCluster) -> collections.Counter[tuple[str, str]]:
+def _malformed_counts(cluster: LocalCluster, node_id: int = 1
+                      ) -> collections.Counter[tuple[str, str]]:
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
-    for family in text_string_to_metric_families(cluster.metrics_text(1)):
+    for family in text_string_to_metric_families(cluster.metrics_text(node_id)):
         for sample in family.samples:
             if sample.name == "kvraft_malformed_requests_total":
                 counts[(sample.labels["port"], sample.labels["method"])] = int(sample.value)
@@ -285,30 +289,47 @@ def test_thousands_of_unparsable_requests_do_not_grow_memory(node1: LocalCluster
     node1.check_no_crash()
 
 
+def _cluster_id(cluster: LocalCluster, node_id: int) -> int:
+    stub = etcdpb_grpc.ClusterStub(cluster.nodes[node_id].grpc_channel())
+    return int(stub.MemberList(etcdpb.MemberListRequest(), timeout=RPC_TIMEOUT_S)
+               .header.cluster_id)
+
+
 def test_a_peer_stream_cut_off_mid_message_leaves_the_cluster_agreeing() -> None:
-    """Each member is sent half a MessageBatch (and half a SnapshotChunk) on its peer
-    port, then the socket closes: every member survives, keeps what it had and goes on
+    """Each member is sent, on its peer port, a stream that stops in the middle of a
+    message and then loses its socket: a Send after one whole batch its sender's
+    member could have sent, a Send whose length prefix promises 32 MiB, a SendSnapshot
+    cut inside its first chunk. Every member survives, keeps what it had and goes on
     agreeing with the others."""
     with LocalCluster.start(3) as cluster:
         leader = cluster.wait_leader()
         retry_unavailable(lambda: cluster.put(leader, b"fuzz/kept", b"before"))
-        batch = peer_pb2.MessageBatch(cluster_id=1, from_id=2, from_address="x" * 200)
-        chunk = peer_pb2.SnapshotChunk(cluster_id=1, from_id=2, data=b"d" * 4096)
-        for node in cluster.nodes.values():
-            for path, message in (("/kvraft.peer.Peer/Send", batch.SerializeToString()),
-                                  ("/kvraft.peer.Peer/SendSnapshot",
-                                   chunk.SerializeToString())):
-                start = rawh2.grpc_call_start(node.peer_address, path)
-                rawh2.send_then_close(
-                    node.peer_address,
-                    start + rawh2.truncated_message(message, len(message) // 2),
-                    timeout_s=2.0)
-                # A length prefix promising far more than ever comes.
-                rawh2.send_then_close(
-                    node.peer_address,
-                    start + rawh2.frame(rawh2.DATA, 0, rawh2.STREAM_ID,
-                                b"\x00" + struct.pack(">I", 32 << 20) + b"x" * 100),
-                    timeout_s=2.0)
+        cluster_id = _cluster_id(cluster, leader)
+        chunk = peer_pb2.SnapshotChunk(cluster_id=cluster_id, from_id=leader,
+                                       data=b"d" * 4096).SerializeToString()
+        for node_id, node in cluster.nodes.items():
+            sender = next(i for i in cluster.nodes if i != node_id)
+            whole = peer_pb2.MessageBatch(
+                cluster_id=cluster_id, from_id=sender,
+                from_address=cluster.nodes[sender].peer_address,
+                from_cluster_version_max=CLUSTER_VERSION_MAX).SerializeToString()
+            send = rawh2.grpc_call_start(node.peer_address, "/kvraft.peer.Peer/Send")
+            snapshot = rawh2.grpc_call_start(node.peer_address,
+                                             "/kvraft.peer.Peer/SendSnapshot")
+            before = _malformed_counts(cluster, node_id)[("peer", "/kvraft.peer.Peer/Send")]
+            # The control: the same framing, whole, reaches the handler and is answered.
+            assert rawh2.exchange(node.peer_address,
+                                  send + rawh2.truncated_message(b"\xff", 1), 5.0)
+            assert _malformed_counts(cluster, node_id)[
+                ("peer", "/kvraft.peer.Peer/Send")] == before + 1
+            for cut_off in (
+                    send + rawh2.truncated_message(whole, len(whole)) +
+                    rawh2.truncated_message(whole, len(whole) // 2),
+                    send + rawh2.frame(rawh2.DATA, 0, rawh2.STREAM_ID,
+                                       b"\x00" + struct.pack(">I", 32 << 20) + b"x" * 100),
+                    snapshot + rawh2.truncated_message(chunk, len(chunk) // 2)):
+                # The member waits for the rest of the message, which never comes.
+                assert not rawh2.exchange(node.peer_address, cut_off, 0.5)
         cluster.check_no_crash()
         leader = cluster.wait_leader()
         retry_unavailable(lambda: cluster.put(leader, b"fuzz/kept", b"after"))
