@@ -88,10 +88,7 @@ class BoundedLog:
         return True
 
 
-def _guarded(deserialize: Deserializer | None) -> Deserializer | None:
-    if deserialize is None:   # a raw-bytes handler parses nothing
-        return None
-
+def _guarded(deserialize: Deserializer) -> Deserializer:
     def parse(raw: bytes) -> Any:
         try:
             return deserialize(raw)
@@ -103,7 +100,14 @@ def _guarded(deserialize: Deserializer | None) -> Deserializer | None:
 
 class ParseGuard(grpc.aio.ServerInterceptor):
     """Install FIRST in a server's interceptors, so no inner interceptor or servicer
-    sees an `Unparsed` marker. `port` labels the metric ("client", "peer")."""
+    sees an `Unparsed` marker. `port` labels the metric ("client", "peer").
+
+    It runs on every call, so it keeps its per-call work small: the guarded
+    deserializers are made once per deserializer, and a method whose handler is the
+    same object as last time (no interceptor inside this one makes handlers per call)
+    gets the same wrapped handler again. Invariant: both dicts are keyed by what the
+    server serves (a method with a handler, that handler's deserializer), so they
+    stay as small as the services however many different names clients send."""
 
     def __init__(self, port: str, metrics: NodeMetrics, what: str,
                  interval_s: float = MALFORMED_LOG_INTERVAL_S) -> None:
@@ -111,6 +115,8 @@ class ParseGuard(grpc.aio.ServerInterceptor):
         self.counter = metrics.malformed_requests
         self.log = BoundedLog(f"{what}: requests that do not parse on the {port} port",
                               interval_s)
+        self._parsers: dict[Deserializer, Deserializer] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (inner, wrapped)
 
     async def refuse(self, method: str, unparsed: Unparsed,
                      context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -121,13 +127,38 @@ class ParseGuard(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"request does not parse: {method}")
 
+    def parser(self, deserialize: Deserializer) -> Deserializer:
+        parse = self._parsers.get(deserialize)
+        if parse is None:
+            parse = self._parsers[deserialize] = _guarded(deserialize)
+        return parse
+
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
             details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return _wrap(handler, details.method, self)
+        method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, method, self)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+async def _unimplemented(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # A method the servicer inherits from the generated base class (which sets
+    # UNIMPLEMENTED and raises NotImplementedError): answered without grpc's traceback.
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"method not implemented: {method}")
+
+
+def _is_async_generator(function: Any) -> bool:
+    code = getattr(function, "__code__", None)   # functions and bound methods
+    if code is None:
+        return inspect.isasyncgenfunction(function)
+    return bool(code.co_flags & inspect.CO_ASYNC_GENERATOR)
 
 
 _FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
@@ -139,34 +170,48 @@ _FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
 
 
 def _wrap(handler: Handler, method: str, guard: ParseGuard) -> Handler:
-    behavior: Any = (handler.unary_unary or handler.unary_stream or handler.stream_unary
-                     or handler.stream_stream)
+    assert handler.request_deserializer is not None   # (intercept_service checked)
+    parse = guard.parser(handler.request_deserializer)
     streaming = handler.request_streaming
+    if not streaming and not handler.response_streaming:
+        # The common case, kept to one coroutine: every unary call passes here.
+        unary: Any = handler.unary_unary
 
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if type(request) is Unparsed:
-            await guard.refuse(method, request, context)
-        return request
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> Any:
+            if type(request) is Unparsed:
+                await guard.refuse(method, request, context)
+            try:
+                return await unary(request, context)
+            except NotImplementedError:
+                await _unimplemented(method, context)
+
+        return _rebuilt(handler, parse, unary_unary=unary_unary)
+
+    behavior: Any = handler.unary_stream or handler.stream_unary or handler.stream_stream
 
     async def requests(iterator: AsyncIterator[Any],
                        context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         # Each message of a request stream is checked as the handler reads it (the
         # handlers here iterate their requests, none calls context.read()).
         async for request in iterator:
-            yield await checked(request, context)
+            if type(request) is Unparsed:
+                await guard.refuse(method, request, context)
+            yield request
 
     async def argument(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return requests(request, context) if streaming else await checked(request, context)
+        if streaming:
+            return requests(request, context)
+        if type(request) is Unparsed:
+            await guard.refuse(method, request, context)
+        return request
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         given = await argument(request, context)
         try:
             return await behavior(given, context)
         except NotImplementedError:
-            # A method the servicer inherits from the generated base class (which sets
-            # UNIMPLEMENTED and raises): answered without grpc's traceback log line.
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"method not implemented: {method}")
+            await _unimplemented(method, context)
 
     async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                        ) -> AsyncIterator[Any]:
@@ -175,7 +220,19 @@ def _wrap(handler: Handler, method: str, guard: ParseGuard) -> Handler:
 
     # A handler that yields its responses is wrapped by one that yields them; any other
     # by a coroutine (grpc.aio tells them apart by their functions' kinds).
-    wrapped = generate if inspect.isasyncgenfunction(behavior) else call
-    return _FACTORIES[(streaming, handler.response_streaming)](
-        wrapped, request_deserializer=_guarded(handler.request_deserializer),
+    wrapped = generate if _is_async_generator(behavior) else call
+    kind = ("unary_stream" if not streaming else
+            "stream_stream" if handler.response_streaming else "stream_unary")
+    return _rebuilt(handler, parse, **{kind: wrapped})
+
+
+def _rebuilt(handler: Handler, parse: Deserializer, **behavior: Any) -> Handler:
+    """`handler` with the guarded deserializer and the wrapped behaviour. grpc's own
+    handlers are namedtuples, copied with one call; any other is made anew."""
+    replace = getattr(handler, "_replace", None)
+    if replace is not None:
+        return replace(request_deserializer=parse, **behavior)
+    ((_, function),) = behavior.items()
+    return _FACTORIES[(handler.request_streaming, handler.response_streaming)](
+        function, request_deserializer=parse,
         response_serializer=handler.response_serializer)
