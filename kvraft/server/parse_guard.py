@@ -21,7 +21,7 @@ and reflection's alike) so that:
 
 grpc-go (and so etcd) answers an unparsable request INTERNAL "grpc: error
 unmarshalling request"; kvraft answers INVALID_ARGUMENT, the code for a request the
-client got wrong (docs/etcd.md, "Differences").
+client got wrong (docs/etcd.md, "Requests that do not parse").
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ class Unparsed:
 
     __slots__ = ("error",)
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def __init__(self, error: str) -> None:
+        self.error = error   # the decoder's message (not the exception: no frames kept)
 
 
 class BoundedLog:
@@ -93,7 +93,7 @@ def _guarded(deserialize: Deserializer) -> Deserializer:
         try:
             return deserialize(raw)
         except Exception as e:  # DecodeError, or any other: these bytes are no request
-            return Unparsed(e)
+            return Unparsed((str(e) or type(e).__name__)[:ERROR_TEXT_MAX])
 
     return parse
 
@@ -122,8 +122,7 @@ class ParseGuard(grpc.aio.ServerInterceptor):
                      context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Count and (rate-bounded) log it, then abort the call: raises."""
         self.counter.labels(self.port, method).inc()
-        error = (str(unparsed.error) or type(unparsed.error).__name__)[:ERROR_TEXT_MAX]
-        self.log.event(f"{method} from {context.peer()}: {error}")
+        self.log.event(f"{method} from {context.peer()}: {unparsed.error}")
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"request does not parse: {method}")
 

@@ -47,7 +47,7 @@ def test_a_guarded_deserializer_returns_a_marker_instead_of_raising() -> None:
     parse = parse_guard._guarded(pb.PutRequest.FromString)
     assert parse(pb.PutRequest(key=b"k").SerializeToString()) == pb.PutRequest(key=b"k")
     unparsed = parse(b"\x0a\xff")      # a length that runs past the end
-    assert type(unparsed) is Unparsed and "PutRequest" in str(unparsed.error)
+    assert type(unparsed) is Unparsed and "PutRequest" in unparsed.error
 
 
 def test_the_default_peer_messages_fit_the_peer_message_limit() -> None:
