@@ -143,6 +143,12 @@ class NodeMetrics:
             "kvraft_peer_refused_messages", "Inbound peer messages dropped, by reason",
             ["reason"], registry=r,
         )
+        # Requests (or stream messages) that did not parse, refused INVALID_ARGUMENT
+        # (parse_guard.py); `method` is one the port serves, so the labels are bounded.
+        self.malformed_requests = Counter(
+            "kvraft_malformed_requests", "Requests that did not parse, by port and method",
+            ["port", "method"], registry=r,
+        )
         self.snapshots_sent = Counter(
             "kvraft_snapshots_sent", "Snapshots streamed to peers", ["result"], registry=r
         )

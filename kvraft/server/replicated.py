@@ -54,6 +54,7 @@ from kvraft.storage.log_store import LevelDBStorage
 
 from .config import ServeError, cluster_id_for, parse_address
 from .metrics import NodeMetrics
+from .parse_guard import ParseGuard
 from .peer_service import PeerService
 from .transport import CHANNEL_OPTIONS, PeerTransport
 
@@ -210,14 +211,17 @@ class ReplicatedNode:
         )
         self._raw = raft.RawNode(raft_config, self._log)
         endpoint = _PeerEndpoint(self)
+        metrics = NodeMetrics()   # not served: the embedding application has its own
         self._transport = PeerTransport(
             config.node_id, config.peers[config.node_id], lambda: self._cluster_id,
-            endpoint, NodeMetrics(),
+            endpoint, metrics,
             queue_messages_max=PEER_QUEUE_MESSAGES_MAX, queue_bytes_max=PEER_QUEUE_BYTES_MAX,
             batch_bytes_max=PEER_BATCH_BYTES_MAX,
         )
         self._transport.set_addresses(dict(config.peers))
-        server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+            interceptors=[ParseGuard("peer", metrics, f"node {config.node_id}")])
         # The peer service asks the node it serves a few questions (cluster, members)
         # and hands it what arrives: _PeerEndpoint answers them for this node.
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(endpoint), server)  # type: ignore[arg-type]

@@ -26,10 +26,11 @@ from .health import HealthChecks
 from .kv_service import ClusterService, KVService
 from .metrics import NodeMetrics
 from .node import Node
+from .parse_guard import ParseGuard
 from .peer_service import PeerService
 from .status import StatusBoard
 from .tls import client_port_files, peer_port_files, server_credentials, validate_tls
-from .transport import CHANNEL_OPTIONS
+from .transport import CHANNEL_OPTIONS, METADATA_OPTIONS
 
 log = logging.getLogger("kvraft.server")
 
@@ -101,6 +102,7 @@ def _client_server_options(config: NodeConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
         ("grpc.so_reuseport", 0),
+        *METADATA_OPTIONS,
     ]
 
 
@@ -126,12 +128,17 @@ async def _serve(config: NodeConfig) -> int:
         # passes the interceptor's check; tokens are this member's (auth/tokens.py).
         tokens = TokenStore()
         access = AccessCheck(node, tokens, bool(getattr(config, "client_cert_auth", False)))
-        # A learner refuses the etcd calls etcd's learner does (etcd/learner.py), before
-        # the access check, as etcd checks it.
+        # A request that does not parse is refused by ParseGuard, first on both servers
+        # (parse_guard.py), so no other interceptor or servicer sees it. A learner then
+        # refuses the etcd calls etcd's learner does (etcd/learner.py), before the access
+        # check, as etcd checks it.
+        node_name = f"node {config.node_id}"
         client_server = grpc.aio.server(
             options=_client_server_options(config),
-            interceptors=[LearnerGuard(lambda: node.is_learner), AuthInterceptor(access)])
-        peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+            interceptors=[ParseGuard("client", metrics, node_name),
+                          LearnerGuard(lambda: node.is_learner), AuthInterceptor(access)])
+        peer_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+                                      interceptors=[ParseGuard("peer", metrics, node_name)])
         kvraft_pb2_grpc.add_KVServicer_to_server(KVService(node, config, metrics), client_server)
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server

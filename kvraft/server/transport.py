@@ -44,9 +44,26 @@ REFUSAL_REPLACED = "replaced-data-directory"
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
+# The largest peer message, both ways (issue 14: explicit limits). What fits in it: a
+# MessageBatch is filled while under --peer-batch-bytes-max (16 MiB), so it ends with
+# at most one more message; Raft bounds a MsgAppend's entries at MAX_SIZE_PER_MSG_BYTES
+# (1 MiB) but always carries one entry, which may be as large as the largest proposal
+# (a request is one entry); a SnapshotChunk carries snapshot_chunk_bytes (1 MiB) of
+# data. tests/server/test_bad_input_units.py checks the defaults fit with room to spare.
+PEER_MESSAGE_BYTES_MAX = GRPC_MESSAGE_BYTES_MAX
+# Request headers on either port (a call's metadata; clients send a token and a few
+# short keys). gRPC's default is a soft 8 KiB limit under which a call is refused at
+# random between 8 and 16 KiB; one limit, both soft and hard, answers every call over
+# it alike: RESOURCE_EXHAUSTED "received metadata size exceeds hard limit".
+METADATA_BYTES_MAX = 16 << 10
+METADATA_OPTIONS = [
+    ("grpc.max_metadata_size", METADATA_BYTES_MAX),
+    ("grpc.absolute_max_metadata_size", METADATA_BYTES_MAX),
+]
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", PEER_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", PEER_MESSAGE_BYTES_MAX),
+    *METADATA_OPTIONS,
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
