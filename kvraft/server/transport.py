@@ -106,6 +106,11 @@ class _PeerSender:
         self.queued_bytes = 0
         self.has_data = asyncio.Event()
         self.reachable = True
+        # Why the peer was last logged unreachable ("" while reachable): a stream that
+        # keeps failing is logged again only when the cause changes, so that an operator
+        # sees a refused certificate that follows a refused connection (a member that
+        # was still starting), without a line per retry.
+        self.unreachable_cause = ""
         self.channel: grpc.aio.Channel | None = None
         self.channel_files: object = None  # the TLS files' signature `channel` was made at
         self.snapshot_task: asyncio.Task[None] | None = None
@@ -180,6 +185,7 @@ class _PeerSender:
                     await call.write(self._take_batch())
                     if not self.reachable:
                         self.reachable = True
+                        self.unreachable_cause = ""
                         log.info("node %d: peer %d recovered at %s",
                                  self.owner.node_id, self.peer_id, self.address)
                     backoff_s = BACKOFF_MIN_S
@@ -200,11 +206,12 @@ class _PeerSender:
                 self.queue_depth.set(0)
                 self.owner.metrics.peer_unreachable.labels(str(self.peer_id)).inc()
                 self.owner.events.report_unreachable(self.peer_id)
-                if self.reachable:
-                    self.reachable = False
+                self.reachable = False
+                cause = _status_line(status) if status else _one_line(e)
+                if cause != self.unreachable_cause:
+                    self.unreachable_cause = cause
                     log.warning("node %d: peer %d unreachable at %s: %s",
-                                self.owner.node_id, self.peer_id, self.address,
-                                _status_line(status) if status else _one_line(e))
+                                self.owner.node_id, self.peer_id, self.address, cause)
                 await self._renew_channel_if_rotated()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
