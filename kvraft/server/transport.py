@@ -2,7 +2,11 @@
 
 Outbound, each peer has one sender task that owns one long-lived client stream; every
 message queued while the previous batch was being written goes into the next batch, so
-a busy round costs one write per peer, not one per message. Queues are bounded: when a
+a busy round costs one write per peer, not one per message. A message is encoded once,
+when it is queued, and a batch is those encodings joined behind its header (the wire
+form of a `MessageBatch`, written through a stream whose serializer passes bytes on):
+no message, nor its entries, is copied into a batch object and encoded again. Queues
+are bounded: when a
 peer is slow or gone the oldest messages are dropped and Raft retransmits (thesis §3.5:
 AppendEntries is idempotent and retried). A broken stream is reported to Raft with
 `report_unreachable` (the leader falls back to probing) and re-opened after a capped
@@ -72,6 +76,9 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
 ]
+SEND_METHOD = "/kvraft.peer.Peer/Send"
+# The key of MessageBatch.messages (field 3, length-delimited) on the wire.
+_MESSAGES_KEY = bytes([(peer_pb2.MessageBatch.MESSAGES_FIELD_NUMBER << 3) | 2])
 
 
 class TransportEvents(Protocol):
@@ -102,8 +109,12 @@ class _PeerSender:
         self.owner = owner
         self.peer_id = peer_id
         self.address = address
-        self.queue: collections.deque[tuple[eraftpb.Message, int]] = collections.deque()
+        # (a message's field in a MessageBatch: key, length, encoding), oldest first;
+        # queued_bytes is the sum of their lengths.
+        self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
+        # The batch header's fields and their encoding, made again when one changes.
+        self._header: tuple[tuple[int, ...], bytes] = ((), b"")
         self.has_data = asyncio.Event()
         self.reachable = True
         # Why the peer was last logged unreachable ("" while reachable): a stream that
@@ -120,13 +131,16 @@ class _PeerSender:
         )
 
     def enqueue(self, msg: eraftpb.Message) -> None:
-        size = msg.ByteSize()
+        # Encoded now: later changes to `msg` do not reach the peer (Raft hands its
+        # messages over), and the batch needs no copy of it.
+        encoded = msg.SerializeToString()
+        field = _MESSAGES_KEY + _varint(len(encoded)) + encoded
+        size = len(field)
         while self.queue and (len(self.queue) >= self.owner.queue_messages_max or
                               self.queued_bytes + size > self.owner.queue_bytes_max):
-            _, dropped_size = self.queue.popleft()
-            self.queued_bytes -= dropped_size
+            self.queued_bytes -= len(self.queue.popleft())
             self.owner.metrics.peer_dropped.labels(str(self.peer_id)).inc()
-        self.queue.append((msg, size))
+        self.queue.append(field)
         self.queued_bytes += size
         self.has_data.set()
 
@@ -154,30 +168,44 @@ class _PeerSender:
         with contextlib.suppress(Exception):
             await channel.close()
 
-    def _take_batch(self) -> peer_pb2.MessageBatch:
-        batch = peer_pb2.MessageBatch(
-            cluster_id=self.owner.cluster_id(), from_id=self.owner.node_id,
-            from_address=self.owner.own_address, from_incarnation=self.owner.incarnation,
-            to_incarnation=self.owner.peer_incarnation(self.peer_id),
-            from_cluster_version_max=CLUSTER_VERSION_MAX,
-        )
+    def _batch_header(self) -> bytes:
+        """The encoded MessageBatch without its messages (the same for every batch
+        until the cluster id or an incarnation is learned)."""
+        owner = self.owner
+        fields = (owner.cluster_id(), owner.incarnation, owner.peer_incarnation(self.peer_id))
+        if fields != self._header[0]:
+            self._header = (fields, peer_pb2.MessageBatch(
+                cluster_id=fields[0], from_id=owner.node_id, from_address=owner.own_address,
+                from_incarnation=fields[1], to_incarnation=fields[2],
+                from_cluster_version_max=CLUSTER_VERSION_MAX,
+            ).SerializeToString())
+        return self._header[1]
+
+    def _take_batch(self) -> bytes:
+        """The next batch's wire form: the header, then queued messages up to
+        batch_bytes_max (at least one). Protobuf reads a repeated field's elements
+        wherever they stand, so the concatenation is the MessageBatch."""
+        parts = [self._batch_header()]
         size = 0
-        while self.queue and (size == 0 or size < self.owner.batch_bytes_max):
-            msg, msg_size = self.queue.popleft()
-            self.queued_bytes -= msg_size
-            size += msg_size
-            batch.messages.append(msg)
-        self.queue_depth.set(len(self.queue))
-        return batch
+        queue = self.queue
+        while queue and (size == 0 or size < self.owner.batch_bytes_max):
+            field = queue.popleft()
+            size += len(field)
+            parts.append(field)
+        self.queued_bytes -= size
+        self.queue_depth.set(len(queue))
+        return b"".join(parts)
 
     async def _run(self) -> None:
         backoff_s = BACKOFF_MIN_S
         while True:
             await self.has_data.wait()
-            call = None
+            call: grpc.aio.StreamUnaryCall[bytes, peer_pb2.SendSummary] | None = None
             try:
-                stub = peer_pb2_grpc.PeerStub(self._channel())
-                call = stub.Send()
+                # Peer.Send with the batches already encoded (_take_batch).
+                call = self._channel().stream_unary(
+                    SEND_METHOD, request_serializer=_as_is,
+                    response_deserializer=peer_pb2.SendSummary.FromString)()
                 while True:
                     if not self.queue:
                         self.has_data.clear()
@@ -380,6 +408,21 @@ def _replaced_refusal(status: _Status | None) -> str | None:
 
 def _status_line(status: _Status) -> str:
     return f"{status[0].name}: {status[1]}".replace("\n", " ")
+
+
+def _as_is(encoded: bytes) -> bytes:
+    """The serializer of a stream whose messages are encoded already."""
+    return encoded
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 encoding of a non-negative integer."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _one_line(e: BaseException) -> str:
