@@ -2,7 +2,9 @@
 clients of a running cluster (kvraft.client).
 
 Every option also reads the environment as KVRAFT_<OPTION> (KVRAFT_DATA_DIR,
-KVRAFT_ENDPOINTS, ...). Every failure prints ONE line on stderr, `error: <what>`, and
+KVRAFT_ENDPOINTS, ...). The client commands' connection flags (--endpoints, --timeout,
+--user, --cacert, --cert, --key) may also go before the command, on the root group
+(kvraft/cli_connection.py). Every failure prints ONE line on stderr, `error: <what>`, and
 exits non-zero (never a traceback; KVRAFT_DEBUG=1 shows one for unexpected errors):
 
     0  done
@@ -34,15 +36,14 @@ from kvraft.cli_connection import (
     tls_files,
 )
 from kvraft.cli_format import escape_bytes, format_table
+from kvraft.cli_params import ADDRESS, INITIAL_CLUSTER, MEMBER_ID
 from kvraft.client import (
     DEFAULT_ENDPOINT,
     UINT32_MAX,
-    UINT64_MAX,
     Client,
     KvraftError,
     Member,
     NodeStatus,
-    parse_endpoint,
     prefix_end,
 )
 from kvraft.server.config import (
@@ -50,8 +51,6 @@ from kvraft.server.config import (
     READ_MODES,
     NodeConfig,
     ServeError,
-    parse_initial_cluster,
-    parse_member_id,
     parse_retention,
 )
 from kvraft.tls import ClientTLS
@@ -82,48 +81,6 @@ class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = EXIT_NEGATIVE) -> None:
         super().__init__(message)
         self.exit_status = exit_code
-
-
-# --------------------------------------------------------------------------- params
-
-
-class AddressType(click.ParamType):
-    name = "HOST:PORT"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        try:
-            return parse_endpoint(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class MemberIdType(click.ParamType):
-    name = "ID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
-            return value
-        try:
-            return parse_member_id(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class InitialClusterType(click.ParamType):
-    name = "ID=HOST:PORT[,...]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, dict):
-            return value
-        try:
-            return parse_initial_cluster(str(value))
-        except ServeError as e:
-            self.fail(str(e), param, ctx)
-
-
-ADDRESS = AddressType()
-MEMBER_ID = MemberIdType()
-INITIAL_CLUSTER = InitialClusterType()
 
 
 def _client_tls() -> ClientTLS | None:

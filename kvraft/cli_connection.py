@@ -23,24 +23,10 @@ from typing import Any, TypeVar
 
 import click
 
-from kvraft.client import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, parse_endpoints
+from kvraft.cli_params import ENDPOINTS
+from kvraft.client import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class EndpointsType(click.ParamType):
-    name = "HOST:PORT[,HOST:PORT...]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_endpoints(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-ENDPOINTS = EndpointsType()
 
 
 @dataclass(frozen=True)
@@ -143,8 +129,8 @@ def _resolve(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         # As click reads an option's envvar: empty is unset, a bad value a usage error
         # naming the flag.
         value = param.type_cast_value(ctx, raw) if raw else None
-    if value is None:
-        value = flag.default
+    if value is None and flag.default is not None:
+        value = param.type_cast_value(ctx, flag.default)  # "H:P" -> ["H:P"], as click's
     ctx.meta.setdefault(_RESOLVED_META_KEY, {})[flag.dest] = value
     return value
 
