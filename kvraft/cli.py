@@ -2,7 +2,9 @@
 clients of a running cluster (kvraft.client).
 
 Every option also reads the environment as KVRAFT_<OPTION> (KVRAFT_DATA_DIR,
-KVRAFT_ENDPOINTS, ...). Every failure prints ONE line on stderr, `error: <what>`, and
+KVRAFT_ENDPOINTS, ...). The client commands' connection flags (--endpoints, --timeout,
+--user, --cacert, --cert, --key) may also go before the command, on the root group
+(kvraft/cli_connection.py). Every failure prints ONE line on stderr, `error: <what>`, and
 exits non-zero (never a traceback; KVRAFT_DEBUG=1 shows one for unexpected errors):
 
     0  done
@@ -27,18 +29,21 @@ import click
 
 # _cli_env first (it sorts before kvraft.client): gRPC's log level, before grpc loads.
 from kvraft import __version__, _cli_env, cli_auth  # noqa: F401
+from kvraft.cli_connection import (
+    command_options,
+    group_options,
+    refuses_connection_flags,
+    tls_files,
+)
 from kvraft.cli_format import escape_bytes, format_table
+from kvraft.cli_params import ADDRESS, INITIAL_CLUSTER, MEMBER_ID
 from kvraft.client import (
     DEFAULT_ENDPOINT,
-    DEFAULT_TIMEOUT_S,
     UINT32_MAX,
-    UINT64_MAX,
     Client,
     KvraftError,
     Member,
     NodeStatus,
-    parse_endpoint,
-    parse_endpoints,
     prefix_end,
 )
 from kvraft.server.config import (
@@ -48,8 +53,6 @@ from kvraft.server.config import (
     NodeConfig,
     ServeError,
     parse_corrupt_check_time,
-    parse_initial_cluster,
-    parse_member_id,
     parse_retention,
     parse_warning_apply_duration,
 )
@@ -83,115 +86,10 @@ class CliError(click.ClickException):
         self.exit_status = exit_code
 
 
-# --------------------------------------------------------------------------- params
-
-
-class AddressType(click.ParamType):
-    name = "HOST:PORT"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        try:
-            return parse_endpoint(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class EndpointsType(click.ParamType):
-    name = "HOST:PORT[,HOST:PORT...]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_endpoints(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class MemberIdType(click.ParamType):
-    name = "ID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= UINT64_MAX:
-            return value
-        try:
-            return parse_member_id(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class InitialClusterType(click.ParamType):
-    name = "ID=HOST:PORT[,...]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
-        if isinstance(value, dict):
-            return value
-        try:
-            return parse_initial_cluster(str(value))
-        except ServeError as e:
-            self.fail(str(e), param, ctx)
-
-
-ADDRESS = AddressType()
-ENDPOINTS = EndpointsType()
-MEMBER_ID = MemberIdType()
-INITIAL_CLUSTER = InitialClusterType()
-
-
-# The client TLS options (SPEC §8) of the command being run, stored by their callbacks
-# in the click context's meta (shared by the whole command chain), so that `_connect`
-# finds them and no command has to take them as parameters.
-_TLS_META_KEY = "kvraft.client_tls"   # kvraft.cli_ops.TLS_META_KEY reads it too
-
-
-def _store_tls_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value and param.name:  # tls_cacert -> cacert: "key" is also an argument's name
-        ctx.meta.setdefault(_TLS_META_KEY, {})[param.name.removeprefix("tls_")] = value
-
-
-def _client_tls_options(fn: Callable) -> Callable:
-    """--cacert, --cert and --key (env KVRAFT_CACERT, ...), as etcdctl names them."""
-    for name, help_text in reversed((
-        ("cacert", "Verify the members' certificates with this CA bundle (TLS)."),
-        ("cert", "Client certificate, for members started with --client-cert-auth."),
-        ("key", "The client certificate's private key."),
-    )):
-        fn = click.option(f"--{name}", f"tls_{name}", envvar=f"KVRAFT_{name.upper()}", default=None,
-                          metavar="FILE", expose_value=False, is_eager=True,
-                          callback=_store_tls_option, help=help_text)(fn)
-    return fn
-
-
-def client_tls_kwargs() -> dict[str, str]:
-    """The current command's --cacert/--cert/--key as Client(...) keywords ({}: none)."""
-    ctx = click.get_current_context(silent=True)
-    return dict(ctx.meta.get(_TLS_META_KEY, {})) if ctx is not None else {}
-
-
-def _client_options(fn: Callable) -> Callable:
-    """--endpoints, --timeout, --user and the TLS options, shared by every client
-    command."""
-    fn = _client_tls_options(fn)
-    fn = click.option(
-        "--user", envvar="KVRAFT_USER", metavar="USER[:PASSWORD]", expose_value=False,
-        callback=cli_auth.remember_user,
-        help="Authenticate as USER; asks for the password if not given (env KVRAFT_USER).",
-    )(fn)
-    fn = click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KVRAFT_TIMEOUT",
-        default=DEFAULT_TIMEOUT_S, show_default=True, metavar="SECONDS",
-        help="Deadline of the whole command, failover included.",
-    )(fn)
-    return click.option(
-        "--endpoints", type=ENDPOINTS, envvar="KVRAFT_ENDPOINTS", default=DEFAULT_ENDPOINT,
-        show_default=True, help="Members to talk to (env KVRAFT_ENDPOINTS).",
-    )(fn)
-
-
 def _client_tls() -> ClientTLS | None:
     """The current command's TLS settings, checked: a TLS file missing or unreadable,
     a cert without its key is a usage error naming the flag."""
-    tls = client_tls_kwargs()
+    tls = tls_files()
     try:
         return ClientTLS.from_options(tls.get("cacert"), tls.get("cert"), tls.get("key"),
                                       names=("--cacert", "--cert", "--key"))
@@ -206,7 +104,7 @@ def _connect(endpoints: list[str], timeout: float) -> Client:
     except ValueError as e:
         raise CliError(str(e), EXIT_USAGE) from None
     return Client(endpoints, timeout=timeout, user=user, password=password,
-                  **client_tls_kwargs())
+                  **tls_files())
 
 
 def _key_bytes(text: str) -> bytes:
@@ -230,9 +128,11 @@ def _one_line(text: str) -> str:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 done; 1 no such key / cas not swapped / serve failed; 2 bad usage; "
     "3 request failed; 4 write outcome unknown. Every option reads KVRAFT_<OPTION> from "
-    "the environment.",
+    "the environment. The options above are the client commands' connection flags: "
+    "given here, before the command, or after it, where they win.",
 )
 @click.version_option(__version__, prog_name="kvraft")
+@group_options
 def cli() -> None:
     """kvraft: a replicated key-value store on Raft."""
 
@@ -266,6 +166,13 @@ def _serve_tls_options(fn: Callable) -> Callable:
                               help="Refuse clients without a certificate signed by "
                               "--trusted-ca-file.")(fn)
     return fn
+
+
+# A client flag before `serve` is refused (kvraft/cli_connection.py), pointing at
+# serve's flag of the same role where it has one.
+_SERVE_COUNTERPARTS = {"--endpoints": "serve takes --listen",
+                       "--cacert": "serve takes --trusted-ca-file",
+                       "--cert": "serve takes --cert-file", "--key": "serve takes --key-file"}
 
 
 @cli.command()
@@ -348,6 +255,7 @@ def _serve_tls_options(fn: Callable) -> Callable:
               help="Log a warning when applying a batch of committed entries takes "
               "longer than this (100ms, 1s).")
 @_serve_tls_options
+@refuses_connection_flags(lambda flag: _SERVE_COUNTERPARTS.get(flag, "serve does not take it"))
 def serve(node_id: int, data_dir: str, listen: str, peer_listen: str,
           initial_cluster: dict[int, str] | None, join: bool, metrics_listen: str | None,
           log_level: str, advertise_client: str | None, advertise_peer: str | None,
@@ -448,7 +356,7 @@ def _lease_id_type() -> click.ParamType:
 @click.option("--lease", "lease_id", type=_lease_id_type(), default=None,
               help="Attach KEY to this lease (hex id, as `kvraft lease grant` prints): "
               "the key is deleted when the lease expires or is revoked.")
-@_client_options
+@command_options
 def put(key: str, value: str, lease_id: int | None, endpoints: list[str],
         timeout: float) -> int:
     """Set KEY to VALUE (use `--` before a VALUE that starts with '-')."""
@@ -464,7 +372,7 @@ def put(key: str, value: str, lease_id: int | None, endpoints: list[str],
               help="Read the answering member's local state (may be stale; no quorum round).")
 @click.option("--rev", type=click.IntRange(min=0), default=0, show_default=True,
               help="Read KEY as it was at this revision (0: the latest).")
-@_client_options
+@command_options
 def get(key: str, serializable: bool, rev: int, endpoints: list[str], timeout: float) -> int:
     """Print KEY's value on stdout (exit 1 if there is no such key)."""
     with _connect(endpoints, timeout) as kv:
@@ -480,7 +388,7 @@ def get(key: str, serializable: bool, rev: int, endpoints: list[str], timeout: f
 
 @cli.command()
 @click.argument("key")
-@_client_options
+@command_options
 def delete(key: str, endpoints: list[str], timeout: float) -> int:
     """Delete KEY; prints 'deleted' or 'not found'."""
     with _connect(endpoints, timeout) as kv:
@@ -497,7 +405,7 @@ def delete(key: str, endpoints: list[str], timeout: float) -> int:
               help="At most N keys (0: no limit).")
 @click.option("--keys-only", is_flag=True, help="Print keys without values.")
 @click.option("--serializable", is_flag=True, help="Read local state (may be stale).")
-@_client_options
+@command_options
 def scan(start: str | None, end: str | None, prefix: str | None, limit: int, keys_only: bool,
          serializable: bool, endpoints: list[str], timeout: float) -> int:
     """List keys in [START, END) in order, one `KEY<TAB>VALUE` line each.
@@ -532,7 +440,7 @@ def scan(start: str | None, end: str | None, prefix: str | None, limit: int, key
 @click.argument("args", nargs=-1, metavar="KEY EXPECTED NEW")
 @click.option("--expect-absent", is_flag=True,
               help="Swap only if KEY does not exist; then give KEY NEW only.")
-@_client_options
+@command_options
 def cas(args: tuple[str, ...], expect_absent: bool, endpoints: list[str],
         timeout: float) -> int:
     """Set KEY to NEW iff its value is EXPECTED (or, with --expect-absent, iff it does
@@ -593,7 +501,7 @@ def _status_json(member: Member, st: NodeStatus | None) -> dict[str, Any]:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per member.")
-@_client_options
+@command_options
 def status(as_json: bool, endpoints: list[str], timeout: float) -> int:
     """A table of members: id, addresses, role, term, leader, commit, applied.
 
@@ -643,7 +551,7 @@ def member() -> None:
 
 @member.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_client_options
+@command_options
 def member_list(as_json: bool, endpoints: list[str], timeout: float) -> int:
     """The cluster's members and their addresses."""
     with _connect(endpoints, timeout) as kv:
@@ -659,7 +567,7 @@ def member_list(as_json: bool, endpoints: list[str], timeout: float) -> int:
               help="Where it serves clients (its --listen).")
 @click.option("--learner", is_flag=True,
               help="Add as a non-voting learner (promote later with `member promote`).")
-@_client_options
+@command_options
 def member_add(member_id: int, peer_address: str, client_address: str, learner: bool,
                endpoints: list[str], timeout: float) -> int:
     """Add member ID; then start it with `kvraft serve --join --id ID ...`."""
@@ -672,7 +580,7 @@ def member_add(member_id: int, peer_address: str, client_address: str, learner: 
 
 @member.command("promote")
 @click.argument("member_id", metavar="ID", type=MEMBER_ID)
-@_client_options
+@command_options
 def member_promote(member_id: int, endpoints: list[str], timeout: float) -> int:
     """Make the learner ID a voter."""
     with _connect(endpoints, timeout) as kv:
@@ -691,7 +599,7 @@ def member_promote(member_id: int, endpoints: list[str], timeout: float) -> int:
 
 @member.command("remove")
 @click.argument("member_id", metavar="ID", type=MEMBER_ID)
-@_client_options
+@command_options
 def member_remove(member_id: int, endpoints: list[str], timeout: float) -> int:
     """Remove member ID from the cluster."""
     with _connect(endpoints, timeout) as kv:
@@ -710,7 +618,7 @@ def leader() -> None:
 @click.argument("member_id", metavar="ID", type=MEMBER_ID)
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait (within --timeout) until ID leads.")
-@_client_options
+@command_options
 def leader_transfer(member_id: int, wait: bool, endpoints: list[str], timeout: float) -> int:
     """Ask the leader to hand leadership to member ID."""
     deadline = time.monotonic() + timeout
@@ -751,7 +659,7 @@ def leader_transfer(member_id: int, wait: bool, endpoints: list[str], timeout: f
               help="Load processes (0: one per CPU).")
 @click.option("--preload", is_flag=True, help="Write every key once before measuring.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_client_options
+@command_options
 def bench(clients: int, duration: float, value_size: int, keys: int, read_ratio: float,
           workers: int, preload: bool, as_json: bool, endpoints: list[str],
           timeout: float) -> int:
@@ -801,7 +709,7 @@ def _register_ops_commands() -> None:
     """snapshot, defrag and alarm (SPEC §7): kvraft/cli_ops.py."""
     from kvraft import cli_ops
 
-    cli_ops.register(cli, _client_options)
+    cli_ops.register(cli)
 
 
 _register_ops_commands()

@@ -1,36 +1,30 @@
-"""`kvraft user|role|auth` and the `--user USER[:PASSWORD]` of every client command
-(SPEC §8, docs/cli.md), with etcdctl's argument shapes and messages.
+"""`kvraft user|role|auth` and the credentials of the `--user USER[:PASSWORD]` of every
+client command (SPEC §8, docs/cli.md), with etcdctl's argument shapes and messages.
 
-kvraft/cli.py calls `register(cli, cli_module)` (the commands use its client options,
-connection and errors: this module imports nothing of kvraft.cli, so the two do not
-import each other) and `credentials()` in its `_connect`. A `--user` without a
-password asks for it on the terminal (not echoed), as etcdctl does.
+kvraft/cli.py calls `register(cli, cli_module)` (the commands use its connection and
+errors: this module imports nothing of kvraft.cli, so the two do not import each other)
+and `credentials()` in its `_connect`. A `--user` without a password asks for it on the
+terminal (not echoed), as etcdctl does. The flag itself, before or after the command,
+is kvraft/cli_connection.py's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 import click
 
+from kvraft.cli_connection import command_options, user_text
 from kvraft.cli_format import escape_bytes
 from kvraft.client import prefix_end
 from kvraft.client_auth import PERMISSIONS, parse_user
-
-USER_META_KEY = "kvraft.user"   # where --user waits for cli._connect
-
-
-# --- --user on every client command ---------------------------------------------------------
-def remember_user(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
-    """The --user callback: kept in the command's context for `credentials`."""
-    if value:
-        ctx.meta[USER_META_KEY] = value
 
 
 def credentials() -> tuple[str | None, str | None]:
     """(user, password) of the running command's --user (the password asked for when
     not given); (None, None) without one. ValueError for a malformed --user."""
-    ctx = click.get_current_context(silent=True)
-    text = ctx.meta.get(USER_META_KEY) if ctx is not None else None
+    text = user_text()
     if not text:
         return None, None
     try:
@@ -53,24 +47,50 @@ def _describe_range(key: bytes, range_end: bytes) -> str:
     return text
 
 
+def _key_range(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """etcdctl's KEY [RANGE_END] [--prefix] [--from-key] of a role's permission."""
+    for decorator in reversed((
+        click.argument("key"),
+        click.argument("range_end", required=False),
+        click.option("--prefix", is_flag=True, help="Every key starting with KEY."),
+        click.option("--from-key", is_flag=True, help="Every key from KEY on."),
+    )):
+        fn = decorator(fn)
+    return fn
+
+
 def register(cli: click.Group, base: ModuleType) -> None:
     """Add `kvraft user`, `kvraft role` and `kvraft auth` to `cli` (kvraft.cli's group);
     `base` is the kvraft.cli module."""
-    _client_options, _connect, _key_bytes = base._client_options, base._connect, base._key_bytes
+    _connect, _key_bytes = base._connect, base._key_bytes
     CliError, EXIT_OK, EXIT_USAGE = base.CliError, base.EXIT_OK, base.EXIT_USAGE
+
+    def one_call(group: click.Group, name: str, summary: str, arguments: Sequence[str],
+                 call: Callable[..., Any], lines: Callable[..., list[str]]) -> None:
+        """Add to `group` the command `name ARGUMENTS...` (each a plain string) that makes
+        one Auth call, `call(kv.auth, *values)`, and prints `lines(result, *values)`."""
+        def command(endpoints: list[str], timeout: float, **given: str) -> int:
+            values = [given[a] for a in arguments]
+            with _connect(endpoints, timeout) as kv:
+                result = call(kv.auth, *values)
+            for line in lines(result, *values):
+                click.echo(line)
+            return EXIT_OK
+        for argument in reversed(arguments):
+            command = click.argument(argument)(command)
+        group.command(name, help=summary)(command_options(command))
 
     # --- kvraft user ----------------------------------------------------------------------------
     @cli.group()
     def user() -> None:
         """Users of etcd's authentication (add, delete, list, get, grant-role, ...)."""
 
-
     @user.command("add")
     @click.argument("name", metavar="NAME[:PASSWORD]")
     @click.option("--new-user-password", default=None, help="The password (else asked for).")
     @click.option("--no-password", is_flag=True,
                   help="A user without a password (authenticates by client certificate only).")
-    @_client_options
+    @command_options
     def user_add(name: str, new_user_password: str | None, no_password: bool,
                  endpoints: list[str], timeout: float) -> int:
         """Add a user."""
@@ -85,69 +105,25 @@ def register(cli: click.Group, base: ModuleType) -> None:
         click.echo(f"User {name} created")
         return EXIT_OK
 
-
-    @user.command("delete")
-    @click.argument("name")
-    @_client_options
-    def user_delete(name: str, endpoints: list[str], timeout: float) -> int:
-        """Delete a user."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.user_delete(name)
-        click.echo(f"User {name} deleted")
-        return EXIT_OK
-
-
-    @user.command("list")
-    @_client_options
-    def user_list(endpoints: list[str], timeout: float) -> int:
-        """Every user's name, one a line."""
-        with _connect(endpoints, timeout) as kv:
-            names = kv.auth.user_list()
-        for name in names:
-            click.echo(name)
-        return EXIT_OK
-
-
-    @user.command("get")
-    @click.argument("name")
-    @_client_options
-    def user_get(name: str, endpoints: list[str], timeout: float) -> int:
-        """A user and its roles."""
-        with _connect(endpoints, timeout) as kv:
-            roles = kv.auth.user_get(name)
-        click.echo(f"User: {name}")
-        click.echo("Roles: " + " ".join(roles))
-        return EXIT_OK
-
-
-    @user.command("grant-role")
-    @click.argument("name")
-    @click.argument("role")
-    @_client_options
-    def user_grant_role(name: str, role: str, endpoints: list[str], timeout: float) -> int:
-        """Grant ROLE to the user NAME."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.user_grant_role(name, role)
-        click.echo(f"Role {role} is granted to user {name}")
-        return EXIT_OK
-
-
-    @user.command("revoke-role")
-    @click.argument("name")
-    @click.argument("role")
-    @_client_options
-    def user_revoke_role(name: str, role: str, endpoints: list[str], timeout: float) -> int:
-        """Revoke ROLE from the user NAME."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.user_revoke_role(name, role)
-        click.echo(f"Role {role} is revoked from user {name}")
-        return EXIT_OK
-
+    one_call(user, "delete", "Delete a user.", ["name"],
+             lambda auth, name: auth.user_delete(name),
+             lambda _, name: [f"User {name} deleted"])
+    one_call(user, "list", "Every user's name, one a line.", [],
+             lambda auth: auth.user_list(), lambda names: list(names))
+    one_call(user, "get", "A user and its roles.", ["name"],
+             lambda auth, name: auth.user_get(name),
+             lambda roles, name: [f"User: {name}", "Roles: " + " ".join(roles)])
+    one_call(user, "grant-role", "Grant ROLE to the user NAME.", ["name", "role"],
+             lambda auth, name, role: auth.user_grant_role(name, role),
+             lambda _, name, role: [f"Role {role} is granted to user {name}"])
+    one_call(user, "revoke-role", "Revoke ROLE from the user NAME.", ["name", "role"],
+             lambda auth, name, role: auth.user_revoke_role(name, role),
+             lambda _, name, role: [f"Role {role} is revoked from user {name}"])
 
     @user.command("passwd")
     @click.argument("name")
     @click.option("--new-password", default=None, help="The new password (else asked for).")
-    @_client_options
+    @command_options
     def user_passwd(name: str, new_password: str | None, endpoints: list[str],
                     timeout: float) -> int:
         """Change a user's password (root, or the user itself)."""
@@ -159,49 +135,23 @@ def register(cli: click.Group, base: ModuleType) -> None:
         click.echo("Password updated")
         return EXIT_OK
 
-
     # --- kvraft role ----------------------------------------------------------------------------
     @cli.group()
     def role() -> None:
         """Roles and their key permissions (add, delete, list, get, grant-permission, ...)."""
 
-
-    @role.command("add")
-    @click.argument("name")
-    @_client_options
-    def role_add(name: str, endpoints: list[str], timeout: float) -> int:
-        """Add a role."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.role_add(name)
-        click.echo(f"Role {name} created")
-        return EXIT_OK
-
-
-    @role.command("delete")
-    @click.argument("name")
-    @_client_options
-    def role_delete(name: str, endpoints: list[str], timeout: float) -> int:
-        """Delete a role (and revoke it from every user)."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.role_delete(name)
-        click.echo(f"Role {name} deleted")
-        return EXIT_OK
-
-
-    @role.command("list")
-    @_client_options
-    def role_list(endpoints: list[str], timeout: float) -> int:
-        """Every role's name, one a line."""
-        with _connect(endpoints, timeout) as kv:
-            names = kv.auth.role_list()
-        for name in names:
-            click.echo(name)
-        return EXIT_OK
-
+    one_call(role, "add", "Add a role.", ["name"],
+             lambda auth, name: auth.role_add(name),
+             lambda _, name: [f"Role {name} created"])
+    one_call(role, "delete", "Delete a role (and revoke it from every user).", ["name"],
+             lambda auth, name: auth.role_delete(name),
+             lambda _, name: [f"Role {name} deleted"])
+    one_call(role, "list", "Every role's name, one a line.", [],
+             lambda auth: auth.role_list(), lambda names: list(names))
 
     @role.command("get")
     @click.argument("name")
-    @_client_options
+    @command_options
     def role_get(name: str, endpoints: list[str], timeout: float) -> int:
         """A role and its permissions."""
         with _connect(endpoints, timeout) as kv:
@@ -215,7 +165,6 @@ def register(cli: click.Group, base: ModuleType) -> None:
                     click.echo("\t" + _describe_range(p.key, p.range_end))
         return EXIT_OK
 
-
     def _range_end(key: bytes, range_end: str | None, prefix: bool, from_key: bool) -> bytes:
         """etcdctl's: RANGE_END, or --prefix (every key starting with KEY), or --from-key."""
         if sum((range_end is not None, prefix, from_key)) > 1:
@@ -226,15 +175,11 @@ def register(cli: click.Group, base: ModuleType) -> None:
             return b"\x00"
         return _key_bytes(range_end) if range_end is not None else b""
 
-
     @role.command("grant-permission")
     @click.argument("name")
     @click.argument("permission", type=click.Choice(sorted(PERMISSIONS), case_sensitive=False))
-    @click.argument("key")
-    @click.argument("range_end", required=False)
-    @click.option("--prefix", is_flag=True, help="Every key starting with KEY.")
-    @click.option("--from-key", is_flag=True, help="Every key from KEY on.")
-    @_client_options
+    @_key_range
+    @command_options
     def role_grant_permission(name: str, permission: str, key: str, range_end: str | None,
                               prefix: bool, from_key: bool, endpoints: list[str],
                               timeout: float) -> int:
@@ -246,14 +191,10 @@ def register(cli: click.Group, base: ModuleType) -> None:
         click.echo(f"Role {name} updated")
         return EXIT_OK
 
-
     @role.command("revoke-permission")
     @click.argument("name")
-    @click.argument("key")
-    @click.argument("range_end", required=False)
-    @click.option("--prefix", is_flag=True, help="The permission on every key starting with KEY.")
-    @click.option("--from-key", is_flag=True, help="The permission on every key from KEY on.")
-    @_client_options
+    @_key_range
+    @command_options
     def role_revoke_permission(name: str, key: str, range_end: str | None, prefix: bool,
                                from_key: bool, endpoints: list[str], timeout: float) -> int:
         """Revoke the permission on KEY (or the range, or the prefix) from a role."""
@@ -266,39 +207,17 @@ def register(cli: click.Group, base: ModuleType) -> None:
                    f"role {name}")
         return EXIT_OK
 
-
     # --- kvraft auth ----------------------------------------------------------------------------
     @cli.group("auth")
     def auth_group() -> None:
         """Turn authentication on or off, or show it (enable needs the root user)."""
 
-
-    @auth_group.command("enable")
-    @_client_options
-    def auth_enable(endpoints: list[str], timeout: float) -> int:
-        """Enable authentication (the root user must exist and hold the root role)."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.enable()
-        click.echo("Authentication Enabled")
-        return EXIT_OK
-
-
-    @auth_group.command("disable")
-    @_client_options
-    def auth_disable(endpoints: list[str], timeout: float) -> int:
-        """Disable authentication."""
-        with _connect(endpoints, timeout) as kv:
-            kv.auth.disable()
-        click.echo("Authentication Disabled")
-        return EXIT_OK
-
-
-    @auth_group.command("status")
-    @_client_options
-    def auth_status(endpoints: list[str], timeout: float) -> int:
-        """Whether authentication is enabled, and the auth revision."""
-        with _connect(endpoints, timeout) as kv:
-            status = kv.auth.status()
-        click.echo(f"Authentication Status: {str(status.enabled).lower()}")
-        click.echo(f"AuthRevision: {status.auth_revision}")
-        return EXIT_OK
+    one_call(auth_group, "enable",
+             "Enable authentication (the root user must exist and hold the root role).", [],
+             lambda auth: auth.enable(), lambda _: ["Authentication Enabled"])
+    one_call(auth_group, "disable", "Disable authentication.", [],
+             lambda auth: auth.disable(), lambda _: ["Authentication Disabled"])
+    one_call(auth_group, "status", "Whether authentication is enabled, and the auth revision.",
+             [], lambda auth: auth.status(),
+             lambda status: [f"Authentication Status: {str(status.enabled).lower()}",
+                             f"AuthRevision: {status.auth_revision}"])

@@ -4,8 +4,8 @@
 Their output is etcdctl 3.4's "simple" output, so scripts written for etcdctl read it:
 a watch event is its type, key and value on three lines; a lease id is 16 hex digits.
 kvraft/cli.py calls `register(cli, <the kvraft.cli module>)` at its end: the commands
-use its shared options (--endpoints, --timeout, TLS), its connection and its errors,
-handed in rather than imported (the import graph has no cycles).
+use its connection and its errors, handed in rather than imported (the import graph
+has no cycles), and the connection flags of kvraft/cli_connection.py.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from kvraft.cli_connection import command_options
 from kvraft.client_etcd import (
     Compare,
     DeleteOp,
@@ -273,7 +274,6 @@ def _stdin_lines() -> Iterator[str]:
 
 def register(cli: click.Group, base: ModuleType) -> None:
     """Add the commands to `cli`; `base` is kvraft.cli (options, connect, errors)."""
-    client_options = base._client_options
     connect = base._connect
     key_bytes = base._key_bytes
     CliError = base.CliError
@@ -285,7 +285,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @click.option("--rev", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Replay the history from this revision (0: changes from now on).")
     @click.option("--prev-kv", is_flag=True, help="Print each key's previous value too.")
-    @client_options
+    @command_options
     def watch(key: str, prefix: bool, rev: int, prev_kv: bool, endpoints: list[str],
               timeout: float) -> int:
         """Print each change to KEY (or the keys under it) until Ctrl-C: the event type,
@@ -306,7 +306,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @cli.command()
     @click.option("-i", "--interactive", is_flag=True,
                   help="Prompt for each section (as etcdctl txn -i).")
-    @client_options
+    @command_options
     def txn(interactive: bool, endpoints: list[str], timeout: float) -> int:
         """Run a transaction read from stdin in etcdctl's format: compares (e.g.
         mod("k") > "3", value("k") = "v"), a blank line, the requests if they all hold
@@ -326,7 +326,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @click.argument("revision", metavar="REV", type=click.IntRange(min=1))
     @click.option("--physical", is_flag=True,
                   help="Return once the compaction is applied to the store.")
-    @client_options
+    @command_options
     def compact(revision: int, physical: bool, endpoints: list[str], timeout: float) -> int:
         """Drop the history at and below REV (reads and watches below it then fail)."""
         with connect(endpoints, timeout) as kv:
@@ -340,7 +340,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
 
     @lease.command("grant")
     @click.argument("ttl", metavar="TTL", type=click.IntRange(min=1))
-    @client_options
+    @command_options
     def lease_grant(ttl: int, endpoints: list[str], timeout: float) -> int:
         """Grant a lease of TTL seconds; prints its id."""
         with connect(endpoints, timeout) as kv:
@@ -350,7 +350,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
 
     @lease.command("revoke")
     @click.argument("lease_id", metavar="ID", type=LEASE_ID)
-    @client_options
+    @command_options
     def lease_revoke(lease_id: int, endpoints: list[str], timeout: float) -> int:
         """Revoke lease ID, deleting every key attached to it."""
         with connect(endpoints, timeout) as kv:
@@ -361,7 +361,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @lease.command("keep-alive")
     @click.argument("lease_id", metavar="ID", type=LEASE_ID)
     @click.option("--once", is_flag=True, help="Renew once and exit.")
-    @client_options
+    @command_options
     def lease_keep_alive(lease_id: int, once: bool, endpoints: list[str],
                          timeout: float) -> int:
         """Renew lease ID every TTL/3 until Ctrl-C (exit 1 once it is gone)."""
@@ -383,7 +383,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @lease.command("ttl")
     @click.argument("lease_id", metavar="ID", type=LEASE_ID)
     @click.option("--keys", is_flag=True, help="List the keys attached to the lease too.")
-    @client_options
+    @command_options
     def lease_ttl(lease_id: int, keys: bool, endpoints: list[str], timeout: float) -> int:
         """Print lease ID's granted and remaining TTL (exit 1 when it is gone)."""
         with connect(endpoints, timeout) as kv:
@@ -400,7 +400,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
         return b.EXIT_OK
 
     @lease.command("list")
-    @client_options
+    @command_options
     def lease_list(endpoints: list[str], timeout: float) -> int:
         """Every granted lease's id."""
         with connect(endpoints, timeout) as kv:
@@ -416,7 +416,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @click.option("--ttl", type=click.IntRange(min=1), default=60, show_default=True,
                   metavar="SECONDS", help="The lease behind the lock: it is lost this long "
                   "after this process stops renewing it.")
-    @client_options
+    @command_options
     def lock(name: str, command: tuple[str, ...], ttl: int, endpoints: list[str],
              timeout: float) -> int:
         """Take the lock NAME (etcd's recipe: `etcdctl lock NAME` excludes it and waits for
@@ -467,7 +467,7 @@ def register(cli: click.Group, base: ModuleType) -> None:
     @click.argument("proposal", required=False)
     @click.option("--ttl", type=click.IntRange(min=1), default=60, show_default=True,
                   metavar="SECONDS", help="The lease behind a campaign.")
-    @client_options
+    @command_options
     def elect(name: str, proposal: str | None, ttl: int, endpoints: list[str],
               timeout: float) -> int:
         """With PROPOSAL: campaign in the election NAME (etcd's recipe, as `etcdctl

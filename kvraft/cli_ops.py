@@ -2,9 +2,9 @@
 restore`, `defrag` and `alarm list|disarm`, over etcd's Maintenance service (and its
 Cluster service for `defrag --cluster`), printing what etcdctl prints.
 
-Registered into the click group of kvraft/cli.py by `register` (cli.py calls it with its
-shared client options, so these commands take --endpoints and --timeout like every
-other; this module imports nothing of cli.py, which would be an import cycle).
+Registered into the click group of kvraft/cli.py by `register`; the client commands
+take the connection flags of kvraft/cli_connection.py like every other (this module
+imports nothing of cli.py, which would be an import cycle).
 
 Failures are one line (kvraft/cli.py's `main` prints them), exit codes as there:
 1 a refused file or directory, 2 bad usage, 3 the cluster failed the request.
@@ -30,6 +30,7 @@ import click
 import grpc
 
 from kvraft import cli_auth, client_auth
+from kvraft.cli_connection import command_options, refuses_connection_flags, tls_files
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
 from kvraft.server.config import ServeError, parse_initial_cluster, parse_member_id
@@ -45,9 +46,6 @@ from kvraft.storage.snapshot_file import (
 )
 from kvraft.tls import ClientTLS
 from kvraft.wire import GRPC_MESSAGE_BYTES_MAX
-
-# kvraft/cli.py's decorator adding --endpoints and --timeout to a command.
-ClientOptions = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -85,10 +83,6 @@ def _rpc_failure(endpoint: str, err: grpc.RpcError) -> OpsError:
     return RequestFailed(f"{endpoint}: {word}: {err.details() or ''}")
 
 
-# Where kvraft.cli keeps the command's --cacert/--cert/--key (its _TLS_META_KEY).
-TLS_META_KEY = "kvraft.client_tls"
-
-
 def open_channel(endpoint: str) -> grpc.Channel:
     """A channel to `endpoint`, with TLS when the command was given --cacert, --cert or
     --key (the files are read now), authenticating as the command's --user if given
@@ -103,8 +97,7 @@ def open_channel(endpoint: str) -> grpc.Channel:
 
 
 def _open_raw_channel(endpoint: str) -> grpc.Channel:
-    ctx = click.get_current_context(silent=True)
-    options = dict(ctx.meta.get(TLS_META_KEY, {})) if ctx is not None else {}
+    options = tls_files()
     if not options:
         return grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
     try:
@@ -288,14 +281,18 @@ def format_status(info: SnapshotFileInfo, write_out: str) -> str:
     return "\n".join([rule, head, rule, body, rule])
 
 
-def _snapshot_group(client_options: ClientOptions) -> click.Group:
+def _works_on_files(command: str) -> Callable[[str], str]:
+    return lambda flag: f"{command} works on files only"
+
+
+def _snapshot_group() -> click.Group:
     @click.group("snapshot")
     def snapshot() -> None:
         """Back up the store to a file and restore a new cluster from one."""
 
     @snapshot.command("save")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-    @client_options
+    @command_options
     def snapshot_save(file: Path, endpoints: list[str], timeout: float) -> int:
         """Stream a consistent snapshot of the store from a member into FILE (checked:
         the image's crc32 and the stream's SHA-256; written atomically)."""
@@ -310,6 +307,7 @@ def _snapshot_group(client_options: ClientOptions) -> click.Group:
     @click.option("-w", "--write-out", type=click.Choice(WRITE_OUT), default="table",
                   envvar="KVRAFT_WRITE_OUT",
                   show_default=True, help="Output format (etcdctl's: simple, table, json).")
+    @refuses_connection_flags(_works_on_files("snapshot status"))
     def snapshot_status(file: Path, write_out: str) -> int:
         """Check FILE (its image's crc32, its SHA-256) and print its hash, revision,
         key count and size."""
@@ -335,6 +333,7 @@ def _snapshot_group(client_options: ClientOptions) -> click.Group:
     @click.option("--skip-hash-check", is_flag=True, envvar="KVRAFT_SKIP_HASH_CHECK",
                   help="Accept a file without its SHA-256 (the image's crc32 is still "
                   "checked).")
+    @refuses_connection_flags(_works_on_files("snapshot restore"))
     def snapshot_restore(file: Path, data_dir: Path, node_id: int,
                          initial_cluster: dict[int, str], skip_hash_check: bool) -> int:
         """Make the data directory of member ID of a NEW cluster (a new cluster id, the
@@ -381,11 +380,11 @@ def _cluster_endpoints(endpoints: list[str], timeout_s: float) -> list[str]:
     raise last
 
 
-def _defrag_command(client_options: ClientOptions) -> click.Command:
+def _defrag_command() -> click.Command:
     @click.command("defrag")
     @click.option("--cluster", is_flag=True, envvar="KVRAFT_CLUSTER",
                   help="Every member the cluster lists, not only --endpoints.")
-    @client_options
+    @command_options
     def defrag(cluster: bool, endpoints: list[str], timeout: float) -> int:
         """Compact each member's LevelDB (etcd's Defragment), one member at a time;
         its reads and writes go on meanwhile. --timeout bounds each member's."""
@@ -442,13 +441,13 @@ def format_alarm(alarm: etcdpb.AlarmMember) -> str:
     return f"memberID:{alarm.memberID} alarm:{etcdpb.AlarmType.Name(alarm.alarm)} "
 
 
-def _alarm_group(client_options: ClientOptions) -> click.Group:
+def _alarm_group() -> click.Group:
     @click.group("alarm")
     def alarm() -> None:
         """List and disarm the cluster's alarms (NOSPACE, CORRUPT)."""
 
     @alarm.command("list")
-    @client_options
+    @command_options
     def alarm_list(endpoints: list[str], timeout: float) -> int:
         """Print every raised alarm, one per line (nothing when none is)."""
         response = _alarm_call(endpoints, timeout, etcdpb.AlarmRequest(
@@ -458,7 +457,7 @@ def _alarm_group(client_options: ClientOptions) -> click.Group:
         return EXIT_OK
 
     @alarm.command("disarm")
-    @client_options
+    @command_options
     def alarm_disarm(endpoints: list[str], timeout: float) -> int:
         """Disarm every raised alarm and print each one disarmed (as etcdctl's does:
         a NOSPACE alarm is raised again if the member is still past its quota)."""
@@ -476,8 +475,8 @@ def _alarm_group(client_options: ClientOptions) -> click.Group:
 # --------------------------------------------------------------------------- registry
 
 
-def register(group: click.Group, client_options: ClientOptions) -> None:
+def register(group: click.Group) -> None:
     """Add snapshot, defrag and alarm to `group` (kvraft/cli.py's `cli`)."""
-    group.add_command(_snapshot_group(client_options))
-    group.add_command(_defrag_command(client_options))
-    group.add_command(_alarm_group(client_options))
+    group.add_command(_snapshot_group())
+    group.add_command(_defrag_command())
+    group.add_command(_alarm_group())

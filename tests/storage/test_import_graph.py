@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("kvraft.client", "kvraft.cli", "kvraft.cli_format", "kvraft.bench",
      "kvraft.devcluster", "kvraft.procs", "kvraft.__main__", "kvraft._cli_env",
      "kvraft.client_etcd", "kvraft.client_recipes", "kvraft.cli_etcd", "kvraft.cli_ops",
-     "kvraft.cli_auth", "kvraft.devcerts", "kvraft.client_auth"),
+     "kvraft.cli_auth", "kvraft.devcerts", "kvraft.client_auth", "kvraft.cli_connection",
+     "kvraft.cli_params"),
 ]
 
 
