@@ -4,13 +4,12 @@ and each is stopped by its own pid, also when the test fails."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.etcd.conftest import ETCDCTL
+from tests.etcd.conftest import ETCDCTL, etcdctl_env
 
 STOP_TIMEOUT_S = 5.0
 
@@ -20,11 +19,9 @@ class Background:
 
     def __init__(self, argv: list[str], output: Path) -> None:
         self.output = output
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("ETCDCTL_") and k.lower() not in ("http_proxy", "https_proxy")}
-        env["ETCDCTL_API"] = "3"
         with output.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=etcdctl_env())
 
     def text(self) -> str:
         return self.output.read_text()
