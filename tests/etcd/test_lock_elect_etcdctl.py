@@ -6,6 +6,7 @@ prev_kv). Nothing here is kvraft's own code: if kvraft's leases, txns or watches
 from etcd's, a second holder would get in early, or never."""
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import time
@@ -40,6 +41,14 @@ def holder_key(job: Background, name: str) -> str | None:
     return None
 
 
+def elected(job: Background, name: str, proposal: str) -> bool:
+    """etcdctl printed NAME/<lease> and then the proposal: it won. (The two lines are
+    two writes: the key may be read before the proposal is written.)"""
+    lines = job.lines()
+    return any(HOLDER_KEY.match(key) is not None and key.startswith(f"{name}/")
+               and value == proposal for key, value in itertools.pairwise(lines))
+
+
 def test_a_second_locker_waits_until_the_first_releases(
         etcd_cluster3: LocalCluster, tmp_path: Path) -> None:
     endpoints = etcd_cluster3.endpoints()
@@ -68,14 +77,33 @@ def test_a_second_locker_waits_until_the_first_releases(
     assert left == "", left
 
 
+def test_a_killed_holders_lock_passes_on_once_its_session_lease_expires(
+        etcd_cluster3: LocalCluster, tmp_path: Path) -> None:
+    """SIGKILL leaves no time to unlock: the lock goes with the holder's session lease
+    (--ttl 2), which kvraft expires once etcdctl stops keeping it alive."""
+    endpoints = etcd_cluster3.endpoints()
+    with etcdctl_background(endpoints, "lock", "--ttl", "2", "judges-killed",
+                            output=tmp_path / "killed.out") as holder:
+        wait_until(lambda: holder_key(holder, "judges-killed"), ACQUIRE_TIMEOUT_S,
+                   "the first locker to hold the lock", holder.text)
+        with etcdctl_background(endpoints, "lock", "judges-killed", "--", "echo", "next",
+                                output=tmp_path / "next.out") as waiter:
+            time.sleep(HELD_FOR_S / 2)
+            assert waiter.running() and "next" not in waiter.lines(), waiter.text()
+            holder.proc.kill()
+            holder.proc.wait(timeout=ACQUIRE_TIMEOUT_S)
+            wait_until(lambda: not waiter.running(), ACQUIRE_TIMEOUT_S,
+                       "the waiter to get the lock once the lease expired", waiter.text)
+            assert waiter.proc.returncode == 0 and "next" in waiter.lines(), waiter.text()
+
+
 def test_an_observer_sees_each_leader_of_an_election_in_turn(
         etcd_cluster3: LocalCluster, tmp_path: Path) -> None:
     endpoints = etcd_cluster3.endpoints()
     with etcdctl_background(endpoints, "elect", "judges-elect", "alpha",
                             output=tmp_path / "alpha.out") as alpha:
-        wait_until(lambda: holder_key(alpha, "judges-elect"), ACQUIRE_TIMEOUT_S,
+        wait_until(lambda: elected(alpha, "judges-elect", "alpha"), ACQUIRE_TIMEOUT_S,
                    "alpha to win the election", alpha.text)
-        assert alpha.lines()[1] == "alpha"
         with etcdctl_background(endpoints, "elect", "judges-elect", "beta",
                                 output=tmp_path / "beta.out") as beta, \
                 etcdctl_background(endpoints, "elect", "-l", "judges-elect",
@@ -85,9 +113,8 @@ def test_an_observer_sees_each_leader_of_an_election_in_turn(
             time.sleep(HELD_FOR_S)
             assert holder_key(beta, "judges-elect") is None, beta.text()
             assert alpha.stop() == 0, alpha.text()   # SIGINT: etcdctl resigns
-            wait_until(lambda: holder_key(beta, "judges-elect"), ACQUIRE_TIMEOUT_S,
+            wait_until(lambda: elected(beta, "judges-elect", "beta"), ACQUIRE_TIMEOUT_S,
                        "beta to win once alpha resigned", beta.text)
-            assert beta.lines()[1] == "beta"
             wait_until(lambda: "beta" in observer.lines(), ACQUIRE_TIMEOUT_S,
                        "the observer to see beta lead", observer.text)
             assert observer.running(), observer.text()
