@@ -18,18 +18,24 @@ ETCDCTL_TIMEOUT_S = 30
 MEMBERS_TIMEOUT_S = 30
 
 
-def etcdctl(endpoints: str, *args: str, stdin: str | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    """Run `etcdctl --endpoints=... ARGS` (API v3), `stdin` on its standard input; its own
-    deadlines are bounded."""
-    assert ETCDCTL is not None, "etcdctl is not installed (Debian: etcd-client)"
+def etcdctl_env() -> dict[str, str]:
+    """This environment without the caller's ETCDCTL_* settings (a user's endpoints,
+    certs) nor a proxy gRPC would dial loopback through; API v3."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("ETCDCTL_") and k.lower() not in ("http_proxy", "https_proxy")}
     env["ETCDCTL_API"] = "3"
+    return env
+
+
+def etcdctl(endpoints: str, *args: str, stdin: str | None = None,
+            timeout_s: float = ETCDCTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run `etcdctl --endpoints=... ARGS` (API v3), `stdin` on its standard input; its own
+    deadlines are bounded."""
+    assert ETCDCTL is not None, "etcdctl is not installed (Debian: etcd-client)"
     return subprocess.run(
         [ETCDCTL, f"--endpoints={endpoints}", "--dial-timeout=5s", "--command-timeout=10s",
-         *args], input=stdin, capture_output=True, text=True, env=env,
-        timeout=ETCDCTL_TIMEOUT_S)
+         *args], input=stdin, capture_output=True, text=True, env=etcdctl_env(),
+        timeout=timeout_s)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

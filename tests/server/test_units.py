@@ -159,3 +159,9 @@ def test_a_write_that_ends_in_an_error_counts_once_as_a_failed_proposal() -> Non
         return metrics.registry.get_sample_value("kvraft_proposals_failed_total")
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_metrics_carry_the_process_resident_memory_as_etcds_do() -> None:
+    """`etcdctl check datascale` reads process_resident_memory_bytes from /metrics."""
+    resident = NodeMetrics().registry.get_sample_value("process_resident_memory_bytes")
+    assert resident is not None and resident > 0
