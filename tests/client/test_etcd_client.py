@@ -2,6 +2,10 @@
 watch that resumes on another member after a kill -9 with no gap and no duplicate,
 leases kept alive every TTL/3, etcd's lock recipe with a fencing token, and elections.
 
+Every test that does not kill or pause a member runs twice (the `backend` fixture):
+against kvraft and against a real 3-member etcd (Debian's etcd-server, 3.4), so that
+the client is judged by etcd itself and kvraft's answers by etcd's.
+
 The cluster's tick is the harness's (50 ms: an election timeout of 0.5-1 s), so leases
 of 5 s are above the server's minimum TTL and renewed (every TTL/3) even on a loaded
 machine."""
@@ -10,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +34,7 @@ from kvraft.client import (
 )
 from kvraft.client_etcd import PUT, Event, Watch
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
+from tests.client.real_etcd import real_etcd
 from tests.cluster.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -38,6 +44,19 @@ LEASE_TTL_S = 5
 # leader's expiry check, a revoke through Raft, a slow shared CI machine).
 EXPIRY_SLACK_S = 10.0
 WAIT_S = 20.0
+# A real etcd of three members, as kvraft's: the client's failover order is exercised.
+ETCD_MEMBERS = 3
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A cluster serving etcd's API that the client tests run against."""
+
+    name: str                  # "kvraft" or "etcd"
+    all_endpoints: tuple[str, ...]
+
+    def endpoints(self) -> list[str]:
+        return list(self.all_endpoints)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +66,19 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
+@pytest.fixture(scope="module", params=["kvraft", "etcd"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "kvraft":
+        cluster: LocalCluster = request.getfixturevalue("cluster")
+        yield Backend("kvraft", tuple(cluster.endpoints().split(",")))
+        return
+    with real_etcd(ETCD_MEMBERS) as endpoints:
+        yield Backend("etcd", endpoints)
+
+
 @pytest.fixture
-def kv(cluster: LocalCluster) -> Iterator[Client]:
-    with Client(cluster.endpoints(), timeout=10) as client:
+def kv(backend: Backend) -> Iterator[Client]:
+    with Client(backend.endpoints(), timeout=10) as client:
         yield client
 
 
@@ -176,10 +205,10 @@ def test_a_watch_from_a_past_revision_replays_the_history_with_prev_kv(kv: Clien
     assert revisions[0] == start
 
 
-def test_a_watch_from_now_sees_only_later_changes(cluster: LocalCluster) -> None:
+def test_a_watch_from_now_sees_only_later_changes(backend: Backend) -> None:
     # "Now" is the revision the watch's member has applied: put and watch through one
     # member, which applied the put before acknowledging it.
-    with Client(in_order(cluster, [1]), timeout=10) as kv:
+    with Client(backend.endpoints()[:1], timeout=10) as kv:
         watch_from_now(kv)
 
 
@@ -339,9 +368,9 @@ def test_an_abandoned_lease_expires_and_takes_its_keys(kv: Client) -> None:
 # --------------------------------------------------------------------------- locks
 
 
-def test_a_lock_excludes_a_second_holder_until_released(cluster: LocalCluster) -> None:
-    with Client(cluster.endpoints(), timeout=10) as a, \
-            Client(cluster.endpoints(), timeout=10) as b:
+def test_a_lock_excludes_a_second_holder_until_released(backend: Backend) -> None:
+    with Client(backend.endpoints(), timeout=10) as a, \
+            Client(backend.endpoints(), timeout=10) as b:
         first = a.lock("locks/one", ttl=LEASE_TTL_S)
         assert first.key.startswith(b"locks/one/")
         assert first.key == b"locks/one/%x" % first.lease.id
@@ -393,10 +422,10 @@ def test_a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused(
 # --------------------------------------------------------------------------- elections
 
 
-def test_an_election_campaign_proclaim_observe_and_resign(cluster: LocalCluster) -> None:
-    with Client(cluster.endpoints(), timeout=10) as a, \
-            Client(cluster.endpoints(), timeout=10) as b, \
-            Client(cluster.endpoints(), timeout=10) as watcher:
+def test_an_election_campaign_proclaim_observe_and_resign(backend: Backend) -> None:
+    with Client(backend.endpoints(), timeout=10) as a, \
+            Client(backend.endpoints(), timeout=10) as b, \
+            Client(backend.endpoints(), timeout=10) as watcher:
         ea = a.election("elect/one", ttl=LEASE_TTL_S)
         eb = b.election("elect/one", ttl=LEASE_TTL_S)
         assert ea.leader() is None
