@@ -176,6 +176,8 @@ def test_txn_compares_over_a_prefix_nested_txns_and_etcd_messages(kv: Client) ->
     assert outer.succeeded
     inner = outer.responses[0]
     assert not inner.succeeded and kv.get("nest/x") == b"inner-failure"
+    # One txn, one revision: etcd leaves a nested txn's header empty, kvraft fills it.
+    assert inner.revision == outer.revision == inner.responses[0].revision > 0
     raw = kv.txn([etcdpb.Compare(key=b"nest/y", target=etcdpb.Compare.VALUE,
                                  result=etcdpb.Compare.EQUAL, value=b"a")],
                  [etcdpb.RequestOp(request_put=etcdpb.PutRequest(key=b"nest/y", value=b"b"))],
@@ -457,6 +459,82 @@ def test_an_election_campaign_proclaim_observe_and_resign(backend: Backend) -> N
         assert leader_b is not None and leader_b.key == out["result"].key
         eb.resign()
         assert eb.leader() is None
+
+
+# --------------------------------------------------------------------------- edges
+# etcd's answers where a store could reasonably answer otherwise: run against etcd,
+# these assertions are etcd's behaviour; run against kvraft, they hold kvraft to it.
+
+
+def test_writes_that_change_nothing_take_no_revision(kv: Client) -> None:
+    kv.put("edge/k", "v")
+    now = kv.range("edge/k").revision
+    assert kv.delete("edge/absent") is False
+    missed = kv.txn([Compare.value("edge/k") == "other"], [PutOp("edge/k", "no")], [])
+    assert not missed.succeeded and missed.revision == now and missed.responses == ()
+    reads = kv.txn([], [RangeOp("edge/k"), RangeOp("edge/absent")], [])
+    assert reads.succeeded and reads.revision == now
+    assert kv.range("edge/absent").revision == now      # a miss reads at the store's revision
+    deleted = kv.txn([], [DeleteOp("edge/absent")], [])
+    assert deleted.revision == now and deleted.responses[0].deleted == 0
+
+
+def test_a_range_with_a_limit_counts_every_key_and_says_more(kv: Client) -> None:
+    for name in ("a", "b", "c"):
+        kv.put(f"limit/{name}", name)
+    page = kv.range("limit/", prefix=True, limit=2)
+    assert [k.key for k in page.kvs] == [b"limit/a", b"limit/b"]
+    assert page.count == 3 and page.more
+    whole = kv.range("limit/", prefix=True, limit=3)
+    assert whole.count == 3 and not whole.more
+    counted = kv.range("limit/", prefix=True, count_only=True)
+    assert counted.count == 3 and counted.kvs == ()
+    keys = kv.range("limit/", prefix=True, keys_only=True)
+    assert [k.value for k in keys.kvs] == [b"", b"", b""]
+
+
+def test_etcds_errors_for_bad_requests(kv: Client) -> None:
+    def refused(call: Callable[[], Any]) -> tuple[grpc.StatusCode | None, str]:
+        with pytest.raises(KvraftError) as raised:
+            call()
+        return raised.value.code, raised.value.message
+
+    future = kv.range("edge/").revision + 1000
+    assert refused(lambda: kv.range("edge/k", revision=future)) == (
+        grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+    assert refused(lambda: kv.compact(future)) == (
+        grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+    assert refused(lambda: kv.txn([], [PutOp("edge/dup", "1"), PutOp("edge/dup", "2")], [])) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
+    assert refused(lambda: kv.put("", "v", lease=0x7AB)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")
+    assert refused(lambda: kv.put("edge/leased", "v", lease=0x7AB)) == (
+        grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+    assert refused(lambda: kv.lease_revoke(0x7AB)) == (
+        grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+    assert kv.lease_time_to_live(0x7AB) is None                 # TTL -1, not an error
+    assert kv.lease_keep_alive_once(0x7AB) == 0
+    assert kv.get("edge/leased") is None and kv.get("edge/dup") is None
+
+
+def test_a_lease_granted_with_an_id_keeps_it_and_a_second_grant_is_refused(
+        kv: Client) -> None:
+    lease_id, ttl = kv.lease_grant(LEASE_TTL_S, lease_id=0x5EED)
+    try:
+        assert (lease_id, ttl) == (0x5EED, LEASE_TTL_S)
+        with pytest.raises(KvraftError) as again:
+            kv.lease_grant(LEASE_TTL_S, lease_id=0x5EED)
+        assert (again.value.code, again.value.message) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
+        kv.put("edge/l1", "a", lease=lease_id)
+        kv.put("edge/l2", "b", lease=lease_id)
+        kv.delete("edge/l1")
+        info = kv.lease_time_to_live(lease_id, keys=True)
+        assert info is not None and info.keys == (b"edge/l2",) and info.granted_ttl == ttl
+        assert kv.range("edge/l2").kvs[0].lease == lease_id
+    finally:
+        kv.lease_revoke(lease_id)
+    assert kv.get("edge/l2") is None
 
 
 # --------------------------------------------------------------------------- compaction
