@@ -364,6 +364,9 @@ class Client:
         self._leader_id = 0
         self._member_at: dict[str, int] = {}  # endpoint -> member id, from headers
         self._mapped_leader_id = 0  # the leader for which the member list was last fetched
+        # Set (never cleared) once a member answered kvraft.KV with UNIMPLEMENTED: the
+        # cluster is a plain etcd, so put/get/delete go through etcd's KV from then on.
+        self._etcd_only = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -397,7 +400,8 @@ class Client:
             self._etcd.put(client_etcd.PutOp(key, value, lease=_lease_id(lease)), timeout=timeout)
             return
         request = pb.PutRequest(key=to_bytes(key, "key"), value=to_bytes(value, "value"))
-        self._call("kv", "Put", request, write=True, timeout=timeout)
+        if self._kvraft_kv("Put", request, write=True, timeout=timeout) is None:
+            self._etcd.put(client_etcd.PutOp(request.key, request.value), timeout=timeout)
 
     def get(
         self, key: Bytesish, serializable: bool = False, *, revision: int = 0,
@@ -412,13 +416,35 @@ class Client:
                                       serializable=serializable, timeout=timeout)
             return result.kvs[0].value if result.kvs else None
         request = pb.GetRequest(key=to_bytes(key, "key"), consistency=_consistency(serializable))
-        response = self._call("kv", "Get", request, write=False, timeout=timeout)
+        response = self._kvraft_kv("Get", request, write=False, timeout=timeout)
+        if response is None:
+            result = self._etcd.range(client_etcd.RangeOp(request.key),
+                                      serializable=serializable, timeout=timeout)
+            return result.kvs[0].value if result.kvs else None
         return response.value if response.found else None
 
     def delete(self, key: Bytesish, *, timeout: float | None = None) -> bool:
         """Delete the key; True when it existed."""
         request = pb.DeleteRequest(key=to_bytes(key, "key"))
-        return self._call("kv", "Delete", request, write=True, timeout=timeout).deleted
+        response = self._kvraft_kv("Delete", request, write=True, timeout=timeout)
+        if response is None:
+            return self._etcd.delete(client_etcd.DeleteOp(request.key), timeout=timeout).deleted > 0
+        return response.deleted
+
+    def _kvraft_kv(self, method: str, request: Any, *, write: bool,
+                   timeout: float | None) -> Any | None:
+        """kvraft.KV's `method`, or None when the cluster is a plain etcd: its member
+        answered UNIMPLEMENTED (no kvraft.KV service, so nothing was applied) and the
+        caller makes the same call through etcd's KV instead, now and from then on."""
+        if self._etcd_only:
+            return None
+        try:
+            return self._call("kv", method, request, write=write, timeout=timeout)
+        except KvraftError as err:
+            if err.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._etcd_only = True
+            return None
 
     def scan(
         self,

@@ -357,7 +357,10 @@ def range_result(r: etcdpb.RangeResponse) -> RangeResult:
                        more=r.more, revision=r.header.revision)
 
 
-def txn_result(r: etcdpb.TxnResponse) -> TxnResult:
+def txn_result(r: etcdpb.TxnResponse, outer_revision: int = 0) -> TxnResult:
+    """`outer_revision`: for a nested txn, its outer txn's revision — etcd leaves a
+    nested txn's header empty (kvraft fills it), and a txn runs at one revision."""
+    revision = r.header.revision or outer_revision
     out: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
     for op in r.responses:
         kind = op.WhichOneof("response")
@@ -365,15 +368,15 @@ def txn_result(r: etcdpb.TxnResponse) -> TxnResult:
             out.append(range_result(op.response_range))
         elif kind == "response_put":
             p = op.response_put
-            out.append(PutResult(p.header.revision or r.header.revision,
+            out.append(PutResult(p.header.revision or revision,
                                  KeyValue.from_pb(p.prev_kv) if p.HasField("prev_kv") else None))
         elif kind == "response_delete_range":
             d = op.response_delete_range
-            out.append(DeleteResult(d.header.revision or r.header.revision, d.deleted,
+            out.append(DeleteResult(d.header.revision or revision, d.deleted,
                                     tuple(KeyValue.from_pb(kv) for kv in d.prev_kvs)))
         elif kind == "response_txn":
-            out.append(txn_result(op.response_txn))
-    return TxnResult(succeeded=r.succeeded, revision=r.header.revision, responses=tuple(out))
+            out.append(txn_result(op.response_txn, revision))
+    return TxnResult(succeeded=r.succeeded, revision=revision, responses=tuple(out))
 
 
 # --------------------------------------------------------------------------- errors

@@ -34,7 +34,7 @@ import grpc
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcd_grpc
 from tests.bench.compare import System, cpu_seconds, kvraft_cluster
-from tests.bench.etcd import EtcdCluster, ensure_installed
+from tests.bench.etcd import EtcdClusterOverKvraftStubs, ensure_installed, wait_ready
 
 VALUE = b"x" * 100
 WATCHERS = 100
@@ -42,35 +42,11 @@ WATCH_RATES = (100, 500, 1000, 2000, 4000)
 LEASES = 10_000
 LEASE_TTL_S = 60
 RANGE_KEYS = 10_000
-READY_TIMEOUT_S = 60.0
-
-
-class _EtcdCluster(EtcdCluster):
-    """EtcdCluster, waited for through kvraft's stubs (etcd.py's compiled Debian protos
-    and kvraft's define the same package: they cannot share one process)."""
-
-    def _wait_ready(self) -> None:
-        wait_ready(self.endpoints)
-
-
-def wait_ready(endpoints: tuple[str, ...]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    for ep in endpoints:
-        while True:
-            try:
-                with grpc.insecure_channel(ep) as ch:
-                    etcd_grpc.KVStub(ch).Put(etcdpb.PutRequest(key=b"ready", value=b"1"),
-                                             timeout=3)
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{ep} not ready through etcd's API") from None
-                time.sleep(0.2)
 
 
 @contextmanager
 def etcd_system(nodes: int, base: Path) -> Iterator[System]:
-    cluster = _EtcdCluster(nodes, base)
+    cluster = EtcdClusterOverKvraftStubs(nodes, base)
     try:
         cluster.start()
         yield System("etcd", nodes, cluster.endpoints, cluster.pids, "")

@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -29,6 +30,7 @@ PROTOS = {  # path in the Debian package -> import path used by rpc.proto
 }
 CACHE_DIR = Path(tempfile.gettempdir()) / "kvraft-bench-etcd-proto"
 START_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 60.0
 DEBIAN_PACKAGES = ("etcd-server", "golang-etcd-server-dev")
 
 
@@ -169,24 +171,14 @@ class EtcdCluster:
 
     def _wait_ready(self) -> None:
         rpc_pb2, rpc_grpc = _import_rpc()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for ep in self.endpoints:
-            while True:
-                try:
-                    with grpc.insecure_channel(ep) as ch:
-                        rpc_grpc.KVStub(ch).Put(rpc_pb2.PutRequest(key=b"ready", value=b"1"),
-                                                timeout=2)
-                    break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"etcd at {ep} not ready after "
-                                           f"{START_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.2)
+        _wait_puts(self.endpoints, rpc_grpc.KVStub, rpc_pb2.PutRequest, START_TIMEOUT_S)
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
+        """SIGTERM (etcd shuts down cleanly, a few seconds with peers leaving), or with
+        graceful=False SIGKILL, for data directories thrown away right after."""
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
         for p in self.procs:
             try:
                 p.wait(timeout=10)
@@ -194,3 +186,37 @@ class EtcdCluster:
                 p.kill()
                 p.wait()
         self.procs.clear()
+
+
+class EtcdClusterOverKvraftStubs(EtcdCluster):
+    """EtcdCluster, waited for through kvraft's stubs (the compiled Debian protos above
+    and kvraft's define the same package: they cannot share one process)."""
+
+    def _wait_ready(self) -> None:
+        wait_ready(self.endpoints)
+
+
+def wait_ready(endpoints: tuple[str, ...]) -> None:
+    """Waits until each endpoint takes a Put through etcd's API (kvraft's or etcd's)."""
+    from kvraft.proto import etcdserverpb_pb2 as etcdpb
+    from kvraft.proto import etcdserverpb_pb2_grpc as etcd_grpc
+
+    _wait_puts(endpoints, etcd_grpc.KVStub, etcdpb.PutRequest, READY_TIMEOUT_S)
+
+
+def _wait_puts(endpoints: tuple[str, ...], kv_stub: Any, put_request: Any,
+               timeout_s: float) -> None:
+    """Puts `ready` through each endpoint until it is taken, within `timeout_s` overall
+    (the stub and request classes: Debian's compiled protos or kvraft's)."""
+    deadline = time.monotonic() + timeout_s
+    for ep in endpoints:
+        while True:
+            try:
+                with grpc.insecure_channel(ep) as ch:
+                    kv_stub(ch).Put(put_request(key=b"ready", value=b"1"), timeout=3)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ep} not ready through etcd's API after "
+                                       f"{timeout_s:.0f} s") from None
+                time.sleep(0.2)
