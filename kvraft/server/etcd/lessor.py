@@ -53,8 +53,11 @@ a leader exists.
 From then on 1 holds again under the new leader. An old checkpoint that a new leader
 applies after taking over never moves its deadlines (3 already counted with one).
 
-Threading: everything here runs on the node's event loop (listeners, the timer task,
-the revoke and checkpoint proposals); nothing blocks.
+Threading and time: everything here runs on the node's event loop (listeners, the timer
+task, the revoke and checkpoint proposals); nothing blocks, and no thread is started.
+Deadlines are on `node.clock` and the timer sleeps on the loop's timers, so a node built
+on a virtual clock and loop (tests/simcluster) drives the lessor's expiry on virtual
+time; `tasks()` lists what it runs, for a harness that kills the process.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ import contextlib
 import heapq
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -280,8 +283,12 @@ class Lessor:
     revoke and checkpoint proposals."""
 
     def __init__(self, node: Node, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
-                 extension_s: float | None = None) -> None:
+                 extension_s: float | None = None,
+                 request_ids: Callable[[], int] = sa.new_request_id) -> None:
         self.node = node
+        # The ids of its revoke and checkpoint proposals (a simulation passes a seeded
+        # source: a run must be a function of its seed).
+        self._request_id = request_ids
         election_timeout_s = node.config.election_tick * node.config.tick_interval_s
         self.min_ttl_s = min_lease_ttl_s(election_timeout_s)
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -319,6 +326,14 @@ class Lessor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks running now: the timer, the revokes, the checkpoint in flight."""
+        running = [self._task] if self._task is not None else []
+        running.extend(self._revokes.values())
+        if self._checkpoint is not None:
+            running.append(self._checkpoint)
+        return [t for t in running if not t.done()]
 
     @property
     def leading(self) -> bool:
@@ -432,7 +447,7 @@ class Lessor:
             while self._generation == generation and not self.node.stopping:
                 if self.node.store.sm.lease(lease_id) is None:
                     return
-                request_id = sa.new_request_id()
+                request_id = self._request_id()
                 data = etcd_command(request_id, LEASE_REVOKE,
                                     etcdpb.LeaseRevokeRequest(ID=lease_id))
                 self.revokes_proposed += 1
@@ -464,7 +479,7 @@ class Lessor:
     async def _propose_checkpoint(self, request: etcdpb.LeaseCheckpointRequest) -> None:
         """One proposal, best effort: a lost one is recounted by the next round."""
         try:
-            request_id = sa.new_request_id()
+            request_id = self._request_id()
             self.checkpoints_proposed += 1
             await self.node.propose(request_id,
                                     etcd_command(request_id, LEASE_CHECKPOINT, request),
