@@ -70,9 +70,9 @@ class SimMember:
     """One node id across its incarnations.
 
     Holds, always: `node`, `store`, `lanes`, `service` are all set (alive) or all None
-    (down), and so are `lessor` and `hub` when the cluster runs them; `disk` is the mirror of its durable log whatever the
-    state; `client_tasks` are the client calls running on the live incarnation,
-    cancelled by a crash.
+    (down), and so are `lessor` and `hub` when the cluster runs them; `disk` is the
+    mirror of its durable log whatever the state; `client_tasks` are the client calls
+    running on the live incarnation, cancelled by a crash.
     """
 
     def __init__(self, node_id: int, config: NodeConfig) -> None:
