@@ -19,7 +19,8 @@ the queued persistence jobs and the unsynced applies are lost), crashes at the m
 a Ready's write was queued after its messages left, reboots; disk stalls of several
 election timeouts; failed fsyncs (the node fails, a supervisor restarts it); pauses
 (what reaches the member meanwhile is handed over at once); lossy, duplicating,
-reordering links. Clients put, get and compare-and-swap all along.
+reordering links. Clients put, get and compare-and-swap all along, run two-key
+transactions, hold leases (leases.py) and watch key ranges (watchers.py).
 
 Checked after every step of the loop: the Raft properties tests/raft/sim.py's Checker
 checks (Election Safety, Log Matching over every node's durable log, committed entries
@@ -28,7 +29,8 @@ has not made durable); a node that fails on anything but an injected fsync failu
 a failure. At the end, after healing: liveness (a write commits and every member
 applies it), every member holds the same state, every acknowledged write's entry is
 the committed one at its index, and the whole history — final reads of every key on
-every member included — is linearizable.
+every member included — is linearizable; every lease left expires and each watch client
+received exactly the committed events of its range (README.md says what is checked).
 
     python -m tests.simcluster --seeds 20          # seeds 0..19 (make sim-cluster SEEDS=20)
     python -m tests.simcluster --seed 7 -v         # replay one with a trace (SEED=7)
