@@ -2,13 +2,13 @@
 
 A lease client grants a lease (a TTL of whole seconds of virtual time, at least the
 lessor's minimum), attaches two keys to it in one etcd Txn, keeps it alive every
-TTL/5..TTL/3.3 while it holds it, and reads its keys now and then. Then, by a drawn
-fate: it keeps it alive to the end of the chaos phase, or abandons it (stops keeping it
-alive), or revokes it; and starts over with a new lease. Calls go to a member as the
-Lease service's do (lease.py): a grant or a revoke is a proposal (a revoke after a
-ReadIndex), a keep-alive is a ReadIndex on the leader then `Lessor.renew`; on a
-follower it is forwarded to the leader the follower knows, if the link between them is
-up, after a network delay each way.
+TTL/5..TTL/3.3 while it holds it (again after 0.05..0.15 s when one fails), and reads
+its keys now and then. Then, by a drawn fate: it keeps it alive to the end of the chaos
+phase, or abandons it (stops keeping it alive), or revokes it; and starts over with a
+new lease. Calls go to a member as the Lease service's do (lease.py): a grant or a
+revoke is a proposal (a revoke after a ReadIndex), a keep-alive is a ReadIndex on the
+leader then `Lessor.renew`; on a follower it is forwarded to the leader the follower
+knows, if the link between them is up, after a network delay each way.
 
 Checked:
 * A lease whose holder keeps it alive is not expired early: its revoke is applied (by
@@ -147,10 +147,13 @@ class LeaseClients:
             await self._attach(rec)
             fate = self.rng.choices(list(FATES), weights=list(FATES.values()))[0]
             hold_until = self._now() + self.rng.uniform(*HOLD_TTLS) * rec.ttl
+            renewed = True
             while rec.live and not self.stopping and (fate == "keep" or self._now() < hold_until):
-                await asyncio.sleep(self.rng.uniform(0.2, 0.3) * rec.ttl)
+                # After a failure, again soon (another member), as a client does.
+                await asyncio.sleep(self.rng.uniform(0.2, 0.3) * rec.ttl if renewed
+                                    else self.rng.uniform(0.05, 0.15))
                 if rec.live and not self.stopping:
-                    await self._keep_alive(rec)
+                    renewed = await self._keep_alive(rec)
                 if rec.live and self.rng.random() < READ_SHARE:
                     await self._read_keys(rec)
             if not rec.live:
@@ -214,28 +217,30 @@ class LeaseClients:
         self._count("lease keys attached" if result.mvcc_error is None else
                     "lease attach refused")
 
-    async def _keep_alive(self, rec: LeaseRecord) -> None:
+    async def _keep_alive(self, rec: LeaseRecord) -> bool:
+        """One keep-alive; False if it failed (no answer)."""
         m = self._pick()
         if m is None or m.node is None:
-            return
+            return False
         sent_s = self._now()
         try:
             ttl = await self._renew_via(m, rec.id)
         except (NodeError, ConnectionError, asyncio.CancelledError) as e:
             self._count("keep-alive failed")
             self.trace(f"{rec.describe()}: keep-alive on node {m.id} failed: {_what(e)}")
-            return
+            return False
         if not rec.live:
-            return
+            return True
         if ttl > 0:
             rec.acked_s = max(rec.acked_s, sent_s)
             rec.renewals += 1
             self._count("keep-alive ok")
-            return
+            return True
         self._early(rec, "a keep-alive was answered TTL 0")
         self.trace(f"{rec.describe()}: expired (keep-alive answered TTL 0)")
         self._count("lease expired while kept alive")
         rec.live = False
+        return True
 
     async def _renew_via(self, m: SimMember, lease_id: int) -> int:
         """LeaseService._keep_alive, in process: renew on the leader after a ReadIndex;
