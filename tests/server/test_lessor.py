@@ -437,3 +437,30 @@ def test_a_renewal_after_a_lapse_reaches_the_replicated_record_before_a_failover
         loop.close()
     recorded_at_6 = dict(seen)[6.0]
     assert recorded_at_6 >= 4, f"a new leader would clock the renewed lease from {seen}"
+
+
+def test_a_batch_with_entries_applied_before_a_restart_is_paired_by_index() -> None:
+    """The state machine gives no result for an entry it had applied before a restart
+    (the log hands it out again), so an applied batch may carry more entries than
+    results. The lessor zipped them strictly, raised ValueError in the apply listener,
+    and the node failed (tests/simcluster seed 12: "node 1 failed: ValueError: zip()
+    argument 2 is shorter than argument 1")."""
+    from kvraft.proto import eraftpb_pb2 as eraftpb
+    from kvraft.storage import ApplyResult
+    from tests.simcluster.loop import VirtualTimeLoop
+
+    loop = VirtualTimeLoop()
+    node = _ScriptedNode(loop)
+    lessor = Lessor(node)  # type: ignore[arg-type]
+    node.raw.raft.state = None          # a follower: nothing clocked, nothing proposed
+    lessor.attach()
+    _, old = _grant_command(1, 6)
+    new_id, new = _grant_command(2, 6)
+    node.records[1] = Record(1, 6)
+    node.records[2] = Record(2, 6)
+    entries = [eraftpb.Entry(index=5, data=old), eraftpb.Entry(index=6, data=new)]
+    results = [ApplyResult(index=6, term=1, request_id=new_id, kind="lease_grant")]
+    for listener in node.apply_listeners:
+        listener(entries, results)
+    assert set(lessor.table.leases) == {2}
+    loop.close()

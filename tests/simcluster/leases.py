@@ -98,8 +98,10 @@ class LeaseClients:
             lambda entries, results: self._on_applied(entries, results))
 
     def _on_applied(self, entries: list[eraftpb.Entry], results: list[ApplyResult]) -> None:
-        for entry, result in zip(entries, results, strict=False):
-            if result.kind != LEASE_REVOKE or result.mvcc_error is not None:
+        by_index = {r.index: r for r in results}   # none for an entry applied before
+        for entry in entries:
+            result = by_index.get(entry.index)
+            if result is None or result.kind != LEASE_REVOKE or result.mvcc_error is not None:
                 continue
             try:
                 lease_id = decode_command(entry.data).lease_revoke.ID

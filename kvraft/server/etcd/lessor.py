@@ -386,8 +386,12 @@ class Lessor:
             self.table.load(self.node.store.sm.leases(), now)
             self._wake.set()
             return
-        for entry, result in zip(entries, results, strict=True):
-            if result.kind not in LEASE_KINDS:
+        # By index: the state machine gives no result for an entry it had applied before
+        # a restart and the log handed out again, so the lists may differ in length.
+        by_index = {r.index: r for r in results}
+        for entry in entries:
+            result = by_index.get(entry.index)
+            if result is None or result.kind not in LEASE_KINDS:
                 continue
             try:
                 command = decode_command(entry.data)
