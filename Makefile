@@ -71,13 +71,14 @@ sim: install
 
 # The whole-node simulation (tests/simcluster): real Nodes and LevelDB stores on a virtual
 # clock, seeded faults. SEED=S replays one seed with a trace; otherwise seeds 0..N-1
-# (SEEDS given on the command line, else 100). NO_WIRE_CHECK=1 checks only consequences.
+# (SEEDS given on the command line, else 100). NO_WIRE_CHECK=1 checks only consequences;
+# NO_LEASE_WATCH=1 runs without the lease and watch clients (as before they existed).
 sim-cluster: install
 	@if [ -n "$(SEED)" ]; then $(PY) -m tests.simcluster --seed $(SEED) -v \
-	  $(if $(NO_WIRE_CHECK),--no-wire-check); \
+	  $(if $(NO_WIRE_CHECK),--no-wire-check) $(if $(NO_LEASE_WATCH),--no-lease-watch); \
 	  else $(PY) -m tests.simcluster \
 	  --seeds $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),100) \
-	  $(if $(NO_WIRE_CHECK),--no-wire-check); fi
+	  $(if $(NO_WIRE_CHECK),--no-wire-check) $(if $(NO_LEASE_WATCH),--no-lease-watch); fi
 
 # A local cluster on loopback in the foreground; data and logs in $(RUN_DIR) (reused by the
 # next run). Ctrl-C stops every node.

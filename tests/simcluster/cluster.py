@@ -8,6 +8,12 @@ its tasks vanish mid-await, the persistence jobs still queued are never written,
 state machine's applies not yet in a synced batch are lost (apply_buffer.py), and the
 database is closed as the OS would release it. `stop` is a clean shutdown.
 
+Each incarnation also runs the member's lessor (kvraft/server/etcd/lessor.py: its
+deadlines on the node's virtual clock, its timer a task on the loop) and its watch hub
+(watch_hub.py: catch-up reads delivered on the loop after a drawn delay, as from a
+thread), the two the lease and watch clients use; a crash cancels their tasks with the
+node's.
+
 `SimCluster` is also the `net` that tests/raft/sim.py's Checker reads: `nodes` (id ->
 member, whose `raw` is its live RawNode and `storage` its DiskMirror), `ids()`,
 `alive_ids()` and the hooks it registers (applied entries, restarts, messages sent).
@@ -25,6 +31,8 @@ from typing import Any
 from kvraft.proto import eraftpb_pb2 as eraftpb
 from kvraft.raft import RawNode, StateRole
 from kvraft.server.config import NodeConfig
+from kvraft.server.etcd.lessor import Lessor
+from kvraft.server.etcd.watch_hub import WatchHub
 from kvraft.server.metrics import NodeMetrics
 from kvraft.server.node import Node
 from kvraft.server.peer_service import PeerService
@@ -62,8 +70,9 @@ class SimMember:
     """One node id across its incarnations.
 
     Holds, always: `node`, `store`, `lanes`, `service` are all set (alive) or all None
-    (down); `disk` is the mirror of its durable log whatever the state; `client_tasks`
-    are the client calls running on the live incarnation, cancelled by a crash.
+    (down), and so are `lessor` and `hub` when the cluster runs them; `disk` is the
+    mirror of its durable log whatever the state; `client_tasks` are the client calls
+    running on the live incarnation, cancelled by a crash.
     """
 
     def __init__(self, node_id: int, config: NodeConfig) -> None:
@@ -74,6 +83,8 @@ class SimMember:
         self.store: Store | None = None
         self.lanes: SimLanes | None = None
         self.service: PeerService | None = None
+        self.lessor: Lessor | None = None
+        self.hub: WatchHub | None = None
         self.transport: SimTransport | None = None
         # Insertion-ordered (a set of tasks would iterate in address order: not repeatable).
         self.client_tasks: dict[asyncio.Task[Any], None] = {}
@@ -94,12 +105,30 @@ class SimMember:
         return self.disk
 
 
+@dataclass
+class HubOptions:
+    """The watch hubs' bounds (small ones make watchers overflow and catch up) and how
+    long a catch-up read takes: it reads the store at its start or at its end (a thread
+    takes its LevelDB snapshot at some instant in between), the fan-out going on."""
+
+    buffer_events_max: int = 1024
+    chunk_events: int = 512
+    reads_max: int = 4
+    read_delay_max_s: float = 0.0
+
+
 class SimCluster:
     def __init__(self, root: Path, loop: asyncio.AbstractEventLoop, rng: random.Random,
                  network: SimNetwork, timing: DiskTiming, voters: list[int],
                  learners: list[int], config_overrides: dict[str, Any],
-                 trace: Callable[[str], None]) -> None:
+                 trace: Callable[[str], None], hub_options: HubOptions | None = None,
+                 tag: str = "", services: bool = True) -> None:
         self.loop = loop
+        # Whether members run a lessor and a watch hub (a run without their clients
+        # leaves them out, and is then the run it was before they existed).
+        self.services = services
+        self.tag = tag   # the run's name, in the seeds of the members' own generators
+        self.hub_options = hub_options or HubOptions()
         self.rng = rng
         self.network = network
         self.timing = timing
@@ -169,18 +198,42 @@ class SimCluster:
         node = Node(m.config, store, NodeMetrics(), io=lanes, transport=transport,
                     clock=self.loop.time, rng=random.Random(self.rng.getrandbits(64)))
         self._watch(node)
+        lessor: Lessor | None = None
+        hub: WatchHub | None = None
+        if self.services:
+            lessor, hub = self._services(node_id, m, node, store)
         for start_hook in self.start_hooks:
             start_hook(node_id, node)
         m.node, m.store, m.lanes, m.transport = node, store, lanes, transports[0]
+        m.lessor, m.hub = lessor, hub
         m.service = PeerService(node)
         m.incarnations += 1
         self.dirty = True
         for hook in self.restore_hooks:
             hook(m, _NoState())
+        if lessor is not None:
+            lessor.start()
         node.start()
         self.trace(f"node {node_id}: started (incarnation {m.incarnations}, term "
                    f"{node.raw.raft.term}, applied {store.sm.applied_index}, log "
                    f"{store.log.first_index()}..{store.log.last_index()})")
+
+    def _services(self, node_id: int, m: SimMember, node: Node, store: Store
+                  ) -> tuple[Lessor, WatchHub]:
+        """The member's lessor and watch hub, as `kvraft serve` attaches them (before the
+        node starts; the lessor's timer starts with it)."""
+        # Seeded from the run, member and incarnation, not from self.rng (whose draws
+        # stay those of a run without them).
+        tag = f"{self.tag}-{node_id}-{m.incarnations}"
+        ids, hub_rng = random.Random(f"lessor-{tag}"), random.Random(f"hub-{tag}")
+        o = self.hub_options
+        hub = WatchHub(store.sm, buffer_events_max=o.buffer_events_max,
+                       chunk_events=o.chunk_events, reads_max=o.reads_max,
+                       read=lambda read: self._hub_read(hub_rng, read))
+        node.apply_listeners.append(hub.on_applied)
+        lessor = Lessor(node, request_ids=lambda: ids.getrandbits(63) or 1)
+        lessor.attach()
+        return lessor, hub
 
     def _watch(self, node: Node) -> None:
         """Mark the cluster dirty whenever the node's Raft state may change: its
@@ -195,6 +248,18 @@ class SimCluster:
                 _inner(*args)
 
             setattr(owner, name, watched)
+
+    async def _hub_read(self, rng: random.Random, read: Callable[[], list[Any]]
+                        ) -> list[Any]:
+        """A catch-up read as a thread would run it: the store read at the start or at
+        the end of a drawn delay (a crash cancels the hub's reads with its tasks)."""
+        delay_s = rng.uniform(0.0, self.hub_options.read_delay_max_s)
+        if rng.random() < 0.5:
+            events = read()
+            await asyncio.sleep(delay_s)
+            return events
+        await asyncio.sleep(delay_s)
+        return read()
 
     def _applied(self, m: SimMember, entry: eraftpb.Entry) -> None:
         for hook in self.applied_hooks:
@@ -211,8 +276,11 @@ class SimCluster:
         for task in list(m.client_tasks):
             task.cancel()
         m.client_tasks.clear()
-        for task in node._tasks:   # the process is gone: its tasks end where they are
+        # The process is gone: its tasks end where they are.
+        for task in [*node._tasks, *(m.lessor.tasks() if m.lessor else ())]:
             task.cancel()
+        if m.hub is not None:
+            m.hub.close()
         if m.transport is not None:
             m.transport.closed = True
         self.network.cancel_tasks_of(node)
@@ -222,6 +290,7 @@ class SimCluster:
         store.datadir.apply_buffer.discard()
         store.close()
         m.node = m.store = m.lanes = m.service = m.transport = None
+        m.lessor = m.hub = None
         self.dirty = True
         self.trace(f"node {node_id}: {why} ({lost} persistence jobs lost)")
 
@@ -230,7 +299,12 @@ class SimCluster:
         m = self.nodes[node_id]
         if m.node is None or m.store is None:
             return
+        if m.lessor is not None:
+            await m.lessor.stop()
+        if m.hub is not None:
+            m.hub.close()
         await m.node.stop()
         m.disk.detach()
         m.store.close()
         m.node = m.store = m.lanes = m.service = m.transport = None
+        m.lessor = m.hub = None

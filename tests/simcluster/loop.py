@@ -68,6 +68,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return future
 
     def _run_once(self) -> None:
+        # asyncio runs a timer due within its clock resolution of now with this
+        # iteration's callbacks: on a real clock time still passes, here it would not,
+        # and code that sleeps until a deadline (the lessor's timer) would wake just
+        # before it, find it not passed, sleep for the remainder and spin at one
+        # instant. Time moves to such a timer's instant, as a real clock's would.
+        if self._scheduled:                       # type: ignore[attr-defined]
+            when = self._scheduled[0]._when       # type: ignore[attr-defined]
+            if self._now < when <= self._now + self._clock_resolution:  # type: ignore[attr-defined]
+                self._now = when
         super()._run_once()   # type: ignore[misc]
         self.steps += 1
         if self.after_step is not None:

@@ -19,7 +19,8 @@ the queued persistence jobs and the unsynced applies are lost), crashes at the m
 a Ready's write was queued after its messages left, reboots; disk stalls of several
 election timeouts; failed fsyncs (the node fails, a supervisor restarts it); pauses
 (what reaches the member meanwhile is handed over at once); lossy, duplicating,
-reordering links. Clients put, get and compare-and-swap all along.
+reordering links. Clients put, get and compare-and-swap all along, run two-key
+transactions, hold leases (leases.py) and watch key ranges (watchers.py).
 
 Checked after every step of the loop: the Raft properties tests/raft/sim.py's Checker
 checks (Election Safety, Log Matching over every node's durable log, committed entries
@@ -28,7 +29,8 @@ has not made durable); a node that fails on anything but an injected fsync failu
 a failure. At the end, after healing: liveness (a write commits and every member
 applies it), every member holds the same state, every acknowledged write's entry is
 the committed one at its index, and the whole history — final reads of every key on
-every member included — is linearizable.
+every member included — is linearizable; every lease left expires and each watch client
+received exactly the committed events of its range (README.md says what is checked).
 
     python -m tests.simcluster --seeds 20          # seeds 0..19 (make sim-cluster SEEDS=20)
     python -m tests.simcluster --seed 7 -v         # replay one with a trace (SEED=7)
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kvraft.server import storage_adapter as sa
+from kvraft.server.etcd.lessor import min_lease_ttl_s
 from kvraft.storage import datadir as datadir_module
 from kvraft.storage import mvcc
 from tests.chaos import linearizability
@@ -60,11 +63,20 @@ from tests.chaos.linearizability import Kind
 from tests.raft.network import InvariantViolation
 from tests.raft.sim import Checker
 
-from .cluster import ELECTION_TICK, TICK_INTERVAL_S, SimCluster, client_address, peer_address
+from .cluster import (
+    ELECTION_TICK,
+    TICK_INTERVAL_S,
+    HubOptions,
+    SimCluster,
+    client_address,
+    peer_address,
+)
 from .events import EventOrder
 from .lanes import DiskTiming, InjectedFsyncError
+from .leases import TTLS_S, LeaseClients
 from .loop import VirtualTimeLoop
 from .network import NetworkFaults, SimNetwork
+from .watchers import WatchClients
 from .workload import TXN_GROUP, Workload
 
 ELECTION_TIMEOUT_S = ELECTION_TICK * TICK_INTERVAL_S
@@ -97,6 +109,9 @@ class Params:
     fault_interval_s: float
     clients: int
     keys: int
+    hub: HubOptions
+    lease_clients: int
+    watch_clients: int
 
     @classmethod
     def from_seed(cls, seed: int) -> Params:
@@ -120,6 +135,12 @@ class Params:
             fault_interval_s=r.choice([0.3, 1.0, 2.5]),
             clients=r.choice([2, 4, 6]),
             keys=r.choice([1, 3, 5]),
+            # Drawn last: the draws above are what they were before these existed.
+            hub=HubOptions(buffer_events_max=r.choice([1, 4, 64, 1024]),
+                           chunk_events=r.choice([1, 3, 512]), reads_max=r.choice([1, 4]),
+                           read_delay_max_s=r.choice([0.0, 0.005, 0.1])),
+            lease_clients=r.choice([1, 2, 3]),
+            watch_clients=r.choice([1, 2, 4]),
         )
 
     def describe(self) -> str:
@@ -129,7 +150,8 @@ class Params:
                 f"{' fifo' if n.fifo else ''}; disk <= {self.timing.persist_max_s * 1000:.0f} ms;"
                 f" snapshot every {self.snapshot_entries} keep {self.snapshot_keep_entries};"
                 f" a fault every ~{self.fault_interval_s} s; {self.clients} clients on "
-                f"{self.keys} keys")
+                f"{self.keys} keys; {self.lease_clients} lease and {self.watch_clients} "
+                f"watch clients, watch buffers {self.hub.buffer_events_max} events")
 
 
 class Simulation:
@@ -140,8 +162,12 @@ class Simulation:
     }
 
     def __init__(self, seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
-                 wire_check: bool = True, read_mode: str = "safe") -> None:
+                 wire_check: bool = True, read_mode: str = "safe",
+                 lease_watch: bool = True) -> None:
         self.p = Params.from_seed(seed)
+        # Whether the lease and watch clients run (without them a seed runs as it did
+        # before they existed: the seeds that found issue 11's bugs replay exactly).
+        self.lease_watch = lease_watch
         # `kvraft serve --read-mode` of every member: "lease" runs the seed's history
         # through lease reads (thesis §6.4.1); the nodes share one clock here, so this
         # checks the lease against the network's faults, not against clock drift.
@@ -184,7 +210,7 @@ class Simulation:
             {"snapshot_entries": p.snapshot_entries,
              "snapshot_keep_entries": p.snapshot_keep_entries,
              "snapshot_chunk_bytes": 4096, "read_mode": self.read_mode},
-            self.trace)
+            self.trace, p.hub, tag=f"seed-{self.seed}", services=self.lease_watch)
         self.checker = Checker(self.cluster, wire_check=self.wire_check)  # type: ignore[arg-type]
         network.snapshot_hooks.append(self._on_snapshot_sent)
         self.event_order = EventOrder(lambda what: self._fail(f"events: {what}"))
@@ -193,6 +219,13 @@ class Simulation:
         self.workload = Workload(self.cluster, random.Random(self.rng.getrandbits(64)),
                                  [b"k%d" % i for i in range(p.keys)], CALL_TIMEOUT_S,
                                  think_max_s=0.05, trace=self.trace)
+        # Their own generators: a run without them draws from self.rng as before.
+        self.leases = LeaseClients(self.cluster, random.Random(f"leases-{self.seed}"),
+                                   CALL_TIMEOUT_S, min_lease_ttl_s(ELECTION_TIMEOUT_S),
+                                   self.trace, lambda what: self._fail(f"leases: {what}"))
+        self.cluster.start_hooks.append(self.leases.attach)
+        self.watchers = WatchClients(self.cluster, random.Random(f"watchers-{self.seed}"),
+                                     self.trace, lambda what: self._fail(f"watch: {what}"))
 
     def _after_step(self) -> None:
         """Run by the loop after each of its iterations."""
@@ -495,6 +528,42 @@ class Simulation:
                 raise SimFailure(f"member {i} holds another MVCC state than member "
                                  f"{members[0].id}: revision {state[0]} vs {first_v[0]}")
 
+    async def _leases_gone(self) -> None:
+        """Every lease left (abandoned, kept alive until the clients stopped, or granted
+        by a call whose outcome is unknown) expires on the stable leader and is gone,
+        with its keys, from every member, within its TTL and a few election timeouts."""
+        bound_s = max(TTLS_S) + 3 * ELECTION_TIMEOUT_S + 3.0
+        deadline = self.loop.time() + bound_s
+        while True:
+            left = {i: self.leases.left_on(self.cluster.nodes[i]) for i in self.cluster.ids()
+                    if self.cluster.nodes[i].store is not None}
+            if not any(left.values()):
+                break
+            if self.loop.time() > deadline:
+                raise SimFailure(f"leases: still there {bound_s:.1f} s after the clients "
+                                 f"stopped (lease ids, then the lease of each key left): "
+                                 f"{ {i: [f'{x:x}' for x in v] for i, v in left.items()} } "
+                                 f"({self._states()})")
+            await asyncio.sleep(0.1)
+        self.trace("leases: every lease and its keys gone from every member")
+
+    async def _watchers_drained(self, watchers: list[asyncio.Task[None]]) -> None:
+        """Every member holds the final revision: each watch client receives everything
+        up to it, then stops."""
+        m = self.cluster.nodes[self.cluster.ids()[0]]
+        assert m.store is not None
+        self.watchers.final_revision = m.store.sm.revision
+        done, pending = await asyncio.wait(watchers, timeout=LIVENESS_S_MAX)
+        for task in done:
+            if task.exception() is not None:
+                raise SimFailure(f"watch: a client failed: {task.exception()!r}")
+        if pending:
+            late = [r.describe() for r in self.watchers.records if not r.done]
+            raise SimFailure(f"watch: {late} did not receive everything up to revision "
+                             f"{self.watchers.final_revision} within {LIVENESS_S_MAX} s")
+        self.trace(f"watch: every client received everything up to revision "
+                   f"{self.watchers.final_revision}")
+
     async def _main(self) -> None:
         c = self.cluster
         for i in c.ids():
@@ -504,19 +573,29 @@ class Simulation:
         chaos_end = self.loop.time() + self.chaos_s
         clients = [self.loop.create_task(self.workload.client(k))
                    for k in range(self.p.clients)]
+        watchers: list[asyncio.Task[None]] = []
+        if self.lease_watch:
+            clients += [self.loop.create_task(self.leases.client(k))
+                        for k in range(self.p.lease_clients)]
+            watchers = [self.loop.create_task(self.watchers.client(k))
+                        for k in range(self.p.watch_clients)]
         self._chaos = True
         await self._nemesis(chaos_end)
         self._chaos = False
         self._heal_all()
         await self._wait_restarted()
         await self._liveness()
-        self.workload.stopping = True
+        self.workload.stopping = self.leases.stopping = True
         await asyncio.wait(clients, timeout=CALL_TIMEOUT_S * 3)
         for task in clients:
             task.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
+        if self.lease_watch:
+            await self._leases_gone()
         await self._final_reads()
         await self._same_state()
+        if watchers:
+            await self._watchers_drained(watchers)
         for i in c.ids():
             await c.stop(i)
 
@@ -532,6 +611,11 @@ class Simulation:
         result = linearizability.check(self.workload.history)
         if not result.ok:
             raise SimFailure(f"history: {result.describe()}")
+        if self.lease_watch:
+            for what, failure in (("watch", self.watchers.check(self.event_order)),
+                                  ("leases", self.leases.check_atomic(self.event_order))):
+                if failure is not None:
+                    raise SimFailure(f"{what}: {failure}")
 
     def run(self, root: Path) -> dict[str, Any]:
         self._build(root)
@@ -560,6 +644,8 @@ class Simulation:
             "snapshots_delivered": self.cluster.network.snapshots_delivered,
             "revisions": len(self.event_order.by_revision),
             "ops": dict(sorted(self.workload.stats.items())),
+            "leases": dict(sorted(self.leases.stats.items())),
+            "watch_events": self.watchers.events_received(),
             "trace": self.digest(),
         }
 
@@ -615,11 +701,12 @@ def _scratch_root() -> Path:
 
 def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
              on_start: Callable[[Simulation], None] | None = None, wire_check: bool = True,
-             read_mode: str = "safe") -> tuple[str | None, dict[str, Any]]:
+             read_mode: str = "safe", lease_watch: bool = True
+             ) -> tuple[str | None, dict[str, Any]]:
     """Run one seed: (None, its statistics) if every property held, else (the failure
     with its replay line, {})."""
     root = _scratch_root()
-    sim = Simulation(seed, chaos_s, verbose, wire_check, read_mode)
+    sim = Simulation(seed, chaos_s, verbose, wire_check, read_mode, lease_watch)
     if on_start is not None:
         on_start(sim)
     try:
@@ -630,10 +717,11 @@ def run_seed(seed: int, chaos_s: float = CHAOS_S, verbose: bool = False,
     except Exception as err:
         detail = (traceback.format_exc() if verbose and not isinstance(err, SimFailure)
                   else "".join(traceback.format_exception_only(type(err), err))).strip()
-        flags = "" if wire_check else "   (add --no-wire-check)"
+        flags = ("" if wire_check else " --no-wire-check") + \
+            ("" if lease_watch else " --no-lease-watch")
         mode = "" if read_mode == "safe" else f" --read-mode {read_mode}"
         return (f"seed {seed} FAILED at {sim.loop.time():.3f} s ({sim.p.describe()}): "
-                f"{detail}\n  replay: {REPLAY.format(seed=seed, flags=mode)}{flags}"), {}
+                f"{detail}\n  replay: {REPLAY.format(seed=seed, flags=mode + flags)}"), {}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -670,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                          "check only the consequences of breaking that rule")
     ap.add_argument("--read-mode", choices=("safe", "lease"), default="safe",
                     help="the members' `kvraft serve --read-mode`")
+    ap.add_argument("--no-lease-watch", dest="lease_watch", action="store_false",
+                    help="no lease and watch clients: the run is what it was before they "
+                         "existed (the seeds of tests/simcluster/README.md replay so)")
     args = ap.parse_args(argv)
     kvraft_log = logging.getLogger("kvraft")
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
@@ -682,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             print(Params.from_seed(seed).describe())
         failure, stats = run_seed(seed, args.chaos_s, args.verbose,
                                   on_start=lambda sim, h=handler: setattr(h, "sim", sim),
-                                  wire_check=args.wire_check, read_mode=args.read_mode)
+                                  wire_check=args.wire_check, read_mode=args.read_mode,
+                                  lease_watch=args.lease_watch)
         kvraft_log.removeHandler(handler)
         if failure:
             failures.append(failure)

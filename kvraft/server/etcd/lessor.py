@@ -50,11 +50,20 @@ a leader exists.
    T/3 + E > 2d. Since T >= minTTL = 3E/2, T/3 >= E/2, so d < 3E/4 is enough: a keep-alive
    crosses in under three quarters of an election timeout, which Raft already assumes of
    a message for a leader to be stable at all (broadcast time << election timeout).
-From then on 1 holds again under the new leader. An old checkpoint that a new leader
+From then on 1 holds again under the new leader. 1 assumes a holder that never lapsed:
+one that did (cut off for half its TTL) may have been checkpointed low, and renewing it
+does not move the record by itself — until the next round (CHECKPOINT_INTERVAL_S, more
+than a short TTL) a failover would clock the renewed lease from the low record. So a
+renewal of a lease whose record is below RENEWED_RECORD_MIN_SHARE of its TTL asks for a
+checkpoint round at once (etcd's Renew likewise resets a checkpointed remaining TTL);
+from its commit on, 1's bound holds again. An old checkpoint that a new leader
 applies after taking over never moves its deadlines (3 already counted with one).
 
-Threading: everything here runs on the node's event loop (listeners, the timer task,
-the revoke and checkpoint proposals); nothing blocks.
+Threading and time: everything here runs on the node's event loop (listeners, the timer
+task, the revoke and checkpoint proposals); nothing blocks, and no thread is started.
+Deadlines are on `node.clock` and the timer sleeps on the loop's timers, so a node built
+on a virtual clock and loop (tests/simcluster) drives the lessor's expiry on virtual
+time; `tasks()` lists what it runs, for a harness that kills the process.
 """
 from __future__ import annotations
 
@@ -63,7 +72,7 @@ import contextlib
 import heapq
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +96,10 @@ REVOKE_TIMEOUT_S = 5.0                   # one revoke proposal's wait
 REVOKE_RETRY_MIN_S = 0.1                 # backoff between failed revokes: doubles ...
 REVOKE_RETRY_MAX_S = 2.0                 # ... up to this
 CHECKPOINT_TIMEOUT_S = 5.0
+# A renewal of a lease recorded with less than this share of its TTL left has it
+# checkpointed at once (the docstring's last paragraph): 2/3 is the least a lease kept
+# alive every TTL/3 is ever recorded with (rule 1), so such a lease never asks.
+RENEWED_RECORD_MIN_SHARE = 2 / 3
 
 # ApplyResult.kind of the lease commands (command.proto fields 11-13).
 LEASE_GRANT = "lease_grant"
@@ -130,6 +143,9 @@ class LeaseState:
     deadline: float = 0.0
     # Leader only: its deadline passed and a revoke task owns it; it is never renewed again.
     revoking: bool = False
+    # Leader only: renewed while its record was below RENEWED_RECORD_MIN_SHARE of its TTL;
+    # due for a checkpoint whatever its divergence, until a checkpoint of it applies.
+    renewed_low: bool = False
 
     def recorded_remaining(self) -> int:
         """The remaining TTL a new leader would start from (rule 3 of the docstring)."""
@@ -189,6 +205,7 @@ class LeaseTable:
         lease = self.leases.get(lease_id)
         if lease is not None:
             lease.checkpointed = remaining_s
+            lease.renewed_low = False
 
     # --- leadership --------------------------------------------------------------------
     def promote(self, now: float) -> None:
@@ -198,7 +215,7 @@ class LeaseTable:
         self._heap = []
         for lease in self.leases.values():
             lease.deadline = now + lease.recorded_remaining() + self.extension_s
-            lease.revoking = False
+            lease.revoking = lease.renewed_low = False
             self._heap.append((lease.deadline, lease.id))
         heapq.heapify(self._heap)
 
@@ -208,7 +225,7 @@ class LeaseTable:
         self._heap = []
         for lease in self.leases.values():
             lease.deadline = 0.0
-            lease.revoking = False
+            lease.revoking = lease.renewed_low = False
 
     # --- the leader's clock ------------------------------------------------------------
     def renew(self, lease_id: int, now: float) -> int:
@@ -219,7 +236,14 @@ class LeaseTable:
         if lease is None or lease.revoking or lease.deadline <= now:
             return 0
         lease.deadline = now + lease.ttl
+        if lease.recorded_remaining() < RENEWED_RECORD_MIN_SHARE * lease.ttl:
+            lease.renewed_low = True
         return lease.ttl
+
+    def renewed_low(self) -> bool:
+        """Some lease was renewed while recorded low and its checkpoint is not applied
+        yet (a checkpoint round should run now)."""
+        return self.leading and any(lease.renewed_low for lease in self.leases.values())
 
     def remaining_s(self, lease_id: int, now: float) -> float | None:
         """Seconds left on the leader's clock (<= 0 once expired); None if unknown."""
@@ -268,7 +292,8 @@ class LeaseTable:
             # leader would give an abandoned one its whole TTL again at every
             # failover: etcd #9395); a kept-alive one (renewed every TTL/3) never
             # drifts that far, so it still costs no checkpoints.
-            if divergence >= min(self.checkpoint_divergence_s, max(1.0, lease.ttl / 2)):
+            if lease.renewed_low or \
+                    divergence >= min(self.checkpoint_divergence_s, max(1.0, lease.ttl / 2)):
                 due.append((-divergence, lease.id, remaining))
         due.sort()
         return [(lease_id, remaining) for _, lease_id, remaining in due[:limit]]
@@ -280,8 +305,12 @@ class Lessor:
     revoke and checkpoint proposals."""
 
     def __init__(self, node: Node, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
-                 extension_s: float | None = None) -> None:
+                 extension_s: float | None = None,
+                 request_ids: Callable[[], int] = sa.new_request_id) -> None:
         self.node = node
+        # The ids of its revoke and checkpoint proposals (a simulation passes a seeded
+        # source: a run must be a function of its seed).
+        self._request_id = request_ids
         election_timeout_s = node.config.election_tick * node.config.tick_interval_s
         self.min_ttl_s = min_lease_ttl_s(election_timeout_s)
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -320,13 +349,32 @@ class Lessor:
                 await self._task
         self._task = None
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks running now: the timer, the revokes, the checkpoint in flight."""
+        running = [self._task] if self._task is not None else []
+        running.extend(self._revokes.values())
+        if self._checkpoint is not None:
+            running.append(self._checkpoint)
+        return [t for t in running if not t.done()]
+
     @property
     def leading(self) -> bool:
         return self.table.leading
 
     def renew(self, lease_id: int) -> int:
-        """Renew on this member, which must lead (lease.py checks, after a ReadIndex)."""
-        return self.table.renew(lease_id, self.node.clock())
+        """Renew on this member, which must lead (lease.py checks, after a ReadIndex). A
+        lease recorded low is checkpointed at once (the docstring's last paragraph)."""
+        now = self.node.clock()
+        ttl = self.table.renew(lease_id, now)
+        if ttl and self.table.leases[lease_id].renewed_low:
+            self._checkpoint_now(now)
+        return ttl
+
+    def _checkpoint_now(self, now: float) -> None:
+        """Have the timer run a checkpoint round at once (after the one in flight)."""
+        if self._checkpoint is None and self._next_checkpoint_at > now:
+            self._next_checkpoint_at = now
+            self._wake.set()
 
     def remaining_s(self, lease_id: int) -> float | None:
         return self.table.remaining_s(lease_id, self.node.clock())
@@ -338,8 +386,12 @@ class Lessor:
             self.table.load(self.node.store.sm.leases(), now)
             self._wake.set()
             return
-        for entry, result in zip(entries, results, strict=True):
-            if result.kind not in LEASE_KINDS:
+        # By index: the state machine gives no result for an entry it had applied before
+        # a restart and the log handed out again, so the lists may differ in length.
+        by_index = {r.index: r for r in results}
+        for entry in entries:
+            result = by_index.get(entry.index)
+            if result is None or result.kind not in LEASE_KINDS:
                 continue
             try:
                 command = decode_command(entry.data)
@@ -432,7 +484,7 @@ class Lessor:
             while self._generation == generation and not self.node.stopping:
                 if self.node.store.sm.lease(lease_id) is None:
                     return
-                request_id = sa.new_request_id()
+                request_id = self._request_id()
                 data = etcd_command(request_id, LEASE_REVOKE,
                                     etcdpb.LeaseRevokeRequest(ID=lease_id))
                 self.revokes_proposed += 1
@@ -463,14 +515,20 @@ class Lessor:
 
     async def _propose_checkpoint(self, request: etcdpb.LeaseCheckpointRequest) -> None:
         """One proposal, best effort: a lost one is recounted by the next round."""
+        applied = False
         try:
-            request_id = sa.new_request_id()
+            request_id = self._request_id()
             self.checkpoints_proposed += 1
             await self.node.propose(request_id,
                                     etcd_command(request_id, LEASE_CHECKPOINT, request),
                                     CHECKPOINT_TIMEOUT_S)
+            applied = True
         except NodeError as e:
             log.info("node %d: lease checkpoint of %d lease(s) failed: %s",
                      self.node.id, len(request.checkpoints), e.message)
         finally:
             self._checkpoint = None
+            # A lease renewed low while this one was on its way goes at once; after a
+            # failure, the next round retries (no burst of proposals without a quorum).
+            if applied and self.table.renewed_low():
+                self._checkpoint_now(self.node.clock())

@@ -30,6 +30,11 @@ notices), and when the member installs a snapshot (the history jumped). If its
 `next_revision` has been compacted it is cancelled with the compact revision, as etcd
 cancels it; the client may resume from there.
 
+Where the reads run: `read` (asyncio.to_thread by default: a LevelDB read must not hold
+the loop). A simulation on virtual time (tests/simcluster) passes its own, which runs
+the read on the loop and delivers it after a drawn delay, so the fan-out interleaves
+with the read as it does with a thread.
+
 Nothing here polls: the consumer (the stream) waits on an asyncio.Event the hub sets
 when one of its watchers has something to send, and a catch-up task waits on an event
 the consumer sets when it empties the buffer.
@@ -37,9 +42,10 @@ the consumer sets when it empties the buffer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +75,16 @@ EVENT_OVERHEAD_BYTES = 200
 # Catch-up reads in flight at once on a member, whatever the number of unsynced
 # watchers: the store's thread pool serves the node too.
 CATCH_UP_READS_MAX = 4
+
+
+# Runs one catch-up read (a call of the source's `events`) away from the loop and
+# returns its events (or raises what it raised).
+ReadRunner = Callable[[Callable[[], list[Event]]], Awaitable[list[Event]]]
+
+
+def read_in_thread(read: Callable[[], list[Event]]) -> Awaitable[list[Event]]:
+    """The production ReadRunner: the read in the default executor's threads."""
+    return asyncio.to_thread(read)
 
 
 HUB_FAILED_REASON = "kvraft: the member's watch hub failed; resume the watch"
@@ -262,7 +278,8 @@ class WatchHub:
                  buffer_bytes_max: int = WATCHER_BUFFER_BYTES_MAX,
                  chunk_events: int = CATCH_UP_CHUNK_EVENTS,
                  chunk_bytes: int = CATCH_UP_CHUNK_BYTES,
-                 reads_max: int = CATCH_UP_READS_MAX) -> None:
+                 reads_max: int = CATCH_UP_READS_MAX,
+                 read: ReadRunner = read_in_thread) -> None:
         assert buffer_events_max >= 1 and chunk_events >= 1 and reads_max >= 1
         assert buffer_bytes_max >= 1 and chunk_bytes >= 1
         self.source = source
@@ -270,6 +287,7 @@ class WatchHub:
         self.buffer_bytes_max = buffer_bytes_max
         self.chunk_events = chunk_events
         self.chunk_bytes = chunk_bytes
+        self._read = read
         self.revision = source.revision
         self._synced: set[Watcher] = set()
         self._catching_up: dict[Watcher, asyncio.Task[None]] = {}
@@ -437,9 +455,9 @@ class WatchHub:
                     if w.closed:
                         return
                     self.catch_up_reads += 1
-                    events = await asyncio.to_thread(
+                    events = await self._read(functools.partial(
                         self.source.events, w.spec.key, w.spec.range_end, w.next_revision,
-                        prev_kv=w.spec.prev_kv, limit=limit)
+                        prev_kv=w.spec.prev_kv, limit=limit))
                 if w.closed:
                     return
                 if events:
