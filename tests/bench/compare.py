@@ -5,12 +5,28 @@
                                   [--systems kvraft,kvraft-lease,etcd,echo]
                                   [--markdown BENCHMARKS.md] [--json bench.json]
 
+Systems (--systems, comma-separated; SYSTEMS below):
+
+    kvraft          kvraft through its own API (kvraft.KV Put / Get)
+    kvraft-lease    the same, linearizable reads from the leader's lease (--read-mode lease)
+    kvraft-etcdapi  kvraft's cluster through etcd's API, driven by the very driver etcd is
+                    (tests.bench.etcd:EtcdDriver: Put, linearizable Range): same client code
+    kvraft-tls      kvraft with TLS on its client and peer ports (kvraft.devcerts' CA)
+    kvraft-auth     kvraft with auth enabled: the client authenticates once per member as
+                    a user with readwrite on the bench keys and sends its token per call
+    etcd            etcd 3.4 through etcd's API (EtcdDriver)
+    etcd-tls        etcd with --cert-file/--key-file and peer TLS, the same dev CA
+    etcd-auth       etcd with auth enabled, the same user, role and token use
+    echo            one Python gRPC server that answers at once (the RPC ceiling)
+
 Every cell (system, nodes, op, value size, clients) runs `repeats` times through the one
 load generator (kvraft.bench.loadgen); the table shows min / median / max ops/s, the
 median run's p50 / p99 / max latency, the CPU the generator and the servers used, and
-kvraft ÷ etcd per cell. The echo row is the ceiling of a Python unary RPC here.
-`kvraft-lease` is kvraft serving linearizable reads from the leader's lease
-(`kvraft serve --read-mode lease`); it is measured only when named in --systems.
+kvraft ÷ etcd per cell (a kvraft-tls or kvraft-auth row ÷ etcd-tls or etcd-auth when
+measured) with its spread (worst run ÷ best run .. best ÷ worst). When a -tls or -auth
+system runs beside its plain one, a second table gives what TLS and auth cost each store:
+ops/s variant ÷ plain, and server CPU per request, plain → variant. The echo row is the
+ceiling of a Python unary RPC here.
 Run by `make bench-compare`; never part of `make test` (timings are not asserted).
 """
 from __future__ import annotations
@@ -36,13 +52,48 @@ from pathlib import Path
 import grpc
 
 from kvraft.bench.loadgen import LoadResult, LoadSpec, run_load
+from kvraft.devcerts import make_dev_certs
 from kvraft.proto import kvraft_pb2, kvraft_pb2_grpc
-from tests.bench.etcd import EtcdCluster, ensure_installed, free_port
+from kvraft.tls import ClientTLS
+from tests.bench.etcd import (
+    BenchAuth,
+    EtcdCluster,
+    enable_auth,
+    ensure_installed,
+    free_port,
+    sync_channel,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KVRAFT = ROOT / ".venv" / "bin" / "kvraft"
 READY_TIMEOUT_S = 60.0
 PRELOAD_CLIENTS = 32
+ETCD_DRIVER = "tests.bench.etcd:EtcdDriver"
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """How one --systems name is started and driven."""
+
+    store: str                  # "kvraft", "etcd" or "echo"
+    driver: str = ETCD_DRIVER
+    read_mode: str = "safe"     # kvraft's --read-mode
+    tls: bool = False           # TLS on the client and peer ports (dev certificates)
+    auth: bool = False          # auth enabled; the load authenticates as BenchAuth's user
+    baseline: str | None = None  # the plain system whose cost this variant shows
+
+
+SYSTEMS: dict[str, SystemSpec] = {
+    "kvraft": SystemSpec("kvraft", driver="kvraft"),
+    "kvraft-lease": SystemSpec("kvraft", driver="kvraft", read_mode="lease"),
+    "kvraft-etcdapi": SystemSpec("kvraft", baseline="kvraft"),
+    "kvraft-tls": SystemSpec("kvraft", driver="kvraft", tls=True, baseline="kvraft"),
+    "kvraft-auth": SystemSpec("kvraft", driver="kvraft", auth=True, baseline="kvraft"),
+    "etcd": SystemSpec("etcd"),
+    "etcd-tls": SystemSpec("etcd", tls=True, baseline="etcd"),
+    "etcd-auth": SystemSpec("etcd", auth=True, baseline="etcd"),
+    "echo": SystemSpec("echo", driver="kvraft"),
+}
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -64,14 +115,45 @@ class System:
     endpoints: tuple[str, ...]
     pids: list[int]
     driver: str
+    tls: ClientTLS | None = None
+    auth: BenchAuth | None = None
+
+    def load_spec(self, **fields: object) -> LoadSpec:
+        """A LoadSpec aimed at this system, with its driver, TLS and credentials."""
+        credentials = ({} if self.auth is None else
+                       {"user": self.auth.user, "password": self.auth.password})
+        return LoadSpec(endpoints=self.endpoints, driver=self.driver, tls=self.tls,
+                        **credentials, **fields)  # type: ignore[arg-type]
 
 
-def _wait_kvraft_ready(endpoints: tuple[str, ...]) -> None:
+def dev_certs(base: Path, nodes: int) -> Path:
+    """kvraft.devcerts' CA and member certificates (as `make certs`) under base/certs."""
+    out = base / "certs"
+    make_dev_certs(out, range(1, nodes + 1), hosts=("127.0.0.1", "localhost"))
+    return out
+
+
+def kvraft_tls_flags(certs: Path | None, member: int) -> list[str]:
+    """`kvraft serve`'s TLS flags for `member`: its client-port and peer certificates."""
+    if certs is None:
+        return []
+    return ["--cert-file", str(certs / f"member-{member}.crt"),
+            "--key-file", str(certs / f"member-{member}.key"),
+            "--peer-cert-file", str(certs / f"peer-{member}.crt"),
+            "--peer-key-file", str(certs / f"peer-{member}.key"),
+            "--peer-trusted-ca-file", str(certs / "ca.crt")]
+
+
+def client_tls(certs: Path | None) -> ClientTLS | None:
+    return None if certs is None else ClientTLS(cacert=str(certs / "ca.crt"))
+
+
+def _wait_kvraft_ready(endpoints: tuple[str, ...], tls: ClientTLS | None = None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for ep in endpoints:
         while True:
             try:
-                with grpc.insecure_channel(ep) as ch:
+                with sync_channel(ep, tls) as ch:
                     kvraft_pb2_grpc.KVStub(ch).Put(
                         kvraft_pb2.PutRequest(key=b"ready", value=b"1"), timeout=3)
                 break
@@ -101,7 +183,9 @@ def kvraft_command() -> list[str]:
 
 @contextmanager
 def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning",
-                   read_mode: str = "safe") -> Iterator[System]:
+                   spec: SystemSpec = SYSTEMS["kvraft"], name: str = "kvraft"
+                   ) -> Iterator[System]:
+    certs = dev_certs(base, nodes) if spec.tls else None
     peer = [free_port() for _ in range(nodes)]
     client = [free_port() for _ in range(nodes)]
     initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(nodes))
@@ -113,24 +197,32 @@ def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning",
                 [*kvraft_command(), "serve", "--id", str(i + 1), "--data-dir",
                  str(base / f"kvraft{i + 1}"), "--listen", f"127.0.0.1:{client[i]}",
                  "--peer-listen", f"127.0.0.1:{peer[i]}", "--initial-cluster", initial,
-                 "--log-level", log_level, "--read-mode", read_mode],
+                 "--log-level", log_level, "--read-mode", spec.read_mode,
+                 *kvraft_tls_flags(certs, i + 1)],
                 stdout=log, stderr=subprocess.STDOUT))
             log.close()
         endpoints = tuple(f"127.0.0.1:{p}" for p in client)
-        _wait_kvraft_ready(endpoints)
-        name = "kvraft" if read_mode == "safe" else f"kvraft-{read_mode}"
-        yield System(name, nodes, endpoints, [p.pid for p in procs], "kvraft")
+        tls = client_tls(certs)
+        _wait_kvraft_ready(endpoints, tls)
+        auth = BenchAuth() if spec.auth else None
+        if auth is not None:
+            enable_auth(endpoints[0], tls, auth)
+        yield System(name, nodes, endpoints, [p.pid for p in procs], spec.driver, tls, auth)
     finally:
         _stop(procs)
 
 
 @contextmanager
-def etcd_cluster(nodes: int, base: Path) -> Iterator[System]:
-    cluster = EtcdCluster(nodes, base)
+def etcd_cluster(nodes: int, base: Path, spec: SystemSpec = SYSTEMS["etcd"],
+                 name: str = "etcd") -> Iterator[System]:
+    cluster = EtcdCluster(nodes, base, certs=dev_certs(base, nodes) if spec.tls else None)
     try:
         cluster.start()
-        yield System("etcd", nodes, cluster.endpoints, cluster.pids,
-                     "tests.bench.etcd:EtcdDriver")
+        auth = BenchAuth() if spec.auth else None
+        if auth is not None:
+            enable_auth(cluster.endpoints[0], cluster.tls, auth)
+        yield System(name, nodes, cluster.endpoints, cluster.pids, spec.driver, cluster.tls,
+                     auth)
     finally:
         cluster.stop()
 
@@ -168,18 +260,17 @@ def measure(system: System, args: argparse.Namespace) -> list[Cell]:
     cells = []
     for value_size in args.values:
         # Reads need keys that exist: write every key once per value size.
-        run_load(LoadSpec(endpoints=system.endpoints, clients=PRELOAD_CLIENTS, duration_s=0.1,
-                          value_size=value_size, keys=args.keys, read_ratio=1.0,
-                          driver=system.driver, preload=True))
+        run_load(system.load_spec(clients=PRELOAD_CLIENTS, duration_s=0.1,
+                                  value_size=value_size, keys=args.keys, read_ratio=1.0,
+                                  preload=True))
         for op in args.ops:
             for clients in args.clients:
                 cell = Cell(system.name, system.nodes, op, value_size, clients, [])
                 for _ in range(args.repeats):
                     cpu0 = cpu_seconds(system.pids)
-                    result: LoadResult = run_load(LoadSpec(
-                        endpoints=system.endpoints, clients=clients,
-                        duration_s=args.duration, value_size=value_size, keys=args.keys,
-                        read_ratio=1.0 if op == "get" else 0.0, driver=system.driver))
+                    result: LoadResult = run_load(system.load_spec(
+                        clients=clients, duration_s=args.duration, value_size=value_size,
+                        keys=args.keys, read_ratio=1.0 if op == "get" else 0.0))
                     run = result.to_dict()
                     run["server_cpu_s"] = cpu_seconds(system.pids) - cpu0
                     cell.runs.append(run)
@@ -192,9 +283,25 @@ def measure(system: System, args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
+def ratio_with_spread(ours: list[float], theirs: list[float]) -> str:
+    """median ÷ median, and the spread of the ratio over the runs (worst of ours ÷ best of
+    theirs .. best ÷ worst): "0.85 (0.80..0.91)"."""
+    if not ours or not theirs or not min(theirs):
+        return ""
+    mid = statistics.median(ours) / statistics.median(theirs)
+    return f"{mid:.2f} ({min(ours) / max(theirs):.2f}..{max(ours) / min(theirs):.2f})"
+
+
+def etcd_baseline(system: str) -> str | None:
+    """The etcd system a kvraft row is divided by: the same variant when there is one."""
+    if not system.startswith("kvraft"):
+        return None
+    suffix = system.removeprefix("kvraft")
+    return f"etcd{suffix}" if f"etcd{suffix}" in SYSTEMS else "etcd"
+
+
 def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
-    etcd = {(c.nodes, c.op, c.value_size, c.clients): statistics.median(c.ops())
-            for c in cells if c.system == "etcd"}
+    by_key = {(c.system, c.nodes, c.op, c.value_size, c.clients): c for c in cells}
     lines = [
         "# kvraft vs etcd",
         "",
@@ -205,15 +312,16 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
         "clients spread over all members, linearizable reads on both).",
         "",
         "| system | nodes | op | value | clients | ops/s min | median | max | p50 ms | "
-        "p99 ms | max ms | gen CPU s | server CPU s | server CPU µs/op | ÷ etcd |",
+        "p99 ms | max ms | gen CPU s | server CPU s | server CPU µs/op | ÷ etcd (spread) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         med = c.median_run()
         ops = c.ops()
-        base = etcd.get((c.nodes, c.op, c.value_size, c.clients))
-        ratio = (f"{statistics.median(ops) / base:.2f}"
-                 if base and c.system.startswith("kvraft") else "")
+        base_name = etcd_baseline(c.system)
+        base = by_key.get((base_name, c.nodes, c.op, c.value_size, c.clients)) \
+            if base_name else None
+        ratio = f"÷ {base_name}: {ratio_with_spread(ops, base.ops())}" if base else ""
         lat = med["latency"]
         lines.append(
             f"| {c.system} | {c.nodes} | {c.op} | {c.value_size} | {c.clients} | "
@@ -221,7 +329,34 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
             f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['max_ms']:.2f} | "
             f"{med['generator_cpu_s']:.1f} | {med['server_cpu_s']:.1f} | "
             f"{cpu_per_op_us(med):,.0f} | {ratio} |")
-    return "\n".join(lines + targets(cells)) + "\n"
+    return "\n".join(lines + costs(cells) + targets(cells)) + "\n"
+
+
+def costs(cells: list[Cell]) -> list[str]:
+    """What each variant (TLS, auth, etcd's API on kvraft) costs beside its plain system,
+    cell by cell: ops/s ÷ plain, and server CPU per request (medians over the runs, the
+    spread from the runs' extremes)."""
+    by_key = {(c.system, c.nodes, c.op, c.value_size, c.clients): c for c in cells}
+    rows = []
+    for c in cells:
+        plain_name = SYSTEMS[c.system].baseline if c.system in SYSTEMS else None
+        plain = by_key.get((plain_name, c.nodes, c.op, c.value_size, c.clients))
+        if plain is None:
+            continue
+        ours = [cpu_per_op_us(r) for r in c.runs]
+        theirs = [cpu_per_op_us(r) for r in plain.runs]
+        delta = statistics.median(ours) - statistics.median(theirs)
+        rows.append(
+            f"| {c.system} ÷ {plain_name} | {c.nodes} | {c.op} | {c.value_size} | "
+            f"{c.clients} | {ratio_with_spread(c.ops(), plain.ops())} | "
+            f"{statistics.median(theirs):,.0f} → {statistics.median(ours):,.0f} | "
+            f"{delta:+,.0f} ({min(ours) - max(theirs):+,.0f}..{max(ours) - min(theirs):+,.0f}) |")
+    if not rows:
+        return []
+    return ["", "## The cost of TLS, of auth and of etcd's API, per system", "",
+            "| variant ÷ plain | nodes | op | value | clients | ops/s ratio (spread) | "
+            "server CPU µs/op plain → variant | Δ µs/op per request (spread) |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def cpu_per_op_us(run: dict) -> float:
@@ -290,6 +425,26 @@ def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _systems(text: str) -> list[str]:
+    names = [x for x in text.split(",") if x]
+    unknown = [x for x in names if x not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown system {','.join(unknown) or repr(text)}: expected some of "
+            f"{','.join(SYSTEMS)}")
+    return names
+
+
+def starter(name: str):  # -> a context manager factory (nodes, base) -> System
+    """How --systems name `name` is started (echo ignores nodes)."""
+    spec = SYSTEMS[name]
+    if spec.store == "kvraft":
+        return functools.partial(kvraft_cluster, spec=spec, name=name)
+    if spec.store == "etcd":
+        return functools.partial(etcd_cluster, spec=spec, name=name)
+    return lambda _nodes, base: echo_server(base)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,41 +452,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=_int_list, default=[1, 16, 64, 256])
     p.add_argument("--values", type=_int_list, default=[100, 4096])
     p.add_argument("--ops", type=lambda s: s.split(","), default=["put", "get"])
-    p.add_argument("--systems", type=lambda s: s.split(","), default=["kvraft", "etcd", "echo"])
+    p.add_argument("--systems", type=_systems, default=["kvraft", "etcd", "echo"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if "etcd" in args.systems:
+    if any(SYSTEMS[name].store == "etcd" for name in args.systems):
         ensure_installed()
-    if any(name.startswith("kvraft") for name in args.systems):
-        try:
-            import kvraft.cli  # noqa: F401  - the node the clusters run
-        except ImportError as e:
-            print(f"error: kvraft is not importable ({e}); run `make install` first",
+    if any(SYSTEMS[name].store == "kvraft" for name in args.systems):
+        # The node the clusters run, checked in a child: importing kvraft.cli here would
+        # load kvraft's etcd protos, whose names clash with etcd's own (tests/bench/etcd.py)
+        # that this process loads to set up etcd and auth.
+        check = subprocess.run([*kvraft_command(), "--version"], capture_output=True,
+                               text=True, timeout=120)
+        if check.returncode != 0:
+            last = (check.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"error: kvraft does not run ({last}); run `make install` first",
                   file=sys.stderr)
             return 2
     cells: list[Cell] = []
     base = Path(tempfile.mkdtemp(prefix="kvraft-compare-", dir=ROOT / ".run"
                                  if (ROOT / ".run").is_dir() else None))
     try:
+        clustered = [n for n in SYSTEMS if n in args.systems and SYSTEMS[n].store != "echo"]
         for nodes in args.nodes:
-            starters = (("kvraft", kvraft_cluster),
-                        ("kvraft-lease", functools.partial(kvraft_cluster, read_mode="lease")),
-                        ("etcd", etcd_cluster))
-            for name, starter in starters:
-                if name not in args.systems:
-                    continue
+            for name in clustered:
                 workdir = base / f"{name}-{nodes}"
                 workdir.mkdir()
                 print(f"== {name}, {nodes} nodes", flush=True)
-                with starter(nodes, workdir) as system:
+                with starter(name)(nodes, workdir) as system:
                     cells += measure(system, args)
         if "echo" in args.systems:
             print("== echo (Python unary RPC ceiling)", flush=True)
-            with echo_server(base) as system:
+            with starter("echo")(1, base) as system:
                 cells += measure(system, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
