@@ -15,10 +15,17 @@ import pytest
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import etcdserverpb_pb2_grpc as etcdpb_grpc
-from tests.cluster.harness import LocalCluster, wait_until
-from tests.etcd.conftest import ETCDCTL, MEMBERS_TIMEOUT_S, all_published, etcdctl, ok
+from tests.cluster.harness import wait_until
+from tests.etcd.conftest import ok
 
-from .conftest import ALICE_PASSWORD, ROOT_PASSWORD, RPC_TIMEOUT_S, SETUP, AuthCluster, metadata
+from .conftest import (
+    ALICE_PASSWORD,
+    ROOT_PASSWORD,
+    RPC_TIMEOUT_S,
+    AuthCluster,
+    metadata,
+    started_auth_cluster,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -36,21 +43,19 @@ UNUSED_PEER_URL = "http://127.0.0.1:9"   # a learner that never starts
 def marked_cluster() -> Iterator[AuthCluster]:
     """3 members, auth enabled (tests/auth/conftest.py SETUP), plaintext ports, the
     corruption check every 200 ms."""
-    if ETCDCTL is None:
-        pytest.skip("etcdctl is not installed (Debian: etcd-client)")
-    with LocalCluster.start(3, extra_args=["--corrupt-check-time", "200ms"]) as cluster:
-        cluster.wait_leader()
-        wait_until(lambda: all_published(cluster), MEMBERS_TIMEOUT_S,
-                   "every member to publish its client address", cluster.all_log_tails)
-        for args in SETUP:
-            ok(etcdctl(cluster.endpoints(), *args))
-        yield AuthCluster(cluster)
+    with started_auth_cluster(extra_args=["--corrupt-check-time", "200ms"]) as auth:
+        yield auth
 
 
 def _leader(auth: AuthCluster, root: str) -> int:
     with grpc.insecure_channel(auth.endpoint(1)) as channel:
         return int(etcdpb_grpc.MaintenanceStub(channel).Status(
             etcdpb.StatusRequest(), timeout=RPC_TIMEOUT_S, metadata=metadata(root)).leader)
+
+
+def _leader_and_follower(auth: AuthCluster) -> tuple[int, int]:
+    leader = _leader(auth, auth.token("root", ROOT_PASSWORD))
+    return leader, next(i for i in sorted(auth.cluster.nodes) if i != leader)
 
 
 # (stub, method, request, mark): what a forged mark admitted without a user before.
@@ -89,9 +94,7 @@ def test_a_forged_member_mark_on_the_client_port_admits_no_one(
 
 def test_keep_alives_and_time_to_live_through_a_follower_reach_the_leader(
         marked_cluster: AuthCluster) -> None:
-    root = marked_cluster.token("root", ROOT_PASSWORD)
-    leader = _leader(marked_cluster, root)
-    follower = next(i for i in sorted(marked_cluster.cluster.nodes) if i != leader)
+    leader, follower = _leader_and_follower(marked_cluster)
     alice = metadata(marked_cluster.token("alice", ALICE_PASSWORD, follower))
     with grpc.insecure_channel(marked_cluster.endpoint(follower)) as channel:
         stub = etcdpb_grpc.LeaseStub(channel)
@@ -116,9 +119,7 @@ def test_member_promote_through_a_follower_is_answered_by_the_leader(
         marked_cluster: AuthCluster) -> None:
     """A follower cannot judge a learner's progress: it asks the leader, whose answer
     (not in sync: the learner never started) comes back through the follower."""
-    root = marked_cluster.token("root", ROOT_PASSWORD)
-    leader = _leader(marked_cluster, root)
-    follower = next(i for i in sorted(marked_cluster.cluster.nodes) if i != leader)
+    _, follower = _leader_and_follower(marked_cluster)
     token = metadata(marked_cluster.token("root", ROOT_PASSWORD, follower))
     with grpc.insecure_channel(marked_cluster.endpoint(follower)) as channel:
         stub = etcdpb_grpc.ClusterStub(channel)
