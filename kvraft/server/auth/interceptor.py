@@ -152,7 +152,7 @@ class AccessCheck:
         self.tokens = tokens
         self.client_cert_auth = client_cert_auth
 
-    def admit(self, method: str, rule: Rules, request: Any,
+    def admit(self, rule: Rules, request: Any,
               context: grpc.aio.ServicerContext) -> tuple[str, int]:
         """(user, auth revision) the call is admitted for; raises _Refused."""
         state = self.node.store.sm.auth
@@ -248,7 +248,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                admitted = check.admit(method, rule, request, context)
+                admitted = check.admit(rule, request, context)
             except _Refused as e:
                 await _abort(context, e)
             token = ADMITTED.set(admitted)
@@ -289,7 +289,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         seen, given = arguments(request, context)
         try:
-            admitted = check.admit(method, rule, seen, context)
+            admitted = check.admit(rule, seen, context)
         except _Refused as e:
             await _abort(context, e)
         token = ADMITTED.set(admitted)
@@ -304,7 +304,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
                        ) -> AsyncIterator[Any]:
         seen, given = arguments(request, context)
         try:
-            admitted = check.admit(method, rule, seen, context)
+            admitted = check.admit(rule, seen, context)
         except _Refused as e:
             await _abort(context, e)
         token = ADMITTED.set(admitted)
