@@ -7,8 +7,8 @@ writes into `certs/`:
 
     ca.crt, ca.key                     the development CA (keep ca.key away from nodes)
     member-ID.crt, member-ID.key       member ID's client-port certificate (--cert-file),
-                                       also presented when it dials another member's
-                                       client port (forwarded lease keep-alives)
+                                       with the client usage too (as etcd's), so the
+                                       member may also use it as a client
     peer-ID.crt, peer-ID.key           member ID's peer certificate (--peer-cert-file),
                                        for both ends of a peer connection
     client.crt, client.key             a client certificate (--cert/--key), CN=client

@@ -143,8 +143,13 @@ async def _serve(config: NodeConfig) -> int:
         kvraft_pb2_grpc.add_ClusterServicer_to_server(
             ClusterService(node, config, metrics), client_server
         )
+        # TLS (tls.py): the peer port's is always mutual; the client port's requires a
+        # client certificate with --client-cert-auth. Both follow their files' rotation.
+        peer_files, client_files = peer_port_files(config), client_port_files(config)
         etcd_closers: list[Callable[[], Awaitable[None]]] = []
-        etcd_names = add_etcd_services(client_server, node, config, metrics, etcd_closers)
+        # The etcd calls members make to each other ride the peer port (member_calls.py).
+        etcd_names = add_etcd_services(client_server, node, config, metrics, etcd_closers,
+                                       peer_server, peer_tls=peer_files is not None)
         etcd_names.append(add_auth_service(client_server, node, config, metrics, tokens))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_server)
@@ -158,9 +163,6 @@ async def _serve(config: NodeConfig) -> int:
             ],
             client_server,
         )
-        # TLS (tls.py): the peer port's is always mutual; the client port's requires a
-        # client certificate with --client-cert-auth. Both follow their files' rotation.
-        peer_files, client_files = peer_port_files(config), client_port_files(config)
         peer_pb2_grpc.add_PeerServicer_to_server(
             PeerService(node, metrics, peer_tls=peer_files is not None), peer_server)
         _bind(peer_server, config.peer_listen, "--peer-listen",

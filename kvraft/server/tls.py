@@ -217,22 +217,15 @@ def peer_channel_credentials(config: NodeConfig) -> PeerChannelCredentials | Non
     return PeerChannelCredentials(files) if files is not None else None
 
 
-def client_port_channel(config: NodeConfig, address: str,
-                        options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """A channel from this member to another member's client port (etcd's lease
-    keep-alives and MemberPromote, forwarded to the leader). Plaintext when this
-    member's client port is; else TLS — the members of a cluster serve their client
-    ports alike — verifying the other member's certificate with --trusted-ca-file (else
-    --peer-trusted-ca-file, else the system's CAs) and presenting this member's own
-    --cert-file/--key-file, which a member with --client-cert-auth requires (`make
-    certs` gives member certificates the client-authentication usage for this). The
-    files are read for each new channel, so a rotation reaches the next one."""
-    files = client_port_files(config)
-    if files is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    ca_path = config.trusted_ca_file or config.peer_trusted_ca_file
-    key, chain, _ = files.load()
-    root = read_pem(ca_path, "--trusted-ca-file") if ca_path else None
-    credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key,
-                                               certificate_chain=chain)
-    return grpc.aio.secure_channel(address, credentials, options=options)
+def member_channel(config: NodeConfig, peer_address: str,
+                   options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """A channel from this member to another member's PEER port, for the etcd calls
+    members make to each other (etcd/member_calls.py): plaintext when the peer port is,
+    else mutual TLS with this member's peer certificate, as the Raft transport's
+    channels (transport.py). The files are read for each new channel, so a rotation
+    reaches the next one."""
+    tls = peer_channel_credentials(config)
+    if tls is None:
+        return grpc.aio.insecure_channel(peer_address, options=options)
+    credentials, _ = tls.current()
+    return grpc.aio.secure_channel(peer_address, credentials, options=options)

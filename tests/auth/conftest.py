@@ -3,8 +3,10 @@ loopback, tests/cluster/harness.py), configured and judged by etcdctl 3.4 (Debia
 etcd-client)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -56,18 +58,25 @@ class AuthCluster:
         return response.token
 
 
-@pytest.fixture(scope="module")
-def auth_cluster() -> Iterator[AuthCluster]:
-    """A 3-node cluster with auth enabled: root, alice (app-reader), bob (no role)."""
+@contextlib.contextmanager
+def started_auth_cluster(**kwargs: Any) -> Iterator[AuthCluster]:
+    """A 3-node cluster (LocalCluster.start's `kwargs`) with SETUP applied, auth enabled."""
     if ETCDCTL is None:
         pytest.skip("etcdctl is not installed (Debian: etcd-client)")
-    with LocalCluster.start(3) as cluster:
+    with LocalCluster.start(3, **kwargs) as cluster:
         cluster.wait_leader()
         wait_until(lambda: all_published(cluster), MEMBERS_TIMEOUT_S,
                    "every member to publish its client address", cluster.all_log_tails)
         for args in SETUP:
             ok(etcdctl(cluster.endpoints(), *args))
         yield AuthCluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def auth_cluster() -> Iterator[AuthCluster]:
+    """A 3-node cluster with auth enabled: root, alice (app-reader), bob (no role)."""
+    with started_auth_cluster() as auth:
+        yield auth
 
 
 def metadata(token: str) -> tuple[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """Auth over TLS with --client-cert-auth (SPEC §8): a call without a token is the user
 its client certificate's CN names; a token still wins; keep-alives a follower forwards
-to the leader are admitted because the member's own certificate names a member; etcdctl
+to the leader still work (they ride the peer port, server/etcd/member_calls.py); etcdctl
 with --cacert/--cert/--key works as the CN's user."""
 from __future__ import annotations
 
@@ -125,10 +125,9 @@ def test_etcdctl_with_a_client_certificate_acts_as_its_cn(certs: CertDir,
 
 def test_the_corruption_check_reads_every_members_hashkv_over_tls_with_auth(
         cn_cluster: LocalCluster) -> None:
-    """The leader's corruption check asks the others for HashKV over their client ports,
-    which take only TLS clients with certificates and have auth enabled: its calls speak
-    TLS, present the member's certificate and are admitted as a member's, without a
-    token (auth/interceptor.py) — so every member is compared, none skipped."""
+    """The leader's corruption check asks the others for HashKV over their peer ports
+    (server/etcd/member_calls.py), not the client ports, which take only TLS clients
+    with certificates and have auth enabled: every member is compared, none skipped."""
     # (the harness's own certificate names no user now: the leader is found by its log)
     starts = {i: len(n.log_path.read_bytes()) for i, n in cn_cluster.nodes.items()}
 

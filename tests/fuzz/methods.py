@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from kvraft.proto import etcdserverpb_pb2, kvraft_pb2, peer_pb2
+from kvraft.server.etcd.member_calls import MEMBER_METHODS
 
 CLIENT_PORT_FILES: tuple[FileDescriptor, ...] = (
     kvraft_pb2.DESCRIPTOR, etcdserverpb_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR,
@@ -88,8 +89,15 @@ def methods(port: str) -> list[Method]:
     found = []
     for file in files:
         for service in file.services_by_name.values():
-            for m in service.methods:
-                found.append(Method(port, f"/{service.full_name}/{m.name}",
-                                    message_factory.GetMessageClass(m.input_type),
-                                    m.client_streaming, m.server_streaming))
+            found.extend(_method(port, service, m) for m in service.methods)
+    if port == "peer":   # the etcd methods members call on each other's peer port
+        for name, served in MEMBER_METHODS.items():
+            service = etcdserverpb_pb2.DESCRIPTOR.services_by_name[name.split(".")[-1]]
+            found.extend(_method(port, service, service.methods_by_name[m]) for m in served)
     return found
+
+
+def _method(port: str, service: Any, m: Any) -> Method:
+    return Method(port, f"/{service.full_name}/{m.name}",
+                  message_factory.GetMessageClass(m.input_type),
+                  m.client_streaming, m.server_streaming)

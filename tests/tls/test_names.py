@@ -38,8 +38,8 @@ def test_devcerts_peer_certificates_name_their_member_and_the_hosts(certs: CertD
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "member-2"
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-    # A member's client-port certificate: a server's, and a client's for the calls it
-    # forwards to the leader's client port.
+    # A member's client-port certificate: a server's, and a client's too (as etcd's
+    # member certificates), though the members' own calls ride the peer port.
     member = x509.load_pem_x509_certificate((certs.root / "member-2.crt").read_bytes())
     member_usages = member.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(member_usages) == {ExtendedKeyUsageOID.SERVER_AUTH,

@@ -41,7 +41,6 @@ from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.proto import kvraft_pb2 as kpb
 from kvraft.storage import auth_store
 from kvraft.storage.auth_store import READ, WRITE, AuthState, Need, Needs, Rule
-from kvraft.tls import member_ids_named
 
 from ..node import Node
 from .context import ADMITTED
@@ -125,19 +124,10 @@ RULES: dict[str, Rules] = {
     "/kvraft.Cluster/TransferLeader": _root,
 }
 _WATCH = "/etcdserverpb.Watch/Watch"
-# What a follower forwards to the leader on a client's behalf (etcd/lease.py,
-# etcd/cluster.py), and the leader's HashKV calls of its corruption check
-# (etcd/corrupt_check.py), marked with one of these metadata keys; the follower checked
-# the client already, and the leader admits the call without a user (`_forwarded_by_member`)
-# when the connection's client certificate names a current member (the TLS naming rule,
-# kvraft/tls.py). Without --client-cert-auth no caller has an identity the port could
-# check, and the mark is trusted as it is: a client that forges it may keep a lease
-# alive, read a lease's TTL and key names, promote a learner or read a member's HashKV
-# (never read a value or write) — docs/security.md, "Limits and differences from etcd".
-_FORWARDABLE = {"/etcdserverpb.Lease/LeaseKeepAlive": "kvraft-lease-forwarded",
-                "/etcdserverpb.Lease/LeaseTimeToLive": "kvraft-lease-forwarded",
-                "/etcdserverpb.Cluster/MemberPromote": "kvraft-forwarded",
-                "/etcdserverpb.Maintenance/HashKV": "kvraft-forwarded"}
+# No metadata admits a call without a user: the calls members make to each other (a
+# follower's lease keep-alives and MemberPromote forwarded to the leader, the corruption
+# check's HashKV) ride the peer port, served there by etcd/member_calls.py, never this
+# interceptor's port; a call marked as forwarded on the client port is checked as any.
 # Reads checked again once served when the auth revision moved meanwhile (recheck_read).
 _READS = frozenset({"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/kvraft.KV/Get",
                     "/kvraft.KV/Scan"})
@@ -162,7 +152,7 @@ class AccessCheck:
         self.tokens = tokens
         self.client_cert_auth = client_cert_auth
 
-    def admit(self, method: str, rule: Rules, request: Any,
+    def admit(self, rule: Rules, request: Any,
               context: grpc.aio.ServicerContext) -> tuple[str, int]:
         """(user, auth revision) the call is admitted for; raises _Refused."""
         state = self.node.store.sm.auth
@@ -171,21 +161,12 @@ class AccessCheck:
                 self.tokens.clear()
             return "", state.revision
         needs = rule(request, self)
-        if needs == OPEN or (method in _FORWARDABLE and self._forwarded_by_member(
-                context, _FORWARDABLE[method])):
+        if needs == OPEN:
             return "", state.revision
         user = self.user(state, context)
         if not auth_store.allowed(state, user, needs):
             raise _refusal(auth_store.PermissionDeniedError())
         return user, state.revision
-
-    def _forwarded_by_member(self, context: grpc.aio.ServicerContext, mark: str) -> bool:
-        if not any(k == mark for k, _ in context.invocation_metadata() or ()):
-            return False
-        if not self.client_cert_auth:
-            return True
-        named = member_ids_named(context.auth_context() or {})
-        return bool(named & self.node.member_ids())
 
     def recheck_read(self, rule: Rules, request: Any, admitted: tuple[str, int]) -> None:
         """After a read was served: if the auth revision moved while it ran (its read
@@ -267,7 +248,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                admitted = check.admit(method, rule, request, context)
+                admitted = check.admit(rule, request, context)
             except _Refused as e:
                 await _abort(context, e)
             token = ADMITTED.set(admitted)
@@ -308,7 +289,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         seen, given = arguments(request, context)
         try:
-            admitted = check.admit(method, rule, seen, context)
+            admitted = check.admit(rule, seen, context)
         except _Refused as e:
             await _abort(context, e)
         token = ADMITTED.set(admitted)
@@ -323,7 +304,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str, rule: Rules,
                        ) -> AsyncIterator[Any]:
         seen, given = arguments(request, context)
         try:
-            admitted = check.admit(method, rule, seen, context)
+            admitted = check.admit(rule, seen, context)
         except _Refused as e:
             await _abort(context, e)
         token = ADMITTED.set(admitted)

@@ -42,7 +42,7 @@ from .. import storage_adapter as sa
 from ..config import NodeConfig, ServeError, parse_address
 from ..metrics import NodeMetrics
 from ..node import Node
-from ..tls import client_port_channel
+from ..tls import member_channel
 from . import errors
 from .errors import EtcdError
 from .header import etcd_header
@@ -289,12 +289,12 @@ class EtcdClusterService(etcdpb_grpc.ClusterServicer):
     async def _forward_promote(self, request: etcdpb.MemberPromoteRequest,
                                timeout_s: float) -> etcdpb.MemberPromoteResponse:
         """A follower has no view of the learner's progress: ask the leader (etcd
-        forwards to the leader's peer URL; kvraft to its client port)."""
+        forwards to the leader's peer URL; kvraft to its peer port, member_calls.py)."""
         leader_id = self.node.raw.raft.leader_id
         record = self._records().get(leader_id) if leader_id else None
-        if record is None or not record.client_address:
+        if record is None or not record.peer_address:
             raise errors.NO_LEADER.error()
-        async with client_port_channel(self.config, record.client_address) as channel:
+        async with member_channel(self.config, record.peer_address) as channel:
             stub = etcdpb_grpc.ClusterStub(channel)
             try:
                 response: etcdpb.MemberPromoteResponse = await stub.MemberPromote(

@@ -4,7 +4,7 @@ alarm for a member whose data differs (etcd's periodic corruption check,
 
 Every interval the leader hashes its own history with HashKV at its current revision R
 (kvraft/storage/state_hash.py `hash_history`), asks every other member for HashKV at
-R over that member's client port, and compares. Only answers with the leader's compact revision are
+R over that member's peer port, and compares. Only answers with the leader's compact revision are
 compared (etcd's rule: the hash at R covers the history after the compact revision, so
 members that have not applied the same compaction yet differ without being corrupt).
 A member that cannot be reached, has not applied R yet (etcd's future-revision error,
@@ -22,10 +22,10 @@ every member refuses writes with etcd's "etcdserver: corrupt cluster" (DATA_LOSS
 kvraft/storage/mvcc_apply.py) until an operator replaces the member and disarms the
 alarm (docs/operations.md). The check never disarms an alarm by itself.
 
-The peers' HashKV calls go to their client ports with this member's client-port TLS
-(tls.py `client_port_channel`, as the lease and promote forwarding) and the member mark
-FORWARDED_METADATA_KEY: with auth enabled the port admits a HashKV without a root token
-when its TLS client certificate names a member (auth/interceptor.py).
+The peers' HashKV calls go to their peer ports (member_calls.py serves HashKV there, as
+etcd asks its peers over their peer URLs) with this member's peer TLS (tls.py
+`member_channel`, as the lease and promote forwarding): the client port's access check
+never sees them, so they need no root token with auth enabled.
 """
 from __future__ import annotations
 
@@ -45,9 +45,8 @@ from kvraft.storage.mvcc_apply import CLUSTER_VERSION_MVCC, CORRUPT
 
 from ..config import NodeConfig
 from ..node import Node
-from ..tls import client_port_channel
+from ..tls import member_channel
 from ..transport import CHANNEL_OPTIONS
-from .cluster import FORWARDED_METADATA_KEY
 
 log = logging.getLogger("kvraft.server")
 
@@ -115,7 +114,7 @@ class CorruptionCheck:
         if node.raw.raft.state != StateRole.Leader or sm.cluster_version < CLUSTER_VERSION_MVCC:
             return None
         own, compact, revision = await asyncio.to_thread(sm.hash_kv, 0)
-        peers = [m for m in sm.members() if m.id != node.id and m.client_address]
+        peers = [m for m in sm.members() if m.id != node.id and m.peer_address]
         asked = await asyncio.gather(*(self._peer_hash(m, revision) for m in peers))
         answers = {node.id: HashAnswer(own, compact)}
         answers.update((m.id, a) for m, a in zip(peers, asked, strict=True) if a is not None)
@@ -144,14 +143,13 @@ class CorruptionCheck:
         """The member's HashKV at `revision`; None when it is skipped (unreachable,
         not at `revision` yet, compacted past it, any other failure)."""
         timeout_s = self._config.default_deadline_s
-        async with client_port_channel(self._config, member.client_address,
-                                       CHANNEL_OPTIONS) as channel:
+        async with member_channel(self._config, member.peer_address,
+                                  CHANNEL_OPTIONS) as channel:
             stub = etcdpb_grpc.MaintenanceStub(channel)
             for attempt in range(FUTURE_RETRIES + 1):
                 try:
                     response = await stub.HashKV(
-                        etcdpb.HashKVRequest(revision=revision), timeout=timeout_s,
-                        metadata=((FORWARDED_METADATA_KEY, "1"),))
+                        etcdpb.HashKVRequest(revision=revision), timeout=timeout_s)
                 except grpc.aio.AioRpcError as e:
                     future = e.code() == grpc.StatusCode.OUT_OF_RANGE and \
                         "future revision" in (e.details() or "")
@@ -164,7 +162,7 @@ class CorruptionCheck:
                     return None
                 if response.header.member_id != member.id:
                     log.info("node %d: corruption check skips member %d: %s answers as "
-                             "member %d", self._node.id, member.id, member.client_address,
+                             "member %d", self._node.id, member.id, member.peer_address,
                              response.header.member_id)
                     return None
                 return HashAnswer(response.hash, response.compact_revision)

@@ -3,14 +3,15 @@ LeaseTimeToLive, LeaseLeases, as etcd 3.4/3.5 answer them.
 
 Grants and revokes are Raft proposals, from any member. A lease's clock lives on the
 leader only (lessor.py), so keep-alives and time-to-live questions are answered there:
-a follower forwards them over a gRPC channel to the leader's client address and relays
-the answer. A forwarded call carries FORWARDED_METADATA_KEY; a member that receives one
-and does not lead refuses it ("etcdserver: not leader", UNAVAILABLE) rather than
-forwarding again, so two members with different views of the leader never bounce a call
-between them. The leader renews only after a ReadIndex round (lessor.py's docstring).
+a follower forwards them over a gRPC channel to the leader's PEER address (as etcd, over
+its peer URLs; member_calls.py serves them there) and relays the answer. A forwarded
+call carries FORWARDED_METADATA_KEY; a member that receives one and does not lead
+refuses it ("etcdserver: not leader", UNAVAILABLE) rather than forwarding again, so two
+members with different views of the leader never bounce a call between them. The
+leader renews only after a ReadIndex round (lessor.py's docstring).
 
-TLS: the forwarding channel is plaintext, like the client port today; when the client
-port gets TLS (SPEC §8) the channel must use the same credentials.
+TLS: the forwarding channel is the peer port's (tls.py `member_channel`): mutual TLS
+with this member's peer certificate when the peer port has TLS, else plaintext.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .. import storage_adapter as sa
 from ..config import NodeConfig
 from ..metrics import NodeMetrics
 from ..node import Node
-from ..tls import client_port_channel
+from ..tls import member_channel
 from ..transport import CHANNEL_OPTIONS
 from ..waiters import NodeError
 from .errors import STOPPED, EtcdError, deadline_s, serve_call
@@ -64,10 +65,10 @@ def _no_leader() -> NodeError:
 
 
 class _LeaderChannel:
-    """One channel to the leader's client address, replaced when the leader moves."""
+    """One channel to the leader's peer address, replaced when the leader moves."""
 
     def __init__(self, config: NodeConfig) -> None:
-        self.config = config  # the client port's TLS, which the leader's port shares
+        self.config = config  # the peer port's TLS, which the leader's peer port shares
         self.address = ""
         self.channel: grpc.aio.Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()   # old channels being closed
@@ -78,7 +79,7 @@ class _LeaderChannel:
                 task = asyncio.get_running_loop().create_task(self.channel.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-            self.channel = client_port_channel(self.config, address, CHANNEL_OPTIONS)
+            self.channel = member_channel(self.config, address, CHANNEL_OPTIONS)
             self.address = address
         return etcdpb_grpc.LeaseStub(self.channel)
 
@@ -203,17 +204,17 @@ class LeaseService(etcdpb_grpc.LeaseServicer):
         return await serve_call(f"etcd.Lease.{rpc}", context, self.metrics, run)
 
     def _leader_address(self) -> str | None:
-        """The leader's client address; None when this member leads."""
+        """The leader's peer address; None when this member leads."""
         leader_id = self.node.raw.raft.leader_id
         if leader_id == 0:
             raise _no_leader()
         if leader_id == self.node.id:
             return None
         for member in self.node.members():
-            if member.id == leader_id and member.client_address:
-                return member.client_address
+            if member.id == leader_id and member.peer_address:
+                return member.peer_address
         raise NodeError(grpc.StatusCode.UNAVAILABLE,
-                        f"the client address of leader {leader_id} is not known yet")
+                        f"the peer address of leader {leader_id} is not known yet")
 
     @staticmethod
     def _forwarded(context: Ctx) -> bool:
@@ -384,14 +385,16 @@ def _raise_refusal(result: ApplyResult) -> None:
 
 
 def add_lease_service(server: grpc.aio.Server, node: Node, config: NodeConfig,
-                      metrics: NodeMetrics) -> str:
+                      metrics: NodeMetrics) -> LeaseService:
     """Attach a lessor to `node`, start its timer, and serve etcd's Lease service;
-    call on the running loop, before the node starts. Returns the service's name."""
+    call on the running loop, before the node starts. Returns the servicer (the peer
+    port serves its member calls too: member_calls.py)."""
     lessor = Lessor(node)
     lessor.attach()
     lessor.start()
-    etcdpb_grpc.add_LeaseServicer_to_server(LeaseService(node, config, metrics, lessor), server)
-    return SERVICE_NAME
+    service = LeaseService(node, config, metrics, lessor)
+    etcdpb_grpc.add_LeaseServicer_to_server(service, server)
+    return service
 
 
 def _consume_outcome(task: asyncio.Task[etcdpb.LeaseKeepAliveResponse]) -> None:

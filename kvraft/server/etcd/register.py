@@ -17,8 +17,10 @@ from .auto_compaction import AutoCompactor
 from .cluster import EtcdClusterService
 from .corrupt_check import CorruptionCheck
 from .kv import add_kv_service
+from .lease import SERVICE_NAME as LEASE_SERVICE_NAME
 from .lease import add_lease_service
 from .maintenance import EtcdMaintenanceService
+from .member_calls import add_member_calls
 from .quota import QuotaWatch
 from .watch import add_watch_service
 
@@ -29,23 +31,29 @@ def _full_name(service: str) -> str:
 
 def add_etcd_services(server: grpc.aio.Server, node: Node, config: NodeConfig,
                       metrics: NodeMetrics,
-                      on_close: list[Callable[[], Awaitable[None]]] | None = None
+                      on_close: list[Callable[[], Awaitable[None]]] | None = None,
+                      peer_server: grpc.aio.Server | None = None, peer_tls: bool = False
                       ) -> list[str]:
     """Add every etcd service to `server`; returns their full names (for reflection
     and the health service). A service with work of its own to wait for at shutdown
     appends its close to `on_close`: the caller awaits each after the servers and the
-    node stopped, before it closes the store."""
+    node stopped, before it closes the store. With `peer_server`, the calls members
+    make to each other are served there too (member_calls.py; `peer_tls`: its TLS)."""
     names: list[str] = []
     closers = on_close if on_close is not None else []
     names.append(add_kv_service(server, node, config, metrics))
     names.append(add_watch_service(server, node, config, closers))
-    names.append(add_lease_service(server, node, config, metrics))
-    etcdpb_grpc.add_ClusterServicer_to_server(EtcdClusterService(node, config, metrics), server)
+    lease = add_lease_service(server, node, config, metrics)
+    names.append(LEASE_SERVICE_NAME)
+    cluster = EtcdClusterService(node, config, metrics)
+    etcdpb_grpc.add_ClusterServicer_to_server(cluster, server)
     names.append(_full_name("Cluster"))
     maintenance = EtcdMaintenanceService(node, config, metrics)
     etcdpb_grpc.add_MaintenanceServicer_to_server(maintenance, server)
     closers.append(maintenance.close)
     names.append(_full_name("Maintenance"))
+    if peer_server is not None:
+        add_member_calls(peer_server, node, peer_tls, lease, cluster, maintenance)
     _start(QuotaWatch(node, config.quota_backend_bytes, maintenance.db_dir).run(), closers)
     node.metrics.quota_backend_bytes.set(config.quota_backend_bytes)
     if config.auto_compaction is not None:
