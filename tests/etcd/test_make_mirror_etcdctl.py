@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.etcd import START_TIMEOUT_S, EtcdCluster, ensure_installed
+from tests.bench.etcd import EtcdClusterOverKvraftStubs, ensure_installed
 from tests.cluster.harness import LocalCluster, wait_until
 from tests.etcd.background import etcdctl_background
 from tests.etcd.conftest import etcdctl, ok
@@ -29,17 +29,6 @@ BASE_KEYS = 60
 MIRROR_TIMEOUT_S = 30.0
 
 
-class EtcdSource(EtcdCluster):
-    """The benchmark's etcd cluster, ready once etcdctl can write to it: its own
-    readiness check imports etcd's compiled protos, whose names clash with kvraft's
-    (the same etcd API) in this process's protobuf pool."""
-
-    def _wait_ready(self) -> None:
-        for endpoint in self.endpoints:
-            wait_until(lambda e=endpoint: etcdctl(e, "put", "ready", "1").returncode == 0,
-                       START_TIMEOUT_S, f"etcd at {endpoint} to take a put")
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real one-member etcd cluster; its client endpoint."""
@@ -47,7 +36,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ensure_installed()
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"Debian's etcd-server could not be installed: {e}")
-    etcd = EtcdSource(1, tmp_path_factory.mktemp("etcd"))
+    etcd = EtcdClusterOverKvraftStubs(1, tmp_path_factory.mktemp("etcd"))
     try:
         etcd.start()
         yield etcd.endpoints[0]

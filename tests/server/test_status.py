@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 from kvraft.proto import etcdserverpb_pb2 as etcdpb
 from kvraft.raft import StateRole
 from kvraft.server.metrics import http_app
+from kvraft.server.node import Node
 from kvraft.server.status import LEADER_CHANGES_KEPT, STALE_AFTER_S, StatusBoard
 from kvraft.server.status_page import PAGE
 from kvraft.storage import commands
@@ -159,12 +160,19 @@ def _put(n: int) -> tuple[int, bytes]:
     return request_id, commands.etcd_command(request_id, "etcd_put", put)
 
 
+@contextlib.asynccontextmanager
+async def _one_leader_board(tmp_path: Path) -> AsyncIterator[tuple[Node, StatusBoard]]:
+    """A one-member in-process cluster that has elected itself, and a board on it."""
+    async with InProcessCluster(tmp_path, 1) as cluster:
+        node = cluster.nodes[1]
+        board = StatusBoard(node)
+        await cluster.wait_leader()
+        yield node, board
+
+
 def test_the_leader_change_ring_is_bounded_and_newest_first(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with InProcessCluster(tmp_path, 1) as cluster:
-            node = cluster.nodes[1]
-            board = StatusBoard(node)
-            await cluster.wait_leader()
+        async with _one_leader_board(tmp_path) as (_, board):
             for n in range(LEADER_CHANGES_KEPT + 5):   # as the node's listeners are called
                 board._on_role(0 if n % 2 else 1, StateRole.Follower)
             changes = board.status()["leader_changes"]
@@ -178,9 +186,7 @@ def test_the_leader_change_ring_is_bounded_and_newest_first(tmp_path: Path) -> N
 
 def test_a_state_the_loop_stopped_publishing_is_stale(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with InProcessCluster(tmp_path, 1) as cluster:
-            board = StatusBoard(cluster.nodes[1])
-            await cluster.wait_leader()
+        async with _one_leader_board(tmp_path) as (_, board):
             board.publish()
             assert board.status()["stale"] is False
             published = board._published
@@ -222,13 +228,9 @@ def test_the_page_is_self_contained_and_never_parses_what_it_shows() -> None:
     assert len(PAGE.encode()) < 16_000
 
 
-
 def test_the_board_publishes_once_more_when_the_node_stops(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with InProcessCluster(tmp_path, 1) as cluster:
-            node = cluster.nodes[1]
-            board = StatusBoard(node)
-            await cluster.wait_leader()
+        async with _one_leader_board(tmp_path) as (node, board):
             task = asyncio.get_running_loop().create_task(board.run())
             await wait_for(lambda: board.status()["role"] == "leader", 5.0, "a publish")
             assert board.status()["stopping"] is False
