@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from .log_rate import LogGate
 from .metrics import NodeMetrics
 
 log = logging.getLogger("kvraft.server.parse_guard")
@@ -60,31 +61,29 @@ class Unparsed:
 
 class BoundedLog:
     """One WARNING line per `interval_s` at most; the events in between are counted and
-    reported by the next line. Invariant: `suppressed` counts the events since the last
-    line written, each one refused (never logged on its own)."""
+    reported by the next line (log_rate.LogGate): each of them refused, never logged
+    on its own."""
 
     def __init__(self, what: str, interval_s: float = MALFORMED_LOG_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         assert interval_s > 0
         self.what = what
-        self.interval_s = interval_s
-        self.clock = clock
-        self.suppressed = 0
-        self.last_line_at: float | None = None   # clock() of the last line written
+        self.gate = LogGate(interval_s, clock)
+
+    @property
+    def suppressed(self) -> int:
+        """The events refused since the last line written."""
+        return self.gate.suppressed
 
     def event(self, detail: str) -> bool:
         """Record one event; True when it wrote a line."""
-        now = self.clock()
-        if self.last_line_at is not None and now - self.last_line_at < self.interval_s:
-            self.suppressed += 1
+        refused = self.gate.admit()
+        if refused is None:
             return False
-        earlier = (f" ({self.suppressed} more since the last report)"
-                   if self.suppressed else "")
+        earlier = f" ({refused} more since the last report)" if refused else ""
         log.warning("%s: %s%s; further ones are counted in "
                     "kvraft_malformed_requests_total and reported at most every %gs",
-                    self.what, detail.replace("\n", " "), earlier, self.interval_s)
-        self.suppressed = 0
-        self.last_line_at = now
+                    self.what, detail.replace("\n", " "), earlier, self.gate.interval_s)
         return True
 
 

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from .log_rate import LogGate
+
 # etcd's warnSyncDuration: an fsync of the Raft log slower than this is reported. A
 # constant, as in etcd: a healthy disk syncs in milliseconds, one that takes a second
 # delays every write (and the leader's acks) by that much whatever the threshold says.
@@ -25,12 +27,9 @@ class SlowOpLog:
     """Rate-limited warnings for one kind of operation, used from one thread only
     (the persistence lane for fsyncs, the apply lane for applies: storage_io.py).
 
-    Holds, always:
-    * `_last_logged_s`: the clock reading of the last line written, or None before
-      the first; no line is written sooner than `interval_s` after it.
-    * `_suppressed` slow operations since that line that were not written, and the
-      longest of them, `_suppressed_max_s` (0.0 when `_suppressed` is 0).
-    """
+    `_gate` (log_rate.LogGate) admits at most one line per `interval_s` and counts the
+    slow operations it refused; `_suppressed_max_s` is the longest of those (0.0 when
+    the gate has refused none since its last line)."""
 
     def __init__(self, logger: logging.Logger, what: str, threshold_s: float,
                  counter: Callable[[], None], *, interval_s: float = SLOW_LOG_INTERVAL_S,
@@ -40,10 +39,7 @@ class SlowOpLog:
         self.what = what
         self.threshold_s = threshold_s
         self._count = counter
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last_logged_s: float | None = None
-        self._suppressed = 0
+        self._gate = LogGate(interval_s, clock)
         self._suppressed_max_s = 0.0
 
     def observe(self, took_s: float, describe: Callable[[], str]) -> bool:
@@ -53,18 +49,15 @@ class SlowOpLog:
         if took_s <= self.threshold_s:
             return False
         self._count()
-        now = self._clock()
-        if self._last_logged_s is not None and now - self._last_logged_s < self.interval_s:
-            self._suppressed += 1
+        refused = self._gate.admit()
+        if refused is None:
             self._suppressed_max_s = max(self._suppressed_max_s, took_s)
             return False
         since = ""
-        if self._suppressed:
-            since = (f"; {self._suppressed} more since the last warning, the slowest "
+        if refused:
+            since = (f"; {refused} more since the last warning, the slowest "
                      f"{self._suppressed_max_s:.3f}s")
         self.log.warning("%s: took %.3fs, expected at most %.3fs: %s%s", self.what,
                          took_s, self.threshold_s, describe(), since)
-        self._last_logged_s = now
-        self._suppressed = 0
         self._suppressed_max_s = 0.0
         return True
