@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,7 @@ from kvraft.proto import kvraft_pb2 as pb
 from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+StubT = TypeVar("StubT")
 
 START_TIMEOUT_S = 30.0
 LEADER_TIMEOUT_S = 30.0
@@ -124,7 +126,12 @@ class NodeProcess(ServeProcess):
         self.peer_address = peer_address
         self.metrics_address = metrics_address
         self.extra_args = list(extra_args)
+        # The node's one client channel, opened on first use and closed when the harness
+        # stops the node. _channel_lock orders a stub's creation against close(): grpc
+        # crashes the process (SIGSEGV in _get_registered_call_handle) when a load thread
+        # builds a stub on a channel another thread is closing.
         self.channel: grpc.Channel | None = None
+        self._channel_lock = threading.Lock()
         # Set (before the first call) for a client port that serves TLS (tests/tls).
         self.credentials: grpc.ChannelCredentials | None = None
 
@@ -138,16 +145,30 @@ class NodeProcess(ServeProcess):
     def stopped_by_harness(self, value: bool) -> None:
         self.stop_requested = value
 
+    def stub(self, stub_class: Callable[[grpc.Channel], StubT]) -> StubT:
+        """A stub of `stub_class` on the node's channel; safe beside close_channel in
+        another thread (calls on a closed channel then fail with ValueError or
+        CANCELLED, as a restart's would)."""
+        with self._channel_lock:
+            return stub_class(self._open_channel())
+
     def grpc_channel(self) -> grpc.Channel:
+        """The channel itself, for a caller on the test's own thread (use stub() from
+        other threads)."""
+        with self._channel_lock:
+            return self._open_channel()
+
+    def _open_channel(self) -> grpc.Channel:
         if self.channel is None:
             self.channel = (grpc.insecure_channel(self.client_address) if self.credentials is None
                             else grpc.secure_channel(self.client_address, self.credentials))
         return self.channel
 
     def close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
+        with self._channel_lock:
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
 
 
 class LocalCluster:
@@ -285,10 +306,10 @@ class LocalCluster:
         return ",".join(self.nodes[i].client_address for i in chosen)
 
     def kv(self, node_id: int) -> pb_grpc.KVStub:
-        return pb_grpc.KVStub(self.nodes[node_id].grpc_channel())
+        return self.nodes[node_id].stub(pb_grpc.KVStub)
 
     def cluster_stub(self, node_id: int) -> pb_grpc.ClusterStub:
-        return pb_grpc.ClusterStub(self.nodes[node_id].grpc_channel())
+        return self.nodes[node_id].stub(pb_grpc.ClusterStub)
 
     def metrics_text(self, node_id: int, timeout_s: float = RPC_TIMEOUT_S) -> str:
         url = f"http://{self.nodes[node_id].metrics_address}/metrics"

@@ -29,7 +29,7 @@ ALL_KEYS = etcdpb.RangeRequest(key=b"\0", range_end=b"\0")
 
 
 def etcd_kv(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.KVStub:
-    return etcdpb_grpc.KVStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcdpb_grpc.KVStub)
 
 
 def everything(cluster: LocalCluster, node_id: int) -> tuple[dict[bytes, tuple], int, int]:
@@ -43,7 +43,7 @@ def everything(cluster: LocalCluster, node_id: int) -> tuple[dict[bytes, tuple],
 
 def grant_lease(cluster: LocalCluster, node_id: int) -> int:
     """A lease of 10 minutes, or 0 if this kvraft does not serve etcd's Lease service."""
-    stub = etcdpb_grpc.LeaseStub(cluster.nodes[node_id].grpc_channel())
+    stub = cluster.nodes[node_id].stub(etcdpb_grpc.LeaseStub)
     try:
         return retry_unavailable(lambda: stub.LeaseGrant(
             etcdpb.LeaseGrantRequest(TTL=600), timeout=5)).ID
@@ -140,7 +140,7 @@ def test_two_of_three_directories_lost_and_the_data_restored_into_a_new_cluster(
                 assert new_cluster_id not in (old_cluster_id, 0)
             assert new.get(new_leader, b"kvraft/07") == b"k7"   # kvraft's API too
             if lease:
-                ttl = etcdpb_grpc.LeaseStub(new.nodes[new_leader].grpc_channel()) \
+                ttl = new.nodes[new_leader].stub(etcdpb_grpc.LeaseStub) \
                     .LeaseTimeToLive(etcdpb.LeaseTimeToLiveRequest(ID=lease, keys=True),
                                      timeout=5)
                 assert ttl.TTL > 0 and list(ttl.keys) == [b"leased/a"]

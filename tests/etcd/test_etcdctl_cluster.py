@@ -179,7 +179,7 @@ def test_member_changes_that_cannot_apply_get_etcds_errors(
     # etcdctl checks a URL's form itself; etcd's server checks it again.
     assert 'URL address does not have the form "host:port"' in failed(
         etcdctl(endpoints, "member", "add", "bad", "--peer-urls=http://127.0.0.1"))
-    stub = etcdpb_grpc.ClusterStub(cluster.nodes[1].grpc_channel())
+    stub = cluster.nodes[1].stub(etcdpb_grpc.ClusterStub)
     for urls in (["http://127.0.0.1"], ["ftp://127.0.0.1:1"], ["http://127.0.0.1:1/path"], []):
         with pytest.raises(grpc.RpcError) as refused:
             stub.MemberAdd(etcdpb.MemberAddRequest(peerURLs=urls), timeout=10)

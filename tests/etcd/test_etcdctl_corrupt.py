@@ -34,7 +34,7 @@ CHECK_LINE = re.compile(r"corruption check at revision (\d+) \(compact revision 
 def member_hashes(cluster: LocalCluster) -> dict[int, etcdpb.HashResponse]:
     out = {}
     for node_id, node in cluster.nodes.items():
-        stub = etcdpb_grpc.MaintenanceStub(node.grpc_channel())
+        stub = node.stub(etcdpb_grpc.MaintenanceStub)
         out[node_id] = stub.Hash(etcdpb.HashRequest(), timeout=10)
     return out
 
@@ -122,7 +122,7 @@ def test_a_member_whose_data_changed_is_named_corrupt_and_writes_stop() -> None:
                               f"member {node_id}'s answer to a put")
             assert last == "Error: etcdserver: corrupt cluster"
         with pytest.raises(grpc.RpcError) as refused:
-            retry_unavailable(lambda: etcdpb_grpc.KVStub(cluster.nodes[leader].grpc_channel())
+            retry_unavailable(lambda: cluster.nodes[leader].stub(etcdpb_grpc.KVStub)
                               .Put(etcdpb.PutRequest(key=b"k", value=b"v"), timeout=10))
         assert (refused.value.code(), refused.value.details()) == (
             grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")

@@ -48,7 +48,7 @@ def statuses(endpoints: str, *flags: str) -> dict[str, dict]:
 
 
 def maintenance(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.MaintenanceStub:
-    return etcdpb_grpc.MaintenanceStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcdpb_grpc.MaintenanceStub)
 
 
 def test_endpoint_status_reports_each_members_raft_state(etcd_cluster3: LocalCluster) -> None:

@@ -32,7 +32,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def kv(cluster: LocalCluster, node_id: int) -> etcd_grpc.KVStub:
-    return etcd_grpc.KVStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcd_grpc.KVStub)
 
 
 def put(key: bytes, value: bytes) -> etcdpb.RequestOp:
@@ -159,7 +159,7 @@ def test_informer_loop_progress_and_relist_after_compaction(cluster: LocalCluste
         stub.Put(etcdpb.PutRequest(key=prefix + b"%d" % i, value=b"a"), timeout=T)
     listed = stub.Range(etcdpb.RangeRequest(key=prefix, range_end=end), timeout=T)
     rev = listed.header.revision
-    watch = Watch(etcd_grpc.WatchStub(cluster.nodes[2].grpc_channel()))
+    watch = Watch(cluster.nodes[2].stub(etcd_grpc.WatchStub))
     try:
         watch.send(etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(
             key=prefix, range_end=end, start_revision=rev + 1, progress_notify=True)))
@@ -181,7 +181,7 @@ def test_informer_loop_progress_and_relist_after_compaction(cluster: LocalCluste
         stub.Put(etcdpb.PutRequest(key=prefix + b"%d" % i, value=b"c"), timeout=T)
     current = stub.Range(etcdpb.RangeRequest(key=prefix, range_end=end), timeout=T)
     stub.Compact(etcdpb.CompactionRequest(revision=current.header.revision), timeout=T)
-    watch = Watch(etcd_grpc.WatchStub(cluster.nodes[3].grpc_channel()))
+    watch = Watch(cluster.nodes[3].stub(etcd_grpc.WatchStub))
     try:
         watch.send(etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(
             key=prefix, range_end=end, start_revision=rev + 1)))
@@ -193,7 +193,7 @@ def test_informer_loop_progress_and_relist_after_compaction(cluster: LocalCluste
         watch.close()
     relisted = stub.Range(etcdpb.RangeRequest(key=prefix, range_end=end), timeout=T)
     assert {kv_.value for kv_ in relisted.kvs} == {b"c"}
-    watch = Watch(etcd_grpc.WatchStub(cluster.nodes[3].grpc_channel()))
+    watch = Watch(cluster.nodes[3].stub(etcd_grpc.WatchStub))
     try:
         watch.send(etcdpb.WatchRequest(create_request=etcdpb.WatchCreateRequest(
             key=prefix, range_end=end, start_revision=relisted.header.revision + 1)))

@@ -30,7 +30,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def kv(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.KVStub:
-    return etcdpb_grpc.KVStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcdpb_grpc.KVStub)
 
 
 def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:

@@ -37,7 +37,7 @@ def old_cluster(old_kvraft: Path) -> Iterator[LocalCluster]:  # noqa: F811
 
 
 def etcd_kv(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.KVStub:
-    return etcdpb_grpc.KVStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcdpb_grpc.KVStub)
 
 
 def test_etcds_api_waits_for_the_cluster_version_then_sees_the_old_keys(

@@ -139,7 +139,7 @@ def test_alarm_list_and_disarm_print_as_etcdctl_does(etcd_cluster3: LocalCluster
     cluster = etcd_cluster3
     endpoints = cluster.endpoints()
     assert kvraft_ok("alarm", "list", "--endpoints", endpoints) == ""
-    stub = etcdpb_grpc.MaintenanceStub(cluster.nodes[1].grpc_channel())
+    stub = cluster.nodes[1].stub(etcdpb_grpc.MaintenanceStub)
     retry_unavailable(lambda: stub.Alarm(etcdpb.AlarmRequest(
         action=etcdpb.AlarmRequest.ACTIVATE, memberID=2, alarm=etcdpb.NOSPACE), timeout=10))
     try:

@@ -173,7 +173,7 @@ def followers(cluster: LocalCluster) -> list[int]:
 
 
 def lease_stub(cluster: LocalCluster, node_id: int) -> etcdpb_grpc.LeaseStub:
-    return etcdpb_grpc.LeaseStub(cluster.nodes[node_id].grpc_channel())
+    return cluster.nodes[node_id].stub(etcdpb_grpc.LeaseStub)
 
 
 # --- grant, time to live, list, revoke -------------------------------------------------

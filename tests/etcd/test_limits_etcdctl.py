@@ -70,7 +70,7 @@ def test_a_frame_over_the_receive_limit_is_grpcs_resource_exhausted(
         cluster: LocalCluster) -> None:
     """Past what the port takes at all (kvraft's own limits make it 9 MiB here) gRPC
     refuses the frame before any handler decodes it, and the member goes on serving."""
-    kv = etcdpb_grpc.KVStub(cluster.nodes[1].grpc_channel())
+    kv = cluster.nodes[1].stub(etcdpb_grpc.KVStub)
     with pytest.raises(grpc.RpcError) as info:
         kv.Put(etcdpb.PutRequest(key=b"/limits/huge", value=b"x" * (10 << 20)),
                timeout=RPC_TIMEOUT_S)

@@ -38,7 +38,7 @@ def test_nospace_alarm_refuses_writes_until_space_is_freed_and_disarmed() -> Non
         ctl = ctl_of(c)
         wait_until(lambda: ctl.run("put", "warm", "1", check=False).returncode == 0, 30,
                    "etcd writes")
-        kv = etcd_grpc.KVStub(c.nodes[1].grpc_channel())
+        kv = c.nodes[1].stub(etcd_grpc.KVStub)
         value = b"x" * 16_384
         written = 0
 

@@ -290,7 +290,7 @@ def test_thousands_of_unparsable_requests_do_not_grow_memory(node1: LocalCluster
 
 
 def _cluster_id(cluster: LocalCluster, node_id: int) -> int:
-    stub = etcdpb_grpc.ClusterStub(cluster.nodes[node_id].grpc_channel())
+    stub = cluster.nodes[node_id].stub(etcdpb_grpc.ClusterStub)
     return int(stub.MemberList(etcdpb.MemberListRequest(), timeout=RPC_TIMEOUT_S)
                .header.cluster_id)
 

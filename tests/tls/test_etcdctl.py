@@ -36,7 +36,7 @@ def mtls_node(certs: CertDir) -> Iterator[LocalCluster]:
 
 
 def _serves_etcd_kv(cluster: LocalCluster) -> bool:
-    stub = health_pb2_grpc.HealthStub(cluster.nodes[1].grpc_channel())
+    stub = cluster.nodes[1].stub(health_pb2_grpc.HealthStub)
     try:
         stub.Check(health_pb2.HealthCheckRequest(service="etcdserverpb.KV"), timeout=5)
     except grpc.RpcError as e:

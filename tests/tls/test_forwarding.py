@@ -37,10 +37,10 @@ def test_a_keep_alive_sent_to_a_follower_reaches_the_leader_over_tls(
         mtls3: LocalCluster) -> None:
     leader = mtls3.wait_leader()
     follower = next(i for i in sorted(mtls3.nodes) if i != leader)
-    to_leader = etcdpb_grpc.LeaseStub(mtls3.nodes[leader].grpc_channel())
+    to_leader = mtls3.nodes[leader].stub(etcdpb_grpc.LeaseStub)
     grant = to_leader.LeaseGrant(etcdpb.LeaseGrantRequest(TTL=30), timeout=CALL_TIMEOUT_S)
     assert grant.ID != 0 and grant.TTL == 30
-    to_follower = etcdpb_grpc.LeaseStub(mtls3.nodes[follower].grpc_channel())
+    to_follower = mtls3.nodes[follower].stub(etcdpb_grpc.LeaseStub)
     answers = list(to_follower.LeaseKeepAlive(
         iter([etcdpb.LeaseKeepAliveRequest(ID=grant.ID)] * 3), timeout=CALL_TIMEOUT_S))
     assert [(a.ID, a.TTL) for a in answers] == [(grant.ID, 30)] * 3
