@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from kvraft.proto import kvraft_pb2 as pb
+from kvraft.proto import kvraft_pb2_grpc as pb_grpc
 from kvraft.storage import mvcc
 from kvraft.storage.store import open_store
 
@@ -75,14 +76,27 @@ class Load:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        # The thread's own channels: the test thread closes the harness's channels when
+        # it stops a member, and no other thread should be using them then.
+        channels: dict[int, grpc.Channel] = {}
+        try:
+            self._put_until_stopped(channels)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+    def _put_until_stopped(self, channels: dict[int, grpc.Channel]) -> None:
         n = 0
         while not self._stop.is_set():
             key, value = b"load/%06d" % n, b"v%d" % n
             for node_id in self.cluster.running_ids():
+                if node_id not in channels:
+                    channels[node_id] = grpc.insecure_channel(
+                        self.cluster.nodes[node_id].client_address)
                 try:
-                    self.cluster.kv(node_id).Put(pb.PutRequest(key=key, value=value),
-                                                 timeout=2.0)
-                except (grpc.RpcError, ValueError):   # ValueError: a channel closed by a restart
+                    pb_grpc.KVStub(channels[node_id]).Put(
+                        pb.PutRequest(key=key, value=value), timeout=2.0)
+                except grpc.RpcError:
                     continue
                 self.acked[key] = value
                 n += 1
