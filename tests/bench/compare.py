@@ -9,6 +9,9 @@ Systems (--systems, comma-separated; SYSTEMS below):
 
     kvraft          kvraft through its own API (kvraft.KV Put / Get)
     kvraft-lease    the same, linearizable reads from the leader's lease (--read-mode lease)
+    kvraft-asyncio  kvraft on the standard library's event loop (--event-loop asyncio)
+    kvraft-eventengine  kvraft on gRPC's default I/O path, its EventEngine threads
+                    (GRPC_EXPERIMENTS= ; kvraft's CLI turns them off, kvraft/_cli_env.py)
     kvraft-etcdapi  kvraft's cluster through etcd's API, driven by the very driver etcd is
                     (tests.bench.etcd:EtcdDriver: Put, linearizable Range): same client code
     kvraft-tls      kvraft with TLS on its client and peer ports (kvraft.devcerts' CA)
@@ -78,6 +81,8 @@ class SystemSpec:
     store: str                  # "kvraft", "etcd" or "echo"
     driver: str = ETCD_DRIVER
     read_mode: str = "safe"     # kvraft's --read-mode
+    event_loop: str = "uvloop"  # kvraft's --event-loop
+    env: tuple[tuple[str, str], ...] = ()  # set in the servers' environment
     tls: bool = False           # TLS on the client and peer ports (dev certificates)
     auth: bool = False          # auth enabled; the load authenticates as BenchAuth's user
     baseline: str | None = None  # the plain system whose cost this variant shows
@@ -86,6 +91,12 @@ class SystemSpec:
 SYSTEMS: dict[str, SystemSpec] = {
     "kvraft": SystemSpec("kvraft", driver="kvraft"),
     "kvraft-lease": SystemSpec("kvraft", driver="kvraft", read_mode="lease"),
+    "kvraft-asyncio": SystemSpec("kvraft", driver="kvraft", event_loop="asyncio",
+                                 baseline="kvraft"),
+    # gRPC's own I/O path (its EventEngine threads), which kvraft's CLI turns off
+    # (kvraft/_cli_env.py): what that default is worth.
+    "kvraft-eventengine": SystemSpec("kvraft", driver="kvraft", env=(("GRPC_EXPERIMENTS", ""),),
+                                     baseline="kvraft"),
     "kvraft-etcdapi": SystemSpec("kvraft", baseline="kvraft"),
     "kvraft-tls": SystemSpec("kvraft", driver="kvraft", tls=True, baseline="kvraft"),
     "kvraft-auth": SystemSpec("kvraft", driver="kvraft", auth=True, baseline="kvraft"),
@@ -198,8 +209,9 @@ def kvraft_cluster(nodes: int, base: Path, log_level: str = "warning",
                  str(base / f"kvraft{i + 1}"), "--listen", f"127.0.0.1:{client[i]}",
                  "--peer-listen", f"127.0.0.1:{peer[i]}", "--initial-cluster", initial,
                  "--log-level", log_level, "--read-mode", spec.read_mode,
+                 "--event-loop", spec.event_loop,
                  *kvraft_tls_flags(certs, i + 1)],
-                stdout=log, stderr=subprocess.STDOUT))
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **dict(spec.env)}))
             log.close()
         endpoints = tuple(f"127.0.0.1:{p}" for p in client)
         tls = client_tls(certs)
@@ -256,8 +268,9 @@ class Cell:
         return [r["ops_per_s"] for r in self.runs]
 
 
-def measure(system: System, args: argparse.Namespace) -> list[Cell]:
-    cells = []
+def measure(system: System, args: argparse.Namespace, cells: dict[tuple, Cell]) -> None:
+    """One run of every cell on `system`, appended to `cells` (keyed by system, nodes,
+    op, value size, clients)."""
     for value_size in args.values:
         # Reads need keys that exist: write every key once per value size.
         run_load(system.load_spec(clients=PRELOAD_CLIENTS, duration_s=0.1,
@@ -265,22 +278,19 @@ def measure(system: System, args: argparse.Namespace) -> list[Cell]:
                                   preload=True))
         for op in args.ops:
             for clients in args.clients:
-                cell = Cell(system.name, system.nodes, op, value_size, clients, [])
-                for _ in range(args.repeats):
-                    cpu0 = cpu_seconds(system.pids)
-                    result: LoadResult = run_load(system.load_spec(
-                        clients=clients, duration_s=args.duration, value_size=value_size,
-                        keys=args.keys, read_ratio=1.0 if op == "get" else 0.0))
-                    run = result.to_dict()
-                    run["server_cpu_s"] = cpu_seconds(system.pids) - cpu0
-                    cell.runs.append(run)
-                med = cell.median_run()
+                key = (system.name, system.nodes, op, value_size, clients)
+                cell = cells.setdefault(key, Cell(*key, []))
+                cpu0 = cpu_seconds(system.pids)
+                result: LoadResult = run_load(system.load_spec(
+                    clients=clients, duration_s=args.duration, value_size=value_size,
+                    keys=args.keys, read_ratio=1.0 if op == "get" else 0.0))
+                run = result.to_dict()
+                run["server_cpu_s"] = cpu_seconds(system.pids) - cpu0
+                cell.runs.append(run)
                 print(f"  {system.name}-{system.nodes} {op} {value_size}B c={clients}: "
-                      f"{statistics.median(cell.ops()):,.0f} ops/s  "
-                      f"p50 {med['latency']['p50_ms']:.2f} ms  "
-                      f"errors {sum(med['errors'].values())}", flush=True)
-                cells.append(cell)
-    return cells
+                      f"{run['ops_per_s']:,.0f} ops/s  "
+                      f"p50 {run['latency']['p50_ms']:.2f} ms  "
+                      f"errors {sum(run['errors'].values())}", flush=True)
 
 
 def ratio_with_spread(ours: list[float], theirs: list[float]) -> str:
@@ -309,7 +319,9 @@ def markdown(cells: list[Cell], args: argparse.Namespace) -> str:
         f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}), by `make bench-compare` "
         f"({args.duration:g} s per run, {args.repeats} runs per cell, {args.keys} keys, "
-        "clients spread over all members, linearizable reads on both).",
+        "clients spread over all members, linearizable reads on both). Runs are "
+        "interleaved: each round starts every system afresh and runs each of its cells "
+        "once, so the spread of a ratio includes the machine's drift between rounds.",
         "",
         "| system | nodes | op | value | clients | ops/s min | median | max | p50 ms | "
         "p99 ms | max ms | gen CPU s | server CPU s | server CPU µs/op | ÷ etcd (spread) |",
@@ -353,7 +365,7 @@ def costs(cells: list[Cell]) -> list[str]:
             f"{delta:+,.0f} ({min(ours) - max(theirs):+,.0f}..{max(ours) - min(theirs):+,.0f}) |")
     if not rows:
         return []
-    return ["", "## The cost of TLS, of auth and of etcd's API, per system", "",
+    return ["", "## What each variant costs beside its plain system", "",
             "| variant ÷ plain | nodes | op | value | clients | ops/s ratio (spread) | "
             "server CPU µs/op plain → variant | Δ µs/op per request (spread) |",
             "|---|---|---|---|---|---|---|---|", *rows]
@@ -472,31 +484,56 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: kvraft does not run ({last}); run `make install` first",
                   file=sys.stderr)
             return 2
-    cells: list[Cell] = []
+    cells: dict[tuple, Cell] = {}
     base = Path(tempfile.mkdtemp(prefix="kvraft-compare-", dir=ROOT / ".run"
                                  if (ROOT / ".run").is_dir() else None))
     try:
-        clustered = [n for n in SYSTEMS if n in args.systems and SYSTEMS[n].store != "echo"]
-        for nodes in args.nodes:
-            for name in clustered:
-                workdir = base / f"{name}-{nodes}"
-                workdir.mkdir()
-                print(f"== {name}, {nodes} nodes", flush=True)
-                with starter(name)(nodes, workdir) as system:
-                    cells += measure(system, args)
+        # Interleaved: each round starts every system afresh and runs each cell once,
+        # so a change in the machine's load between rounds touches every system alike;
+        # the order alternates between rounds so that no system always goes first.
+        order = [(nodes, name) for nodes in args.nodes for name in SYSTEMS
+                 if name in args.systems and SYSTEMS[name].store != "echo"]
         if "echo" in args.systems:
-            print("== echo (Python unary RPC ceiling)", flush=True)
-            with starter("echo")(1, base) as system:
-                cells += measure(system, args)
+            order.append((1, "echo"))
+        for round_no in range(args.repeats):
+            for nodes, name in order if round_no % 2 == 0 else order[::-1]:
+                workdir = base / f"{name}-{nodes}-{round_no}"
+                workdir.mkdir()
+                print(f"== round {round_no + 1}/{args.repeats}: {name}, {nodes} nodes",
+                      flush=True)
+                with starter(name)(nodes, workdir) as system:
+                    measure(system, args, cells)
+                shutil.rmtree(workdir, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    table = markdown(cells, args)
+    ordered = sorted(cells.values(), key=lambda c: (
+        c.nodes if c.system != "echo" else 99, list(SYSTEMS).index(c.system),
+        c.value_size, args.ops.index(c.op), c.clients))
+    table = markdown(ordered, args)
     print(table)
     if args.markdown:
-        args.markdown.write_text(table)
+        write_generated(args.markdown, table)
     if args.json:
-        args.json.write_text(json.dumps([c.__dict__ for c in cells], indent=1))
+        args.json.write_text(json.dumps([c.__dict__ for c in ordered], indent=1))
     return 0
+
+
+GENERATED_BEGIN = "<!-- begin: written by make bench-compare; edit below the end mark -->"
+GENERATED_END = "<!-- end: written by make bench-compare -->"
+
+
+def write_generated(path: Path, table: str) -> None:
+    """Put `table` between the file's generated-part marks, keeping what was written by
+    hand around them; a file without the marks gets them, with the table at its top
+    and the old text below."""
+    block = f"{GENERATED_BEGIN}\n{table}{GENERATED_END}\n"
+    old = path.read_text() if path.exists() else ""
+    if GENERATED_BEGIN in old and GENERATED_END in old:
+        head, rest = old.split(GENERATED_BEGIN, 1)
+        tail = rest.split(GENERATED_END, 1)[1].removeprefix("\n")
+        path.write_text(head + block + tail)
+    else:
+        path.write_text(block + ("\n" + old if old else ""))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,25 @@ def test_cost_table_divides_each_variant_by_its_plain_system() -> None:
     assert compare.etcd_baseline("kvraft-tls") == "etcd-tls"
     assert compare.etcd_baseline("kvraft-etcdapi") == "etcd"
     assert compare.etcd_baseline("etcd-tls") is None
+
+
+def test_markdown_replaces_only_the_generated_part_and_keeps_the_hand_written_text(
+        tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# old table\n\n## Notes by hand\nkeep me\n")
+    compare.write_generated(path, "# table 1\n")
+    first = path.read_text()
+    assert first.startswith(compare.GENERATED_BEGIN + "\n# table 1\n" + compare.GENERATED_END)
+    assert first.endswith("## Notes by hand\nkeep me\n")
+    path.write_text(first.replace("keep me", "keep me too"))
+    compare.write_generated(path, "# table 2\n")
+    second = path.read_text()
+    assert "# table 1" not in second and "# table 2\n" in second
+    assert second.count(compare.GENERATED_BEGIN) == second.count(compare.GENERATED_END) == 1
+    assert second.endswith("## Notes by hand\nkeep me too\n")
+
+
+def test_the_asyncio_variant_turns_uvloop_off_and_is_divided_by_plain_kvraft() -> None:
+    assert SYSTEMS["kvraft-asyncio"].event_loop == "asyncio"
+    assert SYSTEMS["kvraft"].event_loop == "uvloop"
+    assert SYSTEMS["kvraft-asyncio"].baseline == "kvraft"

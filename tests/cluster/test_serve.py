@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
@@ -97,3 +98,44 @@ def test_unknown_event_loop_is_a_usage_error() -> None:
         result = run_serve(cluster, "--event-loop", "tokio")
     assert result.returncode == 2
     assert "tokio" in result.stderr and "Traceback" not in result.stderr
+
+
+def _event_engine_switches(pid: int) -> int:
+    """Context switches so far of the process's gRPC EventEngine threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != "event_engine":
+                continue
+            status = (task / "status").read_text()
+        except OSError:   # the thread ended
+            continue
+        for line in status.splitlines():
+            if "ctxt_switches:" in line:   # voluntary and nonvoluntary
+                total += int(line.split()[1])
+    return total
+
+
+def _switches_per_put(env: dict[str, str]) -> float:
+    with LocalCluster.start(1, env=env) as cluster:
+        cluster.wait_leader()
+        retry_unavailable(lambda: cluster.put(1, b"warm", b"up"))
+        pid = cluster.nodes[1].pid
+        assert pid is not None
+        before = _event_engine_switches(pid)
+        for i in range(PUTS_FOR_SWITCH_COUNT):
+            cluster.put(1, b"k%d" % i, b"v")
+        return (_event_engine_switches(pid) - before) / PUTS_FOR_SWITCH_COUNT
+
+
+PUTS_FOR_SWITCH_COUNT = 200
+
+
+def test_grpc_sockets_are_served_by_the_polling_thread_unless_grpc_experiments_is_set() -> None:
+    # kvraft/_cli_env.py turns gRPC's EventEngine off for sockets: its threads then stay
+    # asleep under RPCs. An operator's GRPC_EXPERIMENTS (empty: gRPC's defaults) wins, and
+    # then every RPC wakes them several times.
+    quiet = _switches_per_put({})
+    busy = _switches_per_put({"GRPC_EXPERIMENTS": ""})
+    assert busy >= 2, f"gRPC's defaults: {busy:.2f} EventEngine switches per put"
+    assert quiet * 4 < busy, f"kvraft's default {quiet:.2f} vs gRPC's {busy:.2f} per put"
