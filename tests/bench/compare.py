@@ -11,7 +11,7 @@ Systems (--systems, comma-separated; SYSTEMS below):
     kvraft-lease    the same, linearizable reads from the leader's lease (--read-mode lease)
     kvraft-asyncio  kvraft on the standard library's event loop (--event-loop asyncio)
     kvraft-eventengine  kvraft on gRPC's default I/O path, its EventEngine threads
-                    (GRPC_EXPERIMENTS= ; kvraft's CLI turns them off, kvraft/_cli_env.py)
+                    (GRPC_EXPERIMENTS= ; `kvraft serve` turns them off, kvraft/_cli_env.py)
     kvraft-etcdapi  kvraft's cluster through etcd's API, driven by the very driver etcd is
                     (tests.bench.etcd:EtcdDriver: Put, linearizable Range): same client code
     kvraft-tls      kvraft with TLS on its client and peer ports (kvraft.devcerts' CA)
@@ -93,7 +93,7 @@ SYSTEMS: dict[str, SystemSpec] = {
     "kvraft-lease": SystemSpec("kvraft", driver="kvraft", read_mode="lease"),
     "kvraft-asyncio": SystemSpec("kvraft", driver="kvraft", event_loop="asyncio",
                                  baseline="kvraft"),
-    # gRPC's own I/O path (its EventEngine threads), which kvraft's CLI turns off
+    # gRPC's own I/O path (its EventEngine threads), which `kvraft serve` turns off
     # (kvraft/_cli_env.py): what that default is worth.
     "kvraft-eventengine": SystemSpec("kvraft", driver="kvraft", env=(("GRPC_EXPERIMENTS", ""),),
                                      baseline="kvraft"),
