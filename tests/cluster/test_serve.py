@@ -100,6 +100,9 @@ def test_unknown_event_loop_is_a_usage_error() -> None:
     assert "tokio" in result.stderr and "Traceback" not in result.stderr
 
 
+PUTS_FOR_SWITCH_COUNT = 200
+
+
 def _event_engine_switches(pid: int) -> int:
     """Context switches so far of the process's gRPC EventEngine threads."""
     total = 0
@@ -126,9 +129,6 @@ def _switches_per_put(env: dict[str, str]) -> float:
         for i in range(PUTS_FOR_SWITCH_COUNT):
             cluster.put(1, b"k%d" % i, b"v")
         return (_event_engine_switches(pid) - before) / PUTS_FOR_SWITCH_COUNT
-
-
-PUTS_FOR_SWITCH_COUNT = 200
 
 
 def test_grpc_sockets_are_served_by_the_polling_thread_unless_grpc_experiments_is_set() -> None:
